@@ -1,0 +1,27 @@
+# Each target sets up what it needs in .venv/ at the repository root.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PIP     := $(VPY) -m pip install --disable-pip-version-check -q -c constraints.txt
+JOBS    ?= 2
+
+.PHONY: install test demo docs bench gpu-check clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(PIP) --upgrade pip setuptools wheel
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VPY) -m pytest -n $(JOBS) -q tests
+
+demo: $(STAMP)
+	$(VPY) -m injcert demo --out demo_out
+
+clean:
+	rm -rf $(VENV) docs/_build .asv demo_out

@@ -1,0 +1,48 @@
+"""Exception types of injcert.
+
+Every error raised on purpose by injcert derives from :class:`InjcertError`, so a
+caller (or the command line) can tell a user-facing failure from a bug.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InjcertError",
+    "UnsupportedModuleError",
+    "NonConvergenceError",
+    "CheckpointError",
+    "ConfigError",
+]
+
+
+class InjcertError(Exception):
+    """Base class of every error injcert raises deliberately."""
+
+
+class UnsupportedModuleError(InjcertError, TypeError):
+    """A module has no sound Lipschitz rule; the message names its type.
+
+    A certified bound is never computed by skipping a module.
+    """
+
+
+class NonConvergenceError(InjcertError, RuntimeError):
+    """An iterative inverse did not reach its certified tolerance.
+
+    Attributes:
+        error: the certified a-posteriori error bound reached (``inf`` if none).
+        iterations: the number of iterations performed.
+    """
+
+    def __init__(self, message: str, error: float = float("inf"), iterations: int = 0) -> None:
+        super().__init__(message)
+        self.error = float(error)
+        self.iterations = int(iterations)
+
+
+class CheckpointError(InjcertError, ValueError):
+    """A checkpoint is missing, truncated, corrupt, untrusted or incompatible."""
+
+
+class ConfigError(InjcertError, ValueError):
+    """A configuration is invalid (unknown key, negative size, non-positive budget, ...)."""
