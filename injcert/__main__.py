@@ -1,0 +1,7 @@
+"""python -m injcert -> injcert.cli.main()."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
