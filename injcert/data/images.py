@@ -1,0 +1,370 @@
+r"""Real images bundled with scikit-image, patch sampling and PNG input/output.
+
+Nothing is downloaded at run time: every registry entry is read straight from a file inside the
+installed scikit-image wheel (``skimage/data/``), never through ``skimage.data``'s fetchers (some
+of which need ``pooch`` and the network).
+
+Images are returned as tensors ``C×H×W`` with values in ``[-1, 1]`` (``x = 2u - 1`` for the
+``[0, 1]`` intensities ``u``), ``C = 3`` for colour and ``C = 1`` for grayscale.
+
+The fixed split
+---------------
+``HELDOUT_IMAGES`` — used only for evaluation, always at full resolution:
+
+* ``astronaut`` (512×512 RGB, portrait),
+* ``chelsea`` (300×451 RGB, a cat's face: a second portrait-like image),
+* ``hubble_deep_field`` (872×1000 RGB),
+* ``retina`` (1411×1411 RGB).
+
+``TRAIN_IMAGES`` — everything else in :data:`IMAGES`: ``camera``, ``coffee``, ``rocket``,
+``brick``, ``grass``, ``gravel``, ``immunohistochemistry``, ``moon``, ``coins``, ``cell``,
+``motorcycle`` (left view of the stereo pair only) and ``lfw_faces`` (the 100 face crops of
+``lfw_subset.npy`` tiled 10×10). Images closely related to a held-out one (``microaneurysms`` is a
+crop of a retina) or not natural photographs (text, charts, logos, synthetic phantoms) are left out.
+The split is disjoint and never changes; :class:`PatchDataset` refuses to draw training patches from
+a held-out image.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+
+__all__ = [
+    "ImageInfo",
+    "IMAGES",
+    "TRAIN_IMAGES",
+    "HELDOUT_IMAGES",
+    "SKIMAGE_DATA_DIR",
+    "load_image",
+    "save_image",
+    "PatchDataset",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+SKIMAGE_DATA_DIR: Path = Path(__import__("skimage").__file__).resolve().parent / "data"
+"""Folder of the image files shipped inside the scikit-image wheel."""
+
+#: ITU-R BT.709 luma weights, as in :func:`skimage.color.rgb2gray`.
+_LUMA = (0.2125, 0.7154, 0.0721)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One bundled image.
+
+    Attributes:
+        name: registry key.
+        file: file name inside :data:`SKIMAGE_DATA_DIR`.
+        description: one line saying what the picture shows.
+        shape: ``(C, H, W)`` of :func:`load_image` with ``gray=None``.
+        rgb: ``True`` for colour (``C = 3``), ``False`` for grayscale (``C = 1``).
+        split: ``"train"`` or ``"heldout"``.
+    """
+
+    name: str
+    file: str
+    description: str
+    shape: tuple[int, int, int]
+    rgb: bool
+    split: Literal["train", "heldout"]
+
+    @property
+    def path(self) -> Path:
+        """Absolute path of the file inside the installed scikit-image."""
+        return SKIMAGE_DATA_DIR / self.file
+
+
+def _info(name: str, file: str, description: str, shape: tuple[int, int, int], split: str) -> ImageInfo:
+    return ImageInfo(name, file, description, shape, shape[0] == 3, split)  # type: ignore[arg-type]
+
+
+IMAGES: dict[str, ImageInfo] = {
+    i.name: i
+    for i in (
+        _info("astronaut", "astronaut.png", "Eileen Collins, NASA astronaut (portrait)", (3, 512, 512), "heldout"),
+        _info("chelsea", "chelsea.png", "Chelsea the cat (portrait-like face)", (3, 300, 451), "heldout"),
+        _info("hubble_deep_field", "hubble_deep_field.jpg", "Hubble eXtreme Deep Field", (3, 872, 1000), "heldout"),
+        _info("retina", "retina.jpg", "human retina fundus photograph", (3, 1411, 1411), "heldout"),
+        _info("camera", "camera.png", "cameraman (gray)", (1, 512, 512), "train"),
+        _info("coffee", "coffee.png", "cup of coffee on a table", (3, 400, 600), "train"),
+        _info("rocket", "rocket.jpg", "SpaceX Falcon 9 on the launch pad", (3, 427, 640), "train"),
+        _info("brick", "brick.png", "brick wall texture (gray)", (1, 512, 512), "train"),
+        _info("grass", "grass.png", "grass texture (gray)", (1, 512, 512), "train"),
+        _info("gravel", "gravel.png", "gravel texture (gray)", (1, 512, 512), "train"),
+        _info("immunohistochemistry", "ihc.png", "immunohistochemistry stained tissue", (3, 512, 512), "train"),
+        _info("moon", "moon.png", "lunar surface (gray)", (1, 512, 512), "train"),
+        _info("coins", "coins.png", "Greek coins from Pompeii (gray)", (1, 303, 384), "train"),
+        _info("cell", "cell.png", "cell under a microscope (gray)", (1, 660, 550), "train"),
+        _info("motorcycle", "motorcycle_left.png", "motorcycle, left stereo view", (3, 500, 741), "train"),
+        _info("lfw_faces", "lfw_subset.npy", "100 LFW faces (25×25 each) tiled 10×10 (gray)", (1, 250, 250), "train"),
+    )
+}
+"""Registry of the bundled natural images, name → :class:`ImageInfo`."""
+
+TRAIN_IMAGES: tuple[str, ...] = tuple(n for n, i in IMAGES.items() if i.split == "train")
+"""Names of the images patches are trained on."""
+
+HELDOUT_IMAGES: tuple[str, ...] = tuple(n for n, i in IMAGES.items() if i.split == "heldout")
+"""Names of the images kept for evaluation (full resolution)."""
+
+
+def _to_unit_hwc(arr: np.ndarray, source: str) -> np.ndarray:
+    """Any image array → float32 ``H×W×C`` in ``[0, 1]`` with ``C ∈ {1, 3}``."""
+    from skimage.util import img_as_float
+
+    if arr.dtype == bool:
+        arr = arr.astype(np.float32)
+    try:
+        u = img_as_float(arr).astype(np.float32)
+    except ValueError as exc:
+        raise ValueError(f"cannot convert image {source!r} of dtype {arr.dtype}: {exc}") from None
+    if u.ndim == 2:
+        u = u[:, :, None]
+    if u.ndim != 3:
+        raise ValueError(f"image {source!r} has shape {arr.shape}; expected H×W or H×W×C")
+    c = u.shape[2]
+    if c == 2:  # gray + alpha
+        u = u[:, :, :1]
+    elif c == 4:  # RGBA: drop alpha
+        u = u[:, :, :3]
+    elif c not in (1, 3):
+        raise ValueError(f"image {source!r} has {c} channels; expected 1, 2, 3 or 4")
+    return np.clip(u, 0.0, 1.0)
+
+
+def _lfw_mosaic(path: Path) -> np.ndarray:
+    faces = np.load(path)[:100]  # the first 100 entries are faces, the rest are not
+    rows = faces.reshape(10, 10, 25, 25).transpose(0, 2, 1, 3).reshape(250, 250)
+    return rows.astype(np.float32)
+
+
+@lru_cache(maxsize=64)
+def _decode(key: str, mtime_ns: int) -> Tensor:
+    """Decoded image ``C×H×W`` float32 in ``[-1, 1]``; cached (``mtime_ns`` invalidates files)."""
+    from skimage import io
+
+    if key in IMAGES:
+        info = IMAGES[key]
+        path = info.path
+        if path.suffix == ".npy":
+            arr = _lfw_mosaic(path)
+        else:
+            arr = io.imread(path)
+    else:
+        path = Path(key)
+        try:
+            with warnings.catch_warnings():  # imageio's plugin probing warns on unknown formats
+                warnings.simplefilter("ignore", DeprecationWarning)
+                arr = io.imread(path)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad input file
+            raise ValueError(f"cannot read image file {str(path)!r}: {type(exc).__name__}: {exc}") from None
+    u = _to_unit_hwc(np.asarray(arr), key)
+    t = torch.from_numpy(np.ascontiguousarray(u.transpose(2, 0, 1)))
+    return t.mul_(2.0).sub_(1.0)
+
+
+def _resolve(name_or_path: PathLike) -> tuple[str, int]:
+    if isinstance(name_or_path, str) and name_or_path in IMAGES:
+        info = IMAGES[name_or_path]
+        if not info.path.is_file():
+            raise FileNotFoundError(
+                f"bundled image {name_or_path!r} is missing from the scikit-image install: {info.path}"
+            )
+        return name_or_path, 0
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"expected an image name or a file path, got {type(name_or_path).__name__}")
+    path = Path(name_or_path)
+    if path.is_file():
+        return str(path.resolve()), path.stat().st_mtime_ns
+    text = str(name_or_path)
+    if isinstance(name_or_path, str) and os.sep not in text and "/" not in text and not path.suffix:
+        raise ValueError(
+            f"unknown image name {text!r}; choose one of {sorted(IMAGES)} or give a PNG/JPEG file path"
+        )
+    raise FileNotFoundError(f"image file not found: {text!r}")
+
+
+def _convert_channels(x: Tensor, channels: int) -> Tensor:
+    c = x.shape[-3]
+    if c == channels:
+        return x
+    if channels == 3 and c == 1:
+        return x.expand(*x.shape[:-3], 3, *x.shape[-2:])
+    if channels == 1 and c == 3:
+        w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return (x * w).sum(dim=-3, keepdim=True)
+    raise ValueError(f"cannot convert {c} channels to {channels}")
+
+
+def load_image(
+    name_or_path: PathLike,
+    *,
+    gray: bool | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Load a bundled image by name, or a PNG/JPEG file, as a ``C×H×W`` tensor in ``[-1, 1]``.
+
+    Arguments:
+        name_or_path: a key of :data:`IMAGES` or the path of an image file (read by
+            :func:`skimage.io.imread`; an alpha channel is dropped).
+        gray: ``None`` keeps the image's own channels; ``True`` converts colour to one luma
+            channel (BT.709 weights, as :func:`skimage.color.rgb2gray`); ``False`` makes
+            three channels (gray is repeated).
+        dtype: a floating dtype of the result.
+
+    Returns:
+        A fresh tensor ``C×H×W`` (``C`` is 1 or 3), values in ``[-1, 1]``.
+
+    Raises:
+        ValueError: an unknown registry name (the message lists the names), an unreadable
+            file, or a non-floating ``dtype``.
+        FileNotFoundError: a path that does not exist.
+    """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
+    key, mtime = _resolve(name_or_path)
+    x = _decode(key, mtime)
+    if gray is True:
+        x = _convert_channels(x, 1)
+    elif gray is False:
+        x = _convert_channels(x, 3)
+    return x.to(dtype=dtype, copy=True).clamp_(-1.0, 1.0)
+
+
+def save_image(image: Tensor, path: PathLike) -> Path:
+    """Write an image tensor in ``[-1, 1]`` as an 8-bit PNG.
+
+    Arguments:
+        image: ``C×H×W`` or ``1×C×H×W`` with ``C`` in ``{1, 3}``; values outside ``[-1, 1]`` are
+            clipped.
+        path: output file; parent folders must exist.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: a tensor of another shape or a non-floating dtype.
+    """
+    if not isinstance(image, Tensor):
+        raise ValueError(f"image must be a torch.Tensor, got {type(image).__name__}")
+    if not image.is_floating_point():
+        raise ValueError(f"image must have a floating dtype, got {image.dtype}")
+    x = image.detach()
+    if x.dim() == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"image must be C×H×W or 1×C×H×W with C in {{1, 3}}, got shape {tuple(image.shape)}")
+    from skimage import io
+
+    u = ((x.to(torch.float64).cpu().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+    arr = u.permute(1, 2, 0).numpy()
+    if arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    out = Path(path)
+    io.imsave(out, arr, check_contrast=False)
+    return out
+
+
+def _seed_for(seed: int, index: int) -> int:
+    """Mix ``(seed, index)`` into one 63-bit seed (SplitMix64 finaliser)."""
+    z = (seed * 0x9E3779B97F4A7C15 + index + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Random square patches of bundled (or user) images — deterministic per index.
+
+    Item ``i`` depends only on ``(seed, i)``: a ``torch.Generator`` seeded from both picks an
+    image uniformly among ``images``, a crop position uniformly, and a horizontal flip with
+    probability 1/2. Decoded images are cached in memory (module-level LRU cache, per process),
+    so the dataset works with ``DataLoader`` for any ``num_workers``.
+
+    Arguments:
+        images: registry names or file paths; ``None`` takes all images of ``split``.
+        patch_size: side ``p`` of the square patches (pixels).
+        channels: 3 (gray images are repeated) or 1 (colour is converted to luma).
+        length: number of items.
+        seed: base seed.
+        split: ``"train"`` (no held-out registry image allowed), ``"heldout"`` (only held-out
+            registry images allowed) or ``"all"`` (no check). File paths are allowed in any split.
+
+    Raises:
+        ValueError: invalid sizes, an unknown split, an image from the wrong split, an image
+            smaller than ``patch_size``, or an unknown name / missing file (see :func:`load_image`).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[PathLike] | None = None,
+        patch_size: int = 32,
+        channels: int = 3,
+        length: int = 10_000,
+        seed: int = 0,
+        split: Literal["train", "heldout", "all"] = "train",
+    ) -> None:
+        if split not in ("train", "heldout", "all"):
+            raise ConfigError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+        if images is None:
+            images = TRAIN_IMAGES if split == "train" else HELDOUT_IMAGES if split == "heldout" else tuple(IMAGES)
+        images = tuple(images)
+        if not images:
+            raise ConfigError("images must name at least one image, got an empty sequence")
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+            raise ConfigError(f"patch_size must be a positive int, got {patch_size!r}")
+        if channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {channels!r}")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise ConfigError(f"length must be a non-negative int, got {length!r}")
+        if split != "all":
+            for name in images:
+                info = IMAGES.get(name) if isinstance(name, str) else None
+                if info is not None and info.split != split:
+                    raise ConfigError(f"image {name!r} belongs to the {info.split!r} split, not {split!r}")
+        for name in images:
+            key, mtime = _resolve(name)
+            h, w = _decode(key, mtime).shape[-2:]
+            if h < patch_size or w < patch_size:
+                raise ConfigError(f"image {name!r} of size {h}×{w} is smaller than patch_size={patch_size}")
+        self.images = images
+        self.patch_size = patch_size
+        self.channels = channels
+        self.length = length
+        self.seed = int(seed)
+        self.split = split
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Tensor:
+        """Patch ``index`` as a float32 tensor ``channels×p×p`` in ``[-1, 1]``."""
+        i = int(index)
+        if i < 0:
+            i += self.length
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {index} out of range for a PatchDataset of length {self.length}")
+        g = torch.Generator().manual_seed(_seed_for(self.seed, i))
+        k = int(torch.randint(len(self.images), (1,), generator=g))
+        img = _decode(*_resolve(self.images[k]))
+        p = self.patch_size
+        h, w = img.shape[-2:]
+        top = int(torch.randint(h - p + 1, (1,), generator=g))
+        left = int(torch.randint(w - p + 1, (1,), generator=g))
+        flip = bool(torch.rand((), generator=g) < 0.5)
+        patch = img[:, top : top + p, left : left + p]
+        if flip:
+            patch = patch.flip(-1)
+        return _convert_channels(patch, self.channels).to(torch.float32, copy=True).contiguous()
