@@ -1,0 +1,91 @@
+r"""The probability-flow vector field, behind one uniform callable.
+
+Every integrator takes a *field* ``field(s, xbar, c) -> dxbar/ds`` (the k-diffusion convention of
+hiding the network behind one signature, Karras et al. 2022), where ``s`` is $\varsigma$, ``xbar``
+is $\bar x = x/\alpha$ and ``c = (y, m)`` or ``None``. In these coordinates
+
+$$\frac{d\bar x}{d\varsigma} = \varepsilon_\theta(\alpha\,\bar x,\ t(\varsigma),\ c),\qquad
+\alpha = (1 + \varsigma^2)^{-1/2},$$
+
+and an Euler step in $\varsigma$ is a DDIM step (Song, Meng, Ermon 2021, eq. 14).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ..model.schedule import VPSchedule
+
+__all__ = ["Field", "Cond", "ProbabilityFlowField", "probability_flow_field"]
+
+Cond = Optional[Tuple[Tensor, Tensor]]
+
+
+class Field(Protocol):
+    """``field(s, xbar, c) -> dxbar/ds``; ``s`` a float (or 0-dim tensor) value of $\\varsigma$."""
+
+    def __call__(self, s: Union[float, Tensor], xbar: Tensor, c: Cond) -> Tensor: ...
+
+
+class ProbabilityFlowField:
+    r"""$f(\varsigma, \bar x, c) = \varepsilon_\theta(\alpha\bar x, t(\varsigma), c)$ for a model.
+
+    The network is evaluated in the dtype of ``xbar``; ``t`` is passed as a tensor of shape ``(N,)``.
+
+    Attributes:
+        model: the $\varepsilon$-network, ``model(x, t, y=None, m=None) -> eps``.
+        schedule: the VP schedule giving $t(\varsigma)$.
+        nfe: number of network evaluations made through this field so far.
+    """
+
+    def __init__(self, model: Callable[..., Tensor], schedule: VPSchedule) -> None:
+        self.model = model
+        self.schedule = schedule
+        self.nfe = 0
+
+    def __call__(self, s: Union[float, Tensor], xbar: Tensor, c: Cond = None) -> Tensor:
+        s64 = torch.as_tensor(s, dtype=torch.float64).detach().cpu()
+        alpha = float(self.schedule.alpha_of_varsigma(s64))
+        t = float(self.schedule.t_of_varsigma(s64))
+        x = xbar * alpha
+        tt = torch.full((xbar.shape[0],), t, dtype=xbar.dtype, device=xbar.device)
+        self.nfe += 1
+        if c is None:
+            return self.model(x, tt)
+        y, m = c
+        return self.model(x, tt, y=y, m=m)
+
+    def lipschitz(self, s: Union[float, Tensor]) -> float:
+        r"""A Lipschitz bound of $\bar x \mapsto f(\varsigma, \bar x, c)$: $\alpha(\varsigma)\cdot$ ``model.lipschitz_budget``.
+
+        Raises:
+            ValueError: the model has no ``lipschitz_budget`` attribute.
+        """
+        budget = getattr(self.model, "lipschitz_budget", None)
+        if budget is None:
+            raise ValueError(
+                f"model of type {type(self.model).__name__} has no `lipschitz_budget`; "
+                "the fixed_point inverse needs a certified Lipschitz bound"
+            )
+        alpha = float(self.schedule.alpha_of_varsigma(torch.as_tensor(s, dtype=torch.float64)))
+        return alpha * float(budget)
+
+
+def probability_flow_field(model: Any, schedule: Optional[VPSchedule] = None) -> ProbabilityFlowField:
+    """Wrap ``model`` (signature ``model(x, t, y=None, m=None)``) as a probability-flow field.
+
+    Arguments:
+        model: the $\\varepsilon$-prediction network.
+        schedule: the VP schedule; defaults to ``model.schedule``.
+
+    Raises:
+        ValueError: no schedule is given and the model has none.
+    """
+    if schedule is None:
+        schedule = getattr(model, "schedule", None)
+        if schedule is None:
+            raise ValueError(f"model of type {type(model).__name__} has no `schedule`; pass schedule=")
+    return ProbabilityFlowField(model, schedule)

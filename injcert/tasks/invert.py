@@ -1,0 +1,236 @@
+r"""Invert an image to its latent noise and back through the probability-flow ODE.
+
+``encode`` integrates $t: 0 \to t_{\max}$ (image $\to$ latent), ``decode`` integrates back. With
+``method="reversible"`` (the default) the state lives on a fixed-point integer lattice and
+``decode(model, encode(model, x))`` equals ``x`` **bit for bit** for any float input: the input is
+split exactly as lattice point + float64 remainder, the remainder is stored in the latent and
+added back after decoding (``proofs/03``).
+
+Sampling: ``decode(model, z, steps=..., method=...)`` starts from a plain noise tensor (both states
+of a two-state scheme equal). The latent of such a sample is recovered *exactly* by encoding its
+full $t = 0$ state (both states, from :func:`decode_state`) with :func:`encode_state`; encoding
+only the float image would give a different (nearby) latent, as the second state is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ..errors import CheckpointError
+from ..model.schedule import get_schedule
+from ..solvers import Solver, SolverState, get_solver, make_grid, probability_flow_field
+
+__all__ = ["Latent", "encode", "decode", "encode_state", "decode_state"]
+
+Cond = Optional[Tuple[Tensor, Tensor]]
+_FORMAT = "injcert-latent/1"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Latent:
+    r"""Everything decoding needs: the end state of the encode integration and how it was made.
+
+    Attributes:
+        state: main state at $\varsigma(t_{\max})$ in $\bar x$ coordinates (int64 lattice for exact
+            methods, float otherwise).
+        aux: second state of a two-state scheme (int64), else ``None``.
+        remainder: float64 rounding remainder of the encoded image (exact methods), else ``None``.
+        method, steps, grid, t_min: the integrator, its number of steps and its grid.
+        schedule: the schedule's config dict (:meth:`VPSchedule.to_config`).
+        dtype: the dtype of the encoded image and of the network evaluations.
+        t_max: the final time.
+        frac_bits: fractional bits of the lattice (exact methods).
+        nfe: network evaluations spent by the encode.
+    """
+
+    state: Tensor
+    aux: Optional[Tensor]
+    remainder: Optional[Tensor]
+    method: str
+    steps: int
+    grid: str
+    schedule: Dict[str, Any]
+    dtype: torch.dtype
+    t_max: float
+    frac_bits: Optional[int] = None
+    nfe: int = 0
+    t_min: float = 1e-3
+
+    def solver_state(self) -> SolverState:
+        return SolverState(x=self.state, aux=self.aux, remainder=self.remainder, dtype=self.dtype,
+                           frac_bits=self.frac_bits)
+
+    def to_tensor(self) -> Tensor:
+        r"""The float latent $x_T = \alpha_{t_{\max}}\bar x_T$ (x-space, main state, in :attr:`dtype`)."""
+        alpha = float(get_schedule(self.schedule).alpha(self.t_max))
+        return (self.solver_state().main_value().to(torch.float64) * alpha).to(self.dtype)
+
+    def _metadata(self) -> Dict[str, Any]:
+        return {"format": _FORMAT, "method": self.method, "steps": self.steps, "grid": self.grid,
+                "schedule": self.schedule, "dtype": str(self.dtype).replace("torch.", ""), "t_max": self.t_max,
+                "frac_bits": self.frac_bits, "nfe": self.nfe, "t_min": self.t_min}
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write a safetensors file (metadata JSON in its header); atomic (temp file + ``os.replace``)."""
+        from safetensors.torch import save_file
+
+        tensors = {"state": self.state.detach().cpu().contiguous()}
+        if self.aux is not None:
+            tensors["aux"] = self.aux.detach().cpu().contiguous()
+        if self.remainder is not None:
+            tensors["remainder"] = self.remainder.detach().cpu().contiguous()
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"injcert_latent": json.dumps(self._metadata())})
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "Latent":
+        """Read a file written by :meth:`save` (never unpickles).
+
+        Raises:
+            CheckpointError: missing, corrupt or not an injcert latent.
+        """
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["injcert_latent"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            if meta.get("format") != _FORMAT:
+                raise ValueError(f"unknown format {meta.get('format')!r}")
+            return cls(state=tensors["state"], aux=tensors.get("aux"), remainder=tensors.get("remainder"),
+                       method=str(meta["method"]), steps=int(meta["steps"]), grid=str(meta["grid"]),
+                       schedule=dict(meta["schedule"]), dtype=_DTYPES[meta["dtype"]], t_max=float(meta["t_max"]),
+                       frac_bits=None if meta["frac_bits"] is None else int(meta["frac_bits"]),
+                       nfe=int(meta["nfe"]), t_min=float(meta["t_min"]))
+        except FileNotFoundError:
+            raise CheckpointError(f"latent file {str(path)!r} does not exist") from None
+        except Exception as exc:  # corrupt header, missing keys, wrong types
+            raise CheckpointError(f"{str(path)!r} is not a valid injcert latent: {exc}") from None
+
+
+def _check_image(x: Tensor, what: str) -> None:
+    if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"{what} must be a float N×C×H×W tensor, got "
+                         f"{type(x).__name__} {getattr(x, 'shape', '')} {getattr(x, 'dtype', '')}")
+
+
+def _check_cond(cond: Cond, shape: Tuple[int, ...], dtype: torch.dtype) -> Cond:
+    if cond is None:
+        return None
+    if not (isinstance(cond, (tuple, list)) and len(cond) == 2):
+        raise ValueError(f"cond must be None or a pair (y, m), got {type(cond).__name__}")
+    y, m = cond
+    if tuple(y.shape) != tuple(shape) or m.ndim != 4 or m.shape[0] != shape[0] or tuple(m.shape[2:]) != tuple(shape[2:]):
+        raise ValueError(f"cond shapes y {tuple(y.shape)}, m {tuple(m.shape)} do not match x {tuple(shape)}")
+    return (y.to(dtype), m.to(dtype))
+
+
+def _setup(model: Any, method: Union[str, Solver], steps: int, grid: str, t_min: float):
+    solver = get_solver(method)
+    field = probability_flow_field(model)
+    g = make_grid(field.schedule, steps, grid, t_min=t_min)
+    return solver, field, g
+
+
+def encode_state(model: Any, state: Union[Tensor, SolverState], cond: Cond = None, steps: int = 50,
+                 method: str = "reversible", grid: str = "geometric", *, progress: bool = False) -> Latent:
+    r"""Encode a $t = 0$ image or a full $t = 0$ solver state (e.g. from :func:`decode_state`).
+
+    Encoding the full state of a decoded sample recovers its latent exactly (for exact methods).
+    """
+    if isinstance(state, SolverState):
+        shape, dtype = tuple(state.x.shape), state.dtype
+    else:
+        _check_image(state, "x0")
+        shape, dtype = tuple(state.shape), state.dtype
+    solver, field, g = _setup(model, method, steps, grid, 1e-3)
+    out = solver.encode(field, state, g, _check_cond(cond, shape, dtype), progress=progress)
+    return Latent(state=out.x, aux=out.aux, remainder=out.remainder, method=str(method), steps=int(steps),
+                  grid=grid, schedule=field.schedule.to_config(), dtype=out.dtype, t_max=float(field.schedule.t_max),
+                  frac_bits=out.frac_bits, nfe=out.nfe)
+
+
+def encode(model: Any, x0: Tensor, cond: Cond = None, steps: int = 50, method: str = "reversible",
+           grid: str = "geometric", *, progress: bool = False) -> Latent:
+    r"""Integrate the probability-flow ODE from the image ``x0`` ($t = 0$) to $t_{\max}$.
+
+    Arguments:
+        model: the $\varepsilon$-network, ``model(x, t, y=None, m=None)``, with a ``schedule``.
+        x0: images, N×C×H×W, float32 or float64 (the network runs in this dtype).
+        cond: ``(y, m)`` observation and corruption map, or ``None`` (unconditional).
+        steps: number of integration steps (one network evaluation each, plus one).
+        method: a name from :data:`injcert.solvers.SOLVERS`.
+        grid: ``"geometric"`` in $\varsigma$ (default) or ``"uniform"`` in $t$.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A :class:`Latent` (``.to_tensor()`` is the float noise $x_T$, ``.nfe`` the cost).
+
+    Raises:
+        ValueError: bad shapes, an unknown method or grid.
+        OverflowError: the lattice state left its range (exact methods).
+    """
+    _check_image(x0, "x0")
+    return encode_state(model, x0, cond, steps, method, grid, progress=progress)
+
+
+def decode_state(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *, steps: Optional[int] = None,
+                 method: Optional[str] = None, grid: Optional[str] = None, progress: bool = False) -> SolverState:
+    """Like :func:`decode` but returns the full $t = 0$ :class:`SolverState` (both states, ``nfe``)."""
+    if isinstance(latent, Latent):
+        for name, given, stored in (("steps", steps, latent.steps), ("method", method, latent.method),
+                                    ("grid", grid, latent.grid)):
+            if given is not None and given != stored:
+                raise ValueError(f"{name}={given!r} conflicts with the latent's {name}={stored!r}")
+        model_sched = getattr(model, "schedule", None)
+        if model_sched is not None and model_sched.to_config() != latent.schedule:
+            raise ValueError(f"the model's schedule {model_sched.to_config()} differs from the latent's {latent.schedule}")
+        solver, field, g = _setup(model, latent.method, latent.steps, latent.grid, latent.t_min)
+        start: Union[Tensor, SolverState] = latent.solver_state()
+        shape, dtype = tuple(latent.state.shape), latent.dtype
+    else:
+        _check_image(latent, "z")
+        solver, field, g = _setup(model, method or "reversible", 50 if steps is None else steps,
+                                  grid or "geometric", 1e-3)
+        alpha = float(field.schedule.alpha(field.schedule.t_max))
+        start = (latent.to(torch.float64) / alpha).to(latent.dtype)
+        shape, dtype = tuple(latent.shape), latent.dtype
+    return solver.decode(field, start, g, _check_cond(cond, shape, dtype), progress=progress)
+
+
+def decode(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *, steps: Optional[int] = None,
+           method: Optional[str] = None, grid: Optional[str] = None, progress: bool = False) -> Tensor:
+    r"""Integrate from $t_{\max}$ back to the image ($t = 0$).
+
+    Arguments:
+        model: the $\varepsilon$-network (same schedule as at encode time).
+        latent: a :class:`Latent` (steps, method and grid come from it; passing different ones is an
+            error), or a plain noise tensor $x_T$ to *sample* (``steps`` default 50, ``method``
+            default ``"reversible"``, ``grid`` default ``"geometric"``; two states start equal).
+        cond: ``(y, m)`` or ``None``.
+
+    Returns:
+        The image in the latent's dtype; for exact methods ``decode(model, encode(model, x)) == x``.
+
+    Raises:
+        ValueError: conflicting options, schedule mismatch, bad shapes.
+        NonConvergenceError: ``fixed_point`` could not certify a step.
+    """
+    return decode_state(model, latent, cond, steps=steps, method=method, grid=grid, progress=progress).value()
