@@ -1,0 +1,515 @@
+r"""Certified compositional Lipschitz bounds and sound empirical lower bounds (Theorem 5).
+
+``lipschitz_bound(module, input_shape)`` walks a module tree through a registry of rules,
+one per module type (looked up along the type's MRO, so subclasses inherit rules). Each rule
+returns a certified bound on the $\ell_2$ Lipschitz constant **in the input x** and the output
+shape. A module without a rule raises :class:`~injcert.errors.UnsupportedModuleError` naming its
+type; nothing is ever skipped. Conditioning inputs other than ``x`` (time, observation, mask)
+are held fixed: they contribute nothing to the Lipschitz constant in ``x`` (proofs/05).
+
+``lipschitz_lower_bound(fn, points)`` returns an *achieved* ratio, a sound lower bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from injcert.errors import UnsupportedModuleError
+from injcert.theory.spectral import certify_float, operator_norm_bound
+
+__all__ = [
+    "LayerBound",
+    "LipschitzBound",
+    "BoundContext",
+    "Rule",
+    "register_lipschitz_rule",
+    "get_lipschitz_rule",
+    "lipschitz_bound",
+    "residual_bound",
+    "sum_bound",
+    "concat_bound",
+    "product_bound",
+    "activation_constant",
+    "SILU_LIPSCHITZ",
+    "GELU_LIPSCHITZ",
+    "GELU_TANH_LIPSCHITZ",
+    "lipschitz_lower_bound",
+    "finite_difference_lower_bound",
+]
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerBound:
+    """One row of a Lipschitz certificate: a leaf layer's dotted name, type and bound."""
+
+    name: str
+    type: str
+    bound: float
+
+
+@dataclasses.dataclass
+class LipschitzBound:
+    """A certified upper bound on the $\\ell_2$ Lipschitz constant of a module in ``x``."""
+
+    value: float
+    layers: list[LayerBound]
+    input_shape: tuple
+    size_independent: bool
+
+    def table(self) -> str:
+        """A readable per-layer table (name, type, bound) followed by the total."""
+        rows = [(lb.name or "<root>", lb.type, f"{lb.bound:.6g}") for lb in self.layers]
+        head = ("layer", "type", "bound")
+        widths = [max([len(head[i])] + [len(r[i]) for r in rows]) for i in range(3)]
+        fmt = "  ".join("{:<%d}" % w for w in widths)
+        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        lines += [fmt.format(*r) for r in rows]
+        kind = "every input size" if self.size_independent else f"input shape {self.input_shape}"
+        lines.append(f"Lipschitz bound (certified, {kind}): {self.value:.6g}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {
+            "value": self.value,
+            "input_shape": list(self.input_shape),
+            "size_independent": self.size_independent,
+            "layers": [dataclasses.asdict(lb) for lb in self.layers],
+        }
+
+
+# ----------------------------------------------------------------------------- combinators
+
+
+def residual_bound(lip_g: float, alpha: float = 1.0) -> float:
+    r"""$\mathrm{Lip}(x + \alpha g(x)) \le 1 + |\alpha|\,\mathrm{Lip}(g)$."""
+    return 1.0 + abs(alpha) * float(lip_g)
+
+
+def sum_bound(*lips: float) -> float:
+    r"""$\mathrm{Lip}(\sum_i f_i) \le \sum_i \mathrm{Lip}(f_i)$ (maps of the same input)."""
+    return float(sum(float(v) for v in lips))
+
+
+def concat_bound(*lips: float) -> float:
+    r"""$\mathrm{Lip}(x \mapsto (f_1(x), \dots, f_n(x))) \le \sqrt{\sum_i \mathrm{Lip}(f_i)^2}$."""
+    return math.sqrt(sum(float(v) ** 2 for v in lips))
+
+
+def product_bound(*lips: float) -> float:
+    r"""$\mathrm{Lip}(f_n \circ \dots \circ f_1) \le \prod_i \mathrm{Lip}(f_i)$."""
+    out = 1.0
+    for v in lips:
+        out *= float(v)
+    return out
+
+
+# ----------------------------------------------------------------------------- registry
+
+Rule = Callable[[nn.Module, tuple, "BoundContext"], "tuple[float, tuple]"]
+_RULES: dict[type, Rule] = {}
+
+
+def register_lipschitz_rule(*module_types: type) -> Callable[[Rule], Rule]:
+    """Decorator registering ``rule(module, input_shape, ctx) -> (bound, output_shape)``.
+
+    Shapes exclude the batch dimension. Subclasses of a registered type inherit its rule
+    unless they register their own.
+
+    Raises:
+        TypeError: if no type or a non-``nn.Module`` type is given.
+    """
+    if not module_types:
+        raise TypeError("register_lipschitz_rule needs at least one module type")
+    for t in module_types:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise TypeError(f"register_lipschitz_rule expects nn.Module subclasses, got {t!r} of type {type(t).__name__}")
+
+    def deco(rule: Rule) -> Rule:
+        for t in module_types:
+            _RULES[t] = rule
+        return rule
+
+    return deco
+
+
+def get_lipschitz_rule(module: nn.Module) -> Rule:
+    """The rule for ``module``'s type, looked up along its MRO.
+
+    Raises:
+        UnsupportedModuleError: naming the type, if no class in the MRO has a rule.
+    """
+    for cls in type(module).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+    raise UnsupportedModuleError(
+        f"no Lipschitz rule for module type {type(module).__name__} "
+        f"({type(module).__module__}.{type(module).__qualname__}); register one with "
+        "injcert.theory.lipschitz.register_lipschitz_rule"
+    )
+
+
+class BoundContext:
+    """State passed to rules: the size-independence flag and the per-layer rows."""
+
+    def __init__(self, size_independent: bool = False) -> None:
+        self.size_independent = bool(size_independent)
+        self.layers: list[LayerBound] = []
+
+    def bound(self, module: nn.Module, input_shape: Sequence[int], name: str) -> tuple[float, tuple]:
+        """Bound a submodule through the registry; records a row when ``module`` is a leaf."""
+        shape = tuple(int(v) for v in input_shape)
+        rule = get_lipschitz_rule(module)
+        n_before = len(self.layers)
+        self._prefix.append(name)
+        try:
+            value, out_shape = rule(module, shape, self)
+        finally:
+            self._prefix.pop()
+        full = ".".join(p for p in [*self._prefix, name] if p)
+        value = float(value)
+        if not value >= 0.0:  # also catches NaN
+            raise ValueError(f"rule for {type(module).__name__} returned an invalid bound {value!r}")
+        if len(self.layers) == n_before:  # leaf (its rule recorded nothing itself)
+            self.layers.append(LayerBound(full, type(module).__name__, value))
+        return value, tuple(out_shape)
+
+    def op_norm(self, layer: nn.Module, input_shape: Sequence[int]) -> float:
+        """:func:`~injcert.theory.spectral.operator_norm_bound` with this context's flag."""
+        return operator_norm_bound(layer, input_shape, size_independent=self.size_independent)
+
+    @property
+    def _prefix(self) -> list[str]:
+        if not hasattr(self, "_prefix_stack"):
+            self._prefix_stack: list[str] = []
+        return self._prefix_stack
+
+
+def lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, size_independent: bool = False) -> LipschitzBound:
+    """Certified upper bound on the $\\ell_2$ Lipschitz constant of ``module`` in its input.
+
+    Arguments:
+        module: the network (its rules must exist; see :func:`register_lipschitz_rule`).
+        input_shape: the input shape **without** the batch dimension, e.g. ``(C, H, W)``.
+        size_independent: bound valid for every spatial input size (convolutions use
+            :func:`~injcert.theory.spectral.conv_size_independent_bound`-type bounds).
+
+    Returns:
+        :class:`LipschitzBound` with the value and one row per leaf layer.
+
+    Raises:
+        UnsupportedModuleError: for a module without a rule (or in an unsupported state, e.g.
+            BatchNorm or Dropout in training mode).
+    """
+    ctx = BoundContext(size_independent)
+    shape = tuple(int(v) for v in input_shape)
+    value, _ = ctx.bound(module, shape, "")
+    return LipschitzBound(float(value), list(ctx.layers), shape, bool(size_independent))
+
+
+def _output_shape(module: nn.Module, shape: tuple) -> tuple:
+    p = next(iter(module.parameters()), None)
+    dtype = p.dtype if p is not None else torch.get_default_dtype()
+    with torch.no_grad():
+        y = module(torch.zeros((1, *shape), dtype=dtype))
+    return tuple(y.shape[1:])
+
+
+# ----------------------------------------------------------------------------- rules: structure
+
+
+@register_lipschitz_rule(nn.Sequential)
+def _sequential_rule(module: nn.Sequential, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    total = 1.0
+    for name, child in module.named_children():
+        lip, shape = ctx.bound(child, shape, name)
+        total *= lip
+    return total, shape
+
+
+@register_lipschitz_rule(nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+def _linear_rule(module: nn.Module, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    lip = ctx.op_norm(module, shape)
+    if isinstance(module, nn.Linear):
+        return lip, (*shape[:-1], module.out_features)
+    return lip, _output_shape(module, shape)
+
+
+@register_lipschitz_rule(nn.Identity, nn.Flatten, nn.Unflatten)
+def _reshape_rule(module: nn.Module, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    return 1.0, _output_shape(module, shape)
+
+
+@register_lipschitz_rule(nn.Dropout, nn.Dropout2d, nn.Dropout1d)
+def _dropout_rule(module: nn.Module, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    if module.training and module.p > 0:
+        raise UnsupportedModuleError(f"{type(module).__name__} in training mode is random; call .eval() first")
+    return 1.0, shape
+
+
+@register_lipschitz_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+def _batchnorm_rule(module: nn.modules.batchnorm._BatchNorm, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    if module.training or module.running_var is None:
+        raise UnsupportedModuleError(
+            f"{type(module).__name__} in training mode (or without running statistics) depends on the batch; "
+            "call .eval() first"
+        )
+    var = module.running_var.detach().to(torch.float64)
+    scale = 1.0 / torch.sqrt(var + module.eps)
+    if module.affine and module.weight is not None:
+        scale = scale * module.weight.detach().to(torch.float64).abs()
+    return certify_float(float(scale.max())), shape
+
+
+@register_lipschitz_rule(nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.MultiheadAttention)
+def _unsupported_rule(module: nn.Module, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    raise UnsupportedModuleError(
+        f"{type(module).__name__} has no certified global Lipschitz bound (it is not globally Lipschitz "
+        "or its constant depends on the input); replace it by a certifiable layer"
+    )
+
+
+# ----------------------------------------------------------------------------- rules: activations
+
+
+def _bisect(fn: Callable[[float], float], lo: float, hi: float) -> float:
+    flo = fn(lo)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        fm = fn(mid)
+        if (fm > 0) == (flo > 0):
+            lo, flo = mid, fm
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _silu_d1(x: float) -> float:
+    s = _sig(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+def _gelu_d1(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0))) + x * math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+_C_TANH = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_tanh_d1(x: float) -> float:
+    u = _C_TANH * (x + 0.044715 * x**3)
+    t = math.tanh(u)
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _C_TANH * (1.0 + 3 * 0.044715 * x * x)
+
+
+def _gelu_tanh_d2(x: float) -> float:
+    # derivative of _gelu_tanh_d1, written out (checked against finite differences in tests)
+    c, a = _C_TANH, 0.044715
+    u = c * (x + a * x**3)
+    du = c * (1.0 + 3 * a * x * x)
+    d2u = c * 6 * a * x
+    t = math.tanh(u)
+    sech2 = 1.0 - t * t
+    return sech2 * du + 0.5 * x * (-2.0 * t * sech2 * du * du + sech2 * d2u)
+
+
+# Maximisers: SiLU'' = 0  <=>  x tanh(x/2) = 2;  GELU'' = phi(x)(2 - x^2) = 0  <=>  x = sqrt(2).
+_SILU_ARGMAX = _bisect(lambda x: x * math.tanh(0.5 * x) - 2.0, 2.0, 3.0)
+_GELU_TANH_ARGMAX = _bisect(_gelu_tanh_d2, 1.0, 2.0)
+#: Certified sup |SiLU'| (≈ 1.0998), the value at the root of SiLU'' rounded up (proofs/05).
+SILU_LIPSCHITZ: float = _silu_d1(_SILU_ARGMAX) * (1.0 + 1e-12)
+#: Certified sup |GELU'| = Φ(√2) + √2 φ(√2) (≈ 1.1289), rounded up (proofs/05).
+GELU_LIPSCHITZ: float = _gelu_d1(math.sqrt(2.0)) * (1.0 + 1e-12)
+#: Certified sup |GELU'| for ``approximate="tanh"`` (≈ 1.1295), rounded up.
+GELU_TANH_LIPSCHITZ: float = _gelu_tanh_d1(_GELU_TANH_ARGMAX) * (1.0 + 1e-12)
+
+
+def activation_constant(module: nn.Module) -> float:
+    """The exact global Lipschitz constant (rounded up) of a supported activation module.
+
+    Raises:
+        UnsupportedModuleError: for an activation without a known constant.
+    """
+    if isinstance(module, (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity)):
+        if isinstance(module, nn.Hardtanh) and module.max_val <= module.min_val:
+            return 0.0
+        return 1.0
+    if isinstance(module, nn.LeakyReLU):
+        return max(1.0, abs(float(module.negative_slope)))
+    if isinstance(module, nn.ELU):
+        return max(1.0, abs(float(module.alpha)))
+    if isinstance(module, nn.Sigmoid):
+        return 0.25
+    if isinstance(module, nn.SiLU):
+        return SILU_LIPSCHITZ
+    if isinstance(module, nn.GELU):
+        return GELU_TANH_LIPSCHITZ if module.approximate == "tanh" else GELU_LIPSCHITZ
+    raise UnsupportedModuleError(f"no Lipschitz constant known for activation {type(module).__name__}")
+
+
+@register_lipschitz_rule(nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Softplus, nn.Hardtanh)
+def _activation_rule(module: nn.Module, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    return activation_constant(module), shape
+
+
+# ----------------------------------------------------------------------------- rules: pooling
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (int, float)):
+        return (int(v), int(v))
+    t = tuple(int(x) for x in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+@register_lipschitz_rule(nn.AvgPool2d)
+def _avgpool_rule(module: nn.AvgPool2d, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    k, s, p = _pair(module.kernel_size), _pair(module.stride if module.stride is not None else module.kernel_size), _pair(module.padding)
+    out_shape = _output_shape(module, shape)
+    div = module.divisor_override
+    if ctx.size_independent:
+        # Schur test: ||A||^2 <= (max row sum)(max column sum)
+        norm = 1.0
+        for ax in range(2):
+            wmax = 1.0 / k[ax] if (module.count_include_pad and not module.ceil_mode and div is None) else 1.0
+            row = 1.0
+            if div is not None:
+                wmax, row = 1.0, float(k[ax])
+            col = math.ceil(k[ax] / s[ax]) * wmax
+            norm *= math.sqrt(row * col)
+        if div is not None:
+            norm /= float(div)
+        return certify_float(norm), out_shape
+    norm = 1.0
+    for ax in range(2):
+        n = shape[-2 + ax]
+        eye = torch.eye(n, dtype=torch.float64).unsqueeze(1)
+        if div is not None:
+            inb = torch.nn.functional.max_pool1d(eye, k[ax], s[ax], p[ax], 1, module.ceil_mode).squeeze(1).T
+            a = (inb > 0).to(torch.float64)  # window sums
+        else:
+            a = torch.nn.functional.avg_pool1d(eye, k[ax], s[ax], p[ax], module.ceil_mode, module.count_include_pad).squeeze(1).T
+        norm *= float(torch.linalg.matrix_norm(a, ord=2))
+    if div is not None:
+        norm /= float(div)
+    return certify_float(norm, max(shape[-2:])), out_shape
+
+
+@register_lipschitz_rule(nn.MaxPool2d)
+def _maxpool_rule(module: nn.MaxPool2d, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    k = _pair(module.kernel_size)
+    s = _pair(module.stride if module.stride is not None else module.kernel_size)
+    d = _pair(module.dilation)
+    count = 1
+    for ax in range(2):
+        ext = d[ax] * (k[ax] - 1) + 1
+        count *= min(k[ax], math.ceil(ext / s[ax]))
+    return math.sqrt(count), _output_shape(module, shape)
+
+
+@register_lipschitz_rule(nn.Upsample)
+def _upsample_rule(module: nn.Upsample, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    if module.mode != "nearest":
+        raise UnsupportedModuleError(f"Upsample(mode={module.mode!r}) has no rule; use mode='nearest'")
+    out_shape = _output_shape(module, shape)
+    mult = 1
+    for ax in range(2):
+        n, m = shape[-2 + ax], out_shape[-2 + ax]
+        if ctx.size_independent and module.scale_factor is not None:
+            sf = module.scale_factor if not isinstance(module.scale_factor, tuple) else module.scale_factor[ax]
+            mult *= math.ceil(float(sf)) if float(sf) >= 1 else 1
+            continue
+        src = torch.nn.functional.interpolate(
+            torch.arange(n, dtype=torch.float64).view(1, 1, n), size=m, mode="nearest"
+        ).view(-1).long()
+        mult *= int(torch.bincount(src, minlength=n).max())
+    return math.sqrt(mult), out_shape
+
+
+# ----------------------------------------------------------------------------- lower bounds
+
+
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    return num.flatten(1).norm(dim=1) / den.flatten(1).norm(dim=1).clamp_min(torch.finfo(den.dtype).tiny)
+
+
+def lipschitz_lower_bound(
+    fn: Callable[[Tensor], Tensor],
+    points: Tensor,
+    n_iter: int = 20,
+    ascent_steps: int = 5,
+    *,
+    step_size: float = 1e-2,
+    generator: torch.Generator | None = None,
+) -> float:
+    r"""Sound lower bound on the $\ell_2$ Lipschitz constant of a differentiable ``fn``.
+
+    ``fn`` maps a batch to a batch and must act on each batch element independently (then the
+    Jacobian is block diagonal and each block is one point's Jacobian $J(x_i)$). At each point,
+    ``n_iter`` power-iteration steps on $J^\top J$ (``torch.func.jvp`` / ``vjp``) produce a
+    direction $v$; the returned number is the largest **achieved** ratio $\|J(x_i)v\|/\|v\|$,
+    which is $\le \|J(x_i)\| \le \mathrm{Lip}(fn)$. Then ``ascent_steps`` steps of gradient ascent
+    move the points to increase $\|J(x)v\|$, and the ratio is measured again. For a
+    non-differentiable ``fn`` use :func:`finite_difference_lower_bound`.
+
+    This is an empirical lower bound (like the power iteration of Miyato et al. 2018); it is never
+    a certificate of an upper bound.
+    """
+    x = points.detach().clone()
+    v = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    best = 0.0
+
+    def power(x: Tensor, v: Tensor) -> tuple[Tensor, float]:
+        nonlocal best
+        _, vjp = torch.func.vjp(fn, x)
+        for _ in range(max(n_iter, 1)):
+            v = v / v.flatten(1).norm(dim=1).clamp_min(1e-300).view(-1, *[1] * (v.dim() - 1))
+            _, jv = torch.func.jvp(fn, (x,), (v,))
+            best = max(best, float(_ratio(jv.detach(), v.detach()).max()))
+            (v,) = vjp(jv)
+        v = v / v.flatten(1).norm(dim=1).clamp_min(1e-300).view(-1, *[1] * (v.dim() - 1))
+        _, jv = torch.func.jvp(fn, (x,), (v,))
+        best = max(best, float(_ratio(jv.detach(), v.detach()).max()))
+        return v, best
+
+    v, _ = power(x, v)
+    for _ in range(ascent_steps):
+        xr = x.clone().requires_grad_(True)
+        _, jv = torch.func.jvp(fn, (xr,), (v,))
+        obj = jv.flatten(1).norm(dim=1).sum()
+        (g,) = torch.autograd.grad(obj, xr, allow_unused=True)
+        if g is None:
+            break
+        scale = x.flatten(1).norm(dim=1).clamp_min(1.0) / g.flatten(1).norm(dim=1).clamp_min(1e-300)
+        x = (x + step_size * scale.view(-1, *[1] * (x.dim() - 1)) * g).detach()
+        v, _ = power(x, v)
+    return best
+
+
+def finite_difference_lower_bound(fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> float:
+    r"""$\max_i \|fn(x_i) - fn(y_i)\| / \|x_i - y_i\|$: a lower bound for any (even non-smooth) ``fn``.
+
+    Pairs with $x_i = y_i$ are ignored. (Rounding in evaluating ``fn`` is not accounted for.)
+    """
+    with torch.no_grad():
+        dx = (x - y).flatten(1).norm(dim=1)
+        df = (fn(x) - fn(y)).flatten(1).norm(dim=1)
+    ok = dx > 0
+    if not bool(ok.any()):
+        raise ValueError("finite_difference_lower_bound needs at least one pair with x != y")
+    return float((df[ok] / dx[ok]).max())

@@ -1,0 +1,552 @@
+"""Certified operator norms of linear layers (Theorem 4, ``proofs/04-operator-norms.md``).
+
+Three kinds of numbers come out of this module, and they are never mixed up:
+
+* **certified upper bounds** (:func:`operator_norm_bound`): computed in float64 and inflated by
+  an explicit rounding slack (:data:`ROUNDING_SLACK`), valid for the layer acting on inputs of
+  the given shape — or, with ``size_independent=True``, on inputs of *every* shape;
+* **differentiable upper bounds** for training-time parametrizations
+  (:func:`gram_iteration_bound`, :func:`conv_size_independent_bound`), upper bounds in exact
+  arithmetic at every ``n_iter``, computed in the dtype of their argument;
+* **lower bounds** (:func:`operator_norm_interval`'s first entry): an achieved ratio
+  $\\|Ax\\|/\\|x\\|$ from power iteration — sound as a lower bound, never as an upper bound.
+
+References:
+    Delattre, Barthélemy, Araujo, Allauzen. *Efficient Bound of Lipschitz Constant for
+    Convolutional Layers by Gram Iteration.* ICML 2023.
+    Sedghi, Gupta, Long. *The Singular Values of Convolutional Layers.* ICLR 2019.
+    Singla, Feizi. *Fantastic Four: Differentiable Bounds on Singular Values of Convolution
+    Layers.* ICLR 2021.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from injcert.errors import UnsupportedModuleError
+
+__all__ = [
+    "ROUNDING_SLACK",
+    "ABSOLUTE_SLACK",
+    "rounding_slack",
+    "certify_float",
+    "gram_iteration_bound",
+    "fantastic_four_bound",
+    "conv_symbol_grid_bound",
+    "conv_size_independent_bound",
+    "conv_transpose_size_independent_bound",
+    "circular_conv_singular_values",
+    "operator_norm_bound",
+    "operator_norm_interval",
+    "power_iteration_lower_bound",
+]
+
+#: Relative slack added to every certified float64 bound. It covers the rounding errors of the
+#: float64 FFT, matrix products and LAPACK SVD, which are at most ``c * n**1.5 * 2**-53``
+#: relative to the bound for matrices of dimension ``n`` (see proofs/04, "Rounding"); for
+#: ``n <= 10**4`` that is below ``1e-9``. Larger dimensions use :func:`rounding_slack`.
+ROUNDING_SLACK: float = 1e-9
+#: Absolute slack added on top (covers underflow of tiny weights; irrelevant otherwise).
+ABSOLUTE_SLACK: float = 1e-30
+
+_EPS64 = 2.0**-53
+
+
+def rounding_slack(dim: int) -> float:
+    """Relative rounding slack for float64 computations on matrices of dimension ``dim``.
+
+    Returns ``max(ROUNDING_SLACK, 16 * dim**1.5 * 2**-53)``.
+    """
+    return max(ROUNDING_SLACK, 16.0 * float(max(dim, 1)) ** 1.5 * _EPS64)
+
+
+def certify_float(value: float, dim: int = 1) -> float:
+    """Inflate a float64 value by the rounding slack: ``value*(1+rounding_slack(dim)) + ABSOLUTE_SLACK``."""
+    value = float(value)
+    if not math.isfinite(value):
+        return math.inf
+    return value * (1.0 + rounding_slack(dim)) + ABSOLUTE_SLACK
+
+
+# ----------------------------------------------------------------------------- Gram iteration
+
+
+def gram_iteration_bound(mat: Tensor, n_iter: int = 6) -> Tensor:
+    r"""Upper bound on the spectral norm of ``mat`` by Gram iteration (Delattre et al., ICML 2023).
+
+    With $G_0 = A$ and $G_{t+1} = G_t^{H} G_t$, the singular values of $G_t$ are
+    $\sigma_i^{2^t}$, hence $\sigma_1(A) \le \|G_T\|_F^{1/2^T}$ for every $T \ge 0$ (``n_iter=0``
+    is the Frobenius norm). Each iterate is divided by its Frobenius norm and the scale is
+    tracked in log space, so nothing overflows. Differentiable; works for real and complex,
+    batched ``(..., m, n)`` inputs.
+
+    Arguments:
+        mat: tensor of shape ``(..., m, n)``.
+        n_iter: number of Gram steps $T \ge 0$; the overestimate is at most
+            $\mathrm{rank}^{1/2^{T+1}}$.
+
+    Returns:
+        tensor of shape ``(...)`` (real), an upper bound in exact arithmetic.
+
+    Raises:
+        ValueError: if ``mat`` has fewer than 2 dimensions or ``n_iter < 0``.
+    """
+    if mat.dim() < 2:
+        raise ValueError(f"gram_iteration_bound needs a (..., m, n) tensor, got shape {tuple(mat.shape)}")
+    if n_iter < 0:
+        raise ValueError(f"n_iter must be >= 0, got {n_iter!r}")
+    g = mat
+    if g.shape[-2] < g.shape[-1]:
+        g = g.mH  # same singular values, smaller Gram matrix
+    real_dtype = g.real.dtype if g.is_complex() else g.dtype
+    tiny = torch.finfo(real_dtype).tiny
+    log_scale = torch.zeros(g.shape[:-2], dtype=real_dtype, device=g.device)
+    for _ in range(n_iter):
+        f = torch.linalg.matrix_norm(g, ord="fro").clamp_min(tiny)
+        g = g / f[..., None, None]
+        g = g.mH @ g
+        log_scale = 2.0 * (log_scale + torch.log(f))
+    f = torch.linalg.matrix_norm(g, ord="fro")
+    p = 2.0**n_iter
+    return f.clamp_min(0) ** (1.0 / p) * torch.exp(log_scale / p)
+
+
+# ----------------------------------------------------------------------------- size-independent
+
+
+def _group_split(weight: Tensor, groups: int) -> Tensor:
+    """(C0, C1, kh, kw) with C0 divisible by groups -> (groups, C0/groups, C1, kh, kw)."""
+    if weight.dim() != 4:
+        raise ValueError(f"expected a 4-D convolution kernel, got shape {tuple(weight.shape)}")
+    c0 = weight.shape[0]
+    if groups < 1 or c0 % groups:
+        raise ValueError(f"groups={groups!r} does not divide the kernel's first dimension {c0}")
+    return weight.reshape(groups, c0 // groups, *weight.shape[1:])
+
+
+def fantastic_four_bound(weight: Tensor, n_iter: int = 6, groups: int = 1) -> Tensor:
+    r"""Singla–Feizi (2021) bound $\sqrt{k_h k_w}\,\min(\|R_1\|,\|R_2\|,\|R_3\|,\|R_4\|)$.
+
+    Valid for every input size, padding, stride and dilation (proofs/04, Lemma 4.4), for a
+    ``Conv2d`` kernel ``(C_out, C_in/groups, kh, kw)`` or a ``ConvTranspose2d`` kernel
+    ``(C_in, C_out/groups, kh, kw)``. The four matrix norms are Gram-iteration bounds, so the
+    result is differentiable and an upper bound at every ``n_iter``. Returns a 0-d tensor.
+    """
+    w = _group_split(weight, groups)  # (g, o, i, kh, kw)
+    g, o, i, kh, kw = w.shape
+    mats = [
+        w.permute(0, 1, 3, 2, 4).reshape(g, o * kh, i * kw),  # block (a, b) = w[:, :, a, b]
+        w.permute(0, 1, 4, 2, 3).reshape(g, o * kw, i * kh),  # block (b, a)
+        w.permute(0, 3, 4, 1, 2).reshape(g, kh * kw * o, i),  # vertical stack of taps
+        w.permute(0, 1, 3, 4, 2).reshape(g, o, kh * kw * i),  # horizontal stack of taps
+    ]
+    norms = torch.stack([gram_iteration_bound(m, n_iter) for m in mats])  # (4, g)
+    return math.sqrt(kh * kw) * norms.min(dim=0).values.max()
+
+
+def _dilated_grid(w: Tensor, grid: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
+    """Place the (dilated) kernel taps on an M1 x M2 grid, adding taps that wrap around."""
+    *lead, kh, kw = w.shape
+    m1, m2 = grid
+    d1, d2 = dilation
+    rows = [(a * d1) % m1 for a in range(kh)]
+    cols = [(b * d2) % m2 for b in range(kw)]
+    out = w.new_zeros(*lead, m1, m2)
+    if len(set(rows)) == kh and len(set(cols)) == kw:
+        ri = torch.tensor(rows, device=w.device)
+        ci = torch.tensor(cols, device=w.device)
+        out[..., ri[:, None], ci[None, :]] = w
+        return out
+    for a in range(kh):  # the dilated kernel is wider than the grid: taps wrap around and add
+        for b in range(kw):
+            out[..., rows[a], cols[b]] += w[..., a, b]
+    return out
+
+
+def _symbol_blocks(w: Tensor, grid: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
+    """Per-frequency blocks ``(..., F, o, i)`` of the kernel ``(..., o, i, kh, kw)`` on ``grid``.
+
+    Uses ``rfft2`` (the kernel is real: the symbol at $-\\xi$ is the conjugate of the symbol at
+    $\\xi$ and has the same singular values), so only half of the frequencies are computed.
+    """
+    k = _dilated_grid(w, grid, dilation)
+    f = torch.fft.rfft2(k)  # (..., o, i, M1, M2//2+1)
+    f = f.flatten(-2)  # (..., o, i, F)
+    return f.movedim(-1, -3)  # (..., F, o, i)
+
+
+def _sampling_factor(extent_minus_one: tuple[int, int], grid: tuple[int, int]) -> float:
+    r"""$1/\sqrt{1-\tau^2/2}$ with $\tau = \pi (D_1/M_1 + D_2/M_2)$ (proofs/04, Lemma 4.5)."""
+    tau = math.pi * (extent_minus_one[0] / grid[0] + extent_minus_one[1] / grid[1])
+    if tau * tau >= 2.0:
+        return math.inf
+    return 1.0 / math.sqrt(1.0 - tau * tau / 2.0)
+
+
+def _default_grid(extent_minus_one: tuple[int, int], factor: int = 16) -> tuple[int, int]:
+    return tuple(max(1, min(factor * d, 512)) for d in extent_minus_one)  # type: ignore[return-value]
+
+
+def conv_symbol_grid_bound(
+    weight: Tensor,
+    grid: int | tuple[int, int] | None = None,
+    groups: int = 1,
+    dilation: int | tuple[int, int] = 1,
+    n_iter: int | None = None,
+) -> Tensor:
+    r"""Size-independent bound from the kernel's symbol sampled on a grid (proofs/04, Lemma 4.5).
+
+    $\sup_\omega \sigma_{\max}(\hat W(\omega)) \le \max_{\text{grid}} \sigma_{\max} /
+    \sqrt{1-\tau^2/2}$, $\tau = \pi(D_1/M_1 + D_2/M_2)$, $D_i = d_i(k_i-1)$ (Bernstein's
+    inequality applied twice at the maximiser). ``n_iter=None`` computes each block's norm with
+    ``torch.linalg.svdvals`` (differentiable); an integer uses Gram iteration per block (an upper
+    bound, differentiable, cheaper for small grids). Returns a 0-d tensor (``inf`` if the grid is
+    too coarse: $\tau^2 \ge 2$).
+    """
+    dil = _pair(dilation)
+    w = _group_split(weight, groups)
+    kh, kw = w.shape[-2:]
+    dm1 = (dil[0] * (kh - 1), dil[1] * (kw - 1))
+    g = _default_grid(dm1) if grid is None else _pair(grid)
+    factor = _sampling_factor(dm1, g)
+    if not math.isfinite(factor):
+        return weight.new_tensor(math.inf)
+    blocks = _symbol_blocks(w, g, dil)
+    if n_iter is None:
+        s = torch.linalg.matrix_norm(blocks, ord=2)
+    else:
+        s = gram_iteration_bound(blocks, n_iter)
+    return s.max() * factor
+
+
+def conv_size_independent_bound(
+    weight: Tensor,
+    n_iter: int = 6,
+    *,
+    groups: int = 1,
+    dilation: int | tuple[int, int] = 1,
+    grid: int | tuple[int, int] | None = 0,
+) -> Tensor:
+    r"""Differentiable bound on a convolution's operator norm, valid for **every input size**.
+
+    Valid for zero and circular padding, every stride and dilation, and groups (max over
+    groups), for a ``Conv2d`` kernel ``(C_out, C_in/groups, kh, kw)``; pass the ``ConvTranspose2d``
+    kernel ``(C_in, C_out/groups, kh, kw)`` unchanged for the transposed layer (it is the adjoint,
+    proofs/04, Lemma 4.3). It is the minimum of
+
+    * the Fantastic-Four bound $\sqrt{k_hk_w}\min_j\|R_j\|$ (Singla & Feizi 2021), each
+      $\|R_j\|$ by Gram iteration with ``n_iter`` steps; and, when ``grid`` is not ``0``,
+    * the sampled-symbol bound :func:`conv_symbol_grid_bound` (Gram iteration per block), on the
+      given grid (``None``: $16 d(k-1)$ points per axis).
+
+    Reflect/replicate padding multiply the bound by the padding operator's norm; use
+    :func:`operator_norm_bound` for those. Returns a 0-d tensor of ``weight``'s dtype.
+    """
+    ff = fantastic_four_bound(weight, n_iter, groups)
+    if grid == 0:
+        return ff
+    sampled = conv_symbol_grid_bound(weight, grid, groups, dilation, n_iter=n_iter)
+    return torch.minimum(ff, sampled)
+
+
+def conv_transpose_size_independent_bound(
+    weight: Tensor,
+    n_iter: int = 6,
+    *,
+    groups: int = 1,
+    dilation: int | tuple[int, int] = 1,
+    grid: int | tuple[int, int] | None = 0,
+) -> Tensor:
+    """Same as :func:`conv_size_independent_bound` for a ``ConvTranspose2d`` kernel ``(C_in, C_out/groups, kh, kw)``."""
+    return conv_size_independent_bound(weight, n_iter, groups=groups, dilation=dilation, grid=grid)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(x) for x in v)
+    if len(t) == 1:
+        return (t[0], t[0])
+    if len(t) != 2:
+        raise ValueError(f"expected an int or a pair, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+class _ConvGeometry:
+    """A 2-D convolution written as: pad (P), circular conv on an M-grid (C), select (S)."""
+
+    def __init__(
+        self,
+        weight: Tensor,
+        groups: int,
+        in_size: tuple[int, int],
+        out_size: tuple[int, int],
+        stride: tuple[int, int],
+        dilation: tuple[int, int],
+        pad_left: tuple[int, int],
+        pad_right: tuple[int, int],
+        mode: str,
+    ) -> None:
+        self.weight = weight
+        self.groups = groups
+        self.in_size = in_size
+        self.out_size = out_size
+        self.stride = stride
+        self.dilation = dilation
+        self.pad_left = pad_left
+        self.pad_right = pad_right
+        self.mode = mode
+        self.k = tuple(weight.shape[-2:])
+
+
+def _conv_geometry(layer: nn.Module, input_shape: Sequence[int]) -> _ConvGeometry:
+    if len(input_shape) != 3:
+        raise ValueError(f"a 2-D convolution needs input_shape=(C, H, W), got {tuple(input_shape)!r}")
+    c, h, w_ = (int(v) for v in input_shape)
+    k = tuple(layer.weight.shape[-2:])
+    s = _pair(layer.stride)
+    d = _pair(layer.dilation)
+    ext = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
+    if isinstance(layer, nn.ConvTranspose2d):
+        if c != layer.in_channels:
+            raise ValueError(f"ConvTranspose2d expects {layer.in_channels} input channels, got {c}")
+        if layer.padding_mode != "zeros":
+            raise UnsupportedModuleError(f"ConvTranspose2d with padding_mode={layer.padding_mode!r} is not supported")
+        p = _pair(layer.padding)
+        op = _pair(layer.output_padding)
+        n_out_t = tuple((n - 1) * s[i] - 2 * p[i] + ext[i] + op[i] for i, n in enumerate((h, w_)))
+        # adjoint of conv2d on the transposed layer's output grid, restricted to (h, w) outputs
+        return _ConvGeometry(layer.weight, layer.groups, n_out_t, (h, w_), s, d, p, p, "zeros")  # type: ignore[arg-type]
+    if not isinstance(layer, nn.Conv2d):
+        raise UnsupportedModuleError(f"no operator-norm rule for {type(layer).__name__}")
+    if c != layer.in_channels:
+        raise ValueError(f"Conv2d expects {layer.in_channels} input channels, got {c}")
+    if isinstance(layer.padding, str):
+        if layer.padding == "valid":
+            pl, pr = (0, 0), (0, 0)
+        else:  # "same" (stride 1): total d(k-1), left half rounded down, as in PyTorch
+            tot = (ext[0] - 1, ext[1] - 1)
+            pl = (tot[0] // 2, tot[1] // 2)
+            pr = (tot[0] - pl[0], tot[1] - pl[1])
+    else:
+        pl = pr = _pair(layer.padding)
+    n_in = (h, w_)
+    n_out = tuple((n_in[i] + pl[i] + pr[i] - ext[i]) // s[i] + 1 for i in range(2))
+    if min(n_out) < 1:
+        raise ValueError(f"input_shape {tuple(input_shape)!r} is too small for {layer!r}")
+    return _ConvGeometry(layer.weight, layer.groups, n_in, n_out, s, d, pl, pr, layer.padding_mode)  # type: ignore[arg-type]
+
+
+def _pad_multiplicity(n: int, pl: int, pr: int, mode: str) -> int:
+    """Max number of copies of one input pixel made by reflect/replicate padding (1-D)."""
+    idx = list(range(n))
+    left, right = [], []
+    for j in range(1, pl + 1):
+        left.append(j if mode == "reflect" else 0)
+    for j in range(1, pr + 1):
+        right.append(n - 1 - j if mode == "reflect" else n - 1)
+    counts = [0] * n
+    for v in idx + left + right:
+        if not 0 <= v < n:
+            raise ValueError(f"padding {max(pl, pr)} is too large for {mode} padding of size {n}")
+        counts[v] += 1
+    return max(counts)
+
+
+def _select_multiplicity(n_out: int, stride: int, pl: int, m: int) -> int:
+    counts: dict[int, int] = {}
+    for i in range(n_out):
+        u = (i * stride - pl) % m
+        counts[u] = counts.get(u, 0) + 1
+    return max(counts.values())
+
+
+def _axis_plan(geo: _ConvGeometry, ax: int) -> tuple[int, float]:
+    """(grid size M, factor) for one axis: factor = sqrt(pad multiplicity * select multiplicity)."""
+    n, no, s = geo.in_size[ax], geo.out_size[ax], geo.stride[ax]
+    pl, pr = geo.pad_left[ax], geo.pad_right[ax]
+    ext = geo.dilation[ax] * (geo.k[ax] - 1) + 1
+    mult = 1
+    if geo.mode in ("reflect", "replicate"):
+        mult *= _pad_multiplicity(n, pl, pr, geo.mode)
+        n, pl, pr = n + pl + pr, 0, 0
+    if geo.mode == "circular":
+        if pl > n or pr > n:
+            raise ValueError(f"circular padding {max(pl, pr)} exceeds the input size {n}")
+        m = n
+    else:  # zeros (and reflect/replicate after explicit padding)
+        max_j = (no - 1) * s - pl + ext - 1
+        m = max(n + pl, max_j + 1, (no - 1) * s + 1)
+    mult *= _select_multiplicity(no, s, pl, m)
+    return m, float(mult)
+
+
+def _axis_plan_size_independent(geo: _ConvGeometry, ax: int) -> float:
+    """Factor valid for every input size along one axis (the symbol's sup does the rest)."""
+    s, pl, pr = geo.stride[ax], geo.pad_left[ax], geo.pad_right[ax]
+    ext = geo.dilation[ax] * (geo.k[ax] - 1) + 1
+    if geo.mode == "zeros":
+        return 1.0  # the grid M can always be chosen large enough for S to be injective
+    worst = 1
+    top = 4 * (pl + pr + ext + s) + 8
+    for n in range(1, top + 1):
+        if geo.mode == "circular":
+            if pl > n or pr > n:
+                continue
+            no = (n + pl + pr - ext) // s + 1
+            if no < 1:
+                continue
+            worst = max(worst, _select_multiplicity(no, s, pl, n))
+        else:
+            if geo.mode == "reflect" and (pl >= n or pr >= n):
+                continue
+            npad = n + pl + pr
+            if npad < ext:
+                continue
+            worst = max(worst, _pad_multiplicity(n, pl, pr, geo.mode))
+    if geo.mode == "circular" and pl + pr >= ext:
+        worst = max(worst, 2)  # large n: at most two output positions read one circular position
+    return float(worst)
+
+
+# ----------------------------------------------------------------------------- exact spectrum
+
+
+def circular_conv_singular_values(weight: Tensor, grid: tuple[int, int], dilation: int | tuple[int, int] = 1, groups: int = 1) -> Tensor:
+    """All singular values of the stride-1 circular convolution on ``grid`` (Sedghi et al. 2019).
+
+    Returns a float64 tensor ``(groups, F, min(o, i))``, each frequency of the ``rfft2`` half
+    plane (the other half repeats them). Computed with ``torch.linalg.svdvals`` in float64.
+    """
+    w = _group_split(weight.detach().to(torch.float64), groups)
+    blocks = _symbol_blocks(w, _pair(grid), _pair(dilation))
+    return torch.linalg.svdvals(blocks)
+
+
+def _max_block_norm(w64: Tensor, grid: tuple[int, int], dilation: tuple[int, int]) -> float:
+    blocks = _symbol_blocks(w64, grid, dilation)
+    return float(torch.linalg.matrix_norm(blocks, ord=2).max())
+
+
+def _conv_bound(geo: _ConvGeometry, size_independent: bool) -> float:
+    w64 = _group_split(geo.weight.detach().to(torch.float64), geo.groups)
+    dim = max(w64.shape[1], w64.shape[2]) * max(geo.k)
+    if size_independent:
+        factor = math.sqrt(_axis_plan_size_independent(geo, 0) * _axis_plan_size_independent(geo, 1))
+        dm1 = (geo.dilation[0] * (geo.k[0] - 1), geo.dilation[1] * (geo.k[1] - 1))
+        grid = _default_grid(dm1)
+        sampled = _max_block_norm(w64, grid, geo.dilation) * _sampling_factor(dm1, grid)
+        ff = float(fantastic_four_bound(w64.flatten(0, 1), n_iter=12, groups=geo.groups))
+        return certify_float(factor * min(sampled, ff), dim * max(grid))
+    (m1, f1), (m2, f2) = _axis_plan(geo, 0), _axis_plan(geo, 1)
+    val = _max_block_norm(w64, (m1, m2), geo.dilation)
+    return certify_float(math.sqrt(f1 * f2) * val, dim * max(m1, m2))
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def operator_norm_bound(layer: nn.Module, input_shape: Sequence[int], *, size_independent: bool = False) -> float:
+    r"""Certified upper bound on the operator ($\ell_2$) norm of a linear layer, bias excluded.
+
+    * ``nn.Linear`` (``input_shape=(features,)``, or any shape whose last entry is the number
+      of features): Gram iteration (12 steps) on the weight in float64.
+    * ``nn.Conv2d`` / ``nn.ConvTranspose2d`` (``input_shape=(C, H, W)``): the convolution is
+      written as padding $P$, a stride-1 circular convolution $C_M$ on an $M_1\times M_2$ grid,
+      and a subsampling/selection $S$: $\|A\| \le \|S\|\,\|C_M\|\,\|P\|$, with $\|C_M\|$ the
+      largest per-frequency singular value of the kernel's FFT (exact, float64 SVD). Every
+      stride, dilation, padding (ints or ``"same"``/``"valid"``), groups (max over groups) and
+      ``padding_mode`` (zeros, circular, reflect, replicate) is covered (proofs/04).
+      ``size_independent=True`` gives a bound valid for every input size instead.
+
+    The result is inflated by :data:`ROUNDING_SLACK` (see :func:`rounding_slack`).
+
+    Raises:
+        UnsupportedModuleError: for any other module type.
+        ValueError: if ``input_shape`` does not fit the layer.
+    """
+    if isinstance(layer, nn.Linear):
+        if len(input_shape) < 1 or int(input_shape[-1]) != layer.in_features:
+            raise ValueError(f"Linear expects input_shape ending in {layer.in_features}, got {tuple(input_shape)!r}")
+        w = layer.weight.detach().to(torch.float64)
+        return certify_float(float(gram_iteration_bound(w, 12)), max(w.shape))
+    if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+        return _conv_bound(_conv_geometry(layer, input_shape), size_independent)
+    raise UnsupportedModuleError(f"operator_norm_bound has no rule for {type(layer).__name__}; supported: Linear, Conv2d, ConvTranspose2d")
+
+
+def _linear_part(layer: nn.Module):
+    """The layer's map with the bias removed (functional call with a zero bias)."""
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    if params.get("bias") is not None:
+        params["bias"] = torch.zeros_like(params["bias"])
+    buffers = {k: v.detach() for k, v in layer.named_buffers()}
+
+    def fn(x: Tensor) -> Tensor:
+        return torch.func.functional_call(layer, (params, buffers), (x,))
+
+    return fn
+
+
+def power_iteration_lower_bound(fn, x0: Tensor, n_iter: int = 50) -> float:
+    r"""Achieved ratio $\|Jv\|/\|v\|$ after power iteration on $J^\top J$ for a linear ``fn``.
+
+    ``fn`` must be linear (e.g. a layer without bias); the vjp is taken with ``torch.func``. The
+    returned ratio is attained by an explicit vector, hence a sound *lower* bound on $\|J\|$.
+    """
+    v = x0 / x0.norm().clamp_min(torch.finfo(x0.dtype).tiny)
+    best = 0.0
+    _, vjp = torch.func.vjp(fn, torch.zeros_like(v))
+    for _ in range(n_iter):
+        y = fn(v)
+        ny = float(y.norm())
+        nv = float(v.norm())
+        if nv > 0:
+            best = max(best, ny / nv)
+        (g,) = vjp(y)
+        ng = g.norm()
+        if float(ng) == 0.0:
+            break
+        v = g / ng
+    y = fn(v)
+    nv = float(v.norm())
+    if nv > 0:
+        best = max(best, float(y.norm()) / nv)
+    return best
+
+
+def operator_norm_interval(
+    layer: nn.Module,
+    input_shape: Sequence[int],
+    n_iter: int = 50,
+    *,
+    size_independent: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[float, float]:
+    """``(lower, upper)`` on the layer's operator norm (bias excluded).
+
+    ``upper`` is :func:`operator_norm_bound`; ``lower`` is the ratio achieved by ``n_iter`` steps
+    of power iteration on the actual layer in float64 (``torch.func.vjp``) — sound, never an
+    upper bound.
+    """
+    upper = operator_norm_bound(layer, input_shape, size_independent=size_independent)
+    dtype = torch.float64
+    layer64 = _as_float64(layer)
+    fn = _linear_part(layer64)
+    x0 = torch.randn((1, *tuple(int(v) for v in input_shape)), dtype=dtype, generator=generator)
+    lower = power_iteration_lower_bound(fn, x0, n_iter)
+    return min(lower, upper), upper
+
+
+def _as_float64(layer: nn.Module) -> nn.Module:
+    import copy
+
+    clone = copy.deepcopy(layer)
+    return clone.to(torch.float64)

@@ -1,0 +1,86 @@
+"""Theorems 1 and 2 (proofs/01, proofs/02): Grönwall constants and the fixed-point inverse."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from injcert.errors import NonConvergenceError
+from injcert.theory.flow import FixedPointResult, fixed_point_inverse, gronwall_constants, step_margins
+
+
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(0, 999))
+def test_gronwall_contains_linear_flow_singular_values(d, n_int, seed):
+    """x' = A_k x on interval k (piecewise constant): the flow's singular values lie in [e^-Λ, e^Λ]."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.uniform(0.05, 0.5, n_int)
+    phi = np.eye(d)
+    lips = []
+    for k in range(n_int):
+        a = rng.normal(size=(d, d))
+        lips.append(float(np.linalg.norm(a, 2)))
+        phi = scipy.linalg.expm(a * lengths[k]) @ phi
+    lo, hi, lam = gronwall_constants(lips, lengths)
+    s = np.linalg.svd(phi, compute_uv=False)
+    assert lo * (1 - 1e-12) <= s.min() and s.max() <= hi * (1 + 1e-12)
+    assert math.isclose(lam, float(np.dot(lips, lengths)), rel_tol=1e-9)
+
+
+def test_gronwall_time_varying_uses_interval_max():
+    # A(t) = t*B on [0, 1] split in 4 intervals; L_k = max over the interval = t_{k+1} ||B||
+    b = np.array([[0.0, 2.0], [-1.0, 0.5]])
+    grid = np.linspace(0, 1, 5)
+    fine = np.linspace(0, 1, 4001)
+    phi = np.eye(2)
+    for t0, t1 in zip(fine[:-1], fine[1:]):
+        phi = scipy.linalg.expm(b * 0.5 * (t0 + t1) * (t1 - t0)) @ phi  # commuting family: exact product
+    nb = np.linalg.norm(b, 2)
+    lo, hi, _ = gronwall_constants([nb * t for t in grid[1:]], np.diff(grid))
+    s = np.linalg.svd(phi, compute_uv=False)
+    assert lo <= s.min() and s.max() <= hi
+
+
+def test_gronwall_rejects_bad_input():
+    with pytest.raises(ValueError):
+        gronwall_constants([1.0], [0.1, 0.2])
+    with pytest.raises(ValueError):
+        gronwall_constants([-1.0], [0.1])
+
+
+def test_step_margins():
+    q = step_margins([0.1, -0.2], [2.0, 3.0])
+    assert torch.allclose(q, torch.tensor([0.2, 0.6], dtype=torch.float64))
+
+
+@given(st.floats(0.05, 0.9), st.integers(1, 4), st.integers(0, 999))
+def test_fixed_point_inverse_meets_its_error_bound(q, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(5, 5, dtype=torch.float64, generator=g)
+    w = w / torch.linalg.matrix_norm(w, ord=2)
+    f = lambda x: torch.tanh(x @ w.T)  # noqa: E731  (Lipschitz 1)
+    h = q
+    x_true = torch.randn(n, 5, dtype=torch.float64, generator=g)
+    y = x_true + h * f(x_true)
+    res = fixed_point_inverse(f, y, h=h, lipschitz=1.0, tol=1e-9, max_iter=2000)
+    assert isinstance(res, FixedPointResult) and res.error_bound <= 1e-9
+    err = float((res.x - x_true).norm(dim=1).max())
+    assert err <= res.error_bound + 1e-13
+
+
+def test_fixed_point_inverse_raises():
+    f = lambda x: torch.sin(x)  # noqa: E731
+    y = torch.ones(2, 3, dtype=torch.float64)
+    with pytest.raises(NonConvergenceError) as e:
+        fixed_point_inverse(f, y, h=1.0, lipschitz=1.0)
+    assert e.value.iterations == 0 and math.isinf(e.value.error)
+    with pytest.raises(NonConvergenceError) as e:
+        fixed_point_inverse(f, y, h=0.9, lipschitz=1.0, tol=1e-14, max_iter=3)
+    assert e.value.iterations == 3 and e.value.error > 1e-14
+    with pytest.raises(ValueError):
+        fixed_point_inverse(f, y, h=0.5, lipschitz=1.0, tol=0.0)
