@@ -25,3 +25,9 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) docs/_build .asv demo_out
+
+docs: $(STAMP)
+	rm -rf docs/_build/html
+	$(VPY) -m sphinx -W --keep-going -b html -q docs docs/_build/html
+	! grep -rIl -E "cdn\.|cdnjs|jsdelivr|unpkg" docs/_build/html
+	@echo "docs: docs/_build/html/index.html"

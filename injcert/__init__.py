@@ -1,5 +1,66 @@
-"""injcert: injective Neural-ODE conditional diffusion models with certified inversion."""
+"""injcert: injective Neural-ODE conditional diffusion models with certified inversion.
+
+The public surface is short and re-exported explicitly here; each concept lives in its own
+module (``theory`` for the mathematics, ``model``, ``solvers``, ``tasks``, ``certify``).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+#: Path of the shipped default model (trained with ``python -m injcert train``; see the README).
+DEFAULT_CHECKPOINT: Path = Path(__file__).resolve().parent / "assets" / "default.ckpt"
+
+from .errors import CheckpointError as CheckpointError  # noqa: E402
+from .errors import ConfigError as ConfigError  # noqa: E402
+from .errors import InjcertError as InjcertError  # noqa: E402
+from .errors import NonConvergenceError as NonConvergenceError  # noqa: E402
+from .errors import UnsupportedModuleError as UnsupportedModuleError  # noqa: E402
+from .io import load_checkpoint as load_checkpoint  # noqa: E402
+from .io import save_checkpoint as save_checkpoint  # noqa: E402
+from .tasks.edit import edit as edit  # noqa: E402
+from .tasks.invert import Latent as Latent  # noqa: E402
+from .tasks.invert import decode as decode  # noqa: E402
+from .tasks.invert import encode as encode  # noqa: E402
+from .tasks.reconstruct import reconstruct as reconstruct  # noqa: E402
+from .theory.lipschitz import LipschitzBound as LipschitzBound  # noqa: E402
+from .theory.lipschitz import lipschitz_bound as lipschitz_bound  # noqa: E402
+from .theory.lipschitz import lipschitz_lower_bound as lipschitz_lower_bound  # noqa: E402
+from .theory.logdet import logdet as logdet  # noqa: E402
+from .theory.spectral import operator_norm_bound as operator_norm_bound  # noqa: E402
+from .theory.spectral import operator_norm_interval as operator_norm_interval  # noqa: E402
+from . import testing as testing  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "DEFAULT_CHECKPOINT",
+    "operator_norm_bound",
+    "operator_norm_interval",
+    "lipschitz_bound",
+    "LipschitzBound",
+    "lipschitz_lower_bound",
+    "logdet",
+    "load_checkpoint",
+    "save_checkpoint",
+    "encode",
+    "decode",
+    "Latent",
+    "reconstruct",
+    "edit",
+    "testing",
+    "InjcertError",
+    "CheckpointError",
+    "ConfigError",
+    "NonConvergenceError",
+    "UnsupportedModuleError",
+]
+
+
+def __getattr__(name: str):  # certify arrives with its own module; import it on first use
+    if name in ("certify", "Certificate"):
+        from . import certify as _c
+
+        return getattr(_c, name)
+    raise AttributeError(f"module 'injcert' has no attribute {name!r}")

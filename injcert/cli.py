@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args._run(args) or 0)
-    except (InjcertError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (InjcertError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"injcert {args.command}: error: {msg}", file=sys.stderr)
         return 2
