@@ -1,0 +1,67 @@
+r"""The training objective: conditional denoising score matching with ε-prediction.
+
+$\mathcal L(\theta) = \mathbb E_{t, x_0, \varepsilon, c}\,
+\|\varepsilon - \varepsilon_\theta(\alpha_t x_0 + \sigma_t \varepsilon, t, c)\|^2$
+(Ho, Jain, Abbeel 2020, eq. 14, with per-example conditions $c = (y, m)$ drawn by
+:func:`~injcert.data.corruptions.corrupt_batch`, a fraction ``p_uncond`` of them unconditional as
+in classifier-free guidance, Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..data.corruptions import corrupt_batch
+
+__all__ = ["denoising_loss", "T_MIN"]
+
+#: Smallest training time (avoids $\sigma_t \to 0$, where ε is unidentifiable).
+T_MIN: float = 1e-3
+
+
+def denoising_loss(
+    model: nn.Module,
+    x0: Tensor,
+    generator: torch.Generator,
+    p_uncond: float = 0.1,
+    t_min: float = T_MIN,
+) -> Tensor:
+    r"""Mean squared ε-prediction error on one batch (a 0-d tensor).
+
+    Draws, all from ``generator`` (so the loss is a deterministic function of its state):
+    $t \sim U[t_{\min}, t_{\max}]$ per example, $\varepsilon \sim N(0, I)$, and a corruption per
+    example; then $x_t = \alpha_t x_0 + \sigma_t \varepsilon$ and the loss is
+    $\frac{1}{N C H W}\sum \|\varepsilon - \varepsilon_\theta(x_t, t, y, m)\|^2$.
+
+    Arguments:
+        model: ``model(x, t, y, m) -> eps`` with a ``schedule`` attribute (a DDP wrapper is
+            unwrapped to find it).
+        x0: clean images ``N×C×H×W`` in ``[-1, 1]``.
+        generator: the randomness source (may live on another device than ``x0``).
+        p_uncond: probability of an unconditional example (``y = 0``, ``m = 0``).
+        t_min: smallest time drawn.
+
+    Returns:
+        The loss, differentiable in the model's parameters.
+
+    Raises:
+        ValueError: ``t_min`` outside ``[0, t_max)``.
+    """
+    schedule = getattr(model, "schedule", None) or getattr(getattr(model, "module", None), "schedule", None)
+    if schedule is None:
+        raise ValueError(f"{type(model).__name__} has no 'schedule' attribute")
+    t_max = float(schedule.t_max)
+    if not 0.0 <= t_min < t_max:
+        raise ValueError(f"t_min must lie in [0, t_max={t_max}), got {t_min!r}")
+    n = x0.shape[0]
+    gdev = generator.device
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
+    t = (t_min + (t_max - t_min) * u).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32, device=gdev).to(x0.device, x0.dtype)
+    y, m = corrupt_batch(x0, generator, p_uncond=p_uncond)
+    a = schedule.alpha(t).to(x0.dtype)[:, None, None, None]
+    s = schedule.sigma(t).to(x0.dtype)[:, None, None, None]
+    xt = a * x0 + s * eps
+    pred = model(xt, t.to(x0.dtype), y, m)
+    return (eps - pred).pow(2).mean()

@@ -1,0 +1,218 @@
+"""Certifiable layers and the conditional U-Net: soundness of the certified Lipschitz bound."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from injcert.errors import ConfigError
+from injcert.model.layers import LipConv2d, ResBlock
+from injcert.model.objective import denoising_loss
+from injcert.model.unet import CondUNet
+from injcert.theory.lipschitz import lipschitz_bound, lipschitz_lower_bound
+from injcert.theory.spectral import operator_norm_bound
+
+TINY = dict(in_channels=3, base_channels=8, channel_mults=[1, 2], blocks_per_level=1, emb_dim=16,
+            lipschitz_budget=10.0)
+
+
+def tiny(**kw) -> CondUNet:
+    torch.manual_seed(0)
+    return CondUNet(**dict(TINY, **kw))
+
+
+def _dense_jacobian_norm(fn, x: torch.Tensor) -> float:
+    jac = torch.autograd.functional.jacobian(fn, x)
+    return float(torch.linalg.matrix_norm(jac.reshape(-1, x.numel()), ord=2))
+
+
+# ----------------------------------------------------------------------------- LipConv2d
+
+
+@given(
+    cin=st.integers(1, 4), cout=st.integers(1, 4), k=st.sampled_from([1, 3]),
+    scale=st.floats(0.1, 20.0), cap=st.floats(0.2, 3.0), seed=st.integers(0, 10**6),
+)
+@settings(max_examples=15)
+def test_lipconv_effective_norm_below_cap(cin, cout, k, scale, cap, seed):
+    torch.manual_seed(seed)
+    conv = LipConv2d(cin, cout, k, cap=cap)
+    with torch.no_grad():
+        conv.weight.mul_(scale)
+    for module in (conv, conv.double()):  # float32 weights, then float64 weights
+        # certified float64 bound of the weight forward uses (size-independent)
+        bound = operator_norm_bound(module.as_conv2d(), (cin, 6, 6), size_independent=True)
+        assert bound <= cap * (1 + 1e-6)
+    # the truth on a small input, from the dense Jacobian of the actual forward (float64)
+    conv64 = conv
+    x = torch.randn(1, cin, 6, 6, dtype=torch.float64)
+    truth = _dense_jacobian_norm(conv64, x)  # the bias does not change the Jacobian
+    assert truth <= bound * (1 + 1e-9) + 1e-12
+    rule = lipschitz_bound(conv64, (cin, 6, 6), size_independent=True).value
+    assert truth <= rule * (1 + 1e-9) + 1e-12 and rule <= cap * (1 + 1e-6)
+
+
+def test_lipconv_cache_never_stale():
+    conv = LipConv2d(2, 2, 3, cap=0.5)
+    with torch.no_grad():
+        conv.effective_weight()
+        conv.weight.mul_(0.01)  # in-place update, as an optimizer step does
+        cached = conv.effective_weight()
+        fresh = conv._compute_effective_weight()
+    assert torch.equal(cached, fresh)
+
+
+def test_unconstrained_lipconv_is_plain_conv():
+    conv = LipConv2d(2, 3, 3, cap=None)
+    assert conv.effective_weight() is conv.weight
+    assert math.isfinite(lipschitz_bound(conv, (2, 8, 8), size_independent=True).value)
+
+
+# ----------------------------------------------------------------------------- CondUNet forward
+
+
+def test_forward_odd_sizes_batches_and_conditions():
+    model = tiny().eval()
+    x = torch.randn(3, 3, 17, 23)
+    t = torch.tensor([0.01, 0.5, 0.9])
+    with torch.no_grad():
+        e0 = model(x, t)
+        e1 = model(x, t, torch.randn_like(x), torch.ones(3, 1, 17, 23))
+        e2 = model(x, 0.3, torch.randn_like(x), torch.rand(3, 3, 17, 23))
+        e3 = model(x[:1], torch.tensor(0.01))
+    assert e0.shape == e1.shape == e2.shape == x.shape and e3.shape == (1, 3, 17, 23)
+    assert torch.allclose(e3, e0[:1], atol=1e-5)  # examples are independent of each other
+    assert not torch.allclose(e0, e1)  # the condition is used
+    assert torch.isfinite(e2).all()
+
+
+def test_float64():
+    model = tiny().double().eval()
+    x = torch.randn(2, 3, 9, 12, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(x, torch.tensor([0.2, 0.7], dtype=torch.float64))
+    assert out.dtype == torch.float64 and out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_receptive_field_radius_bounds_dependence():
+    model = tiny().double().eval()
+    f = model.downsampling_factor
+    r = model.receptive_field_radius
+    n = 2 * r + 4 * f  # large enough to see the whole receptive field
+    n += (-n) % f
+    x = torch.randn(1, 3, n, n, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, 3, n, n, dtype=torch.float64, requires_grad=True)
+    c = n // 2
+    out = model(x, 0.5, y, None)
+    out[0, :, c, c].sum().backward()
+    for g in (x.grad, y.grad):
+        support = (g.abs().sum(dim=(0, 1)) > 0).nonzero()
+        assert support.numel() > 0
+        assert int((support - c).abs().max()) <= r
+
+
+def test_config_roundtrip_and_errors():
+    model = tiny()
+    again = CondUNet.from_config(model.config)
+    assert again.config == model.config and float(again.gain) == float(model.gain)
+    for bad in ({"lipschitz_budget": 0.0}, {"lipschitz_budget": -1}, {"base_channels": -3},
+                {"channel_mults": []}, {"activation": "swish"}, {"nonsense": 1}, {"modulation": 1.5}):
+        with pytest.raises(ConfigError) as err:
+            CondUNet.from_config(dict(model.config, **bad))
+        assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- certified bound
+
+
+def _train_a_little(model: CondUNet, steps: int = 4, lr: float = 0.05) -> None:
+    """A few real (large-lr) denoising steps, to move the weights far from initialisation."""
+    from injcert.data.images import PatchDataset
+
+    ds = PatchDataset(None, patch_size=16, channels=3, length=64, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for k in range(steps):
+        x0 = torch.stack([ds[4 * k + j] for j in range(4)])
+        loss = denoising_loss(model, x0, torch.Generator().manual_seed(k))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("budget", [10.0, 0.5])
+def test_certified_bound_after_training_is_sound(budget):
+    model = tiny(lipschitz_budget=budget)
+    _train_a_little(model)
+    model.eval()
+    lb = lipschitz_bound(model, (3, 16, 16), size_independent=True)
+    assert lb.value <= budget, lb.value
+    for row in lb.layers:  # every capped conv respects its cap
+        if row.type == "LipConv2d":
+            assert row.bound <= 1.0 * (1 + 1e-6)
+    # sampled Jacobian norms, at random points, times and conditions, never exceed it
+    model64 = model.double()
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for t in (0.05, 0.5, 0.95):
+        y = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=g)
+        m = (torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=g) > 0.5).to(torch.float64)
+        pts = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=g)
+        worst = max(worst, lipschitz_lower_bound(lambda v: model64(v, t, y, m), pts, n_iter=8, ascent_steps=1,
+                                                 generator=g))
+    assert 0.0 < worst <= lb.value * (1 + 1e-9)
+
+
+def test_dense_jacobian_below_bound_on_tiny_input():
+    model = tiny(lipschitz_budget=2.0)
+    _train_a_little(model, steps=2)
+    model = model.double().eval()
+    bound = lipschitz_bound(model, (3, 4, 6), size_independent=False).value
+    bound_si = lipschitz_bound(model, (3, 4, 6), size_independent=True).value
+    assert bound_si <= 2.0
+    x = torch.randn(1, 3, 4, 6, dtype=torch.float64)
+    y = torch.randn_like(x)
+    for t in (0.1, 0.8):
+        truth = _dense_jacobian_norm(lambda v: model(v, t, y, None), x)
+        assert truth <= min(bound, bound_si) * (1 + 1e-9)
+
+
+def test_conditioning_does_not_enter_the_bound():
+    model = tiny()
+    _train_a_little(model, steps=2)
+    model.eval()
+    b1 = lipschitz_bound(model, (3, 16, 16), size_independent=True).value
+    # changing only the conditioning encoder / time embedding leaves the x-bound unchanged
+    with torch.no_grad():
+        for p in list(model.cond_encoder.parameters()) + list(model.time_embed.parameters()):
+            p.mul_(-7.0).add_(3.0)
+        for blk in model.modules():
+            if isinstance(blk, ResBlock):
+                blk.emb.weight.mul_(50.0)
+    b2 = lipschitz_bound(model, (3, 16, 16), size_independent=True).value
+    assert b1 == b2
+
+
+def test_unconstrained_model_is_certified_too():
+    model = tiny(lipschitz_budget=None)
+    assert float(model.gain) == 1.0 and model.lipschitz_budget == math.inf
+    lb = lipschitz_bound(model, (3, 16, 16), size_independent=True).value
+    assert math.isfinite(lb) and lb > 0
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    from injcert.io import load_checkpoint, save_checkpoint
+
+    model = tiny()
+    _train_a_little(model, steps=1)
+    model.eval()
+    path = save_checkpoint(model, tmp_path / "m.safetensors", metadata={"step": 1})
+    back = load_checkpoint(path)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x, 0.3), back(x, 0.3))
+    assert back.checkpoint_metadata["step"] == 1
+    assert lipschitz_bound(back, (3, 16, 16), size_independent=True).value <= back.lipschitz_budget
