@@ -36,10 +36,8 @@ def test_gronwall_time_varying_uses_interval_max():
     # A(t) = t*B on [0, 1] split in 4 intervals; L_k = max over the interval = t_{k+1} ||B||
     b = np.array([[0.0, 2.0], [-1.0, 0.5]])
     grid = np.linspace(0, 1, 5)
-    fine = np.linspace(0, 1, 4001)
-    phi = np.eye(2)
-    for t0, t1 in zip(fine[:-1], fine[1:]):
-        phi = scipy.linalg.expm(b * 0.5 * (t0 + t1) * (t1 - t0)) @ phi  # commuting family: exact product
+    # A(t) = tB commute with each other, so the flow is exactly exp(B * int_0^1 t dt) = exp(B/2).
+    phi = scipy.linalg.expm(b * 0.5)
     nb = np.linalg.norm(b, 2)
     lo, hi, _ = gronwall_constants([nb * t for t in grid[1:]], np.diff(grid))
     s = np.linalg.svd(phi, compute_uv=False)
