@@ -32,6 +32,9 @@ from .theory.logdet import logdet as logdet  # noqa: E402
 from .theory.spectral import operator_norm_bound as operator_norm_bound  # noqa: E402
 from .theory.spectral import operator_norm_interval as operator_norm_interval  # noqa: E402
 from . import testing as testing  # noqa: E402
+from .certify import Certificate as Certificate  # noqa: E402
+from .certify import CertifyConfig as CertifyConfig  # noqa: E402
+from .certify import certify as certify  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -50,6 +53,9 @@ __all__ = [
     "reconstruct",
     "edit",
     "testing",
+    "certify",
+    "Certificate",
+    "CertifyConfig",
     "InjcertError",
     "CheckpointError",
     "ConfigError",
@@ -57,10 +63,3 @@ __all__ = [
     "UnsupportedModuleError",
 ]
 
-
-def __getattr__(name: str):  # certify arrives with its own module; import it on first use
-    if name in ("certify", "Certificate"):
-        from . import certify as _c
-
-        return getattr(_c, name)
-    raise AttributeError(f"module 'injcert' has no attribute {name!r}")

@@ -1,0 +1,272 @@
+"""Rendering a :class:`~injcert.certify.certificate.Certificate`: stdout table, Markdown, figures.
+
+JSON is :meth:`Certificate.to_json` (documented by ``injcert/certify/schema.json``, see
+:func:`schema` and :func:`validate`). A soundness failure is announced by a banner at the top and
+the bottom of the table and of the Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .certificate import Certificate
+
+__all__ = ["render_table", "render_markdown", "write_figures", "schema", "validate", "SCHEMA_PATH"]
+
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema of the report (``injcert/certify/schema.json``)."""
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate(report: Union[dict[str, Any], str]) -> None:
+    """Validate a report (dict or JSON text) against :func:`schema`; needs ``jsonschema``.
+
+    Raises:
+        jsonschema.ValidationError: the report does not follow the schema.
+    """
+    import jsonschema
+
+    if isinstance(report, str):
+        report = json.loads(report)
+    jsonschema.validate(report, schema())
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    if v == 0:
+        return "0"
+    if not math.isfinite(v):
+        return "inf" if v > 0 else "-inf" if v < 0 else "nan"
+    if 1e-3 <= abs(v) < 1e5:
+        return f"{v:.5g}"
+    return f"{v:.3e}"
+
+
+def _banner(cert: "Certificate") -> list[str]:
+    bad = cert.soundness_failures
+    if not bad:
+        return []
+    names = ", ".join(p.name for p in bad)
+    return [
+        "!" * 88,
+        f"!!! SOUNDNESS FAILURE in {names}: a measurement contradicts a certified bound.",
+        "!!! This is a bug in injcert's bounds (or in a rule), not a property of the model. Please report it.",
+        "!" * 88,
+    ]
+
+
+def _header(cert: "Certificate") -> list[str]:
+    m, c = cert.model, cert.config
+    arch = m.get("architecture") or m.get("class")
+    src = m.get("path") or "<in-memory model>"
+    lines = [
+        f"injcert certificate: {arch} ({m.get('class')}, {m.get('parameters', 0):,} parameters, {m.get('dtype')}) from {src}",
+        f"flow t in [0, {m.get('t_max', '?')}], method {c.method}, {c.steps} {c.grid} steps, device {m.get('device')}, "
+        f"{c.samples} held-out samples, seed {c.seed}",
+    ]
+    if m.get("sha256"):
+        lines.append(f"sha256 {m['sha256']}")
+    return lines
+
+
+def render_table(cert: "Certificate") -> str:
+    """A readable plain-text table: one row per property, then each property's one-line summary."""
+    rows = [(p.status, p.name, p.kind, _num(p.value), _num(p.bound), p.theorem) for p in cert.properties]
+    head = ("status", "property", "kind", "value", "bound", "theorem")
+    widths = [max(len(head[i]), *(len(r[i]) for r in rows)) if rows else len(head[i]) for i in range(6)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    rule = "-" * (sum(widths) + 2 * 5)
+    out = _banner(cert) + _header(cert) + [rule, fmt.format(*head), rule]
+    out += [fmt.format(*r) for r in rows]
+    out.append(rule)
+    for p in cert.properties:
+        flag = "  <-- SOUNDNESS FAILURE" if p.soundness_failure else ""
+        out.append(f"[{p.status}] {p.name}: {p.summary}{flag}")
+    layers = cert.data.get("layers") or []
+    if layers:
+        top = sorted(layers, key=lambda r: -r["bound"])[:5]
+        out.append(rule)
+        out.append(f"per-layer bounds ({len(layers)} layers; largest 5, full table in --markdown/--json):")
+        for r in top:
+            out.append(f"    {r['name']:<40} {r['type']:<14} {_num(r['bound'])}")
+    out.append(rule)
+    counts = {s: sum(p.status == s for p in cert.properties) for s in ("PASS", "FAIL", "INFO", "SKIPPED")}
+    cnt = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    total = cert.timings.get("total")
+    took = f" in {total:.1f} s" if total is not None else ""
+    verdict = f"VERDICT: {cert.verdict} ({len(cert.properties)} properties: {cnt}){took}"
+    if cert.failures:
+        verdict += " -- failed: " + ", ".join(p.name for p in cert.failures)
+    out.append(verdict)
+    out += _banner(cert)
+    return "\n".join(out) + "\n"
+
+
+def render_markdown(cert: "Certificate") -> str:
+    """The report as Markdown: verdict, model, one table row per property citing its theorem page."""
+    m, c = cert.model, cert.config
+    lines: list[str] = []
+    bad = cert.soundness_failures
+    lines.append(f"# injcert certificate: {cert.verdict}")
+    lines.append("")
+    if bad:
+        lines.append("> **SOUNDNESS FAILURE** in " + ", ".join(f"`{p.name}`" for p in bad)
+                     + ": a measurement contradicts a certified bound. This is a bug in injcert, not a property "
+                     "of the model.")
+        lines.append("")
+    if cert.failures:
+        lines.append("**Failed:** " + "; ".join(f"`{p.name}` — {p.summary}" for p in cert.failures))
+        lines.append("")
+    lines.append("What a PASS proves is stated in [proofs/08-certificate.md](proofs/08-certificate.md).")
+    lines.append("")
+    lines.append("## Model")
+    lines.append("")
+    lines.append("| | |")
+    lines.append("|---|---|")
+    for k in ("path", "sha256", "architecture", "class", "parameters", "dtype", "lipschitz_budget", "t_max",
+              "input_shape", "device"):
+        if m.get(k) is not None:
+            lines.append(f"| {k} | `{m[k]}` |")
+    lines.append(f"| method | `{c.method}`, {c.steps} {c.grid} steps |")
+    lines.append(f"| empirical samples | {c.samples} held-out patches ({c.patch_size}×{c.patch_size}), seed {c.seed} |")
+    lines.append("")
+    lines.append("## Properties")
+    lines.append("")
+    lines.append("| status | property | kind | value | bound | theorem | summary |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for p in cert.properties:
+        status = f"**{p.status}**" if p.status == "FAIL" else p.status
+        summary = p.summary.replace("|", "\\|")
+        if p.soundness_failure:
+            summary = "**SOUNDNESS FAILURE** " + summary
+        lines.append(f"| {status} | `{p.name}` | {p.kind} | {_num(p.value)} | {_num(p.bound)} | "
+                     f"[{p.theorem}]({p.theorem}) | {summary} |")
+    lines.append("")
+    try:
+        flow = cert["flow_bilipschitz"].details
+    except KeyError:
+        flow = {}
+    if flow:
+        lines.append("## Stability constants (all certified)")
+        lines.append("")
+        lines.append(f"- Exact flow over $[0, {m.get('t_max')}]$: $\\Lambda = L\\,\\mathrm{{asinh}}(\\varsigma_{{\\max}})"
+                     f" = {flow['Lambda']:.6g}$, bi-Lipschitz constants $e^{{\\pm\\Lambda}}$ = "
+                     f"{flow['lower_text']} / {flow['upper_text']}"
+                     + (" (astronomically loose, but proven)." if flow.get("loose") else "."))
+        sr = flow.get("short_range", {})
+        if sr:
+            lines.append(f"- Shorter range $[0, {sr['t_max']}]$: $\\Lambda = {sr['Lambda']:.6g}$, "
+                         f"$e^{{\\Lambda}}$ = {sr['upper_text']}.")
+        de = flow.get("discrete_euler", {})
+        if de:
+            lines.append(f"- Discrete Euler/DDIM map: $\\prod_k(1-h_kL_k)$ = {de['lower_text']}, "
+                         f"$\\prod_k(1+h_kL_k)$ = {de['upper_text']}"
+                         + ("" if de.get("certified_injective") else " (no lower constant: some $h_kL_k \\ge 1$)") + ".")
+        per = flow.get("per_step_Lambda") or []
+        if per:
+            lines.append(f"- Per-step exponents $\\Lambda_k$: max {max(per):.4g}, min {min(per):.4g}.")
+        lines.append("")
+    layers = cert.data.get("layers") or []
+    if layers:
+        lines.append("## Per-layer Lipschitz bounds (certified, every input size)")
+        lines.append("")
+        lines.append("| layer | type | bound |")
+        lines.append("|---|---|---|")
+        for r in layers:
+            lines.append(f"| `{r['name']}` | {r['type']} | {_num(r['bound'])} |")
+        lines.append("")
+    if cert.timings:
+        lines.append("## Timings")
+        lines.append("")
+        lines.append(", ".join(f"{k} {v:.2f} s" for k, v in cert.timings.items()))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_figures(cert: "Certificate", folder: Union[str, os.PathLike[str]]) -> list[Path]:
+    """Per-layer bounds, per-step margins, round-trip error vs steps and log-dets with intervals (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    d = cert.data
+
+    def save(fig: Any, name: str) -> None:
+        path = out / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    layers = d.get("layers") or []
+    if layers:
+        fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(layers))))
+        names = [r["name"] for r in layers]
+        ax.barh(range(len(layers)), [r["bound"] for r in layers], color="tab:blue")
+        ax.set_yticks(range(len(layers)), names, fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("certified Lipschitz bound")
+        lip = cert["lipschitz_bound"].value
+        ax.set_title(f"per-layer bounds (total L = {_num(lip)})")
+        save(fig, "lipschitz_layers.png")
+    if d.get("margins"):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ks = list(range(len(d["margins"])))
+        ax.semilogy(ks, d["margins"], "o-", ms=3, label="$h_k L_k$ (certified)")
+        ax.axhline(1.0, color="tab:red", ls="--", label="injectivity threshold")
+        ax.set_xlabel("step k")
+        ax.set_ylabel("margin")
+        ax.set_title("per-step margins $h_k\\,\\alpha(\\varsigma_k)L$")
+        ax.legend()
+        save(fig, "step_margins.png")
+    study = d.get("round_trip_study")
+    if study:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key, style in (("ddim", "s-"), ("fixed_point", "o-"), ("reversible", "^-")):
+            pts = [(n, v) for n, v in zip(study["steps"], study[key]) if v is not None]
+            if pts:
+                ys = [max(v, 1e-17) for _, v in pts]
+                ax.loglog([n for n, _ in pts], ys, style, label=key + (" (0 plotted at 1e-17)" if key == "reversible" else ""))
+        ax.set_xlabel("steps")
+        ax.set_ylabel("round-trip error")
+        ax.set_title("round-trip error vs steps")
+        ax.legend()
+        save(fig, "round_trip.png")
+    if d.get("logdet_exact"):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+        ks = list(range(len(d["logdet_exact"])))
+        lo = [v if math.isfinite(v) else float("nan") for v in d["logdet_lo"]]
+        a1.fill_between(ks, lo, d["logdet_hi"], alpha=0.3, label="certified interval")
+        a1.plot(ks, d["logdet_exact"], "k.-", ms=3, label="exact log|det(I+hJ)|")
+        a1.plot(ks, d["logdet_trace"], "g--", lw=1, label="h tr J")
+        a1.set_xlabel("step k")
+        a1.set_title(f"per-step log-det (d = {d.get('logdet_dim')})")
+        a1.legend(fontsize=7)
+        cum = [sum(d["logdet_exact"][: k + 1]) for k in ks]
+        a2.plot(d["grid"][1:], cum, "k-", label="exact, Euler map (cumulative)")
+        if d.get("hutchpp_per_step"):
+            hc = [sum(d["hutchpp_per_step"][: k + 1]) for k in range(len(d["hutchpp_per_step"]))]
+            scale = d.get("logdet_dim", 1) / max(d.get("hutchpp_dim", 1), 1)
+            a2.plot(d["hutchpp_grid"][1:], [v * scale for v in hc], "b--",
+                    label=f"Hutch++ trace integral × d/D (±{d.get('hutchpp_se', 0) * scale:.2g}), other input")
+        a2.set_xscale("symlog", linthresh=1e-2)
+        a2.set_xlabel("$\\varsigma$")
+        a2.set_title("cumulative log-det")
+        a2.legend(fontsize=7)
+        save(fig, "logdet.png")
+    return written
