@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from injcert.tasks.tiling import TiledModel, tile_windows, tiled_apply
+from injcert.tasks.tiling import TiledModel, shape_stable_convolutions, tile_windows, tiled_apply
 
 
 class _PoolNet(nn.Module):
@@ -54,7 +54,8 @@ def test_tiled_equals_whole_bit_for_bit(h: int, w: int, tile: int, seed: int, dt
     y = torch.randn(2, 2, h, w, dtype=dtype)
     t = torch.rand(2, dtype=dtype)
     with torch.no_grad():
-        whole = net(x, t, y)
+        with shape_stable_convolutions():
+            whole = net(x, t, y)
         tiled = TiledModel(net, tile=tile)(x, t, y)
     assert torch.equal(whole, tiled)
 
@@ -69,3 +70,34 @@ def test_too_small_halo_is_refused_and_would_differ() -> None:
     with torch.no_grad():
         bad = tiled_apply(lambda a: net(a, t), x, tile=8, halo=0, align=2)
         assert not torch.equal(bad, net(x, t))
+
+
+@settings(max_examples=4)
+@given(h=st.integers(108, 120), w=st.integers(108, 120), tile=st.integers(24, 40), seed=st.integers(0, 50))
+def test_tiled_cond_unet_equals_whole(h: int, w: int, tile: int, seed: int) -> None:
+    """The real network: receptive-field radius and alignment are declared by the model itself."""
+    import json
+    from pathlib import Path
+
+    from injcert.model.unet import CondUNet
+
+    cfg = json.loads((Path(__file__).resolve().parents[1] / "configs" / "tiny.json").read_text())["model"]
+    torch.manual_seed(seed)
+    net = CondUNet.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(1, net.in_channels, h, w)
+    y = torch.randn(1, net.in_channels, h, w)
+    m = (torch.rand(1, 3, h, w) > 0.5).float()
+    t = torch.full((1,), 0.3)
+    with torch.no_grad():
+        with shape_stable_convolutions():
+            whole = net(x, t, y, m)
+        tiled_net = TiledModel(net, tile=tile)
+        calls = []
+        hook = net.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape))
+        tiled = tiled_net(x, t, y, m)
+        hook.remove()
+    assert len(calls) > 1, "the image must actually be cut into tiles"
+    assert torch.equal(whole, tiled)

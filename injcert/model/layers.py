@@ -32,12 +32,42 @@ from ..errors import ConfigError
 from ..theory.lipschitz import register_lipschitz_rule, residual_bound, sum_bound
 from ..theory.spectral import conv_size_independent_bound
 
-__all__ = ["LipConv2d", "ResBlock", "make_activation", "ACTIVATIONS", "conv_output_shape"]
+__all__ = ["LipConv2d", "ResBlock", "MaxMin", "make_activation", "ACTIVATIONS", "conv_output_shape"]
 
 BoundFn = Callable[[nn.Module, tuple, str], "tuple[float, tuple]"]
 
-#: activation name -> module factory (each has a registered Lipschitz rule in theory.lipschitz)
+class MaxMin(nn.Module):
+    r"""MaxMin / GroupSort with groups of 2 (Anil, Lucas, Grosse 2019): channels are split in two
+    halves $(a, b)$ and mapped to $(\max(a, b), \min(a, b))$.
+
+    It is 1-Lipschitz (per pixel it sorts pairs, a piecewise permutation) and gradient-norm
+    preserving, which makes it more expressive than ReLU under a Lipschitz budget. It is also
+    *exact* arithmetic (no transcendental function), so its value at a pixel never depends on the
+    tensor's size or memory layout — unlike PyTorch's vectorised ``exp``-based activations, whose
+    vector and scalar-tail code paths differ by an ulp. That is what makes tiled evaluation
+    bit-identical to whole-image evaluation (``injcert.tasks.tiling``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        if c % 2:
+            raise ValueError(f"MaxMin needs an even number of channels, got {c}")
+        a, b = x[:, : c // 2], x[:, c // 2 :]
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+
+
+@register_lipschitz_rule(MaxMin)
+def _maxmin_rule(module: MaxMin, input_shape: tuple, ctx: Any) -> tuple[float, tuple]:
+    if input_shape[0] % 2:
+        from ..errors import UnsupportedModuleError
+
+        raise UnsupportedModuleError(f"MaxMin on an odd number of channels ({input_shape[0]})")
+    return 1.0, tuple(input_shape)
+
+
+#: activation name -> module factory (each has a registered Lipschitz rule)
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "maxmin": MaxMin,
     "silu": nn.SiLU,
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -46,7 +76,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 
 def make_activation(name: str) -> nn.Module:
-    """A fresh activation module by name (``silu``, ``relu``, ``gelu``, ``tanh``).
+    """A fresh activation module by name (``maxmin``, ``silu``, ``relu``, ``gelu``, ``tanh``).
 
     Raises:
         ConfigError: an unknown name; the message lists the choices.

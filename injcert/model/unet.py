@@ -59,7 +59,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "channel_mults": [1, 2, 2],
     "blocks_per_level": 1,
     "lipschitz_budget": 30.0,
-    "activation": "silu",
+    "activation": "maxmin",
     "alpha_max": 1.0,
     "modulation": 0.25,
     "skip_max": 1.0,
@@ -96,7 +96,7 @@ class _TimeEmbedding(nn.Module):
 class _CondEncoder(nn.Module):
     """Features of the condition $(y, m)$ at every resolution (never sees $x$)."""
 
-    def __init__(self, in_channels: int, chans: Sequence[int], emb_dim: int) -> None:
+    def __init__(self, in_channels: int, chans: Sequence[int], emb_dim: int, activation: str = "silu") -> None:
         super().__init__()
         self.stem = nn.Conv2d(in_channels, chans[0], 3, padding=1)
         self.levels = nn.ModuleList()
@@ -105,7 +105,7 @@ class _CondEncoder(nn.Module):
             self.levels.append(nn.ModuleList([nn.Conv2d(prev, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)]))
             prev = c
         self.emb = nn.Linear(emb_dim, chans[0])
-        self.act = nn.SiLU()
+        self.act = make_activation(activation)
         self.pool = nn.AvgPool2d(2)
 
     def forward(self, c: Tensor, emb: Tensor) -> list[Tensor]:
@@ -130,7 +130,7 @@ class CondUNet(nn.Module):
         channel_mults: one multiplier per level (``len`` = number of levels).
         blocks_per_level: residual blocks per level (encoder and decoder).
         lipschitz_budget: $L_{\max} > 0$, or ``None`` for the unconstrained baseline.
-        activation: ``"silu"``, ``"relu"``, ``"gelu"`` or ``"tanh"``.
+        activation: ``"maxmin"`` (exact arithmetic, hence tile-stable), ``"silu"``, ``"relu"``, ``"gelu"`` or ``"tanh"``.
         alpha_max: bound on each residual weight $|\alpha|$.
         modulation: $s_{\max} \in [0, 1)$ of the time-dependent channel scale.
         skip_max: $a_{\max}$ of the linear skip $a(t) \odot x$ (capped at $L_{\max}/2$).
@@ -158,7 +158,7 @@ class CondUNet(nn.Module):
         channel_mults: Sequence[int] = (1, 2, 2),
         blocks_per_level: int = 1,
         lipschitz_budget: Optional[float] = 30.0,
-        activation: str = "silu",
+        activation: str = "maxmin",
         alpha_max: float = 1.0,
         modulation: float = 0.25,
         skip_max: float = 1.0,
@@ -211,7 +211,7 @@ class CondUNet(nn.Module):
         self.downsampling_factor = 2 ** (self.num_levels - 1)
 
         self.time_embed = _TimeEmbedding(emb_dim)
-        self.cond_encoder = _CondEncoder(in_channels + MAP_CHANNELS, chans, emb_dim)
+        self.cond_encoder = _CondEncoder(in_channels + MAP_CHANNELS, chans, emb_dim, activation)
         self.in_conv = LipConv2d(in_channels, chans[0], 3, cap=cap)
         self.pool = nn.AvgPool2d(2)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")

@@ -8,9 +8,14 @@ on the whole image); keep the tile's own pixels. Two further conditions make the
 
 * every window starts at a multiple of ``align`` (the product of the network's down-sampling
   factors), so that pooling and up-sampling grids coincide with the whole-image ones;
-* each output value is computed by the same arithmetic in the same order. PyTorch's CPU
-  convolutions compute an output pixel the same way whatever the spatial size of the input, which
-  the tests check (``tests/test_tiling.py``) rather than assume.
+* each output value is computed by the same arithmetic in the same order, whatever the size of
+  the window. This is *not* true of PyTorch's default CPU convolutions (oneDNN picks its blocking,
+  hence its summation order, from the tensor shapes: measured differences of a few ulp), so
+  :class:`TiledModel` evaluates under :func:`shape_stable_convolutions`, which selects PyTorch's
+  native im2col + GEMM convolution on CPU (deterministic cuDNN algorithms on CUDA). Whole-image
+  evaluation under the same context gives the same bits (``tests/test_tiling.py`` checks it on
+  the real network). The native CPU path is about 2.5x slower; ``shape_stable=False`` trades
+  bit-identity for speed (results then agree to rounding).
 
 Peak memory is then bounded by the window size, not the image size: the retina (1411²) and
 4096² images run on a 24 GiB CPU machine.
@@ -19,12 +24,33 @@ Peak memory is then bounded by the window size, not the image size: the retina (
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["TiledModel", "tile_windows", "tiled_apply"]
+__all__ = ["TiledModel", "tile_windows", "tiled_apply", "shape_stable_convolutions", "peak_window_pixels"]
+
+
+@contextmanager
+def shape_stable_convolutions(enabled: bool = True) -> Iterator[None]:
+    """Run convolutions with kernels whose per-pixel arithmetic does not depend on the input size.
+
+    On CPU this disables oneDNN (PyTorch then uses im2col + GEMM, whose reduction order depends on
+    the channel and kernel sizes only); on CUDA it asks cuDNN for deterministic algorithms without
+    autotuning. ``enabled=False`` is a no-op.
+    """
+    if not enabled:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # oneDNN's TF32 notice when toggling flags
+        with torch.backends.mkldnn.flags(enabled=False):
+            with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
+                                            deterministic=True):
+                yield
 
 
 def _ceil_to(v: int, a: int) -> int:
@@ -94,14 +120,17 @@ class TiledModel(nn.Module):
 
     The wrapper has the model's signature and attributes (``schedule``, ``lipschitz_budget``, ...),
     so every integrator accepts it unchanged. The halo defaults to the model's
-    ``receptive_field_radius`` and the alignment to its ``downsampling_factor``.
+    ``receptive_field_radius`` and the alignment to its ``downsampling_factor``. With
+    ``shape_stable=True`` (default) the result does not depend on the tile size at all, and equals
+    whole-image evaluation under :func:`shape_stable_convolutions` bit for bit.
 
     Raises:
         ValueError: the halo is smaller than the model's receptive-field radius (the result
             would silently differ from whole-image evaluation), or a size is not positive.
     """
 
-    def __init__(self, model: nn.Module, tile: int = 256, halo: Optional[int] = None) -> None:
+    def __init__(self, model: nn.Module, tile: int = 256, halo: Optional[int] = None,
+                 shape_stable: bool = True) -> None:
         super().__init__()
         radius = getattr(model, "receptive_field_radius", None)
         if halo is None:
@@ -118,6 +147,7 @@ class TiledModel(nn.Module):
         self.tile = int(tile)
         self.halo = int(halo)
         self.align = int(getattr(model, "downsampling_factor", 1))
+        self.shape_stable = bool(shape_stable)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -130,7 +160,8 @@ class TiledModel(nn.Module):
         def fn(xx: torch.Tensor, yy: Optional[torch.Tensor], mm: Optional[torch.Tensor]) -> torch.Tensor:
             return self.model(xx, t, yy, mm)
 
-        return tiled_apply(fn, x, (y, m), tile=self.tile, halo=self.halo, align=self.align)
+        with shape_stable_convolutions(self.shape_stable):
+            return tiled_apply(fn, x, (y, m), tile=self.tile, halo=self.halo, align=self.align)
 
 
 def peak_window_pixels(tile: int, halo: int, align: int = 1) -> int:
