@@ -49,6 +49,9 @@ def test_gronwall_rejects_bad_input():
         gronwall_constants([1.0], [0.1, 0.2])
     with pytest.raises(ValueError):
         gronwall_constants([-1.0], [0.1])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="interval lengths"):
+            gronwall_constants([1.0], [bad])
 
 
 def test_step_margins():
@@ -78,7 +81,10 @@ def test_fixed_point_inverse_raises():
         fixed_point_inverse(f, y, h=1.0, lipschitz=1.0)
     assert e.value.iterations == 0 and math.isinf(e.value.error)
     with pytest.raises(NonConvergenceError) as e:
+        fixed_point_inverse(f, y, h=0.9, lipschitz=1.0, tol=1e-12, max_iter=3)
+    assert e.value.iterations == 3 and e.value.error > 1e-12
+    with pytest.raises(NonConvergenceError, match="rounding floor") as e:  # 4 eps ||y|| / (1 - q) > tol
         fixed_point_inverse(f, y, h=0.9, lipschitz=1.0, tol=1e-14, max_iter=3)
-    assert e.value.iterations == 3 and e.value.error > 1e-14
+    assert e.value.iterations == 0 and e.value.error > 1e-14
     with pytest.raises(ValueError):
         fixed_point_inverse(f, y, h=0.5, lipschitz=1.0, tol=0.0)

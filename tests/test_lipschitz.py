@@ -37,7 +37,7 @@ def _max_jacobian_norm(net: nn.Module, shape: tuple, n_points: int = 4, seed: in
 @st.composite
 def small_nets(draw):
     torch.manual_seed(draw(st.integers(0, 10_000)))
-    acts = [nn.ReLU(), nn.SiLU(), nn.GELU(), nn.Tanh(), nn.LeakyReLU(0.2), nn.ELU(1.5), nn.Sigmoid(), nn.Softplus(2.0)]
+    acts = [nn.ReLU(), nn.SiLU(), nn.GELU(), nn.Tanh(), nn.LeakyReLU(0.2), nn.ELU(1.5), nn.Sigmoid()]
     c = draw(st.integers(1, 3))
     layers = [nn.Conv2d(2, c, 3, padding=1, padding_mode=draw(st.sampled_from(["zeros", "circular"])))]
     layers.append(draw(st.sampled_from(acts)))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..theory.lipschitz import register_lipschitz_rule, residual_bound, sum_bound
+from ..theory.lipschitz import product_bound, register_lipschitz_rule, residual_bound, sum_bound
 from ..theory.spectral import conv_size_independent_bound
 
 __all__ = ["LipConv2d", "ResBlock", "MaxMin", "make_activation", "ACTIVATIONS", "conv_output_shape"]
@@ -282,18 +282,20 @@ class ResBlock(nn.Module):
         """
         a1, s = bound(self.act, input_shape, "act1")
         c1, s = bound(self.conv1, s, "conv1")
-        mod = 1.0 + self.modulation
+        mod = sum_bound(1.0, self.modulation)
         a2, s = bound(self.act, s, "act2")
         c2, out_shape = bound(self.conv2, s, "conv2")
-        lip_g = a1 * c1 * mod * a2 * c2
+        lip_g = product_bound(a1, c1, mod, a2, c2)
         if structural:
             alpha = self.alpha_max
         else:
-            alpha = abs(float(self.alpha().detach().to(torch.float64)))
+            # the value forward uses (in the parameter's dtype) and its float64 evaluation, whichever is larger
+            a = self.alpha().detach()
+            alpha = max(abs(float(a)), abs(float(self.alpha_max * torch.tanh(self.alpha_raw.detach().double()))))
         if self.skip is None:
             return residual_bound(lip_g, alpha), out_shape
         ls, _ = bound(self.skip, input_shape, "skip")
-        return sum_bound(ls, alpha * lip_g), out_shape
+        return sum_bound(ls, product_bound(alpha, lip_g)), out_shape
 
 
 @register_lipschitz_rule(ResBlock)

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from ..data.corruptions import expand_map
 from ..errors import ConfigError
 from ..io import register_model
-from ..theory.lipschitz import concat_bound, lipschitz_bound, register_lipschitz_rule, sum_bound
+from ..theory.lipschitz import concat_bound, lipschitz_bound, product_bound, register_lipschitz_rule, sum_bound
 from .layers import ACTIVATIONS, LipConv2d, ResBlock, make_activation
 from .schedule import VPSchedule, get_schedule
 
@@ -355,31 +355,34 @@ class CondUNet(nn.Module):
         for lvl, blocks in enumerate(self.down):
             for b, blk in enumerate(blocks):
                 lb, shape = sub(blk, shape, f"down.{lvl}.{b}")
-                lip *= lb
+                lip = product_bound(lip, lb)
             if lvl < self.num_levels - 1:
                 skips.append((lip, shape))
                 lp, shape = sub(self.pool, shape, f"down.{lvl}.pool")
-                lip *= lp
+                lip = product_bound(lip, lp)
         lm, shape = sub(self.mid, shape, "mid")
-        lip *= lm
+        lip = product_bound(lip, lm)
         for i, blocks in enumerate(self.up):
             lvl = self.num_levels - 2 - i
             lu, shape = sub(self.upsample, shape, f"up.{i}.upsample")
-            lip *= lu
+            lip = product_bound(lip, lu)
             ls, sshape = skips[lvl]
             lip = concat_bound(lip, ls)
             shape = (shape[0] + sshape[0], shape[1], shape[2])
             for b, blk in enumerate(blocks):
                 lb, shape = sub(blk, shape, f"up.{i}.{b}")
-                lip *= lb
+                lip = product_bound(lip, lb)
         la, shape = sub(self.out_act, shape, "out_act")
         lo, shape = sub(self.out_conv, shape, "out_conv")
-        lip *= la * lo
+        lip = product_bound(lip, la, lo)
         if structural:
             return lip, (c, h, w)
         # eps = gain * F(x) + a(t) * x with |a| <= skip_max (a diagonal map): sum rule
         gain = float(self.gain.detach().to(torch.float64))
-        return sum_bound(lip * abs(gain), self.skip_max), (c, h, w)
+        # |a| <= skip_max as evaluated: tanh <= 1 and rounding is monotone, but skip_max itself is
+        # rounded to the parameter dtype in forward; charge the larger of the two.
+        skip = max(float(self.skip_max), float(torch.tensor(float(self.skip_max), dtype=self.gain.dtype)))
+        return sum_bound(product_bound(lip, abs(gain)), skip), (c, h, w)
 
     def _structural_bound(self) -> float:
         """$S$: the composition with every conv charged its cap and every $|\\alpha|$ its max."""

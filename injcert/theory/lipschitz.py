@@ -1,10 +1,12 @@
 r"""Certified compositional Lipschitz bounds and sound empirical lower bounds (Theorem 5).
 
 ``lipschitz_bound(module, input_shape)`` walks a module tree through a registry of rules,
-one per module type (looked up along the type's MRO, so subclasses inherit rules). Each rule
-returns a certified bound on the $\ell_2$ Lipschitz constant **in the input x** and the output
-shape. A module without a rule raises :class:`~injcert.errors.UnsupportedModuleError` naming its
-type; nothing is ever skipped. Conditioning inputs other than ``x`` (time, observation, mask)
+one per module type (looked up along the type's MRO; a subclass inherits its parent's rule only
+if it does not override ``forward``). Each rule returns a certified bound on the $\ell_2$
+Lipschitz constant **in the input x** and the output shape, rounded up to a float. A module
+without a rule, a subclass overriding ``forward`` without its own rule, and a module with forward
+(pre-)hooks raise :class:`~injcert.errors.UnsupportedModuleError` naming the module; nothing is
+ever skipped. Conditioning inputs other than ``x`` (time, observation, mask)
 are held fixed: they contribute nothing to the Lipschitz constant in ``x`` (proofs/05).
 
 ``lipschitz_lower_bound(fn, points)`` returns an *achieved* ratio, a sound lower bound.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from fractions import Fraction
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from injcert.errors import UnsupportedModuleError
-from injcert.theory.spectral import certify_float, operator_norm_bound
+from injcert.theory.spectral import (
+    _reject_forward_hooks,
+    _require_inherited_forward,
+    certify_float,
+    operator_norm_bound,
+)
 
 __all__ = [
     "LayerBound",
@@ -90,27 +98,81 @@ class LipschitzBound:
 # ----------------------------------------------------------------------------- combinators
 
 
+def _exact(v: float, what: str) -> Fraction | None:
+    """``v`` as an exact rational (``None`` for ``+inf``); NaN or negative values raise."""
+    v = float(v)
+    if math.isnan(v) or v < 0:
+        raise ValueError(f"{what} must be a Lipschitz constant >= 0, got {v!r}")
+    return None if math.isinf(v) else Fraction(v)
+
+
+def _round_up(exact: Fraction | None) -> float:
+    """The smallest float ``>= exact`` (``inf`` for ``None`` or overflow)."""
+    if exact is None:
+        return math.inf
+    try:
+        v = float(exact)  # correctly rounded (nearest)
+    except OverflowError:
+        return math.inf
+    if not math.isinf(v) and Fraction(v) < exact:
+        v = math.nextafter(v, math.inf)
+    return v
+
+
 def residual_bound(lip_g: float, alpha: float = 1.0) -> float:
-    r"""$\mathrm{Lip}(x + \alpha g(x)) \le 1 + |\alpha|\,\mathrm{Lip}(g)$."""
-    return 1.0 + abs(alpha) * float(lip_g)
+    r"""$\mathrm{Lip}(x + \alpha g(x)) \le 1 + |\alpha|\,\mathrm{Lip}(g)$, rounded up to a float."""
+    a, g = abs(float(alpha)), _exact(lip_g, "lip_g")
+    if math.isnan(a):
+        raise ValueError(f"alpha must be a number, got {alpha!r}")
+    if a == 0:
+        return 1.0
+    if g is None or math.isinf(a):
+        return math.inf
+    return _round_up(1 + Fraction(a) * g)
 
 
 def sum_bound(*lips: float) -> float:
-    r"""$\mathrm{Lip}(\sum_i f_i) \le \sum_i \mathrm{Lip}(f_i)$ (maps of the same input)."""
-    return float(sum(float(v) for v in lips))
+    r"""$\mathrm{Lip}(\sum_i f_i) \le \sum_i \mathrm{Lip}(f_i)$ (maps of the same input), rounded up."""
+    vals = [_exact(v, "sum_bound term") for v in lips]
+    if any(v is None for v in vals):
+        return math.inf
+    return _round_up(sum(vals, Fraction(0)))
 
 
 def concat_bound(*lips: float) -> float:
-    r"""$\mathrm{Lip}(x \mapsto (f_1(x), \dots, f_n(x))) \le \sqrt{\sum_i \mathrm{Lip}(f_i)^2}$."""
-    return math.sqrt(sum(float(v) ** 2 for v in lips))
+    r"""$\mathrm{Lip}(x \mapsto (f_1(x), \dots, f_n(x))) \le \sqrt{\sum_i \mathrm{Lip}(f_i)^2}$, rounded up."""
+    vals = [_exact(v, "concat_bound term") for v in lips]
+    if any(v is None for v in vals):
+        return math.inf
+    target = sum((v * v for v in vals), Fraction(0))
+    r = math.hypot(*(float(v) for v in lips))  # error < 1 ulp, no under/overflow of the squares
+    while not math.isinf(r) and Fraction(r) ** 2 < target:
+        r = math.nextafter(r, math.inf)
+    return r
+
+
+def _sqrt_up(n: int) -> float:
+    """The smallest float ``>= sqrt(n)`` for an integer ``n >= 0`` (``math.sqrt`` rounds to nearest)."""
+    r = math.sqrt(n)
+    while Fraction(r) ** 2 < n:
+        r = math.nextafter(r, math.inf)
+    return r
 
 
 def product_bound(*lips: float) -> float:
-    r"""$\mathrm{Lip}(f_n \circ \dots \circ f_1) \le \prod_i \mathrm{Lip}(f_i)$."""
-    out = 1.0
-    for v in lips:
-        out *= float(v)
-    return out
+    r"""$\mathrm{Lip}(f_n \circ \dots \circ f_1) \le \prod_i \mathrm{Lip}(f_i)$, rounded up.
+
+    A zero factor gives exactly 0 (a constant map composed with anything is constant).
+    """
+    vals = [_exact(v, "product_bound factor") for v in lips]
+    if any(v == 0 for v in vals):
+        return 0.0
+    if any(v is None for v in vals):
+        return math.inf
+    out = Fraction(1)
+    for v in vals:
+        out *= v
+    return _round_up(out)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -123,7 +185,9 @@ def register_lipschitz_rule(*module_types: type) -> Callable[[Rule], Rule]:
     """Decorator registering ``rule(module, input_shape, ctx) -> (bound, output_shape)``.
 
     Shapes exclude the batch dimension. Subclasses of a registered type inherit its rule
-    unless they register their own.
+    unless they register their own — but only if they do not override ``forward`` (otherwise
+    they compute something else and must register a rule). A rule must return a value rounded
+    **up** (use :func:`certify_float`, :func:`product_bound`, :func:`sum_bound`, ...).
 
     Raises:
         TypeError: if no type or a non-``nn.Module`` type is given.
@@ -145,11 +209,18 @@ def register_lipschitz_rule(*module_types: type) -> Callable[[Rule], Rule]:
 def get_lipschitz_rule(module: nn.Module) -> Rule:
     """The rule for ``module``'s type, looked up along its MRO.
 
+    A rule registered for a proper base class ``C`` of ``type(module)`` is used only if the
+    subclass inherits ``C``'s forward path unchanged (``forward``, ``_conv_forward``, ``__call__``):
+    a subclass overriding ``forward`` computes another map. (Classes created by
+    :mod:`torch.nn.utils.parametrize` only add properties, so they keep their base's rule.)
+
     Raises:
-        UnsupportedModuleError: naming the type, if no class in the MRO has a rule.
+        UnsupportedModuleError: naming the type, if no class in the MRO has a rule, or if the
+            subclass overrides ``forward``.
     """
     for cls in type(module).__mro__:
         if cls in _RULES:
+            _require_inherited_forward(module, cls)
             return _RULES[cls]
     raise UnsupportedModuleError(
         f"no Lipschitz rule for module type {type(module).__name__} "
@@ -168,6 +239,7 @@ class BoundContext:
     def bound(self, module: nn.Module, input_shape: Sequence[int], name: str) -> tuple[float, tuple]:
         """Bound a submodule through the registry; records a row when ``module`` is a leaf."""
         shape = tuple(int(v) for v in input_shape)
+        _reject_forward_hooks_named(module, ".".join(p for p in [*self._prefix, name] if p))
         rule = get_lipschitz_rule(module)
         n_before = len(self.layers)
         self._prefix.append(name)
@@ -212,8 +284,17 @@ def lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, size_indep
     """
     ctx = BoundContext(size_independent)
     shape = tuple(int(v) for v in input_shape)
+    for sub_name, sub in module.named_modules():  # also submodules a custom rule reads directly
+        _reject_forward_hooks_named(sub, sub_name)
     value, _ = ctx.bound(module, shape, "")
     return LipschitzBound(float(value), list(ctx.layers), shape, bool(size_independent))
+
+
+def _reject_forward_hooks_named(module: nn.Module, name: str) -> None:
+    try:
+        _reject_forward_hooks(module)
+    except UnsupportedModuleError as e:
+        raise UnsupportedModuleError(f"module {name or '<root>'!r}: {e}") from None
 
 
 def _output_shape(module: nn.Module, shape: tuple) -> tuple:
@@ -229,11 +310,11 @@ def _output_shape(module: nn.Module, shape: tuple) -> tuple:
 
 @register_lipschitz_rule(nn.Sequential)
 def _sequential_rule(module: nn.Sequential, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
-    total = 1.0
+    lips = []
     for name, child in module.named_children():
         lip, shape = ctx.bound(child, shape, name)
-        total *= lip
-    return total, shape
+        lips.append(lip)
+    return product_bound(*lips), shape
 
 
 @register_lipschitz_rule(nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
@@ -331,21 +412,38 @@ def _gelu_tanh_d2(x: float) -> float:
 # Maximisers: SiLU'' = 0  <=>  x tanh(x/2) = 2;  GELU'' = phi(x)(2 - x^2) = 0  <=>  x = sqrt(2).
 _SILU_ARGMAX = _bisect(lambda x: x * math.tanh(0.5 * x) - 2.0, 2.0, 3.0)
 _GELU_TANH_ARGMAX = _bisect(_gelu_tanh_d2, 1.0, 2.0)
-#: Certified sup |SiLU'| (≈ 1.0998), the value at the root of SiLU'' rounded up (proofs/05).
+#: Certified sup ``|SiLU'|`` (≈ 1.0998), the value at the root of SiLU'' rounded up (proofs/05).
 SILU_LIPSCHITZ: float = _silu_d1(_SILU_ARGMAX) * (1.0 + 1e-12)
-#: Certified sup |GELU'| = Φ(√2) + √2 φ(√2) (≈ 1.1289), rounded up (proofs/05).
+#: Certified sup ``|GELU'|`` = Φ(√2) + √2 φ(√2) (≈ 1.1289), rounded up (proofs/05).
 GELU_LIPSCHITZ: float = _gelu_d1(math.sqrt(2.0)) * (1.0 + 1e-12)
-#: Certified sup |GELU'| for ``approximate="tanh"`` (≈ 1.1295), rounded up.
+#: Certified sup ``|GELU'|`` for ``approximate="tanh"`` (≈ 1.1295), rounded up.
 GELU_TANH_LIPSCHITZ: float = _gelu_tanh_d1(_GELU_TANH_ARGMAX) * (1.0 + 1e-12)
+
+
+#: Why ``nn.Softplus`` has no rule: PyTorch evaluates ``x`` (the identity) instead of
+#: ``log(1 + exp(beta x)) / beta`` where ``beta * x > threshold``; at ``x = threshold / beta`` the
+#: two differ by ``log(1 + exp(-threshold)) / beta`` (≈ 2e-9 at the defaults, ``log 2`` ≈ 0.69 for
+#: ``threshold=0``), a jump discontinuity, so the map PyTorch computes is not Lipschitz at all
+#: (the smooth softplus is 1-Lipschitz, but that is not what runs). See proofs/05.
+_SOFTPLUS_REASON = (
+    "nn.Softplus(beta={beta}, threshold={threshold}) is not Lipschitz as PyTorch evaluates it: it switches to "
+    "the identity where beta*x > threshold, a jump discontinuity of log(1 + exp(-threshold))/beta at "
+    "x = threshold/beta; no certified bound (use a continuous activation, e.g. ELU/SiLU/ReLU)"
+)
 
 
 def activation_constant(module: nn.Module) -> float:
     """The exact global Lipschitz constant (rounded up) of a supported activation module.
 
+    Every value is exact in float64 (0, 1/4, 1, ``max(1, |s|)``) or rounded up (SiLU, GELU).
+
     Raises:
-        UnsupportedModuleError: for an activation without a known constant.
+        UnsupportedModuleError: for an activation without a known constant, and for
+            ``nn.Softplus`` (PyTorch's threshold switch makes it discontinuous).
     """
-    if isinstance(module, (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity)):
+    if isinstance(module, nn.Softplus):
+        raise UnsupportedModuleError(_SOFTPLUS_REASON.format(beta=module.beta, threshold=module.threshold))
+    if isinstance(module, (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Identity)):
         if isinstance(module, nn.Hardtanh) and module.max_val <= module.min_val:
             return 0.0
         return 1.0
@@ -419,13 +517,19 @@ def _maxpool_rule(module: nn.MaxPool2d, shape: tuple, ctx: BoundContext) -> tupl
     for ax in range(2):
         ext = d[ax] * (k[ax] - 1) + 1
         count *= min(k[ax], math.ceil(ext / s[ax]))
-    return math.sqrt(count), _output_shape(module, shape)
+    return _sqrt_up(count), _output_shape(module, shape)
 
 
 @register_lipschitz_rule(nn.Upsample)
 def _upsample_rule(module: nn.Upsample, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
     if module.mode != "nearest":
         raise UnsupportedModuleError(f"Upsample(mode={module.mode!r}) has no rule; use mode='nearest'")
+    if ctx.size_independent and module.scale_factor is None:
+        raise UnsupportedModuleError(
+            f"Upsample(size={module.size!r}) in size-independent mode: the number of copies of a pixel "
+            "depends on the input size (e.g. 4x4 -> 8x8 copies each pixel 4 times, 1x1 -> 8x8 64 times); "
+            "no bound valid for every input size. Use scale_factor=..., or a bound for a given input shape"
+        )
     out_shape = _output_shape(module, shape)
     mult = 1
     for ax in range(2):
@@ -438,7 +542,7 @@ def _upsample_rule(module: nn.Upsample, shape: tuple, ctx: BoundContext) -> tupl
             torch.arange(n, dtype=torch.float64).view(1, 1, n), size=m, mode="nearest"
         ).view(-1).long()
         mult *= int(torch.bincount(src, minlength=n).max())
-    return math.sqrt(mult), out_shape
+    return _sqrt_up(mult), out_shape
 
 
 # ----------------------------------------------------------------------------- lower bounds

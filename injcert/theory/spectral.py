@@ -468,10 +468,21 @@ def operator_norm_bound(layer: nn.Module, input_shape: Sequence[int], *, size_in
 
     The result is inflated by :data:`ROUNDING_SLACK` (see :func:`rounding_slack`).
 
+    The bound is computed from the layer's ``weight`` as read now (a
+    :mod:`torch.nn.utils.parametrize` parametrization recomputes it on access, so it is fine). A
+    layer with forward (pre-)hooks — e.g. the legacy hook-based ``nn.utils.weight_norm`` /
+    ``spectral_norm``, whose ``.weight`` is stale until the next forward — or a subclass that
+    overrides ``forward`` is refused: its map is not the one the weight describes.
+
     Raises:
-        UnsupportedModuleError: for any other module type.
+        UnsupportedModuleError: for any other module type, a layer with forward hooks (its own or
+            global ones) or a subclass overriding ``forward``.
         ValueError: if ``input_shape`` does not fit the layer.
     """
+    if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+        _reject_forward_hooks(layer)
+        base = nn.Linear if isinstance(layer, nn.Linear) else (nn.ConvTranspose2d if isinstance(layer, nn.ConvTranspose2d) else nn.Conv2d)
+        _require_inherited_forward(layer, base)
     if isinstance(layer, nn.Linear):
         if len(input_shape) < 1 or int(input_shape[-1]) != layer.in_features:
             raise ValueError(f"Linear expects input_shape ending in {layer.in_features}, got {tuple(input_shape)!r}")
@@ -480,6 +491,49 @@ def operator_norm_bound(layer: nn.Module, input_shape: Sequence[int], *, size_in
     if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
         return _conv_bound(_conv_geometry(layer, input_shape), size_independent)
     raise UnsupportedModuleError(f"operator_norm_bound has no rule for {type(layer).__name__}; supported: Linear, Conv2d, ConvTranspose2d")
+
+
+#: Methods through which ``nn.Module.__call__`` reaches the computation; a subclass that overrides
+#: any of them computes something else than the class whose rule it would inherit.
+_FORWARD_ATTRS = ("forward", "_conv_forward", "__call__", "_call_impl", "_wrapped_call_impl")
+
+
+def _reject_forward_hooks(module: nn.Module) -> None:
+    """Raise :class:`UnsupportedModuleError` if ``module`` (or the global registry) has forward hooks.
+
+    Forward hooks can replace the output and forward pre-hooks the input (or, as the legacy
+    hook-based ``weight_norm``/``spectral_norm`` do, the weight), so a rule reading the module's
+    attributes would bound a different map.
+    """
+    own = [n for n in ("_forward_hooks", "_forward_pre_hooks") if len(getattr(module, n, None) or {})]
+    if own:
+        raise UnsupportedModuleError(
+            f"{type(module).__name__} has forward hooks ({', '.join(own)}) that may change its output or "
+            "weights (e.g. legacy hook-based nn.utils.weight_norm/spectral_norm); no certified bound. "
+            "Remove the hooks (use torch.nn.utils.parametrize / nn.utils.parametrizations instead)"
+        )
+    from torch.nn.modules import module as _mm
+
+    glob = [n for n in ("_global_forward_hooks", "_global_forward_pre_hooks") if len(getattr(_mm, n, None) or {})]
+    if glob:
+        raise UnsupportedModuleError(
+            f"global forward hooks are registered ({', '.join(glob)}); they may change the output of "
+            f"{type(module).__name__}, so no certified bound. Remove them first"
+        )
+
+
+def _require_inherited_forward(module: nn.Module, base: type) -> None:
+    """Raise unless ``type(module)`` inherits ``base``'s forward path unchanged."""
+    cls = type(module)
+    if cls is base:
+        return
+    changed = [n for n in _FORWARD_ATTRS if getattr(cls, n, None) is not getattr(base, n, None)]
+    if changed:
+        raise UnsupportedModuleError(
+            f"{cls.__module__}.{cls.__qualname__} subclasses {base.__name__} but overrides {'/'.join(changed)}, "
+            f"so {base.__name__}'s rule does not apply; register a Lipschitz rule for {cls.__name__} "
+            "(injcert.theory.lipschitz.register_lipschitz_rule)"
+        )
 
 
 def _linear_part(layer: nn.Module):
