@@ -31,3 +31,17 @@ docs: $(STAMP)
 	$(VPY) -m sphinx -W --keep-going -b html -q docs docs/_build/html
 	! grep -rIl -E "cdn\.|cdnjs|jsdelivr|unpkg" docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
+
+# asv, offline: the venv's own python is the "existing" environment; HOME points at a scratch
+# folder for asv's machine file; --set-commit-hash makes asv save results of an existing env.
+# The table is printed even when a benchmark failed; the target still fails then (asv's status).
+ASV_ENV := HOME=$(CURDIR)/.asv/home PYTHONPATH=$(CURDIR)
+bench: $(STAMP)
+	mkdir -p .asv/home
+	$(ASV_ENV) $(VPY) -m asv machine --yes
+	$(ASV_ENV) $(VPY) -m asv run --quick --show-stderr -E existing:$(abspath $(VPY)) \
+		--set-commit-hash $$(git rev-parse HEAD); rc=$$?; \
+		$(VPY) benchmarks/results_table.py && exit $$rc
+
+gpu-check: $(STAMP)
+	PYTHONPATH=$(CURDIR) VPY=$(VPY) bash scripts/gpu_check.sh

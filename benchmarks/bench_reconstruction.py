@@ -1,0 +1,68 @@
+"""Reconstruction quality per corruption type against the classical baselines (asv suite).
+
+Same images (``astronaut`` and ``chelsea``, 32×32 centre crops), same masks (one seed), one run:
+``ours`` (:func:`injcert.tasks.reconstruct.reconstruct_full`, 10 steps) against
+``skimage.restoration.inpaint_biharmonic`` (box, freeform, random, gaps),
+``richardson_lucy`` (blur) and the noisy input (noise); see
+:func:`injcert.tasks.compare.classical_baseline`. The model is the shipped checkpoint, or the
+*untrained* fallback while none exists — whose reconstructions are not meaningful (the table
+reports them as they are).
+
+Run ``python benchmarks/bench_reconstruction.py`` for a table.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from injcert.tasks.compare import CORRUPTION_SETTINGS, bench_model, load_batch, reconstruction_rows
+
+torch.set_num_threads(1)
+
+CORRUPTIONS = list(CORRUPTION_SETTINGS)
+METHODS = ["ours", "baseline"]
+IMAGES = ["astronaut", "chelsea"]
+SIZE = 32
+STEPS = 10
+
+
+def _all(corruptions=tuple(CORRUPTIONS)) -> dict:
+    model, _ = bench_model()
+    rows = reconstruction_rows(model, load_batch(IMAGES, SIZE), STEPS, 0, corruptions)
+    return {(r.corruption, "ours" if r.method == "ours" else "baseline"): r.__dict__ for r in rows}
+
+
+class Reconstruction:
+    params = (CORRUPTIONS, METHODS)
+    param_names = ["corruption", "method"]
+    timeout = 600
+
+    def setup_cache(self) -> dict:
+        return _all()
+
+    def track_psnr(self, cache: dict, corruption: str, method: str) -> float:
+        return cache[(corruption, method)]["psnr"]
+
+    track_psnr.unit = "dB"
+
+    def track_ssim(self, cache: dict, corruption: str, method: str) -> float:
+        return cache[(corruption, method)]["ssim"]
+
+    track_ssim.unit = "SSIM"
+
+    def track_psnr_region(self, cache: dict, corruption: str, method: str) -> float:
+        return cache[(corruption, method)]["psnr_region"]
+
+    track_psnr_region.unit = "dB (corrupted region)"
+
+    def track_seconds(self, cache: dict, corruption: str, method: str) -> float:
+        return cache[(corruption, method)]["seconds"]
+
+    track_seconds.unit = "s"
+
+
+if __name__ == "__main__":
+    res = _all()
+    print(f"{'corruption':12s}{'method':10s}{'PSNR':>8s}{'SSIM':>8s}{'PSNR(region)':>14s}  baseline")
+    for (c, m), r in res.items():
+        print(f"{c:12s}{m:10s}{r['psnr']:8.2f}{r['ssim']:8.3f}{r['psnr_region']:14.2f}  {r['method']}")
