@@ -91,6 +91,7 @@ def _check_inputs(x0: Tensor, mask: Tensor, target: Tensor) -> Tensor:
     return (mask > 0.5).to(x0.dtype)
 
 
+@torch.no_grad()
 def edit_full(
     model: Any,
     x0: Tensor,

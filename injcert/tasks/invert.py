@@ -149,6 +149,7 @@ def _setup(model: Any, method: Union[str, Solver], steps: int, grid: str, t_min:
     return solver, field, g
 
 
+@torch.no_grad()
 def encode_state(model: Any, state: Union[Tensor, SolverState], cond: Cond = None, steps: int = 50,
                  method: str = "reversible", grid: str = "geometric", *, progress: bool = False) -> Latent:
     r"""Encode a $t = 0$ image or a full $t = 0$ solver state (e.g. from :func:`decode_state`).
@@ -191,6 +192,7 @@ def encode(model: Any, x0: Tensor, cond: Cond = None, steps: int = 50, method: s
     return encode_state(model, x0, cond, steps, method, grid, progress=progress)
 
 
+@torch.no_grad()
 def decode_state(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *, steps: Optional[int] = None,
                  method: Optional[str] = None, grid: Optional[str] = None, progress: bool = False) -> SolverState:
     """Like :func:`decode` but returns the full $t = 0$ :class:`SolverState` (both states, ``nfe``)."""

@@ -56,6 +56,7 @@ def _check(y: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     return y, expand_map(m.to(y.dtype))
 
 
+@torch.no_grad()
 def reconstruct_full(
     model: Any,
     y: Tensor,
