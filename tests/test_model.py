@@ -216,3 +216,30 @@ def test_checkpoint_roundtrip(tmp_path):
         assert torch.equal(model(x, 0.3), back(x, 0.3))
     assert back.checkpoint_metadata["step"] == 1
     assert lipschitz_bound(back, (3, 16, 16), size_independent=True).value <= back.lipschitz_budget
+
+
+def test_gaussian_skip_is_charged_and_sound() -> None:
+    """c(t) x (exact Gaussian-data slope) is added for every t; its sup is in the certified bound."""
+    import math
+
+    from injcert.model.unet import CondUNet, gaussian_skip_sup
+    from injcert.theory.lipschitz import lipschitz_bound
+
+    for v in (0.05, 0.25, 0.5, 2.0):
+        s = torch.linspace(0, 1, 100001, dtype=torch.float64)
+        dense = float((s / (v + (1 - v) * s * s)).max())
+        assert dense <= gaussian_skip_sup(v) <= dense * (1 + 1e-5)
+    torch.manual_seed(0)
+    net = CondUNet(base_channels=8, channel_mults=(1, 2), emb_dim=16, lipschitz_budget=4.0, data_variance=0.25).double()
+    bound = lipschitz_bound(net, (3, 6, 6), size_independent=True).value
+    assert bound <= 4.0
+    x = torch.randn(3 * 36, dtype=torch.float64)
+    for t in (0.0, 0.2, 0.5, 0.9, net.schedule.t_max):
+        tt = torch.full((1,), t, dtype=torch.float64)
+        jac = torch.autograd.functional.jacobian(lambda v: net(v.view(1, 3, 6, 6), tt).flatten(), x)
+        assert float(torch.linalg.matrix_norm(jac, 2)) <= bound
+    with pytest.raises(ConfigError, match="data_variance"):
+        CondUNet(data_variance=-1.0)
+    with pytest.raises(ConfigError, match="no room"):
+        CondUNet(lipschitz_budget=1.5, data_variance=0.25)
+    assert math.isclose(float(net.gaussian_skip(torch.tensor([1.0]))), 1.0)

@@ -66,6 +66,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "alpha_init": 0.5,
     "emb_dim": 128,
     "schedule": {"name": "cosine", "t_max": 0.995},
+    "data_variance": None,
 }
 
 
@@ -120,6 +121,18 @@ class _CondEncoder(nn.Module):
         return out
 
 
+def gaussian_skip_sup(v: float) -> float:
+    r"""A certified upper bound of $\sup_t \sigma_t/(\alpha_t^2 v + \sigma_t^2)$ over every VP schedule.
+
+    With $s = \sigma_t \in [0, 1]$ and $\alpha_t^2 = 1 - s^2$ the function is $g(s) = s/(v + (1-v)s^2)$;
+    $g'(s) = 0$ at $s^2 = v/(1-v)$, inside $[0, 1]$ iff $v \le 1/2$, where
+    $g = 1/(2\sqrt{v(1-v)})$; otherwise $g$ increases on $[0,1]$ and its sup is $g(1) = 1$. The value
+    is inflated by $10^{-6}$ relative to cover the rounding of $c(t)$ to the network's dtype.
+    """
+    exact = 1.0 / (2.0 * math.sqrt(v * (1.0 - v))) if v <= 0.5 else 1.0
+    return math.nextafter(exact * (1.0 + 1e-6), math.inf)
+
+
 @register_model("cond_unet")
 class CondUNet(nn.Module):
     r"""Conditional ε-prediction U-Net, certifiably ``lipschitz_budget``-Lipschitz in $x$.
@@ -165,6 +178,7 @@ class CondUNet(nn.Module):
         alpha_init: float = 0.5,
         emb_dim: int = 128,
         schedule: Union[str, dict, VPSchedule, None] = None,
+        data_variance: Optional[float] = None,
     ) -> None:
         super().__init__()
         in_channels = _int("in_channels", in_channels, 1)
@@ -188,7 +202,12 @@ class CondUNet(nn.Module):
             raise ConfigError(f"skip_max must be a finite number >= 0, got {skip_max!r}")
         if isinstance(alpha_init, bool) or not isinstance(alpha_init, (int, float)) or not 0 < alpha_init < alpha_max:
             raise ConfigError(f"alpha_init must lie in (0, alpha_max={alpha_max!r}), got {alpha_init!r}")
+        if data_variance is not None and (isinstance(data_variance, bool) or not isinstance(data_variance, (int, float))
+                                          or not 0 < data_variance < math.inf):
+            raise ConfigError(f"data_variance must be a finite number > 0 (or null), got {data_variance!r}")
         self.schedule: VPSchedule = get_schedule(schedule)
+        self.data_variance = None if data_variance is None else float(data_variance)
+        self.gaussian_skip_max = 0.0 if data_variance is None else gaussian_skip_sup(float(data_variance))
         self._config = {
             "in_channels": in_channels,
             "base_channels": base_channels,
@@ -202,6 +221,7 @@ class CondUNet(nn.Module):
             "alpha_init": float(alpha_init),
             "emb_dim": emb_dim,
             "schedule": self.schedule.to_config(),
+            "data_variance": self.data_variance,
         }
         cap = None if lipschitz_budget is None else 1.0
         self.in_channels = in_channels
@@ -246,7 +266,11 @@ class CondUNet(nn.Module):
 
         self.structural_bound = self._structural_bound()
         if lipschitz_budget is not None:
-            g = (self.lipschitz_budget - self.skip_max) * (1.0 - 1e-6) / self.structural_bound
+            room = self.lipschitz_budget - self.skip_max - self.gaussian_skip_max
+            if not room > 0:
+                raise ConfigError(f"lipschitz_budget {self.lipschitz_budget!r} leaves no room beyond the linear skips "
+                                  f"({self.skip_max!r} + {self.gaussian_skip_max!r})")
+            g = room * (1.0 - 1e-6) / self.structural_bound
             # float32 rounding must not exceed the exact ratio: step down one ulp if needed.
             g32 = torch.tensor(g, dtype=torch.float32)
             if float(g32) > g:
@@ -325,7 +349,19 @@ class CondUNet(nn.Module):
         if self.skip_max > 0:
             a = self.skip_max * torch.tanh(self.skip_head(emb)).to(x.dtype)
             out = out + a[:, :, None, None] * x
+        if self.data_variance is not None:
+            out = out + self.gaussian_skip(t).to(x.dtype)[:, None, None, None] * x
         return out[:, :, :h, :w]
+
+    def gaussian_skip(self, t: Tensor) -> Tensor:
+        r"""$c(t) = \sigma_t / (\alpha_t^2 v + \sigma_t^2)$ (float64): the exact $\varepsilon$-predictor's
+        slope for Gaussian data of variance $v$ (``data_variance``). Adding $c(t)\,x$ (EDM-style
+        preconditioning, Karras et al. 2022) gives the network the right answer at high noise, where
+        every error is amplified by $\varsigma$ in the flow; the network learns the residual."""
+        t64 = t.detach().to(torch.float64)
+        a = self.schedule.alpha(t64)
+        s = self.schedule.sigma(t64)
+        return s / (a * a * float(self.data_variance) + s * s)
 
     # ------------------------------------------------------------------ Lipschitz
 
@@ -382,7 +418,8 @@ class CondUNet(nn.Module):
         # |a| <= skip_max as evaluated: tanh <= 1 and rounding is monotone, but skip_max itself is
         # rounded to the parameter dtype in forward; charge the larger of the two.
         skip = max(float(self.skip_max), float(torch.tensor(float(self.skip_max), dtype=self.gain.dtype)))
-        return sum_bound(product_bound(lip, abs(gain)), skip), (c, h, w)
+        # + c(t) x with 0 <= c(t) <= gaussian_skip_max for every t (proof in gaussian_skip_sup)
+        return sum_bound(product_bound(lip, abs(gain)), skip, self.gaussian_skip_max), (c, h, w)
 
     def _structural_bound(self) -> float:
         """$S$: the composition with every conv charged its cap and every $|\\alpha|$ its max."""
