@@ -28,7 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-steps", type=int, default=0,
                    help="train a fresh model for this many steps instead of loading one")
     p.add_argument("--size", type=int, default=128, help="side of the held-out crops (default 128)")
-    p.add_argument("--steps", type=int, default=50, help="integration steps (default 50)")
+    p.add_argument("--steps", type=int, default=50, help="integration steps of round trips and edits (default 50)")
+    p.add_argument("--reconstruct-steps", type=int, default=100,
+                   help="integration steps when sampling reconstructions from noise (default 100: reversible Heun "
+                        "needs the finer grid to stay stable from t_max)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--skip-certify", action="store_true", help="do not run the certificate")
 
@@ -59,7 +62,8 @@ def _baseline(kind: str, y: torch.Tensor, m: torch.Tensor, obs_sigma: float | No
 
 
 def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int = 0, size: int = 128,
-             steps: int = 50, device: str = "cpu", certify: bool = True, log=print) -> dict[str, Any]:
+             steps: int = 50, device: str = "cpu", certify: bool = True, reconstruct_steps: int = 100,
+             log=print) -> dict[str, Any]:
     """Run the demo and return its summary (also written to ``out/summary.json``)."""
     from .. import DEFAULT_CHECKPOINT, load_checkpoint
     from ..data.corruptions import make_corruption
@@ -125,7 +129,7 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
         obs = make_corruption(kind).sample(xr.cpu(), 0)
         y, m = obs.y.to(device), obs.m.to(device)
         with torch.no_grad():
-            rec = reconstruct_full(model, y, m, steps=steps, seed=0,
+            rec = reconstruct_full(model, y, m, steps=reconstruct_steps, seed=0,
                                    operator=lambda v: obs.operator(v.cpu()).to(v.device))
         base = _baseline(kind, y, m, getattr(make_corruption(kind), "sigma", None)).to(device)
         region = (m[:, :1] < 1).to(xr.dtype)
@@ -196,5 +200,5 @@ def _report(s: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     run_demo(args.out, model_path=args.model, train_steps=args.train_steps, size=args.size, steps=args.steps,
-             device=args.device, certify=not args.skip_certify)
+             device=args.device, certify=not args.skip_certify, reconstruct_steps=args.reconstruct_steps)
     return 0
