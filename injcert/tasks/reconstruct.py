@@ -9,6 +9,13 @@ back to exactly the noise it came from.
 
 For blur and noise corruptions (no pixel is known as is), the forward residual
 $\lVert A(\hat x) - y\rVert$ is reported when the realised operator $A$ is passed.
+
+**Noise only** (every pixel observed as is or with additive Gaussian noise of known $\sigma$,
+channel 2 of the map): $y = x + \sigma\varepsilon$ *is* a point of the flow in the coordinates
+$\bar x = x_0 + \varsigma\varepsilon$, at $\varsigma = \sigma$. The reconstruction then starts there
+— at $\bar x = y$ plus fresh noise of std $\sqrt{\sigma_{\max}^2 - \sigma_{\text{pix}}^2}$ where a
+pixel is less noisy than the most noisy one — and integrates from $\varsigma = \sigma_{\max}$ to 0
+instead of from $t_{\max}$ (``start="auto"``; ``start="noise"`` forces pure noise from $t_{\max}$).
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import torch
 from torch import Tensor
 
 from ..data.corruptions import expand_map
-from ..solvers import SolverState
+from ..model.schedule import get_schedule
+from ..solvers import SolverState, get_solver, make_grid, probability_flow_field
 from .invert import decode_state
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_full"]
@@ -46,6 +54,7 @@ class Reconstruction:
     noise: Tensor
     residual: Optional[Tensor]
     nfe: int
+    t_start: float = 0.0
 
 
 def _check(y: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,6 +75,7 @@ def reconstruct_full(
     *,
     method: str = "reversible",
     operator: Optional[Callable[[Tensor], Tensor]] = None,
+    start: str = "auto",
     progress: bool = False,
 ) -> Reconstruction:
     """Reconstruct and return the audit trail (see :class:`Reconstruction`).
@@ -78,26 +88,46 @@ def reconstruct_full(
         seed: seed of the starting noise (a CPU generator, so results agree across devices).
         method: integrator name.
         operator: the realised forward operator $A$ (e.g. ``Observation.operator``) for the residual.
+        start: ``"auto"`` (start at $\varsigma = \sigma_{\max}$ from $y$ when the only corruption is
+            additive noise, else from noise at $t_{\max}$) or ``"noise"`` (always from $t_{\max}$).
         progress: show a progress bar.
 
     Raises:
         ValueError: shapes or dtypes that do not fit.
     """
     y, m = _check(y, m)
+    if start not in ("auto", "noise"):
+        raise ValueError(f"start must be 'auto' or 'noise', got {start!r}")
     gen = torch.Generator().manual_seed(int(seed))
     sched = model.schedule
     sigma_max = float(sched.sigma(sched.t_max))
     z = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=y.device)
-    noise = (z * sigma_max).to(y.dtype)
-    y_in = y * m[:, :1]  # missing pixels carry no information
-    state = decode_state(model, noise, (y_in, m), steps=steps, method=method, progress=progress)
+    noisy = m[:, 2:3] > 0
+    only_noise = bool(((m[:, :1] == 1) | noisy).all()) and bool(noisy.any())
+    s_noise = float(m[:, 2].max()) if only_noise else 0.0
+    if start == "auto" and only_noise and 0 < s_noise < float(sched.varsigma(sched.t_max)):
+        # y = x + sigma_pix * eps is the flow's state at varsigma = sigma_pix; top every pixel up to s_noise
+        t_start = float(sched.t_of_varsigma(s_noise))
+        short = get_schedule({**sched.to_config(), "t_max": t_start})
+        extra = torch.sqrt(torch.clamp(s_noise**2 - m[:, 2:3].double() ** 2, min=0.0))
+        xbar = (y.double() + extra * z).to(y.dtype)
+        noise = (xbar.double() * float(short.alpha(t_start))).to(y.dtype)  # x-space start
+        field = probability_flow_field(model, short)
+        state = get_solver(method).decode(field, xbar, make_grid(short, steps, "geometric", t_min=min(1e-3, t_start / 2)),
+                                          (y, m), progress=progress)
+    else:
+        t_start = float(sched.t_max)
+        noise = (z * sigma_max).to(y.dtype)
+        y_in = y * m[:, :1]  # missing pixels carry no information
+        state = decode_state(model, noise, (y_in, m), steps=steps, method=method, progress=progress)
     flow = state.value()
     known = m[:, :1] == 1
     image = torch.where(known.expand_as(flow), y, flow)
     residual = None
     if operator is not None:
         residual = (operator(image) - y).flatten(1).norm(dim=1)
-    return Reconstruction(image=image, flow_image=flow, state=state, noise=noise, residual=residual, nfe=state.nfe)
+    return Reconstruction(image=image, flow_image=flow, state=state, noise=noise, residual=residual, nfe=state.nfe,
+                          t_start=t_start)
 
 
 def reconstruct(model: Any, y: Tensor, m: Tensor, steps: int = 50, seed: int = 0, **kwargs: Any) -> Tensor:
