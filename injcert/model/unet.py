@@ -353,6 +353,18 @@ class CondUNet(nn.Module):
             out = out + self.gaussian_skip(t).to(x.dtype)[:, None, None, None] * x
         return out[:, :, :h, :w]
 
+    def certified_lipschitz(self) -> float:
+        """The certified, size-independent Lipschitz bound of the current weights in $x$ (uniform in
+        $t$ and the condition), cached until a parameter or buffer changes."""
+        key = tuple((p.data_ptr(), p._version) for p in list(self.parameters()) + list(self.buffers()))
+        cached = getattr(self, "_certified_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        f = self.downsampling_factor
+        value = lipschitz_bound(self, (self.in_channels, 2 * f, 2 * f), size_independent=True).value
+        self._certified_cache = (key, value)
+        return value
+
     def gaussian_skip(self, t: Tensor) -> Tensor:
         r"""$c(t) = \sigma_t / (\alpha_t^2 v + \sigma_t^2)$ (float64): the exact $\varepsilon$-predictor's
         slope for Gaussian data of variance $v$ (``data_variance``). Adding $c(t)\,x$ (EDM-style

@@ -59,12 +59,17 @@ class ProbabilityFlowField:
         return self.model(x, tt, y=y, m=m)
 
     def lipschitz(self, s: Union[float, Tensor]) -> float:
-        r"""A Lipschitz bound of $\bar x \mapsto f(\varsigma, \bar x, c)$: $\alpha(\varsigma)\cdot$ ``model.lipschitz_budget``.
+        r"""A Lipschitz bound of $\bar x \mapsto f(\varsigma, \bar x, c)$: $\alpha(\varsigma)\cdot L$ with $L$ the
+        model's ``certified_lipschitz()`` when it has one (the bound of its actual weights), else
+        ``model.lipschitz_budget``.
 
         Raises:
             ValueError: the model has no ``lipschitz_budget`` attribute.
         """
         budget = getattr(self.model, "lipschitz_budget", None)
+        certified = getattr(self.model, "certified_lipschitz", None)
+        if callable(certified):  # a tighter certified bound of the actual weights (never above the budget)
+            budget = certified() if budget is None else min(float(budget), float(certified()))
         if budget is None:
             raise ValueError(
                 f"model of type {type(self.model).__name__} has no `lipschitz_budget`; "
