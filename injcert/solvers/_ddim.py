@@ -22,13 +22,18 @@ class DDIM(Solver):
     name = "ddim"
 
     def _encode(self, field: _Counter, state: SolverState, g: List[float], c: Cond, progress: bool) -> SolverState:
-        x = state.x
-        for n in _steps(g, progress, "encode"):
-            x = x + (g[n + 1] - g[n]) * field(g[n], x, c)
-        return SolverState(x=x, dtype=state.dtype)
+        return euler_encode(field, state, g, c, progress)
 
     def _decode(self, field: _Counter, state: SolverState, g: List[float], c: Cond, progress: bool) -> SolverState:
         x = state.x
         for n in _steps(g, progress, "decode", reverse=True):
             x = x - (g[n + 1] - g[n]) * field(g[n + 1], x, c)
         return SolverState(x=x, dtype=state.dtype)
+
+
+def euler_encode(field: _Counter, state: SolverState, g: List[float], c: Cond, progress: bool) -> SolverState:
+    """Explicit Euler in varsigma along the grid (a DDIM step each), shared by ``ddim`` and ``fixed_point``."""
+    x = state.x
+    for n in _steps(g, progress, "encode"):
+        x = x + (g[n + 1] - g[n]) * field(g[n], x, c)
+    return SolverState(x=x, dtype=state.dtype)

@@ -10,6 +10,7 @@ from torch import Tensor
 from ..errors import NonConvergenceError
 from ._base import Solver, SolverState, _Counter, _steps, register
 from ._field import Cond
+from ._ddim import euler_encode
 
 __all__ = ["FixedPoint"]
 
@@ -75,10 +76,7 @@ class FixedPoint(Solver):
         self.max_iter = max_iter
 
     def _encode(self, field: _Counter, state: SolverState, g: List[float], c: Cond, progress: bool) -> SolverState:
-        x = state.x
-        for n in _steps(g, progress, "encode"):
-            x = x + (g[n + 1] - g[n]) * field(g[n], x, c)
-        return SolverState(x=x, dtype=state.dtype)
+        return euler_encode(field, state, g, c, progress)
 
     def _decode(self, field: _Counter, state: SolverState, g: List[float], c: Cond, progress: bool) -> SolverState:
         lip = getattr(field.field, "lipschitz", None)
