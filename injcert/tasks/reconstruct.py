@@ -88,8 +88,8 @@ def reconstruct_full(
         seed: seed of the starting noise (a CPU generator, so results agree across devices).
         method: integrator name.
         operator: the realised forward operator $A$ (e.g. ``Observation.operator``) for the residual.
-        start: ``"auto"`` (start at $\varsigma = \sigma_{\max}$ from $y$ when the only corruption is
-            additive noise, else from noise at $t_{\max}$) or ``"noise"`` (always from $t_{\max}$).
+        start: ``"auto"`` (start at $\\varsigma = \\sigma_{\\max}$ from $y$ when the only corruption is
+            additive noise, else from noise at $t_{\\max}$) or ``"noise"`` (always from $t_{\\max}$).
         progress: show a progress bar.
 
     Raises:
