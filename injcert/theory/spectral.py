@@ -253,16 +253,9 @@ def conv_size_independent_bound(
     return torch.minimum(ff, sampled)
 
 
-def conv_transpose_size_independent_bound(
-    weight: Tensor,
-    n_iter: int = 6,
-    *,
-    groups: int = 1,
-    dilation: int | tuple[int, int] = 1,
-    grid: int | tuple[int, int] | None = 0,
-) -> Tensor:
-    """Same as :func:`conv_size_independent_bound` for a ``ConvTranspose2d`` kernel ``(C_in, C_out/groups, kh, kw)``."""
-    return conv_size_independent_bound(weight, n_iter, groups=groups, dilation=dilation, grid=grid)
+#: The same bound for a ``ConvTranspose2d`` kernel ``(C_in, C_out/groups, kh, kw)``: the transposed
+#: layer is the adjoint, which has the same norm (proofs/04, Lemma 4.3), so the kernel passes unchanged.
+conv_transpose_size_independent_bound = conv_size_independent_bound
 
 
 # ----------------------------------------------------------------------------- geometry
