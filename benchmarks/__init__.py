@@ -9,8 +9,8 @@ import sys as _sys
 from pathlib import Path as _Path
 
 # asv starts its benchmark processes outside the repository; put the repository root first on
-# sys.path so that ``import injcert`` finds the package itself (an editable install can otherwise
-# resolve ``injcert`` to a bare namespace package without its ``__init__``).
+# sys.path so that the suites measure this checkout even when asv is run without ``make bench``
+# (which also sets PYTHONPATH).
 _ROOT = str(_Path(__file__).resolve().parent.parent)
 if _ROOT not in _sys.path:
     _sys.path.insert(0, _ROOT)

@@ -92,11 +92,9 @@ def fallback_model(seed: int = 0) -> nn.Module:
 
 
 def _default_checkpoint() -> Path:
-    import injcert
+    from .. import DEFAULT_CHECKPOINT
 
-    # injcert.DEFAULT_CHECKPOINT; the same path spelled out when the package was imported without
-    # its __init__ (a broken editable install resolves it as a namespace package).
-    return Path(getattr(injcert, "DEFAULT_CHECKPOINT", Path(__file__).resolve().parent.parent / "assets" / "default.ckpt"))
+    return DEFAULT_CHECKPOINT
 
 
 def bench_model(checkpoint: Optional[str] = None, *, allow_fallback: bool = True) -> Tuple[nn.Module, str]:
