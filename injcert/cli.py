@@ -29,17 +29,13 @@ _COMMANDS: list[tuple[str, str, str, str, str]] = [
 
 
 def _available() -> list[tuple[str, str, Callable, Callable]]:
-    """The sub-commands whose implementation is importable (so --help lists only working ones)."""
+    """Every sub-command with its argument and run functions (imported here, so a broken module
+    fails loudly instead of silently disappearing from ``--help``)."""
     import importlib
 
     found = []
     for name, help_, module, add, run in _COMMANDS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and (exc.name == module or module.startswith(exc.name + ".") or exc.name.startswith("injcert")):
-                continue
-            raise
+        mod = importlib.import_module(module)
         found.append((name, help_, getattr(mod, add), getattr(mod, run)))
     return found
 
