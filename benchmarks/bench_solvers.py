@@ -19,6 +19,7 @@ from injcert.testing import AnalyticMixtureScore, flow_map
 torch.set_num_threads(1)
 
 CONFIGS = [("ddim", "uniform"), ("ddim", "geometric"), ("reversible", "uniform"), ("reversible", "geometric"),
+           ("reversible_heun_xbar", "uniform"), ("reversible_heun_xbar", "geometric"),
            ("leapfrog", "uniform"), ("leapfrog", "geometric")]
 STEPS = [10, 20, 50, 100]
 _CACHE: dict = {}
@@ -76,10 +77,10 @@ class SolverAccuracy:
 if __name__ == "__main__":
     _problem()
     print("RMS sample error vs dopri5 (rtol 1e-10); analytic 3-mixture, float64, 4x1x8x8")
-    print(f"{'method/grid':24s}" + "".join(f"{n:>10d}" for n in STEPS) + "   NFE(decode)")
+    print(f"{'method/grid':32s}" + "".join(f"{n:>10d}" for n in STEPS) + "   NFE(decode)")
     for m, k in CONFIGS:
         errs, nfes = zip(*(sample_error(m, k, n) for n in STEPS))
-        print(f"{m + '/' + k:24s}" + "".join(f"{e:10.2e}" for e in errs) + "   " + "/".join(map(str, nfes)))
+        print(f"{m + '/' + k:32s}" + "".join(f"{e:10.2e}" for e in errs) + "   " + "/".join(map(str, nfes)))
     print("\nround trip max |decode(encode(x0)) - x0| (geometric grid)")
     print(f"{'method':24s}" + "".join(f"{n:>10d}" for n in STEPS) + "   NFE(enc+dec)")
     for m in ["ddim", "fixed_point", "reversible", "leapfrog", "dopri5"]:

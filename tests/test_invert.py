@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from injcert.errors import CheckpointError
-from injcert.solvers import quantize
+from injcert.solvers import ReversibleHeun, quantize
 from injcert.tasks.invert import Latent, decode, decode_state, encode, encode_state
 from injcert.testing import AnalyticMixtureScore
 
@@ -50,10 +50,12 @@ def test_sample_then_reencode_full_state_recovers_latent(method):
     z = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
     state = decode_state(model, z, steps=20, method=method)
     lat = encode_state(model, state, steps=20, method=method)
-    if method == "reversible":  # both states start equal at quantize(z / alpha)
-        alpha = float(model.schedule.alpha(model.schedule.t_max))
-        q = quantize((z.double() / alpha).to(z.dtype))
+    if method == "reversible":  # both states start equal at the lattice point of alpha * (z / alpha)
+        sched = model.schedule
+        alpha = float(sched.alpha(sched.t_max))
+        q = ReversibleHeun().lattice_noise((z.double() / alpha).to(z.dtype), float(sched.varsigma(sched.t_max)))
         assert torch.equal(lat.state, q) and torch.equal(lat.aux, q)
+        assert float((lat.to_tensor() - z).abs().max()) < 1e-6  # the latent is the noise it came from
     # decoding the recovered latent reproduces the sample bit for bit
     assert torch.equal(decode(model, lat), state.value())
 

@@ -17,16 +17,19 @@ __all__ = ["SolverState", "Solver", "SOLVERS", "register", "get_solver"]
 
 @dataclass
 class SolverState:
-    r"""An integrator's state at one end of the grid, in $\bar x$ coordinates.
+    r"""An integrator's state at one end of the grid.
 
     Attributes:
-        x: the main state: a float $\bar x$, or an int64 lattice tensor for the exact schemes.
+        x: the main state: a float $\bar x$, or an int64 lattice tensor for the exact schemes, which
+            holds ``scale`` $\cdot\,\bar x$ (the VP state $x = \alpha\bar x$, see :mod:`._reversible`).
         aux: the second state of a two-state scheme (same kind as ``x``), else ``None``.
         remainder: float64 rounding remainder of the encoded input (lattice schemes only):
             ``x0 == dequantize(x_0) + remainder`` exactly; it is carried through and added back
             by :meth:`value` so that decoding reproduces the input bit for bit.
         dtype: the float dtype the network is evaluated in (and of :meth:`value`).
         frac_bits: fractional bits of the lattice (lattice schemes only).
+        scale: the lattice holds ``scale * xbar``; $\alpha(\varsigma)$ of the state's end of the grid
+            (exactly 1 at $\varsigma = 0$, so data in and out is unscaled).
         nfe: network evaluations spent by the call that produced this state.
         error_bounds: per-step certified error bounds (``fixed_point`` decode only), in grid order.
         error_bound: certified bound on the whole decode's distance to the exact inverse of the
@@ -39,6 +42,7 @@ class SolverState:
     remainder: Optional[Tensor] = None
     dtype: torch.dtype = torch.float32
     frac_bits: Optional[int] = None
+    scale: float = 1.0
     nfe: int = 0
     error_bounds: List[float] = dc_field(default_factory=list)
     error_bound: Optional[float] = None
@@ -50,7 +54,8 @@ class SolverState:
     def main_value(self) -> Tensor:
         r"""The main state as a float $\bar x$ in :attr:`dtype` (no remainder)."""
         if self.is_lattice:
-            return dequantize(self.x, self.dtype, self.frac_bits or DEFAULT_FRAC_BITS)
+            v = dequantize(self.x, torch.float64, self.frac_bits or DEFAULT_FRAC_BITS)
+            return (v if self.scale == 1.0 else v / self.scale).to(self.dtype)
         return self.x.to(self.dtype)
 
     def value(self) -> Tensor:
@@ -60,7 +65,7 @@ class SolverState:
         v = dequantize(self.x, torch.float64, self.frac_bits or DEFAULT_FRAC_BITS)
         if self.remainder is not None:
             v = v + self.remainder
-        return v.to(self.dtype)
+        return (v if self.scale == 1.0 else v / self.scale).to(self.dtype)
 
 
 class _Counter:

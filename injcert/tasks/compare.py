@@ -57,8 +57,10 @@ __all__ = [
 ROUND_TRIP_METHODS: Tuple[str, ...] = ("ddim", "dopri5", "fixed_point", "reversible")
 """Integrators compared in the round-trip table (``ddim`` run backwards = naive DDIM inversion)."""
 
-SAMPLING_METHODS: Tuple[str, ...] = ("ddim", "fixed_point", "reversible", "leapfrog")
-"""Fixed-step integrators compared against dopri5 when sampling from noise."""
+SAMPLING_METHODS: Tuple[str, ...] = ("ddim", "ddim/uniform", "fixed_point", "reversible", "reversible_heun_xbar",
+                                     "leapfrog")
+"""Fixed-step integrators compared against dopri5 when sampling from noise (``name/grid``; the grid
+is geometric in varsigma unless named; ``ddim/uniform`` is DDIM on its other grid, uniform in t)."""
 
 DOPRI5_TOLERANCES: Tuple[float, ...] = (1e-2, 1e-3)
 """dopri5 tolerances (rtol = atol) swept to compare fixed-step methods at equal NFE."""
@@ -190,8 +192,9 @@ def _sample(model: nn.Module, z: Tensor, method: str, steps: int, rtol: float = 
 
     field = probability_flow_field(model)
     alpha = float(field.schedule.alpha(field.schedule.t_max))
+    method, _, kind = method.partition("/")
     solver = Dopri5(rtol=rtol, atol=rtol) if method == "dopri5" else get_solver(method)
-    grid = make_grid(field.schedule, steps, "geometric")
+    grid = make_grid(field.schedule, steps, kind or "geometric")
     with torch.no_grad():
         try:
             out = solver.decode(field, z / alpha, grid)

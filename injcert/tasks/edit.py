@@ -4,7 +4,8 @@ r"""Localized editing through the bit-exact reversible flow (Theorem 7, ``proofs
    $\varsigma_e = \varsigma(t_e)$, $t_e = \text{strength}\cdot t_{\max}$, **storing** the two-state
    trajectory $(Y_n, \hat Y_n)$.
 2. Inside the mask, replace the hidden state at $\varsigma_e$ by the noised target
-   $\bar x = x_{\text{target}} + \varsigma_e\,\varepsilon$ (seeded $\varepsilon$).
+   $\bar x = x_{\text{target}} + \varsigma_e\,\varepsilon$ (seeded $\varepsilon$; the lattice
+   holds $x = \alpha_e\bar x$).
 3. Decode back to $\varsigma = 0$ with the exact inverse steps; after every sub-update, reset the
    state **outside** the mask to the stored trajectory (integer copy). The network sees the whole
    image at every step, so the inside stays coherent with the outside across the border.
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from ..solvers import make_grid, probability_flow_field
 from ..solvers._lattice import DEFAULT_FRAC_BITS, dequantize, quantize, split_remainder
+from ..solvers._reversible import ReversibleHeun
 
 __all__ = ["EDIT_OPERATIONS", "EditResult", "edit", "edit_full", "make_target"]
 
@@ -145,44 +147,25 @@ def edit_full(
         cmap = torch.cat([outside, torch.zeros_like(outside), torch.zeros_like(outside)], 1)
         cond = (x0 * outside, cmap)
 
-    def f(s: float, q: Tensor) -> Tensor:
-        return field(s, dequantize(q, dt, frac_bits), cond)
-
-    def Q(v: Tensor, h: float) -> Tensor:
-        return quantize(v.to(torch.float64) * h, frac_bits)
-
+    solver = ReversibleHeun(frac_bits)
+    k = solver.coords(g)
     inside = m.bool().expand_as(x0)
-    # 1. encode, storing the trajectory
+    # 1. encode, storing the trajectory (lattice of the VP state x = alpha * xbar)
     y, rem = split_remainder(x0, frac_bits)
-    yh = y.clone()
-    traj = [(y, yh)]
-    fv = f(g[0], yh)
-    for n in range(steps):
-        h2 = 0.5 * (g[n + 1] - g[n])
-        a = Q(fv, h2)
-        yh = 2 * y - yh + 2 * a
-        fv = f(g[n + 1], yh)
-        y = y + a + Q(fv, h2)
-        traj.append((y, yh))
-    # 2. replace the hidden state inside the mask by the noised target
+    traj: list = []
+    solver.encode_pair(field, k, y, y.clone(), dt, cond, keep=traj)
+    # 2. replace the hidden state inside the mask by the noised target x = alpha_e (target + s_e eps)
     gen = torch.Generator().manual_seed(int(seed))
     eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64).to(x0.device)
-    tq = quantize(target.to(torch.float64) + s_e * eps, frac_bits)
+    tq = quantize((target.to(torch.float64) + s_e * eps) * k.alpha[-1], frac_bits)
     y = torch.where(inside, tq, traj[-1][0])
     yh = torch.where(inside, tq, traj[-1][1])
-    # 3. decode with exact inverse steps, resetting the outside to the stored trajectory
-    fv = f(g[-1], yh)
-    it = range(steps - 1, -1, -1)
-    if progress:
-        from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="edit", total=steps)
-    for n in it:
-        h2 = 0.5 * (g[n + 1] - g[n])
-        b = Q(fv, h2)
-        yh = torch.where(inside, 2 * y - 2 * b - yh, traj[n][1])
-        fv = f(g[n], yh)
-        y = torch.where(inside, y - Q(fv, h2) - b, traj[n][0])
+    # 3. decode with exact inverse steps, resetting the outside to the stored trajectory
+    def reset(n: int, which: str, q: Tensor) -> Tensor:
+        return torch.where(inside, q, traj[n][0 if which == "main" else 1])
+
+    y, _ = solver.decode_pair(field, k, y, yh, dt, cond, progress=progress, reset=reset)
     out64 = dequantize(y, torch.float64, frac_bits) + torch.where(inside, torch.zeros_like(rem), rem)
     image = out64.to(dt)
     outside_err = float((image - x0).abs().masked_fill(inside, 0).max()) if image.numel() else 0.0

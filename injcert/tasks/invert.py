@@ -31,7 +31,7 @@ from ..solvers import Solver, SolverState, get_solver, make_grid, probability_fl
 __all__ = ["Latent", "encode", "decode", "encode_state", "decode_state"]
 
 Cond = Optional[Tuple[Tensor, Tensor]]
-_FORMAT = "injcert-latent/1"
+_FORMAT = "injcert-latent/2"  # /2: lattice states hold x = alpha * xbar (scale)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -40,8 +40,8 @@ class Latent:
     r"""Everything decoding needs: the end state of the encode integration and how it was made.
 
     Attributes:
-        state: main state at $\varsigma(t_{\max})$ in $\bar x$ coordinates (int64 lattice for exact
-            methods, float otherwise).
+        state: main state at $\varsigma(t_{\max})$: the int64 lattice of $x = $ ``scale``
+            $\cdot\,\bar x$ for exact methods, else the float $\bar x$.
         aux: second state of a two-state scheme (int64), else ``None``.
         remainder: float64 rounding remainder of the encoded image (exact methods), else ``None``.
         method, steps, grid, t_min: the integrator, its number of steps and its grid.
@@ -50,6 +50,7 @@ class Latent:
         t_max: the final time.
         frac_bits: fractional bits of the lattice (exact methods).
         nfe: network evaluations spent by the encode.
+        scale: the lattice holds ``scale * xbar`` ($\alpha_{t_{\max}}$ for the exact methods, else 1).
     """
 
     state: Tensor
@@ -64,10 +65,11 @@ class Latent:
     frac_bits: Optional[int] = None
     nfe: int = 0
     t_min: float = 1e-3
+    scale: float = 1.0
 
     def solver_state(self) -> SolverState:
         return SolverState(x=self.state, aux=self.aux, remainder=self.remainder, dtype=self.dtype,
-                           frac_bits=self.frac_bits)
+                           frac_bits=self.frac_bits, scale=self.scale)
 
     def to_tensor(self) -> Tensor:
         r"""The float latent $x_T = \alpha_{t_{\max}}\bar x_T$ (x-space, main state, in :attr:`dtype`)."""
@@ -77,7 +79,8 @@ class Latent:
     def _metadata(self) -> Dict[str, Any]:
         return {"format": _FORMAT, "method": self.method, "steps": self.steps, "grid": self.grid,
                 "schedule": self.schedule, "dtype": str(self.dtype).replace("torch.", ""), "t_max": self.t_max,
-                "frac_bits": self.frac_bits, "nfe": self.nfe, "t_min": self.t_min}
+                "frac_bits": self.frac_bits, "nfe": self.nfe, "t_min": self.t_min,
+                "scale": self.scale}
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write a safetensors file (metadata JSON in its header); atomic (temp file + ``os.replace``)."""
@@ -118,7 +121,7 @@ class Latent:
                        method=str(meta["method"]), steps=int(meta["steps"]), grid=str(meta["grid"]),
                        schedule=dict(meta["schedule"]), dtype=_DTYPES[meta["dtype"]], t_max=float(meta["t_max"]),
                        frac_bits=None if meta["frac_bits"] is None else int(meta["frac_bits"]),
-                       nfe=int(meta["nfe"]), t_min=float(meta["t_min"]))
+                       nfe=int(meta["nfe"]), t_min=float(meta["t_min"]), scale=float(meta["scale"]))
         except FileNotFoundError:
             raise CheckpointError(f"latent file {str(path)!r} does not exist") from None
         except Exception as exc:  # corrupt header, missing keys, wrong types
@@ -165,7 +168,7 @@ def encode_state(model: Any, state: Union[Tensor, SolverState], cond: Cond = Non
     out = solver.encode(field, state, g, _check_cond(cond, shape, dtype), progress=progress)
     return Latent(state=out.x, aux=out.aux, remainder=out.remainder, method=str(method), steps=int(steps),
                   grid=grid, schedule=field.schedule.to_config(), dtype=out.dtype, t_max=float(field.schedule.t_max),
-                  frac_bits=out.frac_bits, nfe=out.nfe)
+                  frac_bits=out.frac_bits, nfe=out.nfe, scale=out.scale)
 
 
 def encode(model: Any, x0: Tensor, cond: Cond = None, steps: int = 50, method: str = "reversible",
