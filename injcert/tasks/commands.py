@@ -34,7 +34,7 @@ def _common(p: argparse.ArgumentParser, *, steps: bool = True, method: bool = Tr
     if steps:
         p.add_argument("--steps", type=int, default=50, help="integration steps (default: 50)")
     if method:
-        p.add_argument("--method", default="reversible", help="integrator: reversible, fixed_point, ddim, dopri5, leapfrog")
+        p.add_argument("--method", default="reversible", help="integrator: reversible (default), fixed_point, ddim, dopri5, leapfrog, reversible_heun_xbar")
     p.add_argument("--tile", type=int, default=512, help="evaluate the network in tiles of this size (default: 512)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
