@@ -71,7 +71,7 @@ class LatticeCoordinates:
             raise ValueError(f"unknown coordinates {coordinates!r}; choices: {list(COORDINATES)}")
 
     def h(self, n: int) -> float:
-        """The step $\\rho_{n+1} - \\rho_n$."""
+        r"""The step $\rho_{n+1} - \rho_n$."""
         return self.rho[n + 1] - self.rho[n]
 
 
@@ -88,11 +88,11 @@ class _LatticeSolver(Solver):
         self.coordinates = coordinates
 
     def coords(self, g: List[float]) -> LatticeCoordinates:
-        """The integration variable and scales of this solver along the $\varsigma$ grid ``g``."""
+        r"""The integration variable and scales of this solver along the $\varsigma$ grid ``g``."""
         return LatticeCoordinates(g, self.coordinates)
 
     def scale(self, s: float) -> float:
-        """The lattice holds ``scale(s) * xbar`` at $\varsigma = s$."""
+        r"""The lattice holds ``scale(s) * xbar`` at $\varsigma = s$."""
         return lattice_scale(s) if self.coordinates == "vp" else 1.0
 
     # helpers -----------------------------------------------------------------------------------
