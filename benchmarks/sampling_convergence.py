@@ -44,4 +44,4 @@ def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT), threads: int = 1) -> None:
 
 
 if __name__ == "__main__":
-    main(*(sys.argv[1:2] or [str(injcert.DEFAULT_CHECKPOINT)]), *([int(sys.argv[2])] if len(sys.argv) > 2 else []))
+    main(*sys.argv[1:2], *map(int, sys.argv[2:3]))

@@ -59,8 +59,9 @@ class VPSchedule(ABC):
     def t_of_varsigma(self, s: TensorOrFloat) -> torch.Tensor:
         """Inverse of :meth:`varsigma`."""
 
-    def alpha_of_varsigma(self, s: TensorOrFloat) -> torch.Tensor:
-        """$\\alpha = 1/\\sqrt{1 + \\varsigma^2}$, valid for every VP schedule."""
+    @staticmethod
+    def alpha_of_varsigma(s: TensorOrFloat) -> torch.Tensor:
+        """$\\alpha = 1/\\sqrt{1 + \\varsigma^2}$, valid for every VP schedule (so a static method)."""
         s = _as_tensor(s)
         return torch.rsqrt(1.0 + s * s)
 

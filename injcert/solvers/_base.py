@@ -54,16 +54,19 @@ class SolverState:
     def main_value(self) -> Tensor:
         r"""The main state as a float $\bar x$ in :attr:`dtype` (no remainder)."""
         if self.is_lattice:
-            v = dequantize(self.x, torch.float64, self.frac_bits or DEFAULT_FRAC_BITS)
-            return (v if self.scale == 1.0 else v / self.scale).to(self.dtype)
+            return self._lattice_value(with_remainder=False)
         return self.x.to(self.dtype)
 
     def value(self) -> Tensor:
         r"""The main state with the stored remainder added back (exact in float64), in :attr:`dtype`."""
         if not self.is_lattice:
             return self.x.to(self.dtype)
+        return self._lattice_value(with_remainder=True)
+
+    def _lattice_value(self, with_remainder: bool) -> Tensor:
+        # float64 throughout: the remainder addition is exact, and scale == 1 at varsigma = 0 divides by nothing
         v = dequantize(self.x, torch.float64, self.frac_bits or DEFAULT_FRAC_BITS)
-        if self.remainder is not None:
+        if with_remainder and self.remainder is not None:
             v = v + self.remainder
         return (v if self.scale == 1.0 else v / self.scale).to(self.dtype)
 

@@ -26,23 +26,24 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..model.schedule import VPSchedule
 from ._base import SOLVERS, Solver, SolverState, _Counter, _steps, register
 from ._field import Cond, Field
 from ._lattice import DEFAULT_FRAC_BITS, dequantize, quantize, split_remainder
 
-__all__ = ["ReversibleHeun", "Leapfrog", "LatticeCoordinates", "COORDINATES", "Reset", "lattice_scale"]
+__all__ = ["ReversibleHeun", "Leapfrog", "LatticeCoordinates", "COORDINATES", "Reset"]
 
 #: ``reset(n, which, q) -> q``: called after each sub-update of a decode with the grid index ``n``
 #: the state now belongs to and ``which`` in ``{"main", "aux"}``; used by localized editing.
 Reset = Callable[[int, str, Tensor], Tensor]
 
 
-def lattice_scale(s: float) -> float:
-    r"""$\alpha(\varsigma) = (1+\varsigma^2)^{-1/2}$: the lattice state is ``lattice_scale(s) * xbar``."""
-    return 1.0 / math.sqrt(1.0 + float(s) ** 2)
-
-
 COORDINATES = ("vp", "xbar")
+
+
+def _check_coordinates(coordinates: str) -> None:
+    if coordinates not in COORDINATES:
+        raise ValueError(f"unknown coordinates {coordinates!r}; choices: {list(COORDINATES)}")
 
 
 class LatticeCoordinates:
@@ -58,17 +59,16 @@ class LatticeCoordinates:
     """
 
     def __init__(self, g: List[float], coordinates: str = "vp") -> None:
+        _check_coordinates(coordinates)
         self.g = g
         if coordinates == "vp":
             self.rho = [math.asinh(s) for s in g]
-            self.alpha = [lattice_scale(s) for s in g]
+            self.alpha = VPSchedule.alpha_of_varsigma(torch.tensor(g, dtype=torch.float64)).tolist()
             self.sigma = [s * a for s, a in zip(g, self.alpha)]
-        elif coordinates == "xbar":
+        else:
             self.rho = list(g)
             self.alpha = [1.0] * len(g)
             self.sigma = [0.0] * len(g)
-        else:
-            raise ValueError(f"unknown coordinates {coordinates!r}; choices: {list(COORDINATES)}")
 
     def h(self, n: int) -> float:
         r"""The step $\rho_{n+1} - \rho_n$."""
@@ -82,8 +82,7 @@ class _LatticeSolver(Solver):
     def __init__(self, frac_bits: int = DEFAULT_FRAC_BITS, coordinates: str = "vp") -> None:
         if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or not (8 <= frac_bits <= 52):
             raise ValueError(f"frac_bits must be an int in [8, 52], got {frac_bits!r}")
-        if coordinates not in COORDINATES:
-            raise ValueError(f"unknown coordinates {coordinates!r}; choices: {list(COORDINATES)}")
+        _check_coordinates(coordinates)
         self.frac_bits = frac_bits
         self.coordinates = coordinates
 
@@ -93,7 +92,7 @@ class _LatticeSolver(Solver):
 
     def scale(self, s: float) -> float:
         r"""The lattice holds ``scale(s) * xbar`` at $\varsigma = s$."""
-        return lattice_scale(s) if self.coordinates == "vp" else 1.0
+        return float(VPSchedule.alpha_of_varsigma(float(s))) if self.coordinates == "vp" else 1.0
 
     # helpers -----------------------------------------------------------------------------------
     def _q(self, v: Tensor, scale: float) -> Tensor:
