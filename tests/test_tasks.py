@@ -12,6 +12,7 @@ from injcert.model.schedule import CosineSchedule
 from injcert.solvers import ReversibleHeun, quantize
 from injcert.tasks.edit import EDIT_OPERATIONS, edit, edit_full, make_target
 from injcert.tasks.invert import encode_state
+from injcert.tasks.guided import guided_encode
 from injcert.tasks.reconstruct import reconstruct, reconstruct_full
 
 
@@ -53,13 +54,27 @@ def test_reconstruction_keeps_known_pixels_and_is_deterministic(net, seed: int, 
     assert r1.image.dtype == dtype and torch.equal(r1.image, r2)
     known = (m[:, :1] == 1).expand_as(y)
     assert torch.equal(r1.image[known], y[known])
-    # the latent of the reconstruction is recovered exactly by encoding its full state
+    # the decode is exactly invertible: encoding its final state with the same resets gives its start
+    assert r1.guided is not None and r1.estimate_method == "inpaint_biharmonic"
     with torch.no_grad():
-        latent = encode_state(net, r1.state, (y * m[:, :1], m), steps=6)
+        back = guided_encode(net, r1.guided)
+    assert torch.equal(back[0], r1.guided.start[0]) and torch.equal(back[1], r1.guided.start[1])
+    # ... and the start is the classical estimate plus seeded noise inside, the observed trajectory outside
+    region = (m[:, :1] < 1).expand_as(y)
+    assert torch.equal(r1.guided.start[0][~region], r1.guided.trajectory[-1][0][~region])
+
+
+def test_reconstruction_from_noise_inverts_exactly(net) -> None:
+    x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    y, m = make_corruption("box")(x, 5)
+    with torch.no_grad():
+        r = reconstruct_full(net.float(), y, m, steps=5, seed=2, start="noise")
+        back = guided_encode(net, r.guided)
     sched = net.schedule
-    alpha = float(sched.alpha(sched.t_max))
-    start = ReversibleHeun().lattice_noise((r1.noise.double() / alpha).to(dtype), float(sched.varsigma(sched.t_max)))
-    assert torch.equal(latent.state, start) and torch.equal(latent.aux, start)
+    assert r.t_start == sched.t_max and r.estimate is None
+    assert torch.equal(back[0], r.guided.start[0])
+    known = (m[:, :1] == 1).expand_as(y)
+    assert torch.equal(r.image[known], y[known])
 
 
 def test_reconstruction_reports_forward_residual(net) -> None:

@@ -54,6 +54,8 @@ __all__ = [
     "round_down",
     "gronwall_exponent",
     "step_margins",
+    "LipschitzProfile",
+    "lipschitz_at",
 ]
 
 PASS, FAIL, INFO, SKIPPED = "PASS", "FAIL", "INFO", "SKIPPED"
@@ -100,27 +102,87 @@ def round_down(x: float) -> float:
     return x * (1.0 - _REL) if x > 0 else x * (1.0 + _REL)
 
 
-def gronwall_exponent(lipschitz: float, s0: float, s1: float) -> float:
+@dataclass(frozen=True)
+class LipschitzProfile:
+    r"""A certified noise-adaptive bound $t \mapsto L(t)$ of $x \mapsto \varepsilon_\theta(x, t', c)$,
+    valid for **every** $t' \ge t$ (so non-increasing), with its supremum ``sup`` over $t$.
+
+    ``float(profile)`` and format specs give the supremum (the uniform bound), so code and
+    messages that need one number keep working; :func:`lipschitz_at` evaluates it per step.
+    """
+
+    fn: Any
+    sup: float
+    name: str = "L(t)"
+
+    def __call__(self, t: float) -> float:
+        v = float(self.fn(float(t)))
+        if not (v >= 0.0):
+            raise ValueError(f"{self.name} returned an invalid bound {v!r} at t={t!r}")
+        return v
+
+    def __float__(self) -> float:
+        return float(self.sup)
+
+    def __format__(self, spec: str) -> str:
+        return format(float(self.sup), spec)
+
+
+def lipschitz_at(lipschitz: Union[float, "LipschitzProfile"], schedule: Any, s: float) -> float:
+    r"""The bound of $\varepsilon_\theta$ in $x$ valid for every $\varsigma' \ge \varsigma$ = ``s``:
+    ``lipschitz`` itself when it is a number, its value at $t(\varsigma)$ when it is a profile.
+
+    $t(\varsigma)$ is computed in float64 (relative error $\le 2^{-50}$), far inside the relative
+    $10^{-6}$ the model's gain keeps below its budget (``CondUNet.certified_lipschitz_at``)."""
+    if isinstance(lipschitz, LipschitzProfile):
+        return lipschitz(float(schedule.t_of_varsigma(torch.tensor(float(s), dtype=torch.float64))))
+    return float(lipschitz)
+
+
+def gronwall_exponent(lipschitz: Union[float, LipschitzProfile], s0: float, s1: float,
+                      schedule: Any = None) -> float:
     r"""Certified $\Lambda = L\int_{\varsigma_0}^{\varsigma_1} \alpha(\varsigma)\,d\varsigma
     = L\,(\operatorname{asinh}\varsigma_1 - \operatorname{asinh}\varsigma_0)$, rounded up.
 
     The drift $\bar x\mapsto\varepsilon_\theta(\alpha\bar x, t(\varsigma), c)$ is
     $\alpha(\varsigma)L$-Lipschitz with $\alpha = (1+\varsigma^2)^{-1/2}$ (chain rule), whose
-    antiderivative is $\operatorname{asinh}$ (``proofs/01``, ``proofs/08``).
+    antiderivative is $\operatorname{asinh}$ (``proofs/01``, ``proofs/08``). A
+    :class:`LipschitzProfile` is charged its value at $\varsigma_0$ (it bounds every later time;
+    ``schedule`` is then required); sum over a fine grid for a tight $\Lambda$
+    (:func:`gronwall_profile`).
     """
     if not (0.0 <= s0 <= s1):
         raise ValueError(f"need 0 <= s0 <= s1, got s0={s0!r}, s1={s1!r}")
+    if isinstance(lipschitz, LipschitzProfile):
+        if schedule is None:
+            raise ValueError("a LipschitzProfile needs the schedule to map varsigma to t")
+        lipschitz = lipschitz_at(lipschitz, schedule, s0)
     if lipschitz == 0.0:
         return 0.0
     span = round_up(math.asinh(round_up(s1))) - round_down(math.asinh(round_down(s0)))
     return round_up(round_up(lipschitz) * round_up(span))
 
 
-def step_margins(grid: Iterable[float], lipschitz: float, schedule: Any) -> tuple[list[float], list[float], list[float]]:
+def gronwall_profile(lipschitz: Union[float, LipschitzProfile], schedule: Any, s_max: float,
+                     pieces: int = 400) -> float:
+    r"""Certified $\Lambda = \int_0^{\varsigma_{\max}} \alpha L\,d\varsigma$ for a profile: the sum of
+    :func:`gronwall_exponent` over ``pieces`` geometric pieces of $[\varsigma_{\max}10^{-6}, \varsigma_{\max}]$
+    and one piece $[0, \varsigma_{\max}10^{-6}]$, each charged its left end (sound because $L$ is
+    non-increasing in $t$). A number is charged as is (the sum equals $L\operatorname{asinh}\varsigma_{\max}$)."""
+    if not isinstance(lipschitz, LipschitzProfile):
+        return gronwall_exponent(lipschitz, 0.0, s_max)
+    lo = s_max * 1e-6
+    pts = [0.0] + [lo * (s_max / lo) ** (k / pieces) for k in range(pieces)] + [s_max]
+    return round_up(math.fsum(gronwall_exponent(lipschitz, a, b, schedule) for a, b in zip(pts, pts[1:]) if b > a))
+
+
+def step_margins(grid: Iterable[float], lipschitz: Union[float, LipschitzProfile],
+                 schedule: Any) -> tuple[list[float], list[float], list[float]]:
     r"""Per-step ``(h_k, L_k, q_k)`` of an Euler/DDIM grid, all rounded up.
 
-    $h_k = \varsigma_{k+1}-\varsigma_k$, $L_k = \alpha(\varsigma_k)L$ (the drift's constant at the
-    left end, its maximum over the step since $\alpha$ decreases), $q_k = h_kL_k$. Both the
+    $h_k = \varsigma_{k+1}-\varsigma_k$, $L_k = \alpha(\varsigma_k)L(t(\varsigma_k))$ (the drift's constant
+    at the left end, its maximum over the step since $\alpha$ and the profile $L$ do not
+    increase), $q_k = h_kL_k$. Both the
     encode step (evaluated at $\varsigma_k$) and the decode step (at $\varsigma_{k+1}$) are
     $q_k$-perturbations of the identity.
     """
@@ -129,7 +191,7 @@ def step_margins(grid: Iterable[float], lipschitz: float, schedule: Any) -> tupl
     for a, b in zip(g, g[1:]):
         h = round_up(b - a)
         alpha = round_up(float(schedule.alpha_of_varsigma(torch.tensor(a, dtype=torch.float64))))
-        lk = round_up(alpha * round_up(lipschitz))
+        lk = round_up(alpha * round_up(lipschitz_at(lipschitz, schedule, a)))
         hs.append(h)
         ls.append(lk)
         qs.append(round_up(h * lk))
@@ -167,14 +229,14 @@ def _fmt_exp(log_value: float) -> str:
     return f"{10 ** (l10 - e):.3f}e{e:+d}"
 
 
-def steps_needed(lipschitz: float, schedule: Any, grid_kind: str = "geometric", limit: int = 1 << 20) -> Optional[int]:
+def steps_needed(lipschitz: Union[float, LipschitzProfile], schedule: Any, grid_kind: str = "geometric", limit: int = 1 << 20) -> Optional[int]:
     """Smallest number of grid steps with every margin ``h_k L_k < 1`` (``None`` beyond ``limit``)."""
     from ..solvers import make_grid
 
     def ok(n: int) -> bool:
         return max(step_margins(make_grid(schedule, n, grid_kind).tolist(), lipschitz, schedule)[2]) < 1.0
 
-    if not math.isfinite(lipschitz):
+    if not math.isfinite(float(lipschitz)):
         return None
     hi = 1
     while not ok(hi):
@@ -606,7 +668,11 @@ def certify(model_or_path: Union[str, os.PathLike[str], nn.Module], config: Opti
 
     # --- the Lipschitz bound --------------------------------------------------------------------
     with _Timer(timings, "lipschitz"):
-        lip_prop, L = checks.certified_lipschitz(model, shape, info.get("lipschitz_budget"))
+        from ..solvers import make_grid as _mk
+
+        g0 = _mk(schedule, cfg.steps, cfg.grid).tolist()
+        grid_t = [float(schedule.t_of_varsigma(torch.tensor(v, dtype=torch.float64))) for v in g0[:-1]]
+        lip_prop, L = checks.certified_lipschitz(model, shape, info.get("lipschitz_budget"), grid_t)
     props.append(lip_prop)
     data["layers"] = lip_prop.details.get("layers", [])
     if L is None:
@@ -641,21 +707,25 @@ def certify(model_or_path: Union[str, os.PathLike[str], nn.Module], config: Opti
     return cert
 
 
-def _drift_property(L: float, g: list[float], ls: list[float]) -> Property:
+def _drift_property(L: Union[float, LipschitzProfile], g: list[float], ls: list[float]) -> Property:
+    kmax = max(range(len(ls)), key=lambda k: ls[k])
+    kmin = min(range(len(ls)), key=lambda k: ls[k])
+    what = "alpha(s_k)*L(t_k)" if isinstance(L, LipschitzProfile) else "alpha(s_k)*L"
     return Property(
         "drift_lipschitz", PASS, "certified", max(ls), None, THEOREMS["flow"],
-        f"drift Lipschitz in x̄ per step alpha(s_k)*L: max {max(ls):.4g} (step 0), min {min(ls):.4g} (last step)",
+        f"drift Lipschitz in x̄ per step {what}: max {max(ls):.4g} (step {kmax}), min {min(ls):.4g} (step {kmin})",
         {"per_step": ls, "varsigma_left": g[:-1],
-         "note": "alpha(s) = 1/sqrt(1+s^2) decreases, so alpha(s_k)*L bounds the drift over [s_k, s_{k+1}]"},
+         "note": "alpha(s) = 1/sqrt(1+s^2) and L(t) do not increase, so the left end bounds the drift over "
+                 "[s_k, s_{k+1}]"},
     )
 
 
 def _flow_property(L: float, schedule: Any, cfg: CertifyConfig, g: list[float], qs: list[float]) -> Property:
     s_max = float(g[-1])
-    lam = gronwall_exponent(L, 0.0, s_max)
+    lam = gronwall_profile(L, schedule, s_max)
     s_short = float(schedule.varsigma(min(float(cfg.short_t_max), float(schedule.t_max))))
-    lam_short = gronwall_exponent(L, 0.0, s_short)
-    per_step = [gronwall_exponent(L, a, b) for a, b in zip(g, g[1:])]
+    lam_short = gronwall_profile(L, schedule, s_short)
+    per_step = [gronwall_exponent(L, a, b, schedule) for a, b in zip(g, g[1:])]
     log_lo, log_hi = _log_products(qs)
     loose = lam > math.log(1e6)
     ok = math.isfinite(lam)
@@ -677,7 +747,8 @@ def _flow_property(L: float, schedule: Any, cfg: CertifyConfig, g: list[float], 
             "lower_text": _fmt_exp(-lam),
             "log10_upper": lam / math.log(10.0),
             "varsigma_max": s_max,
-            "formula": "Lambda = L * asinh(varsigma_max), rounded up",
+            "formula": ("Lambda = sum over 400 geometric pieces of L(t(s_k)) * (asinh s_{k+1} - asinh s_k), rounded up"
+                        if isinstance(L, LipschitzProfile) else "Lambda = L * asinh(varsigma_max), rounded up"),
             "loose": loose,
             "short_range": {"t_max": min(float(cfg.short_t_max), float(schedule.t_max)), "varsigma_max": s_short,
                             "Lambda": lam_short, "upper_text": _fmt_exp(lam_short)},

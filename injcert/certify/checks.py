@@ -29,6 +29,7 @@ from .certificate import (
     SKIPPED,
     THEOREMS,
     CertifyConfig,
+    LipschitzProfile,
     Property,
     _fmt_exp,
     _log_products,
@@ -157,8 +158,14 @@ def fixed_point_error_bound(error_bounds: list[float], qs_budget: list[float]) -
 # ----------------------------------------------------------------------------- certified entries
 
 
-def certified_lipschitz(model: nn.Module, shape: tuple, budget: Optional[float]) -> tuple[Property, Optional[float]]:
-    """The certified, size-independent bound of $\\varepsilon_\\theta$ in $x$ and its comparison with the budget."""
+def certified_lipschitz(model: nn.Module, shape: tuple, budget: Optional[float],
+                        grid_t: Optional[list[float]] = None) -> tuple[Property, Any]:
+    """The certified, size-independent bound of $\\varepsilon_\\theta$ in $x$ and its comparison with the budget.
+
+    A model with a noise-adaptive budget (``certified_lipschitz_at`` and ``lipschitz_budget_at``,
+    ``lipschitz_kappa`` set) is certified per noise level: $L(t_k) \\le B(t_k)$ at every grid time
+    ``grid_t``, and the returned bound is a :class:`LipschitzProfile`. Otherwise it is one number.
+    """
     from ..theory.lipschitz import lipschitz_bound
 
     m = model if next(iter(model.parameters()), torch.empty(0)).device.type == "cpu" else copy.deepcopy(model).cpu()
@@ -175,6 +182,27 @@ def certified_lipschitz(model: nn.Module, shape: tuple, budget: Optional[float])
     if not math.isfinite(L):
         return Property("lipschitz_bound", FAIL, "certified", None, budget, theorem,
                         "the certified bound is not finite", details), None
+    adaptive = getattr(m, "lipschitz_kappa", None) is not None and callable(getattr(m, "certified_lipschitz_at", None))
+    if adaptive and grid_t:
+        rows = []
+        for t in grid_t:
+            lt, bt = float(m.certified_lipschitz_at(t)), float(m.lipschitz_budget_at(t))
+            rows.append({"t": float(t), "certified": lt, "budget": bt})
+        details.update(uniform_over="every condition (y, m) and every t' >= t (non-increasing in t)",
+                       per_t=rows, kappa=float(m.lipschitz_kappa), cap=budget)
+        over = [r for r in rows if r["certified"] > r["budget"]]
+        profile = LipschitzProfile(m.certified_lipschitz_at, L)
+        if over or (budget is not None and L > budget):
+            worst = max(over, key=lambda r: r["certified"] / r["budget"]) if over else {"t": 0.0, "certified": L,
+                                                                                       "budget": budget}
+            return Property("lipschitz_bound", FAIL, "certified", worst["certified"], worst["budget"], theorem,
+                            f"L(t) = {worst['certified']:.6g} EXCEEDS the budget B(t) = {worst['budget']:.6g} at "
+                            f"t = {worst['t']:.4g}", details), profile
+        ratio = max(r["certified"] / r["budget"] for r in rows)
+        return Property("lipschitz_bound", PASS, "certified", L, budget, theorem,
+                        f"L(t) <= B(t) = min({m.lipschitz_kappa:g}/sigma_t, {budget:g}) at all {len(rows)} grid times "
+                        f"(at most {100 * ratio:.3g}% of it); L(t_min) = {rows[0]['certified']:.4g}, "
+                        f"L(t_max) = {rows[-1]['certified']:.4g}; sup_t L = {L:.6g}", details), profile
     if budget is None:
         return Property("lipschitz_bound", PASS, "certified", L, None, theorem,
                         f"L = {L:.6g} (certified, every input size; the model declares no budget)", details), L
@@ -212,7 +240,7 @@ def integrator_property(model: nn.Module, schedule: Any, cfg: CertifyConfig, L: 
     theorem = THEOREMS["discrete"]
     budget = info.get("lipschitz_budget")
     details = {"method": cfg.method, "margins": margins}
-    if cfg.method == "fixed_point" and budget is not None and math.isfinite(budget) and budget < L:
+    if cfg.method == "fixed_point" and budget is not None and math.isfinite(budget) and budget < float(L):
         return Property("integrator", FAIL, "certified", qmax, 1.0, theorem,
                         f"fixed_point inverts with the declared budget {budget:.4g} < certified L = {L:.4g}: "
                         "its error bounds are not certified", details)
@@ -429,7 +457,9 @@ def empirical_properties(model: nn.Module, schedule: Any, cfg: CertifyConfig, L:
     try:
         L64 = float(lipschitz_bound(mcpu, (c, cfg.patch_size, cfg.patch_size), size_independent=True).value)
     except UnsupportedModuleError:
-        L64 = L
+        L64 = float(L)
+    adaptive = isinstance(L, LipschitzProfile)
+    Lp64: Any = LipschitzProfile(mcpu.certified_lipschitz_at, L64) if adaptive else L64
     x = heldout_patches(cfg.samples, c, cfg.patch_size, cfg.seed, torch.float64, device)
     t, y, m = random_conditions(x, cfg.seed, float(schedule.t_max))
     cond = (y, m)
@@ -445,6 +475,8 @@ def empirical_properties(model: nn.Module, schedule: Any, cfg: CertifyConfig, L:
         return m64(z, tk, yk, mk)
 
     lower = float(lipschitz_lower_bound(eps, x[:k], n_iter=cfg.lipschitz_iters, ascent_steps=1, generator=gen))
+    if adaptive:  # the samples' times are >= min(tk): the profile's value there bounds them all
+        L64 = float(Lp64(float(tk.min())))
     ratio = L64 / lower if lower > 0 else math.inf
     ld = {"lower": lower, "upper": L64, "upper_float32_model": L, "ratio_upper_over_lower": ratio,
           "samples": k, "method": "power iteration on J^T J + gradient ascent (achieved ratio)"}
@@ -458,7 +490,7 @@ def empirical_properties(model: nn.Module, schedule: Any, cfg: CertifyConfig, L:
                               f"lower bound {lower:.4g} <= certified {L64:.4g} (ratio upper/lower {ratio:.3g})", ld))
 
     # 2. Round trips of each integrator.
-    qs64 = step_margins(g, L64, schedule)[2]
+    qs64 = step_margins(g, Lp64, schedule)[2]
     dt = model_dtype(model)
     _, exact, err = reversible_round_trip(model, schedule, cfg, info, device, data)
     rd = {"max_abs_error": err, "bit_exact": exact, "dtype": str(dt).replace("torch.", ""), "steps": cfg.steps}
@@ -471,8 +503,9 @@ def empirical_properties(model: nn.Module, schedule: Any, cfg: CertifyConfig, L:
                               soundness_failure=True))
 
     budget = info.get("lipschitz_budget")
-    fp_ok = budget is not None and math.isfinite(budget) and budget >= L64
-    qs_b = step_margins(g, budget, schedule)[2] if fp_ok else qs64
+    fp_ok = adaptive or (budget is not None and math.isfinite(budget) and budget >= L64)
+    # the fixed-point inverse runs with the field's bound: the declared budget, or L(t) of the weights
+    qs_b = qs64 if adaptive else (step_margins(g, budget, schedule)[2] if fp_ok else qs64)
     if not fp_ok:
         props.append(Property("round_trip_fixed_point", INFO, "empirical", None, None, THEOREMS["discrete"],
                               "not run: the fixed-point inverse needs a finite declared budget >= the certified L",
@@ -560,7 +593,8 @@ def empirical_properties(model: nn.Module, schedule: Any, cfg: CertifyConfig, L:
                               f"max growth {rmax:.4g} <= certified prod(1 + h_k L_k) = {_fmt_exp(log_hi)}", idet))
 
     if cfg.round_trip_study:
-        data["round_trip_study"] = _round_trip_study(model, m64, x[:2], (y[:2], m[:2]), schedule, cfg, budget, L64)
+        data["round_trip_study"] = _round_trip_study(model, m64, x[:2], (y[:2], m[:2]), schedule, cfg,
+                                                     Lp64 if adaptive else budget, L64)
     return props
 
 
@@ -593,7 +627,7 @@ def _ddim_decode(model: nn.Module, z: Tensor, cond: Any, schedule: Any, g: list[
 
 
 def _round_trip_study(model: nn.Module, m64: nn.Module, x: Tensor, cond: Any, schedule: Any, cfg: CertifyConfig,
-                      budget: Optional[float], L64: float) -> dict[str, list]:
+                      budget: Any, L64: float) -> dict[str, list]:
     """Round-trip error vs number of steps for each integrator (for the figure)."""
     out: dict[str, list] = {"steps": list(cfg.round_trip_steps), "reversible": [], "fixed_point": [], "ddim": []}
     dt = model_dtype(model)
@@ -603,7 +637,8 @@ def _round_trip_study(model: nn.Module, m64: nn.Module, x: Tensor, cond: Any, sc
         out["reversible"].append(float((back.double() - x).abs().max()))
         back, _, _ = round_trip(m64, x, cond, schedule, n, "ddim", cfg.grid)
         out["ddim"].append(float(_norms(back - x).max()))
-        qs = step_margins(_grid(schedule, n, cfg.grid).tolist(), budget, schedule)[2] if budget and math.isfinite(budget) else [2.0]
+        finite = budget is not None and math.isfinite(float(budget)) and float(budget) > 0
+        qs = step_margins(_grid(schedule, n, cfg.grid).tolist(), budget, schedule)[2] if finite else [2.0]
         if max(qs) < 1.0:
             try:
                 back, _, _ = round_trip(m64, x[:1], (cond[0][:1], cond[1][:1]), schedule, n, "fixed_point",

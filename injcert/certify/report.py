@@ -159,7 +159,9 @@ def render_markdown(cert: "Certificate") -> str:
     if flow:
         lines.append("## Stability constants (all certified)")
         lines.append("")
-        lines.append(f"- Exact flow over $[0, {m.get('t_max')}]$: $\\Lambda = L\\,\\mathrm{{asinh}}(\\varsigma_{{\\max}})"
+        formula = ("\\int_0^{\\varsigma_{\\max}} \\alpha L(t(\\varsigma))\\,d\\varsigma" if "pieces" in flow.get("formula", "")
+                   else "L\\,\\mathrm{asinh}(\\varsigma_{\\max})")
+        lines.append(f"- Exact flow over $[0, {m.get('t_max')}]$: $\\Lambda = {formula}"
                      f" = {flow['Lambda']:.6g}$, bi-Lipschitz constants $e^{{\\pm\\Lambda}}$ = "
                      f"{flow['lower_text']} / {flow['upper_text']}"
                      + (" (astronomically loose, but proven)." if flow.get("loose") else "."))

@@ -67,6 +67,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "emb_dim": 128,
     "schedule": {"name": "cosine", "t_max": 0.995},
     "data_variance": None,
+    "lipschitz_kappa": None,
 }
 
 
@@ -179,6 +180,7 @@ class CondUNet(nn.Module):
         emb_dim: int = 128,
         schedule: Union[str, dict, VPSchedule, None] = None,
         data_variance: Optional[float] = None,
+        lipschitz_kappa: Optional[float] = None,
     ) -> None:
         super().__init__()
         in_channels = _int("in_channels", in_channels, 1)
@@ -205,6 +207,12 @@ class CondUNet(nn.Module):
         if data_variance is not None and (isinstance(data_variance, bool) or not isinstance(data_variance, (int, float))
                                           or not 0 < data_variance < math.inf):
             raise ConfigError(f"data_variance must be a finite number > 0 (or null), got {data_variance!r}")
+        if lipschitz_kappa is not None:
+            if isinstance(lipschitz_kappa, bool) or not isinstance(lipschitz_kappa, (int, float)) \
+                    or not 0 < lipschitz_kappa < math.inf:
+                raise ConfigError(f"lipschitz_kappa must be a finite number > 0 (or null), got {lipschitz_kappa!r}")
+            if lipschitz_budget is None:
+                raise ConfigError("lipschitz_kappa needs a finite lipschitz_budget (the cap of L(t))")
         self.schedule: VPSchedule = get_schedule(schedule)
         self.data_variance = None if data_variance is None else float(data_variance)
         self.gaussian_skip_max = 0.0 if data_variance is None else gaussian_skip_sup(float(data_variance))
@@ -222,7 +230,9 @@ class CondUNet(nn.Module):
             "emb_dim": emb_dim,
             "schedule": self.schedule.to_config(),
             "data_variance": self.data_variance,
+            "lipschitz_kappa": None if lipschitz_kappa is None else float(lipschitz_kappa),
         }
+        self.lipschitz_kappa = None if lipschitz_kappa is None else float(lipschitz_kappa)
         cap = None if lipschitz_budget is None else 1.0
         self.in_channels = in_channels
         self.lipschitz_budget = math.inf if lipschitz_budget is None else float(lipschitz_budget)
@@ -270,6 +280,12 @@ class CondUNet(nn.Module):
             if not room > 0:
                 raise ConfigError(f"lipschitz_budget {self.lipschitz_budget!r} leaves no room beyond the linear skips "
                                   f"({self.skip_max!r} + {self.gaussian_skip_max!r})")
+            if self.lipschitz_kappa is not None:
+                floor = self.lipschitz_kappa / float(self.schedule.sigma(self.schedule.t_max))
+                if not floor - self.skip_max - self.gaussian_skip_max > 0:
+                    raise ConfigError(f"lipschitz_kappa {self.lipschitz_kappa!r} leaves no room at t_max beyond the "
+                                      f"linear skips ({self.skip_max!r} + {self.gaussian_skip_max!r}): "
+                                      f"L(t_max) = kappa/sigma(t_max) = {floor:.4g}")
             g = room * (1.0 - 1e-6) / self.structural_bound
             # float32 rounding must not exceed the exact ratio: step down one ulp if needed.
             g32 = torch.tensor(g, dtype=torch.float32)
@@ -346,6 +362,8 @@ class CondUNet(nn.Module):
             for blk in blocks:
                 hcur = blk(hcur, emb, conds[lvl])
         out = self.out_conv(self.out_act(hcur)) * self.gain.to(x.dtype)
+        if self.lipschitz_kappa is not None:
+            out = out * self.gain_scale(t).to(x.dtype)[:, None, None, None]
         if self.skip_max > 0:
             a = self.skip_max * torch.tanh(self.skip_head(emb)).to(x.dtype)
             out = out + a[:, :, None, None] * x
@@ -353,10 +371,14 @@ class CondUNet(nn.Module):
             out = out + self.gaussian_skip(t).to(x.dtype)[:, None, None, None] * x
         return out[:, :, :h, :w]
 
+    def _weights_key(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in list(self.parameters()) + list(self.buffers()))
+
     def certified_lipschitz(self) -> float:
         """The certified, size-independent Lipschitz bound of the current weights in $x$ (uniform in
-        $t$ and the condition), cached until a parameter or buffer changes."""
-        key = tuple((p.data_ptr(), p._version) for p in list(self.parameters()) + list(self.buffers()))
+        $t$ and the condition: with ``lipschitz_kappa`` it is the sup over $t$ of
+        :meth:`certified_lipschitz_at`), cached until a parameter or buffer changes."""
+        key = self._weights_key()
         cached = getattr(self, "_certified_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -364,6 +386,53 @@ class CondUNet(nn.Module):
         value = lipschitz_bound(self, (self.in_channels, 2 * f, 2 * f), size_independent=True).value
         self._certified_cache = (key, value)
         return value
+
+    # ------------------------------------------------------------------ the noise-adaptive budget
+
+    def lipschitz_budget_at(self, t: float) -> float:
+        r"""The declared budget $B(t) = \min(\kappa/\sigma_t, L_{\max})$ (``lipschitz_kappa`` set), else
+        the uniform $L_{\max}$. Non-increasing in $t$."""
+        if self.lipschitz_kappa is None:
+            return self.lipschitz_budget
+        s = float(self.schedule.sigma(torch.tensor(float(t), dtype=torch.float64)))
+        return self.lipschitz_budget if s <= 0 else min(self.lipschitz_kappa / s, self.lipschitz_budget)
+
+    def gain_scale(self, t: Tensor) -> Tensor:
+        r"""$r(t) = (B(t) - a_{\max} - c_{\max}) / (L_{\max} - a_{\max} - c_{\max}) \in (0, 1]$ (float64),
+        the factor by which the deep path's output gain shrinks at noise level $t$ so that the
+        whole network stays within $B(t)$. Non-increasing in $t$."""
+        t64 = t.detach().to(torch.float64)
+        s = self.schedule.sigma(t64)
+        budget = torch.clamp(self.lipschitz_kappa / torch.clamp(s, min=1e-300), max=self.lipschitz_budget)
+        fixed = self.skip_max + self.gaussian_skip_max
+        return torch.clamp((budget - fixed) / (self.lipschitz_budget - fixed), max=1.0)
+
+    def deep_lipschitz(self) -> float:
+        """The certified, size-independent bound of the deep path $F$ (before the output gain), cached
+        with the weights (computed by the same registered rule as :meth:`certified_lipschitz`)."""
+        key = self._weights_key()
+        cached = getattr(self, "_deep_cache", None)
+        if cached is None or cached[0] != key:
+            f = self.downsampling_factor
+            lipschitz_bound(self, (self.in_channels, 2 * f, 2 * f), size_independent=True)  # sets _deep_cache
+            cached = self._deep_cache
+        return cached[1]
+
+    def certified_lipschitz_at(self, t: float) -> float:
+        r"""A certified bound of $x \mapsto \varepsilon_\theta(x, t', c)$ valid for **every** $t' \ge t$
+        (and every condition), from the actual weights:
+        $\operatorname{gain}\cdot r(t)\cdot\operatorname{Lip}(F) + a_{\max} + c_{\max}$, rounded up.
+
+        $r$ is non-increasing, so the value at the left end of a step bounds the whole step. The
+        forward pass multiplies by $\mathrm{fl}_{32}(\mathrm{gain})\cdot\mathrm{fl}_{32}(r(t_{32}))$;
+        the factor $1 - 10^{-6}$ built into ``gain`` covers the float32 roundings of $t$, $r$ and the
+        product (each $\le 2^{-24}$ relative, amplified at most $4\times$ by $r$'s slope), which is why
+        the float64 $r(t)$ times the stored gain, rounded up, is an upper bound of what runs.
+        Without ``lipschitz_kappa`` this is :meth:`certified_lipschitz` for every $t$.
+        """
+        if self.lipschitz_kappa is None:
+            return self.certified_lipschitz()
+        return self.combine_bound(self.deep_lipschitz(), float(t))
 
     def gaussian_skip(self, t: Tensor) -> Tensor:
         r"""$c(t) = \sigma_t / (\alpha_t^2 v + \sigma_t^2)$ (float64): the exact $\varepsilon$-predictor's
@@ -382,7 +451,8 @@ class CondUNet(nn.Module):
         f = self.downsampling_factor
         return (c, h + (-h) % f, w + (-w) % f)
 
-    def lipschitz_terms(self, input_shape: Sequence[int], bound: Any, structural: bool = False) -> tuple[float, tuple]:
+    def lipschitz_terms(self, input_shape: Sequence[int], bound: Any, structural: bool = False,
+                        deep_only: bool = False, t: Optional[float] = None) -> tuple[float, tuple]:
         """The bound in $x$ composed from sub-layer bounds ``bound(module, shape, name) -> (L, out_shape)``.
 
         Zero-padding and cropping have norm 1; pooling/upsampling/activations/convs are bounded by
@@ -423,15 +493,25 @@ class CondUNet(nn.Module):
         la, shape = sub(self.out_act, shape, "out_act")
         lo, shape = sub(self.out_conv, shape, "out_conv")
         lip = product_bound(lip, la, lo)
-        if structural:
+        if structural or deep_only:
             return lip, (c, h, w)
-        # eps = gain * F(x) + a(t) * x with |a| <= skip_max (a diagonal map): sum rule
+        return self.combine_bound(lip, t), (c, h, w)
+
+    def combine_bound(self, deep: float, t: Optional[float] = None) -> float:
+        r"""The bound of $\varepsilon_\theta$ from the deep path's bound ``deep``: the output gain (at $t$,
+        valid for every $t' \ge t$, or its sup over $t$ when ``t`` is ``None``) times ``deep``, plus
+        the linear skips $a_{\max} + c_{\max}$ (sum rule), rounded up."""
+        # eps = gain * r(t) * F(x) + a(t) * x with |a| <= skip_max (a diagonal map): sum rule
+        lip = deep
         gain = float(self.gain.detach().to(torch.float64))
+        if self.lipschitz_kappa is not None and t is not None:
+            r = float(self.gain_scale(torch.tensor(float(t), dtype=torch.float64)))
+            gain = gain * r / (1.0 - 1e-6) * (1.0 + 1e-7)  # covers the float32 roundings (certified_lipschitz_at)
         # |a| <= skip_max as evaluated: tanh <= 1 and rounding is monotone, but skip_max itself is
         # rounded to the parameter dtype in forward; charge the larger of the two.
         skip = max(float(self.skip_max), float(torch.tensor(float(self.skip_max), dtype=self.gain.dtype)))
         # + c(t) x with 0 <= c(t) <= gaussian_skip_max for every t (proof in gaussian_skip_sup)
-        return sum_bound(product_bound(lip, abs(gain)), skip, self.gaussian_skip_max), (c, h, w)
+        return sum_bound(product_bound(lip, abs(gain)), skip, self.gaussian_skip_max)
 
     def _structural_bound(self) -> float:
         """$S$: the composition with every conv charged its cap and every $|\\alpha|$ its max."""
@@ -479,5 +559,10 @@ class CondUNet(nn.Module):
 
 @register_lipschitz_rule(CondUNet)
 def _cond_unet_rule(module: CondUNet, input_shape: tuple, ctx: Any) -> tuple[float, tuple]:
-    """Bound in $x$ only, uniform over all $t$ and conditions $(y, m)$."""
-    return module.lipschitz_terms(tuple(input_shape), ctx.bound)
+    r"""Bound in $x$ only, uniform over all conditions $(y, m)$ and over every $t' \ge$ ``ctx.t``
+    (every $t$ when the context has none)."""
+    t = getattr(ctx, "t", None)
+    deep, shape = module.lipschitz_terms(tuple(input_shape), ctx.bound, deep_only=True)
+    if ctx.size_independent:
+        module._deep_cache = (module._weights_key(), float(deep))
+    return module.combine_bound(float(deep), t), shape

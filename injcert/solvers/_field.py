@@ -59,13 +59,20 @@ class ProbabilityFlowField:
         return self.model(x, tt, y=y, m=m)
 
     def lipschitz(self, s: Union[float, Tensor]) -> float:
-        r"""A Lipschitz bound of $\bar x \mapsto f(\varsigma, \bar x, c)$: $\alpha(\varsigma)\cdot L$ with $L$ the
-        model's ``certified_lipschitz()`` when it has one (the bound of its actual weights), else
-        ``model.lipschitz_budget``.
+        r"""A Lipschitz bound of $\bar x \mapsto f(\varsigma', \bar x, c)$ for every $\varsigma' \ge \varsigma$:
+        $\alpha(\varsigma)\cdot L$ with $L$ the model's noise-adaptive ``certified_lipschitz_at(t(s))``
+        when it has one, else its ``certified_lipschitz()`` (the bound of its actual weights, never
+        above the budget), else ``model.lipschitz_budget``.
 
         Raises:
             ValueError: the model has no ``lipschitz_budget`` attribute.
         """
+        alpha = float(self.schedule.alpha_of_varsigma(torch.as_tensor(s, dtype=torch.float64)))
+        per_t = getattr(self.model, "certified_lipschitz_at", None)
+        if callable(per_t) and getattr(self.model, "lipschitz_kappa", None) is not None:
+            # noise-adaptive budget: L(t) of the actual weights, valid for every t' >= t(s)
+            t = float(self.schedule.t_of_varsigma(torch.as_tensor(s, dtype=torch.float64)))
+            return alpha * float(per_t(t))
         budget = getattr(self.model, "lipschitz_budget", None)
         certified = getattr(self.model, "certified_lipschitz", None)
         if callable(certified):  # a tighter certified bound of the actual weights (never above the budget)
@@ -75,7 +82,6 @@ class ProbabilityFlowField:
                 f"model of type {type(self.model).__name__} has no `lipschitz_budget`; "
                 "the fixed_point inverse needs a certified Lipschitz bound"
             )
-        alpha = float(self.schedule.alpha_of_varsigma(torch.as_tensor(s, dtype=torch.float64)))
         return alpha * float(budget)
 
 

@@ -178,16 +178,19 @@ class ReversibleHeun(_LatticeSolver):
 
     name = "reversible_heun"
 
-    def encode_pair(self, field, k, y, yh, dtype, c, progress=False, keep=None):
+    def encode_pair(self, field, k, y, yh, dtype, c, progress=False, keep=None, reset=None):
+        # ``reset`` (applied after every sub-update with the index the state now belongs to) makes this
+        # the exact inverse of ``decode_pair`` with the same ``reset`` (proofs/07).
+        reset = reset or _noreset
         if keep is not None:
             keep.append((y, yh))
         f = self.drift(field, k, 0, yh, dtype, c)
         for n in _steps(k.g, progress, "encode"):
             h2 = 0.5 * k.h(n)
             a = self._q(f, h2)
-            yh = 2 * y - yh + 2 * a
+            yh = reset(n + 1, "aux", 2 * y - yh + 2 * a)
             f = self.drift(field, k, n + 1, yh, dtype, c)
-            y = y + a + self._q(f, h2)
+            y = reset(n + 1, "main", y + a + self._q(f, h2))
             if keep is not None:
                 keep.append((y, yh))
         return y, yh

@@ -1,5 +1,8 @@
 r"""Localized editing through the bit-exact reversible flow (Theorem 7, ``proofs/07``).
 
+The algorithm is :func:`injcert.tasks.guided.guided_decode` with $x_{\text{ref}} = x_0$, the
+region = the mask and the target of the edit:
+
 1. Encode $x_0$ with reversible Heun on the integer lattice from $\varsigma = 0$ to
    $\varsigma_e = \varsigma(t_e)$, $t_e = \text{strength}\cdot t_{\max}$, **storing** the two-state
    trajectory $(Y_n, \hat Y_n)$.
@@ -25,9 +28,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..solvers import make_grid, probability_flow_field
-from ..solvers._lattice import DEFAULT_FRAC_BITS, dequantize, quantize, split_remainder
-from ..solvers._reversible import ReversibleHeun
+from ..solvers._lattice import DEFAULT_FRAC_BITS
+from .guided import guided_decode
 
 __all__ = ["EDIT_OPERATIONS", "EditResult", "edit", "edit_full", "make_target"]
 
@@ -133,43 +135,18 @@ def edit_full(
         raise ValueError(f"strength must lie in (0, 1], got {strength!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    field = probability_flow_field(model)
-    sched = field.schedule
-    t_e = float(strength) * sched.t_max
-    full = make_grid(sched, steps, "geometric", t_min=min(1e-3, 0.5 * t_e))
-    # Rescale the geometric grid so that it ends at varsigma(t_e).
-    s_e = float(sched.varsigma(t_e))
-    g = [float(v) * s_e / float(full[-1]) for v in full]
-    dt = x0.dtype
+    t_e = float(strength) * float(model.schedule.t_max)
     cond = None
     if context:
         outside = 1 - m
         cmap = torch.cat([outside, torch.zeros_like(outside), torch.zeros_like(outside)], 1)
         cond = (x0 * outside, cmap)
-
-    solver = ReversibleHeun(frac_bits)
-    k = solver.coords(g)
-    inside = m.bool().expand_as(x0)
-    # 1. encode, storing the trajectory (lattice of the VP state x = alpha * xbar)
-    y, rem = split_remainder(x0, frac_bits)
-    traj: list = []
-    solver.encode_pair(field, k, y, y.clone(), dt, cond, keep=traj)
-    # 2. replace the hidden state inside the mask by the noised target x = alpha_e (target + s_e eps)
-    gen = torch.Generator().manual_seed(int(seed))
-    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64).to(x0.device)
-    tq = quantize((target.to(torch.float64) + s_e * eps) * k.alpha[-1], frac_bits)
-    y = torch.where(inside, tq, traj[-1][0])
-    yh = torch.where(inside, tq, traj[-1][1])
-
-    # 3. decode with exact inverse steps, resetting the outside to the stored trajectory
-    def reset(n: int, which: str, q: Tensor) -> Tensor:
-        return torch.where(inside, q, traj[n][0 if which == "main" else 1])
-
-    y, _ = solver.decode_pair(field, k, y, yh, dt, cond, progress=progress, reset=reset)
-    out64 = dequantize(y, torch.float64, frac_bits) + torch.where(inside, torch.zeros_like(rem), rem)
-    image = out64.to(dt)
+    res = guided_decode(model, x0, m, target, t_e, steps, cond, seed=seed, frac_bits=frac_bits, progress=progress)
+    image = res.image
+    inside = res.region
     outside_err = float((image - x0).abs().masked_fill(inside, 0).max()) if image.numel() else 0.0
-    return EditResult(image=image, target=target, outside_max_abs=outside_err, nfe=field.nfe)
+    nfe = res.nfe
+    return EditResult(image=image, target=target, outside_max_abs=outside_err, nfe=nfe)
 
 
 def edit(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], strength: float = 0.5,

@@ -1,27 +1,38 @@
 r"""Conditional reconstruction of a corrupted image through the exactly invertible flow.
 
-From an observation $y$ with corruption map $m$, draw seeded noise $x_T = \sigma_{t_{\max}} z$,
-$z \sim \mathcal N(0, I)$, and decode it under the condition $c = (y, m)$ with a bit-exact
-integrator. Then, for pixels observed as is ($m_0 = 1$), project onto the data: those pixels of the
-output are *exactly* $y$ (data consistency). The result is deterministic: the same seed gives the
-same output bit for bit, and the full $t = 0$ solver state (kept in :class:`Reconstruction`) encodes
-back to exactly the noise it came from.
+The observation is used **during the whole trajectory**, not only at $t = 0$
+(``shared/DESIGN.md``, Restoration):
 
-For blur and noise corruptions (no pixel is known as is), the forward residual
-$\lVert A(\hat x) - y\rVert$ is reported when the realised operator $A$ is passed.
+**Missing pixels or a blurred region** (``start="estimate"``, the default): a classical estimate
+$\hat x_{\mathrm{cl}}$ (:func:`~injcert.tasks.classical.classical_estimate`: biharmonic inpainting,
+Richardson–Lucy) gives the starting point at an intermediate noise level $\varsigma_e$: inside
+the region to restore, the hidden state is $\hat x_{\mathrm{cl}} + \varsigma_e\varepsilon$ (seeded);
+outside, the observed pixels follow **their own encoded trajectory** — after every sub-update of
+the bit-exact decode they are reset to it (the mechanism of Theorem 7,
+:func:`~injcert.tasks.guided.guided_decode`). The network, conditioned on $(y, m)$, sees the whole
+image at every step. $\varsigma_e$ follows the estimate's expected error: the distance from a
+missing pixel to the nearest observed one (:func:`start_sigma`).
 
-**Noise only** (every pixel observed as is or with additive Gaussian noise of known $\sigma$,
-channel 2 of the map): $y = x + \sigma\varepsilon$ *is* a point of the flow in the coordinates
-$\bar x = x_0 + \varsigma\varepsilon$, at $\varsigma = \sigma$. The reconstruction then starts there
-— at $\bar x = y$ plus fresh noise of std $\sqrt{\sigma_{\max}^2 - \sigma_{\text{pix}}^2}$ where a
-pixel is less noisy than the most noisy one — and integrates from $\varsigma = \sigma_{\max}$ to 0
-instead of from $t_{\max}$ (``start="auto"``; ``start="noise"`` forces pure noise from $t_{\max}$).
+**Additive noise only** (every pixel observed as is or with additive Gaussian noise of known
+$\sigma$, channel 2 of the map): $y = x + \sigma\varepsilon$ *is* a point of the flow in the
+coordinates $\bar x = x_0 + \varsigma\varepsilon$, at $\varsigma = \sigma$. The reconstruction then
+starts there — at $\bar x = y$ plus fresh noise of std $\sqrt{\sigma_{\max}^2 - \sigma_{\text{pix}}^2}$
+where a pixel is less noisy than the most noisy one — and integrates from $\varsigma = \sigma_{\max}$ to 0.
+
+``start="noise"`` starts inside the region from pure noise at $t_{\max}$ (still with the observed
+pixels on their trajectory); the classical estimate then plays no role.
+
+Guarantees (tests in ``tests/test_tasks.py``): deterministic (the same seed gives the same output
+bit for bit); pixels observed as is ($m_0 = 1$) equal $y$ exactly; the decode is exactly invertible —
+:func:`~injcert.tasks.guided.guided_encode` maps the final state back to the start bit for bit (noise
+start: :func:`~injcert.tasks.invert.encode_state`). Methods other than ``"reversible"`` decode without
+resets (from the start level, known pixels pasted at the end).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -29,9 +40,13 @@ from torch import Tensor
 from ..data.corruptions import expand_map
 from ..model.schedule import get_schedule
 from ..solvers import SolverState, get_solver, make_grid, probability_flow_field
+from .classical import classical_estimate
+from .guided import GuidedResult, guided_decode
 from .invert import decode_state
 
-__all__ = ["Reconstruction", "reconstruct", "reconstruct_full"]
+__all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "STARTS"]
+
+STARTS = ("auto", "estimate", "noise")
 
 
 @dataclass
@@ -41,11 +56,14 @@ class Reconstruction:
     Attributes:
         image: the reconstruction $\\hat x$ (known pixels equal to ``y`` exactly).
         flow_image: the decoded image before the data-consistency projection.
-        state: the full $t = 0$ solver state; ``encode_state(model, state, cond, steps, method)``
-            recovers the starting noise exactly for exact methods.
-        noise: the starting noise $x_T$ (x-space).
+        state: the full $t = 0$ solver state.
+        noise: the x-space start of the decode (at ``t_start``).
         residual: $\\lVert A(\\hat x) - y\\rVert_2$ per example when an operator was given, else ``None``.
         nfe: network evaluations.
+        t_start: the time the decode started from.
+        estimate: the classical estimate the decode started from (``None`` without one).
+        estimate_method: its name.
+        guided: the guided flow's data (:func:`~injcert.tasks.guided.guided_encode` inverts it).
     """
 
     image: Tensor
@@ -55,6 +73,9 @@ class Reconstruction:
     residual: Optional[Tensor]
     nfe: int
     t_start: float = 0.0
+    estimate: Optional[Tensor] = None
+    estimate_method: Optional[str] = None
+    guided: Optional[GuidedResult] = None
 
 
 def _check(y: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,6 +84,34 @@ def _check(y: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     if not isinstance(m, Tensor) or m.ndim != 4 or m.shape[0] != y.shape[0] or m.shape[2:] != y.shape[2:]:
         raise ValueError(f"m must be N×K×H×W matching y {tuple(y.shape)}, got {tuple(getattr(m, 'shape', ()))}")
     return y, expand_map(m.to(y.dtype))
+
+
+def _distance_to_known(known: Tensor) -> float:
+    """The largest Chebyshev distance (pixels) from a pixel to the nearest known one (per image; the max)."""
+    from scipy.ndimage import distance_transform_cdt
+
+    k = known.reshape(-1, *known.shape[-2:]).cpu().numpy()
+    out = 0.0
+    for ki in k:
+        if ki.all():
+            continue
+        if not ki.any():
+            return float(max(ki.shape))
+        out = max(out, float(distance_transform_cdt(~ki, metric="chessboard").max()))
+    return out
+
+
+def start_sigma(m: Tensor) -> float:
+    r"""The default start level $\varsigma_e$ for a map ``m`` (N×3×H×W): the classical estimate's error
+    grows with the distance $d$ from a missing pixel to the nearest observed one, and the flow must
+    start where its noise covers that error: $\varsigma_e = \min(1, 0.12\,d)$ for missing pixels
+    (random pixels: 0.12, a 16-pixel-wide box: 0.96); 0.3 for a blurred region alone."""
+    known = m[:, :1] == 1
+    blurred = m[:, 1:2] > 0.5
+    missing = ~known & ~blurred
+    if not bool(missing.any()):
+        return 0.3
+    return min(1.0, 0.12 * _distance_to_known(~missing))
 
 
 @torch.no_grad()
@@ -76,6 +125,9 @@ def reconstruct_full(
     method: str = "reversible",
     operator: Optional[Callable[[Tensor], Tensor]] = None,
     start: str = "auto",
+    sigma_start: Optional[float] = None,
+    estimate: Union[str, Tensor] = "auto",
+    blur_sigma: float = 2.0,
     progress: bool = False,
 ) -> Reconstruction:
     """Reconstruct and return the audit trail (see :class:`Reconstruction`).
@@ -84,26 +136,31 @@ def reconstruct_full(
         model: the conditional $\\varepsilon$-network.
         y: the observation, N×C×H×W in $[-1, 1]$ (missing pixels may hold anything).
         m: the corruption map N×K×H×W (K = 3, or 1 = missing-pixel map only).
-        steps: integration steps.
-        seed: seed of the starting noise (a CPU generator, so results agree across devices).
-        method: integrator name.
+        steps: integration steps (from the start level to 0).
+        seed: seed of the noise (a CPU generator, so results agree across devices).
+        method: integrator name (``"reversible"`` keeps the observed pixels on their trajectory).
         operator: the realised forward operator $A$ (e.g. ``Observation.operator``) for the residual.
-        start: ``"auto"`` (start at $\\varsigma = \\sigma_{\\max}$ from $y$ when the only corruption is
-            additive noise, else from noise at $t_{\\max}$) or ``"noise"`` (always from $t_{\\max}$).
+        start: ``"auto"`` (from the observation when the only corruption is additive noise, else
+            ``"estimate"``), ``"estimate"`` (from the classical estimate at $\\varsigma_e$) or
+            ``"noise"`` (from pure noise at $t_{\\max}$).
+        sigma_start: $\\varsigma_e$ for ``"estimate"`` (default :func:`start_sigma`).
+        estimate: a classical method name (see :mod:`~injcert.tasks.classical`), ``"auto"``, or an
+            estimate image of ``y``'s shape.
+        blur_sigma: the PSF of the deblurring estimate.
         progress: show a progress bar.
 
     Raises:
-        ValueError: shapes or dtypes that do not fit.
+        ValueError: shapes or dtypes that do not fit, an unknown ``start`` or estimate.
     """
     y, m = _check(y, m)
-    if start not in ("auto", "noise"):
-        raise ValueError(f"start must be 'auto' or 'noise', got {start!r}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {list(STARTS)}, got {start!r}")
     gen = torch.Generator().manual_seed(int(seed))
     sched = model.schedule
-    sigma_max = float(sched.sigma(sched.t_max))
     z = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=y.device)
     noisy = m[:, 2:3] > 0
-    only_noise = bool(((m[:, :1] == 1) | noisy).all()) and bool(noisy.any())
+    known = m[:, :1] == 1
+    only_noise = bool((known | noisy).all()) and bool(noisy.any())
     s_noise = float(m[:, 2].max()) if only_noise else 0.0
     if start == "auto" and only_noise and 0 < s_noise < float(sched.varsigma(sched.t_max)):
         # y = x + sigma_pix * eps is the flow's state at varsigma = sigma_pix; top every pixel up to s_noise
@@ -115,19 +172,57 @@ def reconstruct_full(
         field = probability_flow_field(model, short)
         state = get_solver(method).decode(field, xbar, make_grid(short, steps, "geometric", t_min=min(1e-3, t_start / 2)),
                                           (y, m), progress=progress)
-    else:
+        return _finish(y, m, state.value(), state, noise, operator, state.nfe, t_start)
+    region = ~known  # pixels to restore (missing, blurred, noisy)
+    y_in = torch.where(known.expand_as(y), y, torch.zeros_like(y)) if not bool((m[:, 1:3] > 0).any()) else y
+    cond = (y * m[:, :1] if not bool((m[:, 1:3] > 0).any()) else y, m)
+    est_name: Optional[str] = None
+    est: Optional[Tensor] = None
+    if start == "noise":
         t_start = float(sched.t_max)
-        noise = (z * sigma_max).to(y.dtype)
-        y_in = y * m[:, :1]  # missing pixels carry no information
-        state = decode_state(model, noise, (y_in, m), steps=steps, method=method, progress=progress)
-    flow = state.value()
+        target = torch.zeros_like(y)
+    else:
+        if isinstance(estimate, Tensor):
+            if estimate.shape != y.shape:
+                raise ValueError(f"estimate must have the shape of y {tuple(y.shape)}, got {tuple(estimate.shape)}")
+            est_name, est = "given", estimate.to(y.dtype)
+        else:
+            est_name, est = classical_estimate(y_in, m, estimate, blur_sigma=blur_sigma)
+            est = est.to(device=y.device, dtype=y.dtype)
+        s_e = start_sigma(m) if sigma_start is None else float(sigma_start)
+        if not s_e > 0:
+            raise ValueError(f"sigma_start must be > 0, got {sigma_start!r}")
+        t_start = min(float(sched.t_of_varsigma(s_e)), float(sched.t_max))
+        target = est
+    if method != "reversible":
+        # no lattice, no resets: decode the whole image from the start level, paste the known pixels
+        short = get_schedule({**sched.to_config(), "t_max": t_start})
+        s_e = float(short.varsigma(t_start))
+        xbar = (target.double() + s_e * z).to(y.dtype)
+        xbar = torch.where(region.expand_as(y), xbar, (y.double() + s_e * z).to(y.dtype))
+        field = probability_flow_field(model, short)
+        state = get_solver(method).decode(field, xbar, make_grid(short, steps, "geometric",
+                                                                 t_min=min(1e-3, t_start / 2)), cond, progress=progress)
+        noise = (xbar.double() * float(short.alpha(t_start))).to(y.dtype)
+        return _finish(y, m, state.value(), state, noise, operator, state.nfe, t_start, est, est_name)
+    x_ref = torch.where(region.expand_as(y), target, y)
+    res = guided_decode(model, x_ref, region, target, t_start, steps, cond, progress=progress, noise=z)
+    state = SolverState(x=res.final[0], aux=res.final[1], dtype=y.dtype, frac_bits=res.frac_bits, scale=1.0)
+    state.nfe = res.nfe
+    noise = res.start[0].to(torch.float64).mul(2.0 ** -res.frac_bits).to(y.dtype)
+    return _finish(y, m, res.image, state, noise, operator, res.nfe, t_start, est, est_name, res)
+
+
+def _finish(y: Tensor, m: Tensor, flow: Tensor, state: SolverState, noise: Tensor, operator: Any, nfe: int,
+            t_start: float, est: Optional[Tensor] = None, est_name: Optional[str] = None,
+            guided: Optional[GuidedResult] = None) -> Reconstruction:
     known = m[:, :1] == 1
     image = torch.where(known.expand_as(flow), y, flow)
     residual = None
     if operator is not None:
         residual = (operator(image) - y).flatten(1).norm(dim=1)
-    return Reconstruction(image=image, flow_image=flow, state=state, noise=noise, residual=residual, nfe=state.nfe,
-                          t_start=t_start)
+    return Reconstruction(image=image, flow_image=flow, state=state, noise=noise, residual=residual, nfe=nfe,
+                          t_start=t_start, estimate=est, estimate_method=est_name, guided=guided)
 
 
 def reconstruct(model: Any, y: Tensor, m: Tensor, steps: int = 50, seed: int = 0, **kwargs: Any) -> Tensor:

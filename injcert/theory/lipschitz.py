@@ -18,7 +18,7 @@ import dataclasses
 import math
 from fractions import Fraction
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -232,8 +232,11 @@ def get_lipschitz_rule(module: nn.Module) -> Rule:
 class BoundContext:
     """State passed to rules: the size-independence flag and the per-layer rows."""
 
-    def __init__(self, size_independent: bool = False) -> None:
+    def __init__(self, size_independent: bool = False, t: Optional[float] = None) -> None:
         self.size_independent = bool(size_independent)
+        #: the noise level: rules of time-dependent modules bound the map for every t' >= t
+        #: (``None``: uniformly over every t). Modules that do not depend on t ignore it.
+        self.t = None if t is None else float(t)
         self.layers: list[LayerBound] = []
 
     def bound(self, module: nn.Module, input_shape: Sequence[int], name: str) -> tuple[float, tuple]:
@@ -266,7 +269,8 @@ class BoundContext:
         return self._prefix_stack
 
 
-def lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, size_independent: bool = False) -> LipschitzBound:
+def lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, size_independent: bool = False,
+                    t: Optional[float] = None) -> LipschitzBound:
     """Certified upper bound on the $\\ell_2$ Lipschitz constant of ``module`` in its input.
 
     Arguments:
@@ -274,6 +278,8 @@ def lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, size_indep
         input_shape: the input shape **without** the batch dimension, e.g. ``(C, H, W)``.
         size_independent: bound valid for every spatial input size (convolutions use
             :func:`~injcert.theory.spectral.conv_size_independent_bound`-type bounds).
+        t: a noise level: a time-dependent network (a noise-adaptive budget) is bounded for every
+            $t' \\ge t$ instead of uniformly over $t$ (``None``).
 
     Returns:
         :class:`LipschitzBound` with the value and one row per leaf layer.
@@ -282,7 +288,7 @@ def lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, size_indep
         UnsupportedModuleError: for a module without a rule (or in an unsupported state, e.g.
             BatchNorm or Dropout in training mode).
     """
-    ctx = BoundContext(size_independent)
+    ctx = BoundContext(size_independent, t)
     shape = tuple(int(v) for v in input_shape)
     for sub_name, sub in module.named_modules():  # also submodules a custom rule reads directly
         _reject_forward_hooks_named(sub, sub_name)
