@@ -21,6 +21,7 @@ from injcert.cli import main
 from injcert.errors import CheckpointError, ConfigError
 from injcert.io import MODEL_REGISTRY, register_model, save_checkpoint
 from injcert.model.schedule import get_schedule
+from injcert.solvers import make_grid
 from injcert.theory.lipschitz import register_lipschitz_rule
 
 FAST = ["--steps", "8", "--samples", "2"]
@@ -336,3 +337,38 @@ def test_cuda_unavailable_is_one_line_error(ortho_ckpt, capsys):
         pytest.skip("CUDA is available here")
     rc, _, err = _run([ortho_ckpt, "--device", "cuda"], capsys)
     _assert_unusable(rc, err)
+
+
+# ----------------------------------------------------------------------------- noise-adaptive budget
+
+
+def test_adaptive_budget_certifies_fixed_point_at_50_steps_with_finite_logdet_lower_end():
+    """A kappa/sigma_t budget keeps h_k alpha_k L(t_k) = kappa (s_{k+1}/s_k - 1) < 1 on the default
+    50-step geometric grid: the Euler steps are certified injective, the fixed-point inverse runs,
+    and the log-det interval has a finite lower end (shared/DESIGN.md)."""
+    from injcert.certify.certificate import LipschitzProfile
+    from injcert.model.unet import CondUNet
+
+    torch.manual_seed(0)
+    model = CondUNet(in_channels=3, base_channels=8, channel_mults=[1, 2], emb_dim=16, lipschitz_budget=400.0,
+                     lipschitz_kappa=3.0, skip_max=0.5, data_variance=0.25)
+    cert = certify(model, steps=50, samples=2, patch_size=16, logdet_size=4, hutchpp_steps=3,
+                   hutchpp_queries=4, lipschitz_iters=3, round_trip_study=False, method="fixed_point")
+    props = {p.name: p for p in cert.properties}
+    assert cert.verdict == "PASS", cert.to_markdown()
+    lip = props["lipschitz_bound"]
+    rows = lip.details["per_t"]
+    assert len(rows) == 50 and all(r["certified"] <= r["budget"] for r in rows)
+    assert [r["certified"] for r in rows] == sorted((r["certified"] for r in rows), reverse=True)
+    integ = props["integrator"]
+    assert integ.status == "PASS" and integ.value < 1.0
+    # every margin is h_k * alpha_k * L(t_k) with the per-t bound, not the sup
+    assert max(integ.details["margins"]["per_step"]) < 1.0
+    assert math.isfinite(props["logdet_interval"].details["certified_lower"])
+    assert props["round_trip_fixed_point"].status == "PASS"
+    # the uniform sup would not certify this grid: the per-t profile is what makes it work
+    sup = model.certified_lipschitz()
+    g = [float(v) for v in make_grid(model.schedule, 50)]
+    assert max(step_margins(g, sup, model.schedule)[2]) > max(integ.details["margins"]["per_step"])
+    prof = LipschitzProfile(model.certified_lipschitz_at, sup)
+    assert step_margins(g, prof, model.schedule)[2] == integ.details["margins"]["per_step"]

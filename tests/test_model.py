@@ -243,3 +243,72 @@ def test_gaussian_skip_is_charged_and_sound() -> None:
     with pytest.raises(ConfigError, match="no room"):
         CondUNet(lipschitz_budget=1.5, data_variance=0.25)
     assert math.isclose(float(net.gaussian_skip(torch.tensor([1.0]))), 1.0)
+
+
+# ----------------------------------------------------------------------------- noise-adaptive budget
+
+ADAPTIVE = dict(lipschitz_budget=60.0, lipschitz_kappa=3.0, skip_max=0.5, data_variance=0.25)
+
+
+def test_adaptive_budget_is_non_increasing_and_follows_kappa_over_sigma():
+    model = tiny(**ADAPTIVE)
+    ts = [0.0, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.3, 0.6, 0.9, model.schedule.t_max]
+    budgets = [model.lipschitz_budget_at(t) for t in ts]
+    certified = [model.certified_lipschitz_at(t) for t in ts]
+    assert all(a >= b for a, b in zip(budgets, budgets[1:]))
+    assert all(a >= b for a, b in zip(certified, certified[1:]))
+    assert all(c <= b for c, b in zip(certified, budgets))
+    assert budgets[0] == 60.0  # the cap
+    s = float(model.schedule.sigma(torch.tensor(0.3, dtype=torch.float64)))
+    assert math.isclose(model.lipschitz_budget_at(0.3), 3.0 / s, rel_tol=1e-12)
+    # the uniform bound is the sup over t
+    assert math.isclose(model.certified_lipschitz(), certified[0], rel_tol=1e-9)
+    # a trained-like network (convs at their caps) approaches B(t): the gain is not wasted
+    assert model.certified_lipschitz_at(0.5) <= model.lipschitz_budget_at(0.5)
+
+
+@given(seed=st.integers(0, 10**6), t=st.floats(1e-3, 0.99), h=st.integers(3, 8), w=st.integers(3, 8),
+       scale=st.floats(0.5, 4.0))
+@settings(max_examples=12)
+def test_adaptive_bound_is_sound_against_the_dense_jacobian(seed, t, h, w, scale):
+    """L(t) bounds the spectral norm of the dense Jacobian at every t' >= t (float64, trained-like weights)."""
+    torch.manual_seed(seed)
+    model = CondUNet(**dict(TINY, **ADAPTIVE))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "weight" in name and p.dim() == 4:
+                p.mul_(scale)  # LipConv2d rescales to its cap: push the convs towards it
+    model = model.double().eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 3, h, w, dtype=torch.float64, generator=g)
+    y = torch.randn(1, 3, h, w, dtype=torch.float64, generator=g)
+    m = (torch.rand(1, 3, h, w, dtype=torch.float64, generator=g) > 0.5).to(torch.float64)
+    bound = model.certified_lipschitz_at(t)
+    assert bound == lipschitz_bound(model, (3, h, w), size_independent=True, t=t).value
+    for tt in (t, 0.5 * (t + 0.99), 0.99):
+        tt64 = torch.tensor([tt], dtype=torch.float64)
+        norm = _dense_jacobian_norm(lambda v: model(v, tt64, y, m), x)
+        assert norm <= bound * (1 + 1e-9), (tt, norm, bound)
+
+
+def test_adaptive_forward_gain_never_exceeds_the_charged_gain():
+    """The float32 forward multiplies by fl(gain) * fl(r(t32)); the certificate charges
+    gain * min(1, r(t) * (1 + 1e-6)) in float64 — never smaller."""
+    model = tiny(**ADAPTIVE)
+    t64 = torch.linspace(0.0, float(model.schedule.t_max), 2001, dtype=torch.float64)
+    t32 = t64.to(torch.float32)
+    used = model.gain.to(torch.float32) * model.gain_scale(t32).to(torch.float32)
+    charged = float(model.gain.double()) * torch.clamp(model.gain_scale(t64) * (1 + 1e-6), max=1.0)
+    assert bool((used.double() <= charged).all())
+
+
+def test_adaptive_config_round_trips_and_rejects_bad_kappa():
+    model = tiny(**ADAPTIVE)
+    again = CondUNet.from_config(model.config)
+    assert again.config == model.config and again.lipschitz_kappa == 3.0
+    with pytest.raises(ConfigError, match="lipschitz_kappa"):
+        tiny(lipschitz_budget=10.0, lipschitz_kappa=-1.0)
+    with pytest.raises(ConfigError, match="lipschitz_kappa"):
+        tiny(lipschitz_budget=None, lipschitz_kappa=3.0)
+    with pytest.raises(ConfigError, match="no room at t_max"):
+        tiny(lipschitz_budget=10.0, lipschitz_kappa=1.0, skip_max=0.5, data_variance=0.25)

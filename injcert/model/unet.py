@@ -421,13 +421,16 @@ class CondUNet(nn.Module):
     def certified_lipschitz_at(self, t: float) -> float:
         r"""A certified bound of $x \mapsto \varepsilon_\theta(x, t', c)$ valid for **every** $t' \ge t$
         (and every condition), from the actual weights:
-        $\operatorname{gain}\cdot r(t)\cdot\operatorname{Lip}(F) + a_{\max} + c_{\max}$, rounded up.
+        $\operatorname{gain}\cdot\min(1, r(t)(1 + 10^{-6}))\cdot\operatorname{Lip}(F) + a_{\max} + c_{\max}$,
+        rounded up.
 
         $r$ is non-increasing, so the value at the left end of a step bounds the whole step. The
-        forward pass multiplies by $\mathrm{fl}_{32}(\mathrm{gain})\cdot\mathrm{fl}_{32}(r(t_{32}))$;
-        the factor $1 - 10^{-6}$ built into ``gain`` covers the float32 roundings of $t$, $r$ and the
-        product (each $\le 2^{-24}$ relative, amplified at most $4\times$ by $r$'s slope), which is why
-        the float64 $r(t)$ times the stored gain, rounded up, is an upper bound of what runs.
+        forward pass multiplies by $\mathrm{fl}_{32}(\mathrm{gain}\cdot\mathrm{fl}_{32}(r(t_{32})))$: the
+        float32 roundings of $t$, of $r$ and of the product change it by at most $2.5\cdot 10^{-7}$
+        relative ($r$'s slope amplifies the rounding of $t$ by at most
+        $\kappa/(\kappa - a_{\max} - c_{\max})$), and $r \le 1$ is clamped, so the factor
+        $\min(1, r(t)(1 + 10^{-6}))$ bounds what runs; the $1 - 10^{-6}$ built into ``gain`` keeps
+        the result within $B(t)$.
         Without ``lipschitz_kappa`` this is :meth:`certified_lipschitz` for every $t$.
         """
         if self.lipschitz_kappa is None:
@@ -506,7 +509,7 @@ class CondUNet(nn.Module):
         gain = float(self.gain.detach().to(torch.float64))
         if self.lipschitz_kappa is not None and t is not None:
             r = float(self.gain_scale(torch.tensor(float(t), dtype=torch.float64)))
-            gain = gain * r / (1.0 - 1e-6) * (1.0 + 1e-7)  # covers the float32 roundings (certified_lipschitz_at)
+            gain = gain * min(1.0, r * (1.0 + 1e-6))  # covers the float32 roundings (certified_lipschitz_at)
         # |a| <= skip_max as evaluated: tanh <= 1 and rounding is monotone, but skip_max itself is
         # rounded to the parameter dtype in forward; charge the larger of the two.
         skip = max(float(self.skip_max), float(torch.tensor(float(self.skip_max), dtype=self.gain.dtype)))
