@@ -129,3 +129,31 @@ def test_seam_energy_brute_force(seed):
                             count += 1
     expected = total / count if count else 0.0
     assert seam_energy(x, m) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+@given(seed=st.integers(0, 10**6), n=st.integers(32, 64))
+@settings(max_examples=10)
+def test_latent_statistics_tell_white_noise_from_an_image(seed, n):
+    from injcert.metrics import latent_statistics
+
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(1, 3, n, n, generator=g, dtype=torch.float64)
+    s = latent_statistics(z)
+    assert abs(s["std"] - 1) < 0.1 and abs(s["lag1_h"]) < 0.1 and abs(s["lag1_w"]) < 0.1
+    assert s["spectrum_flatness"] < 2.0
+    smooth = torch.nn.functional.avg_pool2d(z, 3, 1, 1)  # correlated: not Gaussian white noise
+    t = latent_statistics(smooth / smooth.std())
+    assert t["lag1_h"] > 0.4 and t["lag1_w"] > 0.4 and t["spectrum_flatness"] > 10.0
+
+
+def test_grain_ratio_flags_noise_inside_a_region():
+    from injcert.metrics import grain_ratio
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.zeros(1, 1, 40, 40)
+    m[..., 12:28, 12:28] = 1
+    base = torch.randn(1, 3, 40, 40, generator=g) * 0.05
+    assert 0.7 < grain_ratio(base, m) < 1.3
+    grainy = base + 0.3 * torch.randn(1, 3, 40, 40, generator=g) * m
+    assert grain_ratio(grainy, m) > 3.0
+    assert math.isnan(grain_ratio(base, torch.zeros(1, 1, 40, 40)))

@@ -56,6 +56,8 @@ __all__ = [
     "step_margins",
     "LipschitzProfile",
     "lipschitz_at",
+    "gronwall_profile",
+    "lognorm_exponents",
 ]
 
 PASS, FAIL, INFO, SKIPPED = "PASS", "FAIL", "INFO", "SKIPPED"
@@ -174,6 +176,25 @@ def gronwall_profile(lipschitz: Union[float, LipschitzProfile], schedule: Any, s
     lo = s_max * 1e-6
     pts = [0.0] + [lo * (s_max / lo) ** (k / pieces) for k in range(pieces)] + [s_max]
     return round_up(math.fsum(gronwall_exponent(lipschitz, a, b, schedule) for a, b in zip(pts, pts[1:]) if b > a))
+
+
+def lognorm_exponents(rest: Any, variance: float, schedule: Any, s_max: float,
+                      pieces: int = 400) -> tuple[float, float]:
+    r"""Certified $(\Lambda^-, \Lambda^+)$ with $e^{\Lambda^-}\|x-y\| \le \|\Phi x - \Phi y\| \le
+    e^{\Lambda^+}\|x-y\|$ for the exact encode flow over $[0, \varsigma_{\max}]$ (``proofs/01``, tight form).
+
+    The drift in $\bar x$ is $\alpha c(t)\bar x + N$ with the exact Gaussian-data skip
+    $c(t) = \sigma_t/(\alpha_t^2 v + \sigma_t^2)$ and $N$ Lipschitz with constant $\alpha\,\ell(t)$
+    (``rest(t)`` $= \ell(t)$, non-increasing, valid for every later time). Since $\sigma = \varsigma\alpha$,
+    $\alpha c = \varsigma/(v + \varsigma^2)$, whose integral is $\tfrac12\log\frac{v + \varsigma_b^2}{v + \varsigma_a^2}$ for
+    every VP schedule. The logarithmic norm gives $\Lambda^\pm = \int \alpha c \pm \int \alpha\ell$;
+    $\int\alpha\ell$ is charged piecewise at left ends on the grid of :func:`gronwall_profile`.
+    """
+    rest_prof = rest if isinstance(rest, LipschitzProfile) else float(rest)
+    lin = round_up(0.5 * math.log1p(round_up(s_max) ** 2 / float(variance)))
+    lin_lo = round_down(0.5 * math.log1p(round_down(s_max) ** 2 / float(variance)))
+    nonlin = gronwall_profile(rest_prof, schedule, s_max, pieces)
+    return round_down(lin_lo - nonlin), round_up(lin + nonlin)
 
 
 def step_margins(grid: Iterable[float], lipschitz: Union[float, LipschitzProfile],
@@ -690,7 +711,7 @@ def certify(model_or_path: Union[str, os.PathLike[str], nn.Module], config: Opti
         hs, ls, qs = step_margins(g, L, schedule)
         data.update(grid=g, h=hs, drift=ls, margins=qs)
         props.append(_drift_property(L, g, ls))
-        props.append(_flow_property(L, schedule, cfg, g, qs))
+        props.append(_flow_property(L, schedule, cfg, g, qs, model))
         needed = steps_needed(L, schedule, cfg.grid) if max(qs) >= 1.0 else cfg.steps
     with _Timer(timings, "integrator"):
         props.append(checks.integrator_property(model, schedule, cfg, L, g, qs, needed, info, device, data))
@@ -720,8 +741,26 @@ def _drift_property(L: Union[float, LipschitzProfile], g: list[float], ls: list[
     )
 
 
-def _flow_property(L: float, schedule: Any, cfg: CertifyConfig, g: list[float], qs: list[float]) -> Property:
+def _lognorm(model: Any, schedule: Any, s_max: float) -> Optional[dict[str, Any]]:
+    """The tight, one-sided flow constants when the model exposes an exact linear part."""
+    v = getattr(model, "data_variance", None)
+    rest = getattr(model, "nonlinear_lipschitz_at", None)
+    if v is None or not callable(rest):
+        return None
+    try:
+        prof = LipschitzProfile(rest, float(rest(0.0)), "nonlinear part")
+        lo, hi = lognorm_exponents(prof, float(v), schedule, s_max)
+    except (UnsupportedModuleError, ValueError):
+        return None
+    return {"Lambda_minus": lo, "Lambda_plus": hi, "lower_text": _fmt_exp(lo), "upper_text": _fmt_exp(hi),
+            "data_variance": float(v),
+            "formula": "Lambda+- = 1/2 log(1 + s_max^2 / v) +- int alpha l(t) ds (log norm, exact Gaussian skip)"}
+
+
+def _flow_property(L: float, schedule: Any, cfg: CertifyConfig, g: list[float], qs: list[float],
+                   model: Any = None) -> Property:
     s_max = float(g[-1])
+    tight = _lognorm(model, schedule, s_max) if model is not None else None
     lam = gronwall_profile(L, schedule, s_max)
     s_short = float(schedule.varsigma(min(float(cfg.short_t_max), float(schedule.t_max))))
     lam_short = gronwall_profile(L, schedule, s_short)
@@ -733,6 +772,8 @@ def _flow_property(L: float, schedule: Any, cfg: CertifyConfig, g: list[float], 
         f"exact flow over [0, {schedule.t_max:g}] is injective and e^-{lam:.4g} <= |Phi x - Phi y|/|x - y| <= e^{lam:.4g}"
         f" = {_fmt_exp(lam)}"
     )
+    if tight is not None:
+        summary += (f"; log-norm (exact Gaussian skip): {tight['lower_text']} <= ratio <= {tight['upper_text']}")
     if loose:
         summary += (f" (astronomically loose but proven; tighter certified: [0, {min(cfg.short_t_max, schedule.t_max):g}]"
                     f" gives e^{lam_short:.4g} = {_fmt_exp(lam_short)}, per-step max e^{max(per_step):.3g},"
@@ -753,6 +794,7 @@ def _flow_property(L: float, schedule: Any, cfg: CertifyConfig, g: list[float], 
             "short_range": {"t_max": min(float(cfg.short_t_max), float(schedule.t_max)), "varsigma_max": s_short,
                             "Lambda": lam_short, "upper_text": _fmt_exp(lam_short)},
             "per_step_Lambda": per_step,
+            "lognorm": tight,
             "discrete_euler": {"log_lower": log_lo, "log_upper": log_hi,
                                "lower_text": _fmt_exp(log_lo), "upper_text": _fmt_exp(log_hi),
                                "certified_injective": bool(max(qs) < 1.0)},

@@ -165,6 +165,15 @@ def render_markdown(cert: "Certificate") -> str:
                      f" = {flow['Lambda']:.6g}$, bi-Lipschitz constants $e^{{\\pm\\Lambda}}$ = "
                      f"{flow['lower_text']} / {flow['upper_text']}"
                      + (" (astronomically loose, but proven)." if flow.get("loose") else "."))
+        ln = flow.get("lognorm")
+        if ln:
+            lines.append(f"- Tighter, one-sided (logarithmic norm with the exact Gaussian-data skip, "
+                         f"$v = {ln['data_variance']:g}$): $e^{{{ln['Lambda_minus']:.4g}}}$ = {ln['lower_text']} "
+                         f"$\\le \\|\\Phi x - \\Phi y\\|/\\|x - y\\| \\le$ $e^{{{ln['Lambda_plus']:.4g}}}$ = {ln['upper_text']}.")
+        emp = {p.name: p for p in cert.properties}
+        if "injectivity_empirical" in emp and "growth_empirical" in emp:
+            lines.append(f"- Measured on held-out pairs (discrete Euler map): distance ratios from "
+                         f"{emp['injectivity_empirical'].value:.4g} to {emp['growth_empirical'].value:.4g}.")
         sr = flow.get("short_range", {})
         if sr:
             lines.append(f"- Shorter range $[0, {sr['t_max']}]$: $\\Lambda = {sr['Lambda']:.6g}$, "

@@ -437,6 +437,20 @@ class CondUNet(nn.Module):
             return self.certified_lipschitz()
         return self.combine_bound(self.deep_lipschitz(), float(t))
 
+    def nonlinear_lipschitz_at(self, t: float) -> float:
+        r"""A certified bound, valid for every $t' \ge t$, of $x \mapsto \varepsilon_\theta(x, t', c) - c(t')\,x$:
+        everything but the exact Gaussian-data skip (the deep path and the learned skip $a(t)\odot x$),
+        plus $10^{-6}$ for the float32 rounding of $c(t)$ and of $t$ in the forward pass. With
+        :meth:`gaussian_skip` as the exact linear part, the logarithmic norm bounds expansion and
+        contraction separately (``proofs/01``): $\mu(c\,I + J_N) \le c + \|J_N\|$,
+        $-\mu(-(c\,I + J_N)) \ge c - \|J_N\|$."""
+        gain = float(self.gain.detach().to(torch.float64))
+        if self.lipschitz_kappa is not None:
+            r = float(self.gain_scale(torch.tensor(float(t), dtype=torch.float64)))
+            gain = gain * min(1.0, r * (1.0 + 1e-6))
+        skip = max(float(self.skip_max), float(torch.tensor(float(self.skip_max), dtype=self.gain.dtype)))
+        return sum_bound(product_bound(self.deep_lipschitz(), abs(gain)), skip, 1e-6)
+
     def gaussian_skip(self, t: Tensor) -> Tensor:
         r"""$c(t) = \sigma_t / (\alpha_t^2 v + \sigma_t^2)$ (float64): the exact $\varepsilon$-predictor's
         slope for Gaussian data of variance $v$ (``data_variance``). Adding $c(t)\,x$ (EDM-style

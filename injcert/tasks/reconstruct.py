@@ -126,6 +126,7 @@ def reconstruct_full(
     operator: Optional[Callable[[Tensor], Tensor]] = None,
     start: str = "auto",
     sigma_start: Optional[float] = None,
+    noise_scale: float = 1.0,
     estimate: Union[str, Tensor] = "auto",
     blur_sigma: float = 2.0,
     progress: bool = False,
@@ -144,6 +145,9 @@ def reconstruct_full(
             ``"estimate"``), ``"estimate"`` (from the classical estimate at $\\varsigma_e$) or
             ``"noise"`` (from pure noise at $t_{\\max}$).
         sigma_start: $\\varsigma_e$ for ``"estimate"`` (default :func:`start_sigma`).
+        noise_scale: the fresh noise added to the estimate is ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$:
+            1 treats the estimate as a clean image to be re-noised (SDEdit, Meng et al. 2022), 0 treats
+            it as already noisy at level $\\varsigma_e$ (its own error plays the noise).
         estimate: a classical method name (see :mod:`~injcert.tasks.classical`), ``"auto"``, or an
             estimate image of ``y``'s shape.
         blur_sigma: the PSF of the deblurring estimate.
@@ -206,7 +210,10 @@ def reconstruct_full(
         noise = (xbar.double() * float(short.alpha(t_start))).to(y.dtype)
         return _finish(y, m, state.value(), state, noise, operator, state.nfe, t_start, est, est_name)
     x_ref = torch.where(region.expand_as(y), target, y)
-    res = guided_decode(model, x_ref, region, target, t_start, steps, cond, progress=progress, noise=z)
+    if not (0.0 <= float(noise_scale) <= 1.0):
+        raise ValueError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
+    res = guided_decode(model, x_ref, region, target, t_start, steps, cond, progress=progress,
+                        noise=z * float(noise_scale) if start != "noise" else z)
     state = SolverState(x=res.final[0], aux=res.final[1], dtype=y.dtype, frac_bits=res.frac_bits, scale=1.0)
     state.nfe = res.nfe
     noise = res.start[0].to(torch.float64).mul(2.0 ** -res.frac_bits).to(y.dtype)
