@@ -248,10 +248,14 @@ def test_gaussian_skip_is_charged_and_sound() -> None:
 # ----------------------------------------------------------------------------- noise-adaptive budget
 
 ADAPTIVE = dict(lipschitz_budget=60.0, lipschitz_kappa=3.0, skip_max=0.5, data_variance=0.25)
+DENOISER = dict(lipschitz_budget=60.0, lipschitz_kappa=3.0, skip_max=0.0, data_variance=None,
+                parameterization="denoiser", alpha_max=0.5, alpha_init=0.4)
+DENOISER_WIENER = dict(DENOISER, data_variance=0.25, lipschitz_kappa=3.5, skip_max=0.2)
 
 
-def test_adaptive_budget_is_non_increasing_and_follows_kappa_over_sigma():
-    model = tiny(**ADAPTIVE)
+@pytest.mark.parametrize("kw", [ADAPTIVE, DENOISER, DENOISER_WIENER], ids=["eps", "denoiser", "denoiser+wiener"])
+def test_adaptive_budget_is_non_increasing_and_follows_kappa_over_sigma(kw):
+    model = tiny(**kw)
     ts = [0.0, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.3, 0.6, 0.9, model.schedule.t_max]
     budgets = [model.lipschitz_budget_at(t) for t in ts]
     certified = [model.certified_lipschitz_at(t) for t in ts]
@@ -260,20 +264,22 @@ def test_adaptive_budget_is_non_increasing_and_follows_kappa_over_sigma():
     assert all(c <= b for c, b in zip(certified, budgets))
     assert budgets[0] == 60.0  # the cap
     s = float(model.schedule.sigma(torch.tensor(0.3, dtype=torch.float64)))
-    assert math.isclose(model.lipschitz_budget_at(0.3), 3.0 / s, rel_tol=1e-12)
+    assert math.isclose(model.lipschitz_budget_at(0.3), kw["lipschitz_kappa"] / s, rel_tol=1e-12)
     # the uniform bound is the sup over t
     assert math.isclose(model.certified_lipschitz(), certified[0], rel_tol=1e-9)
     # a trained-like network (convs at their caps) approaches B(t): the gain is not wasted
     assert model.certified_lipschitz_at(0.5) <= model.lipschitz_budget_at(0.5)
 
 
-@given(seed=st.integers(0, 10**6), t=st.floats(1e-3, 0.99), h=st.integers(3, 8), w=st.integers(3, 8),
-       scale=st.floats(0.5, 4.0))
-@settings(max_examples=12)
-def test_adaptive_bound_is_sound_against_the_dense_jacobian(seed, t, h, w, scale):
-    """L(t) bounds the spectral norm of the dense Jacobian at every t' >= t (float64, trained-like weights)."""
+@given(seed=st.integers(0, 10**6), t=st.floats(1e-4, 0.99), h=st.integers(3, 6), w=st.integers(3, 6),
+       scale=st.floats(0.5, 4.0), kind=st.sampled_from(["eps", "denoiser", "denoiser+wiener"]))
+@settings(max_examples=10)
+def test_adaptive_bound_is_sound_against_the_dense_jacobian(seed, t, h, w, scale, kind):
+    """L(t) bounds the spectral norm of the dense Jacobian at every t' >= t (float64, trained-like weights),
+    and the part without the exact linear term (the log-norm's l(t)) bounds J - s(t) I."""
     torch.manual_seed(seed)
-    model = CondUNet(**dict(TINY, **ADAPTIVE))
+    kw = {"eps": ADAPTIVE, "denoiser": DENOISER, "denoiser+wiener": DENOISER_WIENER}[kind]
+    model = CondUNet(**dict(TINY, **kw))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "weight" in name and p.dim() == 4:
@@ -285,10 +291,19 @@ def test_adaptive_bound_is_sound_against_the_dense_jacobian(seed, t, h, w, scale
     m = (torch.rand(1, 3, h, w, dtype=torch.float64, generator=g) > 0.5).to(torch.float64)
     bound = model.certified_lipschitz_at(t)
     assert bound == lipschitz_bound(model, (3, h, w), size_independent=True, t=t).value
+    rest = model.nonlinear_lipschitz_at(t)
     for tt in (t, 0.5 * (t + 0.99), 0.99):
         tt64 = torch.tensor([tt], dtype=torch.float64)
-        norm = _dense_jacobian_norm(lambda v: model(v, tt64, y, m), x)
+        jac = torch.autograd.functional.jacobian(lambda v: model(v, tt64, y, m), x).reshape(x.numel(), x.numel())
+        norm = float(torch.linalg.matrix_norm(jac, ord=2))
         assert norm <= bound * (1 + 1e-9), (tt, norm, bound)
+        # exact linear part of eps in x: c(t) (Gaussian skip) or w(t) (denoiser)
+        if model.parameterization == "denoiser":
+            lin = float(model._denoiser_coefficients(tt64)[0])
+        else:
+            lin = float(model.gaussian_skip(tt64))
+        rest_norm = float(torch.linalg.matrix_norm(jac - lin * torch.eye(x.numel(), dtype=jac.dtype), ord=2))
+        assert rest_norm <= rest * (1 + 1e-9), (tt, rest_norm, rest)
 
 
 def test_adaptive_forward_gain_never_exceeds_the_charged_gain():
@@ -312,3 +327,9 @@ def test_adaptive_config_round_trips_and_rejects_bad_kappa():
         tiny(lipschitz_budget=None, lipschitz_kappa=3.0)
     with pytest.raises(ConfigError, match="no room at t_max"):
         tiny(lipschitz_budget=10.0, lipschitz_kappa=1.0, skip_max=0.5, data_variance=0.25)
+    with pytest.raises(ConfigError, match="parameterization"):
+        tiny(parameterization="x0")
+    with pytest.raises(ConfigError, match="needs lipschitz_kappa"):
+        tiny(parameterization="denoiser")
+    with pytest.raises(ConfigError, match="no room for the denoiser"):
+        tiny(**dict(DENOISER, lipschitz_kappa=2.0, data_variance=0.25))

@@ -178,21 +178,26 @@ def gronwall_profile(lipschitz: Union[float, LipschitzProfile], schedule: Any, s
     return round_up(math.fsum(gronwall_exponent(lipschitz, a, b, schedule) for a, b in zip(pts, pts[1:]) if b > a))
 
 
-def lognorm_exponents(rest: Any, variance: float, schedule: Any, s_max: float,
+def lognorm_exponents(rest: Any, variance: Any, schedule: Any, s_max: float,
                       pieces: int = 400) -> tuple[float, float]:
     r"""Certified $(\Lambda^-, \Lambda^+)$ with $e^{\Lambda^-}\|x-y\| \le \|\Phi x - \Phi y\| \le
     e^{\Lambda^+}\|x-y\|$ for the exact encode flow over $[0, \varsigma_{\max}]$ (``proofs/01``, tight form).
 
-    The drift in $\bar x$ is $\alpha c(t)\bar x + N$ with the exact Gaussian-data skip
-    $c(t) = \sigma_t/(\alpha_t^2 v + \sigma_t^2)$ and $N$ Lipschitz with constant $\alpha\,\ell(t)$
-    (``rest(t)`` $= \ell(t)$, non-increasing, valid for every later time). Since $\sigma = \varsigma\alpha$,
-    $\alpha c = \varsigma/(v + \varsigma^2)$, whose integral is $\tfrac12\log\frac{v + \varsigma_b^2}{v + \varsigma_a^2}$ for
-    every VP schedule. The logarithmic norm gives $\Lambda^\pm = \int \alpha c \pm \int \alpha\ell$;
-    $\int\alpha\ell$ is charged piecewise at left ends on the grid of :func:`gronwall_profile`.
+    The drift in $\bar x$ is $s(\varsigma)\bar x + N$ with an exact linear part $s$ and $N$ Lipschitz with
+    constant $\alpha\,\ell(t)$ (``rest(t)`` $= \ell(t)$, non-increasing, valid for every later time). The
+    logarithmic norm gives $\Lambda^\pm = \int s \pm \int \alpha\ell$; $\int\alpha\ell$ is charged piecewise at
+    left ends on the grid of :func:`gronwall_profile`. ``variance`` is either the data variance $v$ of
+    the Gaussian-data skip (then $s = \varsigma/(v + \varsigma^2)$ and $\int_0^{\varsigma_{\max}} s =
+    \tfrac12\log(1 + \varsigma_{\max}^2/v)$ for every VP schedule) or a callable ``(s0, s1) -> (lo, hi)``
+    enclosing $\int_{s_0}^{s_1} s$ (e.g. ``CondUNet.linear_part_integral``).
     """
     rest_prof = rest if isinstance(rest, LipschitzProfile) else float(rest)
-    lin = round_up(0.5 * math.log1p(round_up(s_max) ** 2 / float(variance)))
-    lin_lo = round_down(0.5 * math.log1p(round_down(s_max) ** 2 / float(variance)))
+    if callable(variance):
+        lin_lo, lin = (float(v) for v in variance(0.0, float(s_max)))
+        lin, lin_lo = round_up(lin), round_down(lin_lo)
+    else:
+        lin = round_up(0.5 * math.log1p(round_up(s_max) ** 2 / float(variance)))
+        lin_lo = round_down(0.5 * math.log1p(round_down(s_max) ** 2 / float(variance)))
     nonlin = gronwall_profile(rest_prof, schedule, s_max, pieces)
     return round_down(lin_lo - nonlin), round_up(lin + nonlin)
 
@@ -743,18 +748,21 @@ def _drift_property(L: Union[float, LipschitzProfile], g: list[float], ls: list[
 
 def _lognorm(model: Any, schedule: Any, s_max: float) -> Optional[dict[str, Any]]:
     """The tight, one-sided flow constants when the model exposes an exact linear part."""
-    v = getattr(model, "data_variance", None)
     rest = getattr(model, "nonlinear_lipschitz_at", None)
-    if v is None or not callable(rest):
+    integral = getattr(model, "linear_part_integral", None)
+    if not callable(rest) or not callable(integral):
         return None
     try:
+        integral(0.0, 1.0)
         prof = LipschitzProfile(rest, float(rest(0.0)), "nonlinear part")
-        lo, hi = lognorm_exponents(prof, float(v), schedule, s_max)
+        lo, hi = lognorm_exponents(prof, integral, schedule, s_max)
     except (UnsupportedModuleError, ValueError):
         return None
+    what = ("w(t) x of the denoiser parameterisation" if getattr(model, "parameterization", "eps") == "denoiser"
+            else f"the Gaussian-data skip (v = {getattr(model, 'data_variance', None)})")
     return {"Lambda_minus": lo, "Lambda_plus": hi, "lower_text": _fmt_exp(lo), "upper_text": _fmt_exp(hi),
-            "data_variance": float(v),
-            "formula": "Lambda+- = 1/2 log(1 + s_max^2 / v) +- int alpha l(t) ds (log norm, exact Gaussian skip)"}
+            "linear_part": what,
+            "formula": "Lambda+- = int s(varsigma) d varsigma +- int alpha l(t) d varsigma (logarithmic norm)"}
 
 
 def _flow_property(L: float, schedule: Any, cfg: CertifyConfig, g: list[float], qs: list[float],
@@ -773,7 +781,7 @@ def _flow_property(L: float, schedule: Any, cfg: CertifyConfig, g: list[float], 
         f" = {_fmt_exp(lam)}"
     )
     if tight is not None:
-        summary += (f"; log-norm (exact Gaussian skip): {tight['lower_text']} <= ratio <= {tight['upper_text']}")
+        summary += (f"; log-norm (exact linear part): {tight['lower_text']} <= ratio <= {tight['upper_text']}")
     if loose:
         summary += (f" (astronomically loose but proven; tighter certified: [0, {min(cfg.short_t_max, schedule.t_max):g}]"
                     f" gives e^{lam_short:.4g} = {_fmt_exp(lam_short)}, per-step max e^{max(per_step):.3g},"

@@ -167,8 +167,8 @@ def render_markdown(cert: "Certificate") -> str:
                      + (" (astronomically loose, but proven)." if flow.get("loose") else "."))
         ln = flow.get("lognorm")
         if ln:
-            lines.append(f"- Tighter, one-sided (logarithmic norm with the exact Gaussian-data skip, "
-                         f"$v = {ln['data_variance']:g}$): $e^{{{ln['Lambda_minus']:.4g}}}$ = {ln['lower_text']} "
+            lines.append(f"- Tighter, one-sided (logarithmic norm with the exact linear part, "
+                         f"{ln['linear_part']}): $e^{{{ln['Lambda_minus']:.4g}}}$ = {ln['lower_text']} "
                          f"$\\le \\|\\Phi x - \\Phi y\\|/\\|x - y\\| \\le$ $e^{{{ln['Lambda_plus']:.4g}}}$ = {ln['upper_text']}.")
         emp = {p.name: p for p in cert.properties}
         if "injectivity_empirical" in emp and "growth_empirical" in emp:

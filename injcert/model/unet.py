@@ -68,7 +68,10 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "schedule": {"name": "cosine", "t_max": 0.995},
     "data_variance": None,
     "lipschitz_kappa": None,
+    "parameterization": "eps",
 }
+
+PARAMETERIZATIONS = ("eps", "denoiser")
 
 
 def _int(name: str, v: Any, minimum: int) -> int:
@@ -120,6 +123,18 @@ class _CondEncoder(nn.Module):
             h = h + c2(self.act(h))
             out.append(h)
         return out
+
+
+def wiener_skip_sup(v: float) -> float:
+    r"""A certified upper bound of $\sup_t \alpha_t v/(\alpha_t^2 v + \sigma_t^2)$ over every VP schedule.
+
+    With $a = \alpha_t \in [0, 1]$, $\sigma_t^2 = 1 - a^2$: $g(a) = a v/(1 - a^2(1 - v))$. For $v \le 2$,
+    $g$ increases on $[0, 1]$ (its derivative has the sign of $1 + a^2(1 - v) > 0$), so the sup is
+    $g(1) = 1$; for $v > 2$ the maximum is at $a = 1/\sqrt{v - 1}$, $g = v/(2\sqrt{v-1})$. Inflated by
+    $10^{-6}$ relative for the rounding of $d(t)$ to the network's dtype.
+    """
+    exact = 1.0 if v <= 2.0 else v / (2.0 * math.sqrt(v - 1.0))
+    return math.nextafter(exact * (1.0 + 1e-6), math.inf)
 
 
 def gaussian_skip_sup(v: float) -> float:
@@ -181,6 +196,7 @@ class CondUNet(nn.Module):
         schedule: Union[str, dict, VPSchedule, None] = None,
         data_variance: Optional[float] = None,
         lipschitz_kappa: Optional[float] = None,
+        parameterization: str = "eps",
     ) -> None:
         super().__init__()
         in_channels = _int("in_channels", in_channels, 1)
@@ -213,6 +229,10 @@ class CondUNet(nn.Module):
                 raise ConfigError(f"lipschitz_kappa must be a finite number > 0 (or null), got {lipschitz_kappa!r}")
             if lipschitz_budget is None:
                 raise ConfigError("lipschitz_kappa needs a finite lipschitz_budget (the cap of L(t))")
+        if parameterization not in PARAMETERIZATIONS:
+            raise ConfigError(f"unknown parameterization {parameterization!r}; choices: {list(PARAMETERIZATIONS)}")
+        if parameterization == "denoiser" and lipschitz_kappa is None:
+            raise ConfigError("parameterization 'denoiser' needs lipschitz_kappa (and a finite lipschitz_budget)")
         self.schedule: VPSchedule = get_schedule(schedule)
         self.data_variance = None if data_variance is None else float(data_variance)
         self.gaussian_skip_max = 0.0 if data_variance is None else gaussian_skip_sup(float(data_variance))
@@ -231,7 +251,10 @@ class CondUNet(nn.Module):
             "schedule": self.schedule.to_config(),
             "data_variance": self.data_variance,
             "lipschitz_kappa": None if lipschitz_kappa is None else float(lipschitz_kappa),
+            "parameterization": parameterization,
         }
+        self.parameterization = parameterization
+        self.wiener_max = 0.0 if data_variance is None else wiener_skip_sup(float(data_variance))
         self.lipschitz_kappa = None if lipschitz_kappa is None else float(lipschitz_kappa)
         cap = None if lipschitz_budget is None else 1.0
         self.in_channels = in_channels
@@ -275,7 +298,20 @@ class CondUNet(nn.Module):
         self.register_buffer("gain", torch.tensor(1.0, dtype=torch.float32))
 
         self.structural_bound = self._structural_bound()
-        if lipschitz_budget is not None:
+        if parameterization == "denoiser":
+            # eps = w(t) (x - alpha_t D(x)), D = gain F + d(t) x + b(t) x, Lip(D) <= kappa - 1 (proofs/05 item 9)
+            self.skip_max = float(skip_max)
+            room = self.lipschitz_kappa - 1.0 - self.wiener_max - self.skip_max
+            if not room > 0:
+                raise ConfigError(f"lipschitz_kappa {self.lipschitz_kappa!r} leaves no room for the denoiser beyond "
+                                  f"1 + its linear skips ({self.wiener_max!r} + {self.skip_max!r})")
+            self.sigma_cap = self.lipschitz_kappa / self.lipschitz_budget
+            g = room * (1.0 - 1e-6) / self.structural_bound
+            g32 = torch.tensor(g, dtype=torch.float32)
+            if float(g32) > g:
+                g32 = torch.nextafter(g32, torch.tensor(0.0, dtype=torch.float32))
+            self.gain.fill_(float(g32))
+        elif lipschitz_budget is not None:
             room = self.lipschitz_budget - self.skip_max - self.gaussian_skip_max
             if not room > 0:
                 raise ConfigError(f"lipschitz_budget {self.lipschitz_budget!r} leaves no room beyond the linear skips "
@@ -362,6 +398,8 @@ class CondUNet(nn.Module):
             for blk in blocks:
                 hcur = blk(hcur, emb, conds[lvl])
         out = self.out_conv(self.out_act(hcur)) * self.gain.to(x.dtype)
+        if self.parameterization == "denoiser":
+            return self._denoiser_eps(out, x, t, emb)[:, :, :h, :w]
         if self.lipschitz_kappa is not None:
             out = out * self.gain_scale(t).to(x.dtype)[:, None, None, None]
         if self.skip_max > 0:
@@ -370,6 +408,35 @@ class CondUNet(nn.Module):
         if self.data_variance is not None:
             out = out + self.gaussian_skip(t).to(x.dtype)[:, None, None, None] * x
         return out[:, :, :h, :w]
+
+    def _denoiser_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """$w(t) = 1/\\max(\\sigma_t, \\sigma_c)$ and $\\alpha_t$ (float64)."""
+        t64 = t.detach().to(torch.float64)
+        w = 1.0 / torch.clamp(self.schedule.sigma(t64), min=self.sigma_cap)
+        return w, self.schedule.alpha(t64)
+
+    def _denoiser_eps(self, deep: Tensor, x: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        r"""$\varepsilon = w(t)\,(x - \alpha_t D)$ with $D = $ ``deep`` $+ (d(t) + b(t))\,x$: the denoiser
+        parameterisation (Karras et al. 2022 precondition the same way). The ideal $\varepsilon$'s slope
+        $\approx 1/\sigma_t$ across the data comes from the exact linear term $w\,x$; the network learns a
+        denoiser $D$ with $\mathrm{Lip}(D) \le \kappa - 1$, so $L(t) \le w(1 + \alpha(\kappa-1)) \le B(t)$."""
+        d = deep
+        if self.data_variance is not None:
+            d = d + self.wiener_skip(t).to(x.dtype)[:, None, None, None] * x
+        if self.skip_max > 0:
+            b = self.skip_max * torch.tanh(self.skip_head(emb)).to(x.dtype)
+            d = d + b[:, :, None, None] * x
+        w, a = self._denoiser_coefficients(t)
+        return w.to(x.dtype)[:, None, None, None] * x - (w * a).to(x.dtype)[:, None, None, None] * d
+
+    def wiener_skip(self, t: Tensor) -> Tensor:
+        r"""$d(t) = \alpha_t v/(\alpha_t^2 v + \sigma_t^2)$ (float64): the exact denoiser's slope for Gaussian
+        data of variance $v$ (the Wiener filter); with it the linear part of $\varepsilon$ is exactly the
+        Gaussian-data skip $c(t)$ of the ε-parameterisation (for $\sigma_t \ge \sigma_c$)."""
+        t64 = t.detach().to(torch.float64)
+        a = self.schedule.alpha(t64)
+        s = self.schedule.sigma(t64)
+        return a * float(self.data_variance) / (a * a * float(self.data_variance) + s * s)
 
     def _weights_key(self) -> tuple:
         return tuple((p.data_ptr(), p._version) for p in list(self.parameters()) + list(self.buffers()))
@@ -444,6 +511,8 @@ class CondUNet(nn.Module):
         :meth:`gaussian_skip` as the exact linear part, the logarithmic norm bounds expansion and
         contraction separately (``proofs/01``): $\mu(c\,I + J_N) \le c + \|J_N\|$,
         $-\mu(-(c\,I + J_N)) \ge c - \|J_N\|$."""
+        if self.parameterization == "denoiser":
+            return self._denoiser_bound(self.deep_lipschitz(), float(t), nonlinear=True)
         gain = float(self.gain.detach().to(torch.float64))
         if self.lipschitz_kappa is not None:
             r = float(self.gain_scale(torch.tensor(float(t), dtype=torch.float64)))
@@ -518,6 +587,8 @@ class CondUNet(nn.Module):
         r"""The bound of $\varepsilon_\theta$ from the deep path's bound ``deep``: the output gain (at $t$,
         valid for every $t' \ge t$, or its sup over $t$ when ``t`` is ``None``) times ``deep``, plus
         the linear skips $a_{\max} + c_{\max}$ (sum rule), rounded up."""
+        if self.parameterization == "denoiser":
+            return self._denoiser_bound(deep, t)
         # eps = gain * r(t) * F(x) + a(t) * x with |a| <= skip_max (a diagonal map): sum rule
         lip = deep
         gain = float(self.gain.detach().to(torch.float64))
@@ -529,6 +600,57 @@ class CondUNet(nn.Module):
         skip = max(float(self.skip_max), float(torch.tensor(float(self.skip_max), dtype=self.gain.dtype)))
         # + c(t) x with 0 <= c(t) <= gaussian_skip_max for every t (proof in gaussian_skip_sup)
         return sum_bound(product_bound(lip, abs(gain)), skip, self.gaussian_skip_max)
+
+    def _denoiser_bound(self, deep: float, t: Optional[float], nonlinear: bool = False) -> float:
+        r"""Denoiser parameterisation: $L(t) = w(t)(1 + \alpha_t\,\mathrm{Lip}(D))$, $\mathrm{Lip}(D) \le
+        \mathrm{gain}\cdot\mathrm{Lip}(F) + d_{\max} + b_{\max}$ (sum rule), valid for every $t' \ge t$ ($w$ and
+        $\alpha$ do not increase); $t = $ ``None`` gives the sup ($t = 0$). The float32 coefficients
+        $w$ and $w\alpha$ differ from their float64 values by less than $2.5\cdot10^{-7}$ relative (the
+        rounding of $t$ enters through $\sigma$'s logarithmic slope, at most 1): each is charged
+        $(1 + 10^{-6})$. ``nonlinear=True`` bounds everything but the exact Gaussian-data skip
+        (:meth:`nonlinear_lipschitz_at`)."""
+        tt = torch.tensor(0.0 if t is None else float(t), dtype=torch.float64)
+        w, a = (float(v) for v in self._denoiser_coefficients(tt))
+        w_up, wa_up = w * (1.0 + 1e-6), w * a * (1.0 + 1e-6) * (1.0 + 1e-6)
+        gain = float(self.gain.detach().to(torch.float64))
+        skip = max(float(self.skip_max), float(torch.tensor(float(self.skip_max), dtype=self.gain.dtype)))
+        deep_part = product_bound(deep, abs(gain))
+        lip_d = sum_bound(deep_part, self.wiener_max, skip)
+        if not nonlinear:
+            return sum_bound(w_up, product_bound(wa_up, lip_d))
+        # the exact linear part is w(t) x (linear_part_integral); w's float32 rounding costs 1e-6 w
+        return sum_bound(product_bound(wa_up, lip_d), 1e-6 * w_up)
+
+    def linear_part_integral(self, s0: float, s1: float) -> tuple[float, float]:
+        r"""Enclosure $[\underline I, \overline I]$ of $\int_{\varsigma_0}^{\varsigma_1} s(\varsigma)\,d\varsigma$, where $s\,\bar x$
+        is the exact linear part of the drift in $\bar x$ (Theorem 1, tight form; ``proofs/01``).
+
+        ε-parameterisation with ``data_variance`` $v$: $s = \alpha c(t) = \varsigma/(v + \varsigma^2)$, integral
+        $\tfrac12\log\frac{v+\varsigma_1^2}{v+\varsigma_0^2}$. Denoiser parameterisation: $s = \alpha w = 1/\varsigma$ where
+        $\sigma \ge \sigma_c$ (integral $\log(\varsigma_1/\varsigma_0)$) and $\alpha/\sigma_c$ below (integral
+        $(\operatorname{asinh}\varsigma_1 - \operatorname{asinh}\varsigma_0)/\sigma_c$).
+
+        Raises:
+            ValueError: the model has no exact linear part (ε-parameterisation without ``data_variance``).
+        """
+        lo_r, hi_r = 1.0 - 2.0**-40, 1.0 + 2.0**-40
+        if self.parameterization == "denoiser":
+            s_c = self.sigma_cap / math.sqrt(1.0 - self.sigma_cap**2)  # varsigma where sigma = sigma_c
+            total_lo = total_hi = 0.0
+            a, b = min(s0, s_c), min(s1, s_c)
+            if b > a:
+                v = (math.asinh(b) - math.asinh(a)) / self.sigma_cap
+                total_lo, total_hi = total_lo + v * lo_r, total_hi + v * hi_r
+            a, b = max(s0, s_c), max(s1, s_c)
+            if b > a:
+                v = math.log(b / a)
+                total_lo, total_hi = total_lo + v * lo_r, total_hi + v * hi_r
+            return total_lo, total_hi
+        if self.data_variance is None:
+            raise ValueError("this model has no exact linear part (eps-parameterisation without data_variance)")
+        v = float(self.data_variance)
+        val = 0.5 * (math.log1p(s1 * s1 / v) - math.log1p(s0 * s0 / v))
+        return val * lo_r, val * hi_r
 
     def _structural_bound(self) -> float:
         """$S$: the composition with every conv charged its cap and every $|\\alpha|$ its max."""

@@ -54,7 +54,7 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
     from .. import DEFAULT_CHECKPOINT, load_checkpoint
     from ..data.corruptions import make_corruption
     from ..data.grid import corruption_grid, square_image
-    from ..metrics import psnr, region_psnr, seam_energy, ssim
+    from ..metrics import grain_ratio, latent_statistics, psnr, region_psnr, seam_energy, ssim
     from ..theory.lipschitz import lipschitz_bound
     from .commands import side_by_side
     from .edit import edit_full
@@ -98,6 +98,12 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
         back = decode(model, lat)
         lat_d = encode(model, x, steps=steps, method="ddim")
         back_d = decode(model, lat_d)
+    # the latent of a held-out image should look like white noise: x-space state at t_max over sigma(t_max)
+    sched = model.schedule
+    xbar_t = (lat.state.to(torch.float64) * 2.0 ** -lat.frac_bits if lat.state.dtype == torch.int64
+              else lat.state.to(torch.float64)) / lat.scale
+    z = xbar_t / float(sched.varsigma(sched.t_max))  # = x / sigma(t_max): N(0, I) for a Gaussian latent
+    summary["latent"] = latent_statistics(z)
     summary["round_trip"] = {"reversible_max_abs": float((back - x).abs().max()),
                              "reversible_bit_exact": bool(torch.equal(back, x)),
                              "ddim_max_abs": float((back_d - x).abs().max()),
@@ -144,6 +150,7 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
         edits.append({"operation": op, "outside_max_abs": res.outside_max_abs,
                       "outside_identical": bool(torch.equal(res.image[(mask == 0).expand_as(x)], x[(mask == 0).expand_as(x)])),
                       "seam_energy": float(seam_energy(res.image, mask)), "seam_energy_input": float(seam_energy(x, mask)),
+                      "grain_ratio": grain_ratio(res.image, mask), "grain_ratio_input": grain_ratio(x, mask),
                       "psnr_inside_vs_target": float(region_psnr(res.image, res.target, mask)), "nfe": res.nfe})
         side_by_side([("image", x), ("target", res.target), ("edited", res.image)], out / f"edit_{op}.png")
     summary["editing"] = edits
@@ -171,7 +178,11 @@ def _report(s: dict[str, Any]) -> str:
     if "certificate" in s:
         lines += ["", f"Certificate verdict: **{s['certificate']}** — see [certificate.md](certificate.md)."]
     lines += ["", "## Round trip", ""] + [f"- {k}: {_fmt(v)}" for k, v in s["round_trip"].items()]
-    lines += ["", "![round trip](round_trip.png)", "", "## Reconstruction (held-out chelsea)", ""]
+    lines += ["", "![round trip](round_trip.png)", ""]
+    if "latent" in s:
+        lines += ["## Latent of the held-out astronaut (white noise: std 1, lag-1 0, flatness 1)", ""]
+        lines += [f"- {k}: {_fmt(v)}" for k, v in s["latent"].items()] + [""]
+    lines += ["## Reconstruction (held-out chelsea)", ""]
     keys = list(s["reconstruction"][0])
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in s["reconstruction"]]

@@ -202,7 +202,7 @@ def reconstruct_full(
         # no lattice, no resets: decode the whole image from the start level, paste the known pixels
         short = get_schedule({**sched.to_config(), "t_max": t_start})
         s_e = float(short.varsigma(t_start))
-        xbar = (target.double() + s_e * z).to(y.dtype)
+        xbar = (target.double() + s_e * float(noise_scale) * z).to(y.dtype)
         xbar = torch.where(region.expand_as(y), xbar, (y.double() + s_e * z).to(y.dtype))
         field = probability_flow_field(model, short)
         state = get_solver(method).decode(field, xbar, make_grid(short, steps, "geometric",
