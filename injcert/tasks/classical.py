@@ -53,16 +53,24 @@ def _biharmonic(yi: Tensor, mi: Tensor, **_: float) -> Tensor:
     return _from_np(inpaint_biharmonic(_to_np(yi), missing, channel_axis=-1), yi)
 
 
-def _per_channel(fn: Callable[[np.ndarray], np.ndarray], yi: Tensor) -> np.ndarray:
+def _per_channel(fn: Callable[[np.ndarray], np.ndarray], yi: Tensor, pad: int = 0) -> np.ndarray:
+    """``fn`` on each channel in $[0, 1]$, the image padded by ``pad`` pixels (edge mode: the
+    deconvolutions assume the PSF's support fits and circular-free borders) and cropped back."""
     u = (_to_np(yi) + 1.0) / 2.0
-    return np.stack([fn(u[..., c]) for c in range(u.shape[-1])], axis=-1) * 2.0 - 1.0
+    h, w = u.shape[:2]
+    out = []
+    for c in range(u.shape[-1]):
+        v = np.pad(u[..., c], pad, mode="edge") if pad else u[..., c]
+        out.append(fn(v)[pad:pad + h, pad:pad + w])
+    return np.stack(out, axis=-1) * 2.0 - 1.0
 
 
 def _richardson_lucy(yi: Tensor, mi: Tensor, blur_sigma: float = 2.0, **_: float) -> Tensor:
     from skimage.restoration import richardson_lucy
 
     psf = gaussian_psf(blur_sigma)
-    out = _from_np(_per_channel(lambda u: richardson_lucy(np.clip(u, 1e-6, 1.0), psf, num_iter=30, clip=True), yi), yi)
+    out = _from_np(_per_channel(lambda u: richardson_lucy(np.clip(u, 1e-6, 1.0), psf, num_iter=30, clip=True), yi,
+                                pad=psf.shape[0]), yi)
     return torch.where(mi[1:2] > 0.5, out, yi)
 
 
@@ -70,7 +78,8 @@ def _wiener(yi: Tensor, mi: Tensor, blur_sigma: float = 2.0, **_: float) -> Tens
     from skimage.restoration import wiener
 
     psf = gaussian_psf(blur_sigma)
-    out = _from_np(_per_channel(lambda u: np.clip(wiener(u, psf, balance=0.01, clip=False), 0.0, 1.0), yi), yi)
+    out = _from_np(_per_channel(lambda u: np.clip(wiener(u, psf, balance=0.01, clip=False), 0.0, 1.0), yi,
+                                pad=psf.shape[0]), yi)
     return torch.where(mi[1:2] > 0.5, out, yi)
 
 
@@ -107,8 +116,13 @@ def _bm3d(yi: Tensor, mi: Tensor, **_: float) -> Tensor:
     if s <= 0:
         return yi.clone()
     u = (_to_np(yi) + 1.0) / 2.0
-    d = bm3d.bm3d(u, sigma_psd=s)
-    return torch.where(mi[2:3] > 0, _from_np(np.asarray(d, dtype=np.float64) * 2.0 - 1.0, yi), yi)
+    h, w = u.shape[:2]
+    # the BM3D library crashes (segfault) on images smaller than its blocks: pad symmetrically to 32
+    ph, pw = max(0, 32 - h), max(0, 32 - w)
+    if ph or pw:
+        u = np.pad(u, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
+    d = np.asarray(bm3d.bm3d(u, sigma_psd=s))[:h, :w]
+    return torch.where(mi[2:3] > 0, _from_np(d.astype(np.float64) * 2.0 - 1.0, yi), yi)
 
 
 #: name -> per-image function ``(y_i, m_i, **options) -> x_hat_i``.

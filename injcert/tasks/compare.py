@@ -269,8 +269,13 @@ def _one(method: str, obs: Any, params: Dict[str, Any]) -> Tuple[str, Tensor]:
 
 def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int, seed: int = 0,
                         corruptions: Sequence[str] = tuple(CORRUPTION_SETTINGS), keep: Optional[dict] = None,
-                        ) -> List[ReconRow]:
-    """Ours vs the classical baseline per corruption, same images and same masks.
+                        baselines: Optional[Dict[str, Tuple[str, ...]]] = None,
+                        options: Optional[Dict[str, Any]] = None) -> List[ReconRow]:
+    """Ours vs the classical baselines per corruption, same images and same masks.
+
+    ``baselines`` overrides :data:`BASELINES` per corruption (e.g. without ``bm3d`` at 1024², where
+    it takes minutes per image); ``options`` are passed to
+    :func:`~injcert.tasks.reconstruct.reconstruct_full` (e.g. ``levels="auto"``).
 
     Metrics are averaged over the batches (image-wise PSNR/SSIM; region PSNR pooled per batch).
     ``keep``, if given, receives ``{corruption: (x, y, baseline, ours, m)}`` of the first batch.
@@ -293,14 +298,15 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
             region = _region(obs.m)
             t0 = time.perf_counter()
             results = []
-            for method in BASELINES[name]:
+            for method in (baselines or BASELINES).get(name, BASELINES[name]):
                 t0 = time.perf_counter()
                 label, base = _one(method, obs, params)
                 results.append((label, base, time.perf_counter() - t0))
             t0 = time.perf_counter()
             with torch.no_grad():
                 ours = reconstruct_full(model, obs.y, obs.m, steps, seed, operator=obs.operator,
-                                        blur_sigma=params.get("sigma", 2.0) if name == "blur" else 2.0).image
+                                        blur_sigma=params.get("sigma", 2.0) if name == "blur" else 2.0,
+                                        **(options or {})).image
             results.append(("ours", ours, time.perf_counter() - t0))
             for lab, img, sec in results:
                 acc.setdefault(lab, []).append((psnr(img, x), ssim(img, x), region_psnr(img, x, region), sec))

@@ -44,7 +44,7 @@ from .classical import classical_estimate
 from .guided import GuidedResult, guided_decode
 from .invert import decode_state
 
-__all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "STARTS"]
+__all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "pyramid_levels", "STARTS"]
 
 STARTS = ("auto", "estimate", "noise")
 
@@ -129,6 +129,7 @@ def reconstruct_full(
     noise_scale: float = 1.0,
     estimate: Union[str, Tensor] = "auto",
     blur_sigma: float = 2.0,
+    levels: Union[int, str] = 0,
     progress: bool = False,
 ) -> Reconstruction:
     """Reconstruct and return the audit trail (see :class:`Reconstruction`).
@@ -151,6 +152,10 @@ def reconstruct_full(
         estimate: a classical method name (see :mod:`~injcert.tasks.classical`), ``"auto"``, or an
             estimate image of ``y``'s shape.
         blur_sigma: the PSF of the deblurring estimate.
+        levels: coarse-to-fine for missing pixels: reconstruct the image downsampled ``levels`` times
+            by 2 first and start each finer level from the upsampled coarser reconstruction instead of
+            the classical estimate (:func:`pyramid_levels` for ``"auto"``: halve until every missing
+            pixel lies within a quarter of the network's receptive field of an observed one).
         progress: show a progress bar.
 
     Raises:
@@ -186,10 +191,16 @@ def reconstruct_full(
         t_start = float(sched.t_max)
         target = torch.zeros_like(y)
     else:
+        n_levels = pyramid_levels(model, m) if levels == "auto" else int(levels)
+        pyramid = n_levels > 0 and not isinstance(estimate, Tensor) and not bool((m[:, 1:3] > 0).any()) \
+            and min(y.shape[-2:]) >= 16
+        if pyramid:
+            estimate = _coarse_estimate(model, y, m, steps, seed, n_levels, method=method, sigma_start=sigma_start,
+                                        noise_scale=noise_scale, progress=progress)
         if isinstance(estimate, Tensor):
             if estimate.shape != y.shape:
                 raise ValueError(f"estimate must have the shape of y {tuple(y.shape)}, got {tuple(estimate.shape)}")
-            est_name, est = "given", estimate.to(y.dtype)
+            est_name, est = (f"pyramid{n_levels}" if pyramid else "given"), estimate.to(y.dtype)
         else:
             est_name, est = classical_estimate(y_in, m, estimate, blur_sigma=blur_sigma)
             est = est.to(device=y.device, dtype=y.dtype)
@@ -218,6 +229,37 @@ def reconstruct_full(
     state.nfe = res.nfe
     noise = res.start[0].to(torch.float64).mul(2.0 ** -res.frac_bits).to(y.dtype)
     return _finish(y, m, res.image, state, noise, operator, res.nfe, t_start, est, est_name, res)
+
+
+def pyramid_levels(model: Any, m: Tensor, min_side: int = 16) -> int:
+    """Halvings until every missing pixel is within a quarter of the receptive field of an observed one
+    (never below ``min_side`` pixels); 0 for maps with blurred or noisy pixels."""
+    m = expand_map(m)
+    if bool((m[:, 1:3] > 0).any()):
+        return 0
+    reach = max(2, int(getattr(model, "receptive_field_radius", 32)) // 4)
+    d = _distance_to_known(m[:, :1] == 1)
+    side = min(m.shape[-2:])
+    n = 0
+    while d > reach and side // 2 >= min_side:
+        d, side, n = d / 2, side // 2, n + 1
+    return n
+
+
+def _coarse_estimate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, levels: int, **kw: Any) -> Tensor:
+    """The upsampled reconstruction of the 2x-downsampled observation (one pyramid level down)."""
+    import torch.nn.functional as F
+
+    known = (m[:, :1] == 1).to(y.dtype)
+    h, w = y.shape[-2:]
+    ph, pw = h % 2, w % 2
+    yk, kk = F.pad(y * known, (0, pw, 0, ph)), F.pad(known, (0, pw, 0, ph))
+    cnt = F.avg_pool2d(kk, 2)
+    y_c = F.avg_pool2d(yk, 2) / cnt.clamp_min(1e-12)
+    m_c = (cnt >= 1.0).to(y.dtype)  # a coarse pixel is observed when all four fine ones are
+    coarse = reconstruct_full(model, y_c * m_c, m_c, steps, seed, levels=levels - 1, **kw).image
+    up = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)[..., :h, :w]
+    return torch.where(known.bool().expand_as(y), y, up)
 
 
 def _finish(y: Tensor, m: Tensor, flow: Tensor, state: SolverState, noise: Tensor, operator: Any, nfe: int,

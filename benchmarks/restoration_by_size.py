@@ -1,0 +1,61 @@
+"""Restoration against the best classical methods at several resolutions, one run, same masks.
+
+``python benchmarks/restoration_by_size.py [CKPT] [--sizes 64 256 1024] [--images ...] [--steps N]``
+
+For each size: the held-out images (centre crops resized to ``size²``), every corruption of
+:data:`injcert.tasks.compare.CORRUPTION_SETTINGS` (pixel sizes scale with the image), ours
+(:func:`injcert.tasks.reconstruct.reconstruct_full`) next to every classical baseline of
+:data:`injcert.tasks.compare.BASELINES` — except BM3D above 256² (minutes per image on a CPU;
+nl-means and TV still run). Prints one Markdown table per size and, per corruption, ours minus the
+best baseline (PSNR, SSIM, region PSNR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import injcert
+from injcert.tasks.compare import BASELINES, CORRUPTION_SETTINGS, load_batch, markdown_table, reconstruction_rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", nargs="?", default=str(injcert.DEFAULT_CHECKPOINT))
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--images", nargs="+", default=["astronaut", "chelsea", "hubble_deep_field", "retina"])
+    p.add_argument("--corruptions", nargs="+", default=list(CORRUPTION_SETTINGS))
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--levels", default="0", help="coarse-to-fine levels: an int or 'auto'")
+    args = p.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = injcert.load_checkpoint(args.checkpoint)
+    levels = args.levels if args.levels == "auto" else int(args.levels)
+    print(f"checkpoint {args.checkpoint}; images {', '.join(args.images)}; {args.steps} steps; levels {levels}; "
+          f"threads {torch.get_num_threads()}")
+    for size in args.sizes:
+        base = dict(BASELINES)
+        if size > 256:
+            base["noise"] = tuple(m for m in base["noise"] if m != "bm3d")
+        t0 = time.perf_counter()
+        rows = reconstruction_rows(model, load_batch(args.images, size), args.steps, 0, args.corruptions,
+                                   baselines=base, options={"levels": levels})
+        print(f"\n### {size}×{size} ({time.perf_counter() - t0:.0f} s)\n")
+        print(markdown_table(["corruption", "method", "PSNR [dB]", "SSIM", "PSNR in region [dB]", "time [s]"],
+                             [[r.corruption, r.method, r.psnr, r.ssim, r.psnr_region, r.seconds] for r in rows]))
+        print()
+        gaps = []
+        for c in args.corruptions:
+            ours = next(r for r in rows if r.corruption == c and r.method == "ours")
+            others = [r for r in rows if r.corruption == c and r.method != "ours"]
+            best = max(others, key=lambda r: r.psnr)
+            gaps.append([c, best.method, ours.psnr - best.psnr, ours.ssim - max(r.ssim for r in others),
+                         ours.psnr_region - max(r.psnr_region for r in others)])
+        print(markdown_table(["corruption", "best classical (PSNR)", "ΔPSNR ours−best", "ΔSSIM", "Δregion PSNR"],
+                             gaps))
+
+
+if __name__ == "__main__":
+    main()
