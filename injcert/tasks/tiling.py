@@ -11,8 +11,10 @@ on the whole image); keep the tile's own pixels. Two further conditions make the
 * each output value is computed by the same arithmetic in the same order, whatever the size of
   the window. This is *not* true of PyTorch's default CPU convolutions (oneDNN picks its blocking,
   hence its summation order, from the tensor shapes: measured differences of a few ulp), so
-  :class:`TiledModel` evaluates under :func:`shape_stable_convolutions`, which selects PyTorch's
-  native im2col + GEMM convolution on CPU (deterministic cuDNN algorithms on CUDA). Whole-image
+  :class:`TiledModel` evaluates under :func:`shape_stable_convolutions`, which computes CPU
+  convolutions as im2col + GEMMs of one fixed shape (BLAS, too, picks its summation order from
+  the matrix shapes: measured 1-ulp float64 differences with OpenBLAS), and asks for deterministic
+  cuDNN algorithms on CUDA. Whole-image
   evaluation under the same context gives the same bits (``tests/test_tiling.py`` checks it on
   the real network). The native CPU path is about 2.5x slower; ``shape_stable=False`` trades
   bit-identity for speed (results then agree to rounding).
@@ -34,13 +36,78 @@ from torch import nn
 __all__ = ["TiledModel", "tile_windows", "tiled_apply", "shape_stable_convolutions", "peak_window_pixels"]
 
 
+#: Columns per GEMM call of the shape-stable convolution: every call has the same shape.
+GEMM_CHUNK = 256
+
+
+def _stable_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: Any,
+                   padding: Any, dilation: Any, groups: int) -> torch.Tensor:
+    """``conv2d`` as im2col + GEMMs of one fixed shape ``(C_out, C_in k k) x (C_in k k, GEMM_CHUNK)``.
+
+    BLAS picks its kernels (hence the summation order of an output value) from the matrix shapes,
+    so a plain im2col + GEMM still gives results that depend, by an ulp, on the image size (measured
+    in float64 with OpenBLAS). Splitting the columns into chunks of exactly ``GEMM_CHUNK`` (the last
+    one zero-padded) makes every call identical in shape, and a GEMM's value in column ``j`` depends
+    only on column ``j`` of its right factor: each output value is then computed by the same
+    arithmetic in the same order whatever the window.
+    """
+    import torch.nn.functional as F
+
+    def pair(v: Any) -> tuple[int, int]:
+        return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+    if isinstance(padding, str):
+        raise NotImplementedError("string padding")
+    kh, kw = weight.shape[-2:]
+    st, pd, dl = pair(stride), pair(padding), pair(dilation)
+    n, _, h, w = x.shape
+    cols = F.unfold(x, (kh, kw), dilation=dl, padding=pd, stride=st)  # N x (C k k) x L (an exact copy)
+    ho = (h + 2 * pd[0] - dl[0] * (kh - 1) - 1) // st[0] + 1
+    wo = (w + 2 * pd[1] - dl[1] * (kw - 1) - 1) // st[1] + 1
+    cout = weight.shape[0]
+    length = cols.shape[-1]
+    pad = (-length) % GEMM_CHUNK
+    if pad:
+        cols = F.pad(cols, (0, pad))
+    cg_in, cg_out = cols.shape[1] // groups, cout // groups
+    outs = []
+    for g in range(groups):
+        wmat = weight[g * cg_out:(g + 1) * cg_out].reshape(cg_out, -1)
+        cg = cols[:, g * cg_in:(g + 1) * cg_in]
+        chunks = [torch.matmul(wmat, cg[..., j:j + GEMM_CHUNK]) for j in range(0, cg.shape[-1], GEMM_CHUNK)]
+        outs.append(torch.cat(chunks, dim=-1))
+    out = torch.cat(outs, dim=1)[..., :length]
+    if bias is not None:
+        out = out + bias.view(1, -1, 1)
+    return out.reshape(n, cout, ho, wo)
+
+
+class _StableConvMode(torch.overrides.TorchFunctionMode):
+    """Routes CPU ``conv2d`` calls through :func:`_stable_conv2d` (other calls run unchanged)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        kwargs = kwargs or {}
+        if func in (torch.nn.functional.conv2d, torch.conv2d):
+            names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+            defaults = (None, None, None, 1, 0, 1, 1)
+            vals = dict(zip(names, defaults))
+            vals.update(zip(names, args))
+            vals.update(kwargs)
+            x = vals["input"]
+            if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dim() == 4 \
+                    and not isinstance(vals["padding"], str):
+                return _stable_conv2d(x, vals["weight"], vals["bias"], vals["stride"], vals["padding"],
+                                      vals["dilation"], int(vals["groups"]))
+        return func(*args, **kwargs)
+
+
 @contextmanager
 def shape_stable_convolutions(enabled: bool = True) -> Iterator[None]:
-    """Run convolutions with kernels whose per-pixel arithmetic does not depend on the input size.
+    """Run convolutions with per-pixel arithmetic that does not depend on the input size.
 
-    On CPU this disables oneDNN (PyTorch then uses im2col + GEMM, whose reduction order depends on
-    the channel and kernel sizes only); on CUDA it asks cuDNN for deterministic algorithms without
-    autotuning. ``enabled=False`` is a no-op.
+    On CPU every ``conv2d`` becomes im2col + GEMMs of one fixed shape (:func:`_stable_conv2d`); on
+    CUDA cuDNN is asked for deterministic algorithms without autotuning. ``enabled=False`` is a
+    no-op.
     """
     if not enabled:
         yield
@@ -50,7 +117,8 @@ def shape_stable_convolutions(enabled: bool = True) -> Iterator[None]:
         with torch.backends.mkldnn.flags(enabled=False):
             with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
                                             deterministic=True):
-                yield
+                with _StableConvMode():
+                    yield
 
 
 def _ceil_to(v: int, a: int) -> int:
