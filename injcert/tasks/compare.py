@@ -326,10 +326,8 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
 def _edit_grid(sched: Any, steps: int, strength: float) -> Tuple[Tensor, float]:
     from ..solvers import make_grid
 
-    t_e = float(strength) * sched.t_max
-    full = make_grid(sched, steps, "geometric", t_min=min(1e-3, 0.5 * t_e))
-    s_e = float(sched.varsigma(t_e))
-    return full * (s_e / float(full[-1])), s_e
+    grid = make_grid(sched, steps, "geometric", t_end=float(strength) * sched.t_max)  # the grid edit_full uses
+    return grid, float(grid[-1])
 
 
 def naive_ddim_edit(model: nn.Module, x0: Tensor, mask: Tensor, target: Tensor, strength: float = 0.5,

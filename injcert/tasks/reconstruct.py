@@ -38,7 +38,6 @@ import torch
 from torch import Tensor
 
 from ..data.corruptions import expand_map
-from ..model.schedule import get_schedule
 from ..solvers import SolverState, get_solver, make_grid, probability_flow_field
 from .classical import classical_estimate
 from .guided import GuidedResult, guided_decode
@@ -174,12 +173,11 @@ def reconstruct_full(
     if start == "auto" and only_noise and 0 < s_noise < float(sched.varsigma(sched.t_max)):
         # y = x + sigma_pix * eps is the flow's state at varsigma = sigma_pix; top every pixel up to s_noise
         t_start = float(sched.t_of_varsigma(s_noise))
-        short = get_schedule({**sched.to_config(), "t_max": t_start})
         extra = torch.sqrt(torch.clamp(s_noise**2 - m[:, 2:3].double() ** 2, min=0.0))
         xbar = (y.double() + extra * z).to(y.dtype)
-        noise = (xbar.double() * float(short.alpha(t_start))).to(y.dtype)  # x-space start
-        field = probability_flow_field(model, short)
-        state = get_solver(method).decode(field, xbar, make_grid(short, steps, "geometric", t_min=min(1e-3, t_start / 2)),
+        noise = (xbar.double() * float(sched.alpha(t_start))).to(y.dtype)  # x-space start
+        field = probability_flow_field(model)
+        state = get_solver(method).decode(field, xbar, make_grid(sched, steps, "geometric", t_end=t_start),
                                           (y, m), progress=progress)
         return _finish(y, m, state.value(), state, noise, operator, state.nfe, t_start)
     region = ~known  # pixels to restore (missing, blurred, noisy)
@@ -211,14 +209,13 @@ def reconstruct_full(
         target = est
     if method != "reversible":
         # no lattice, no resets: decode the whole image from the start level, paste the known pixels
-        short = get_schedule({**sched.to_config(), "t_max": t_start})
-        s_e = float(short.varsigma(t_start))
+        s_e = float(sched.varsigma(t_start))
         xbar = (target.double() + s_e * float(noise_scale) * z).to(y.dtype)
         xbar = torch.where(region.expand_as(y), xbar, (y.double() + s_e * z).to(y.dtype))
-        field = probability_flow_field(model, short)
-        state = get_solver(method).decode(field, xbar, make_grid(short, steps, "geometric",
-                                                                 t_min=min(1e-3, t_start / 2)), cond, progress=progress)
-        noise = (xbar.double() * float(short.alpha(t_start))).to(y.dtype)
+        field = probability_flow_field(model)
+        state = get_solver(method).decode(field, xbar, make_grid(sched, steps, "geometric", t_end=t_start), cond,
+                                          progress=progress)
+        noise = (xbar.double() * float(sched.alpha(t_start))).to(y.dtype)
         return _finish(y, m, state.value(), state, noise, operator, state.nfe, t_start, est, est_name)
     x_ref = torch.where(region.expand_as(y), target, y)
     if not (0.0 <= float(noise_scale) <= 1.0):
