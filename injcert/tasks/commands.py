@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -187,7 +187,26 @@ def add_reconstruct_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the corruption and of the starting noise")
     p.add_argument("--corrupted-out", default=None, help="also write the corrupted observation (PNG)")
     p.add_argument("--figure", default=None, help="also write a PNG: clean | observed | reconstruction")
+    p.add_argument("--start", choices=["auto", "estimate", "noise"], default="auto",
+                   help="where the flow starts: the classical estimate at an intermediate noise level, pure "
+                        "noise at t_max, or auto (from the observation itself for noise only) (default: auto)")
+    p.add_argument("--sigma-start", type=float, default=None,
+                   help="noise level varsigma of the start from the estimate (default: from the hole size)")
+    p.add_argument("--levels", default="0",
+                   help="coarse-to-fine levels for missing pixels: an int or 'auto' (default: 0)")
     _common(p)
+
+
+def _levels(v: str) -> Union[int, str]:
+    if v == "auto":
+        return v
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"--levels must be an int >= 0 or 'auto', got {v!r}") from None
+    if n < 0:
+        raise ValueError(f"--levels must be an int >= 0 or 'auto', got {v!r}")
+    return n
 
 
 def _corruption_params(args: argparse.Namespace) -> dict:
@@ -224,7 +243,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         obs = make_corruption(args.corruption, **_corruption_params(args)).sample(x.cpu(), args.seed)
         y, m, operator = obs.y.to(args.device), obs.m.to(args.device), obs.operator
     with torch.no_grad():
-        rec = reconstruct_full(model, y, m, steps=args.steps, seed=args.seed, method=args.method,
+        rec = reconstruct_full(model, y, m, steps=args.steps, seed=args.seed, method=args.method, start=args.start,
+                               sigma_start=args.sigma_start, levels=_levels(args.levels),
+                               blur_sigma=args.sigma if (args.sigma is not None and args.corruption == "blur") else 2.0,
                                operator=(lambda v: operator(v.cpu()).to(v.device)) if operator else None,
                                progress=not args.quiet)
     _save(rec.image, args.out)
