@@ -47,3 +47,19 @@ def test_shipped_model_certifies(tmp_path) -> None:
     report = json.loads(out.read_text())
     assert code == 0, [p for p in report["properties"] if p["status"] == "FAIL"]
     assert report["verdict"] == "PASS"
+
+
+def test_shipped_model_certifies_fixed_point_at_50_steps(model) -> None:
+    """The noise-adaptive budget makes every Euler step of the default 50-step grid injective
+    (h_k alpha_k L(t_k) < 1), so the fixed-point inverse is certified and the log-det interval has a
+    finite lower end; L(t) <= B(t) at every grid time."""
+    import math
+
+    cert = injcert.certify(model, steps=50, method="fixed_point", samples=2, patch_size=16, logdet_size=4,
+                           hutchpp_steps=3, hutchpp_queries=4, lipschitz_iters=3)
+    props = {p.name: p for p in cert.properties}
+    assert cert.verdict == "PASS", [p.summary for p in cert.failures]
+    assert props["integrator"].value < 1.0
+    assert all(r["certified"] <= r["budget"] for r in props["lipschitz_bound"].details["per_t"])
+    assert math.isfinite(props["logdet_interval"].details["certified_lower"])
+    assert props["round_trip_fixed_point"].status == "PASS"
