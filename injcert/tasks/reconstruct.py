@@ -10,8 +10,9 @@ the region to restore, the hidden state is $\hat x_{\mathrm{cl}} + \varsigma_e\v
 outside, the observed pixels follow **their own encoded trajectory** — after every sub-update of
 the bit-exact decode they are reset to it (the mechanism of Theorem 7,
 :func:`~injcert.tasks.guided.guided_decode`). The network, conditioned on $(y, m)$, sees the whole
-image at every step. $\varsigma_e$ follows the estimate's expected error: the distance from a
-missing pixel to the nearest observed one (:func:`start_sigma`).
+image at every step. $\varsigma_e$ (:func:`start_sigma`) and whether fresh noise is added
+(``noise_scale``) were chosen on the training images: a start at a higher level lets the network
+change more, which pays only where it restores better than the classical method.
 
 **Additive noise only** (every pixel observed as is or with additive Gaussian noise of known
 $\sigma$, channel 2 of the map): $y = x + \sigma\varepsilon$ *is* a point of the flow in the
@@ -100,17 +101,18 @@ def _distance_to_known(known: Tensor) -> float:
     return out
 
 
+#: Default start levels (varsigma) from the classical estimate, chosen on the *training* images
+#: (coffee, camera; ``benchmarks/restoration_by_size.py`` reports the held-out ones).
+START_SIGMA = {"missing": 0.05, "blur": 0.2}
+
+
 def start_sigma(m: Tensor) -> float:
-    r"""The default start level $\varsigma_e$ for a map ``m`` (N×3×H×W): the classical estimate's error
-    grows with the distance $d$ from a missing pixel to the nearest observed one, and the flow must
-    start where its noise covers that error: $\varsigma_e = \min(1, 0.12\,d)$ for missing pixels
-    (random pixels: 0.12, a 16-pixel-wide box: 0.96); 0.3 for a blurred region alone."""
+    r"""The default start level $\varsigma_e$ for a map ``m`` (N×3×H×W): :data:`START_SIGMA` for missing
+    pixels, or for a blurred region when nothing is missing."""
     known = m[:, :1] == 1
     blurred = m[:, 1:2] > 0.5
     missing = ~known & ~blurred
-    if not bool(missing.any()):
-        return 0.3
-    return min(1.0, 0.12 * _distance_to_known(~missing))
+    return START_SIGMA["missing"] if bool(missing.any()) else START_SIGMA["blur"]
 
 
 @torch.no_grad()
@@ -125,7 +127,7 @@ def reconstruct_full(
     operator: Optional[Callable[[Tensor], Tensor]] = None,
     start: str = "auto",
     sigma_start: Optional[float] = None,
-    noise_scale: float = 1.0,
+    noise_scale: float = 0.0,
     estimate: Union[str, Tensor] = "auto",
     blur_sigma: float = 2.0,
     levels: Union[int, str] = 0,
@@ -146,8 +148,9 @@ def reconstruct_full(
             ``"noise"`` (from pure noise at $t_{\\max}$).
         sigma_start: $\\varsigma_e$ for ``"estimate"`` (default :func:`start_sigma`).
         noise_scale: the fresh noise added to the estimate is ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$:
-            1 treats the estimate as a clean image to be re-noised (SDEdit, Meng et al. 2022), 0 treats
-            it as already noisy at level $\\varsigma_e$ (its own error plays the noise).
+            1 treats the estimate as a clean image to be re-noised (SDEdit, Meng et al. 2022), 0 (the
+            default, measured better on the training images) treats it as already noisy at level
+            $\\varsigma_e$: its own error plays the noise.
         estimate: a classical method name (see :mod:`~injcert.tasks.classical`), ``"auto"``, or an
             estimate image of ``y``'s shape.
         blur_sigma: the PSF of the deblurring estimate.
