@@ -156,13 +156,14 @@ class ZeroNet(nn.Module):
 def test_noise_only_reconstruction_starts_from_the_observation() -> None:
     x = torch.rand(2, 3, 10, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
     obs = make_corruption("noise", sigma=0.2).sample(x, 1)
-    r = reconstruct_full(ZeroNet(), obs.y, obs.m, steps=7, seed=3)
+    r = reconstruct_full(ZeroNet(), obs.y, obs.m, steps=7, seed=3, start="observation")
     sched = CosineSchedule()
     assert abs(r.t_start - float(sched.t_of_varsigma(0.2))) < 1e-12 < sched.t_max - r.t_start
     # eps = 0: the exact flow is the identity in xbar; the lattice integrates x = alpha * xbar, so y
     # comes back up to reversible Heun's second-order error (halving the step divides it by ~4)
     err7 = float((r.image - obs.y).abs().max())
-    err14 = float((reconstruct_full(ZeroNet(), obs.y, obs.m, steps=14, seed=3).image - obs.y).abs().max())
+    err14 = float((reconstruct_full(ZeroNet(), obs.y, obs.m, steps=14, seed=3, start="observation").image
+                   - obs.y).abs().max())
     assert err7 <= 1e-4 and 3.0 <= err7 / err14 <= 5.0, (err7, err14)
     forced = reconstruct_full(ZeroNet(), obs.y, obs.m, steps=7, seed=3, start="noise")
     assert forced.t_start == sched.t_max

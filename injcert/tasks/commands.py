@@ -187,9 +187,9 @@ def add_reconstruct_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the corruption and of the starting noise")
     p.add_argument("--corrupted-out", default=None, help="also write the corrupted observation (PNG)")
     p.add_argument("--figure", default=None, help="also write a PNG: clean | observed | reconstruction")
-    p.add_argument("--start", choices=["auto", "estimate", "noise"], default="auto",
-                   help="where the flow starts: the classical estimate at an intermediate noise level, pure "
-                        "noise at t_max, or auto (from the observation itself for noise only) (default: auto)")
+    p.add_argument("--start", choices=["auto", "estimate", "observation", "noise"], default="auto",
+                   help="where the flow starts: the classical estimate at an intermediate noise level (auto), "
+                        "the noisy observation itself (noise only), or pure noise at t_max (default: auto)")
     p.add_argument("--sigma-start", type=float, default=None,
                    help="noise level varsigma of the start from the estimate (default: from the hole size)")
     p.add_argument("--levels", default="0",

@@ -15,7 +15,9 @@ image at every step. $\varsigma_e$ (:func:`start_sigma`) and whether fresh noise
 change more, which pays only where it restores better than the classical method.
 
 **Additive noise only** (every pixel observed as is or with additive Gaussian noise of known
-$\sigma$, channel 2 of the map): $y = x + \sigma\varepsilon$ *is* a point of the flow in the
+$\sigma$, channel 2 of the map): by default the same start from a classical estimate (BM3D given
+$\sigma$; measured on the training images: +0.8 dB over BM3D itself, where the start from the
+observation below lost 2.6 dB). With ``start="observation"``: $y = x + \sigma\varepsilon$ *is* a point of the flow in the
 coordinates $\bar x = x_0 + \varsigma\varepsilon$, at $\varsigma = \sigma$. The reconstruction then
 starts there — at $\bar x = y$ plus fresh noise of std $\sqrt{\sigma_{\max}^2 - \sigma_{\text{pix}}^2}$
 where a pixel is less noisy than the most noisy one — and integrates from $\varsigma = \sigma_{\max}$ to 0.
@@ -46,7 +48,7 @@ from .invert import decode_state
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "pyramid_levels", "STARTS"]
 
-STARTS = ("auto", "estimate", "noise")
+STARTS = ("auto", "estimate", "observation", "noise")
 
 
 @dataclass
@@ -104,7 +106,7 @@ def _distance_to_known(known: Tensor) -> float:
 #: Default start levels (varsigma) from the classical estimate, chosen on the *training* images
 #: (coffee, camera at 64² and 128², the shipped model): missing pixels near observed ones (random
 #: pixels, thin gaps: at most ``near`` pixels away), larger holes, and a blurred region.
-START_SIGMA = {"near": 3, "missing_near": 0.02, "missing_far": 0.1, "blur": 0.1}
+START_SIGMA = {"near": 3, "missing_near": 0.02, "missing_far": 0.1, "blur": 0.1, "noise": 0.05}
 
 
 def start_sigma(m: Tensor) -> float:
@@ -112,9 +114,10 @@ def start_sigma(m: Tensor) -> float:
     largest distance from a missing pixel to an observed one, or for a blurred region."""
     known = m[:, :1] == 1
     blurred = m[:, 1:2] > 0.5
-    missing = ~known & ~blurred
+    noisy = m[:, 2:3] > 0
+    missing = ~known & ~blurred & ~noisy
     if not bool(missing.any()):
-        return START_SIGMA["blur"]
+        return START_SIGMA["blur"] if bool(blurred.any()) else START_SIGMA["noise"]
     near = _distance_to_known(~missing) <= START_SIGMA["near"]
     return START_SIGMA["missing_near"] if near else START_SIGMA["missing_far"]
 
@@ -147,9 +150,9 @@ def reconstruct_full(
         seed: seed of the noise (a CPU generator, so results agree across devices).
         method: integrator name (``"reversible"`` keeps the observed pixels on their trajectory).
         operator: the realised forward operator $A$ (e.g. ``Observation.operator``) for the residual.
-        start: ``"auto"`` (from the observation when the only corruption is additive noise, else
-            ``"estimate"``), ``"estimate"`` (from the classical estimate at $\\varsigma_e$) or
-            ``"noise"`` (from pure noise at $t_{\\max}$).
+        start: ``"auto"`` = ``"estimate"`` (from the classical estimate at $\\varsigma_e$: biharmonic,
+            Richardson–Lucy or BM3D by corruption), ``"observation"`` (additive noise only: from
+            $y$ itself at $\\varsigma = \\sigma$) or ``"noise"`` (from pure noise at $t_{\\max}$).
         sigma_start: $\\varsigma_e$ for ``"estimate"`` (default :func:`start_sigma`).
         noise_scale: the fresh noise added to the estimate is ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$:
             1 treats the estimate as a clean image to be re-noised (SDEdit, Meng et al. 2022), 0 (the
@@ -177,7 +180,7 @@ def reconstruct_full(
     known = m[:, :1] == 1
     only_noise = bool((known | noisy).all()) and bool(noisy.any())
     s_noise = float(m[:, 2].max()) if only_noise else 0.0
-    if start == "auto" and only_noise and 0 < s_noise < float(sched.varsigma(sched.t_max)):
+    if start == "observation" and only_noise and 0 < s_noise < float(sched.varsigma(sched.t_max)):
         # y = x + sigma_pix * eps is the flow's state at varsigma = sigma_pix; top every pixel up to s_noise
         t_start = float(sched.t_of_varsigma(s_noise))
         extra = torch.sqrt(torch.clamp(s_noise**2 - m[:, 2:3].double() ** 2, min=0.0))
