@@ -331,7 +331,7 @@ def _edit_grid(sched: Any, steps: int, strength: float) -> Tuple[Tensor, float]:
 
 
 def naive_ddim_edit(model: nn.Module, x0: Tensor, mask: Tensor, target: Tensor, strength: float = 0.5,
-                    steps: int = 20, seed: int = 0) -> Tuple[Tensor, int]:
+                    steps: int = 20, seed: int = 0, noise_scale: float = 0.5) -> Tuple[Tensor, int]:
     """The baseline edit: DDIM-encode to $t_e$, replace the inside by the noised target (the same
     noise as :func:`~injcert.tasks.edit.edit_full`), DDIM-decode, **no reset** outside.
 
@@ -346,7 +346,7 @@ def naive_ddim_edit(model: nn.Module, x0: Tensor, mask: Tensor, target: Tensor, 
     cond = (x0 * outside, torch.cat([outside, torch.zeros_like(outside), torch.zeros_like(outside)], 1))
     solver = get_solver("ddim")
     gen = torch.Generator().manual_seed(int(seed))
-    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64) * float(noise_scale)  # as edit_full
     with torch.no_grad():
         lat = solver.encode(field, x0, grid, cond)
         inside = m.bool().expand_as(x0)

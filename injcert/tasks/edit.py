@@ -107,6 +107,7 @@ def edit_full(
     seed: int = 0,
     context: bool = True,
     frac_bits: int = DEFAULT_FRAC_BITS,
+    noise_scale: float = 0.5,
     progress: bool = False,
 ) -> EditResult:
     """Edit ``x0`` inside ``mask`` towards ``target``; see the module docstring for the algorithm.
@@ -121,6 +122,10 @@ def edit_full(
         seed: seed of the noise added to the target.
         context: condition the network on the unedited outside (default) or not at all.
         frac_bits: lattice resolution.
+        noise_scale: the inside starts from target $+$ ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$; 1 is the
+            SDEdit start. 0.5 (default) was chosen on a training image (coffee, 128², recolor,
+            strength 0.6): texture inside at the level of the surroundings (Laplacian std ratio 0.90,
+            against 1.87 at 1 — grain the shipped model does not remove — and 0.47 at 0.25).
 
     Returns:
         An :class:`EditResult`.
@@ -141,7 +146,11 @@ def edit_full(
         outside = 1 - m
         cmap = torch.cat([outside, torch.zeros_like(outside), torch.zeros_like(outside)], 1)
         cond = (x0 * outside, cmap)
-    res = guided_decode(model, x0, m, target, t_e, steps, cond, seed=seed, frac_bits=frac_bits, progress=progress)
+    if not (0.0 <= float(noise_scale) <= 1.0):
+        raise ValueError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+    res = guided_decode(model, x0, m, target, t_e, steps, cond, frac_bits=frac_bits, progress=progress,
+                        noise=eps * float(noise_scale))
     image = res.image
     inside = res.region
     outside_err = float((image - x0).abs().masked_fill(inside, 0).max()) if image.numel() else 0.0
