@@ -87,42 +87,42 @@ def _noise_sigma01(mi: Tensor) -> float:
     return float(mi[2].max()) / 2.0  # sigma in [0, 1] units
 
 
-def _nl_means(yi: Tensor, mi: Tensor, **_: float) -> Tensor:
-    from skimage.restoration import denoise_nl_means
-
+def _denoise(yi: Tensor, mi: Tensor, fn: Callable[[np.ndarray, float], np.ndarray]) -> Tensor:
+    """``fn(u, sigma)`` on the image in $[0, 1]$ (H×W×C) with the noise sigma of the map, kept inside
+    the noisy region."""
     s = _noise_sigma01(mi)
     if s <= 0:
         return yi.clone()
-    u = (_to_np(yi) + 1.0) / 2.0
-    d = denoise_nl_means(u, h=0.8 * s, sigma=s, patch_size=5, patch_distance=6, fast_mode=True, channel_axis=-1)
+    d = np.asarray(fn((_to_np(yi) + 1.0) / 2.0, s), dtype=np.float64)
     return torch.where(mi[2:3] > 0, _from_np(d * 2.0 - 1.0, yi), yi)
+
+
+def _nl_means(yi: Tensor, mi: Tensor, **_: float) -> Tensor:
+    from skimage.restoration import denoise_nl_means
+
+    return _denoise(yi, mi, lambda u, s: denoise_nl_means(u, h=0.8 * s, sigma=s, patch_size=5, patch_distance=6,
+                                                          fast_mode=True, channel_axis=-1))
 
 
 def _tv(yi: Tensor, mi: Tensor, **_: float) -> Tensor:
     from skimage.restoration import denoise_tv_chambolle
 
-    s = _noise_sigma01(mi)
-    if s <= 0:
-        return yi.clone()
-    u = (_to_np(yi) + 1.0) / 2.0
-    d = denoise_tv_chambolle(u, weight=s, channel_axis=-1)
-    return torch.where(mi[2:3] > 0, _from_np(d * 2.0 - 1.0, yi), yi)
+    return _denoise(yi, mi, lambda u, s: denoise_tv_chambolle(u, weight=s, channel_axis=-1))
 
 
-def _bm3d(yi: Tensor, mi: Tensor, **_: float) -> Tensor:
+def _bm3d_padded(u: np.ndarray, s: float) -> np.ndarray:
     import bm3d
 
-    s = _noise_sigma01(mi)
-    if s <= 0:
-        return yi.clone()
-    u = (_to_np(yi) + 1.0) / 2.0
     h, w = u.shape[:2]
     # the BM3D library crashes (segfault) on images smaller than its blocks: pad symmetrically to 32
     ph, pw = max(0, 32 - h), max(0, 32 - w)
     if ph or pw:
         u = np.pad(u, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
-    d = np.asarray(bm3d.bm3d(u, sigma_psd=s))[:h, :w]
-    return torch.where(mi[2:3] > 0, _from_np(d.astype(np.float64) * 2.0 - 1.0, yi), yi)
+    return np.asarray(bm3d.bm3d(u, sigma_psd=s))[:h, :w]
+
+
+def _bm3d(yi: Tensor, mi: Tensor, **_: float) -> Tensor:
+    return _denoise(yi, mi, _bm3d_padded)
 
 
 #: name -> per-image function ``(y_i, m_i, **options) -> x_hat_i``.
