@@ -178,7 +178,7 @@ def gronwall_profile(lipschitz: Union[float, LipschitzProfile], schedule: Any, s
     return round_up(math.fsum(gronwall_exponent(lipschitz, a, b, schedule) for a, b in zip(pts, pts[1:]) if b > a))
 
 
-def lognorm_exponents(rest: Any, variance: Any, schedule: Any, s_max: float,
+def lognorm_exponents(rest: Any, linear: Any, schedule: Any, s_max: float,
                       pieces: int = 400) -> tuple[float, float]:
     r"""Certified $(\Lambda^-, \Lambda^+)$ with $e^{\Lambda^-}\|x-y\| \le \|\Phi x - \Phi y\| \le
     e^{\Lambda^+}\|x-y\|$ for the exact encode flow over $[0, \varsigma_{\max}]$ (``proofs/01``, tight form).
@@ -186,18 +186,18 @@ def lognorm_exponents(rest: Any, variance: Any, schedule: Any, s_max: float,
     The drift in $\bar x$ is $s(\varsigma)\bar x + N$ with an exact linear part $s$ and $N$ Lipschitz with
     constant $\alpha\,\ell(t)$ (``rest(t)`` $= \ell(t)$, non-increasing, valid for every later time). The
     logarithmic norm gives $\Lambda^\pm = \int s \pm \int \alpha\ell$; $\int\alpha\ell$ is charged piecewise at
-    left ends on the grid of :func:`gronwall_profile`. ``variance`` is either the data variance $v$ of
+    left ends on the grid of :func:`gronwall_profile`. ``linear`` is either the data variance $v$ of
     the Gaussian-data skip (then $s = \varsigma/(v + \varsigma^2)$ and $\int_0^{\varsigma_{\max}} s =
     \tfrac12\log(1 + \varsigma_{\max}^2/v)$ for every VP schedule) or a callable ``(s0, s1) -> (lo, hi)``
     enclosing $\int_{s_0}^{s_1} s$ (e.g. ``CondUNet.linear_part_integral``).
     """
     rest_prof = rest if isinstance(rest, LipschitzProfile) else float(rest)
-    if callable(variance):
-        lin_lo, lin = (float(v) for v in variance(0.0, float(s_max)))
+    if callable(linear):
+        lin_lo, lin = (float(v) for v in linear(0.0, float(s_max)))
         lin, lin_lo = round_up(lin), round_down(lin_lo)
     else:
-        lin = round_up(0.5 * math.log1p(round_up(s_max) ** 2 / float(variance)))
-        lin_lo = round_down(0.5 * math.log1p(round_down(s_max) ** 2 / float(variance)))
+        lin = round_up(0.5 * math.log1p(round_up(s_max) ** 2 / float(linear)))
+        lin_lo = round_down(0.5 * math.log1p(round_down(s_max) ** 2 / float(linear)))
     nonlin = gronwall_profile(rest_prof, schedule, s_max, pieces)
     return round_down(lin_lo - nonlin), round_up(lin + nonlin)
 
@@ -693,11 +693,11 @@ def certify(model_or_path: Union[str, os.PathLike[str], nn.Module], config: Opti
     info["input_shape"] = list(shape)
 
     # --- the Lipschitz bound --------------------------------------------------------------------
-    with _Timer(timings, "lipschitz"):
-        from ..solvers import make_grid as _mk
+    from ..solvers import make_grid
 
-        g0 = _mk(schedule, cfg.steps, cfg.grid).tolist()
-        grid_t = [float(schedule.t_of_varsigma(torch.tensor(v, dtype=torch.float64))) for v in g0[:-1]]
+    g = make_grid(schedule, cfg.steps, cfg.grid).tolist()
+    with _Timer(timings, "lipschitz"):
+        grid_t = [float(schedule.t_of_varsigma(torch.tensor(v, dtype=torch.float64))) for v in g[:-1]]
         lip_prop, L = checks.certified_lipschitz(model, shape, info.get("lipschitz_budget"), grid_t)
     props.append(lip_prop)
     data["layers"] = lip_prop.details.get("layers", [])
@@ -708,10 +708,6 @@ def certify(model_or_path: Union[str, os.PathLike[str], nn.Module], config: Opti
         timings["total"] = time.perf_counter() - t_start
         return cert
 
-    from ..solvers import make_grid
-
-    grid = make_grid(schedule, cfg.steps, cfg.grid)
-    g = grid.tolist()
     with _Timer(timings, "flow"):
         hs, ls, qs = step_margins(g, L, schedule)
         data.update(grid=g, h=hs, drift=ls, margins=qs)
@@ -753,7 +749,6 @@ def _lognorm(model: Any, schedule: Any, s_max: float) -> Optional[dict[str, Any]
     if not callable(rest) or not callable(integral):
         return None
     try:
-        integral(0.0, 1.0)
         prof = LipschitzProfile(rest, float(rest(0.0)), "nonlinear part")
         lo, hi = lognorm_exponents(prof, integral, schedule, s_max)
     except (UnsupportedModuleError, ValueError):

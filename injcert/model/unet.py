@@ -306,11 +306,7 @@ class CondUNet(nn.Module):
                 raise ConfigError(f"lipschitz_kappa {self.lipschitz_kappa!r} leaves no room for the denoiser beyond "
                                   f"1 + its linear skips ({self.wiener_max!r} + {self.skip_max!r})")
             self.sigma_cap = self.lipschitz_kappa / self.lipschitz_budget
-            g = room * (1.0 - 1e-6) / self.structural_bound
-            g32 = torch.tensor(g, dtype=torch.float32)
-            if float(g32) > g:
-                g32 = torch.nextafter(g32, torch.tensor(0.0, dtype=torch.float32))
-            self.gain.fill_(float(g32))
+            self._set_gain(room)
         elif lipschitz_budget is not None:
             room = self.lipschitz_budget - self.skip_max - self.gaussian_skip_max
             if not room > 0:
@@ -322,12 +318,7 @@ class CondUNet(nn.Module):
                     raise ConfigError(f"lipschitz_kappa {self.lipschitz_kappa!r} leaves no room at t_max beyond the "
                                       f"linear skips ({self.skip_max!r} + {self.gaussian_skip_max!r}): "
                                       f"L(t_max) = kappa/sigma(t_max) = {floor:.4g}")
-            g = room * (1.0 - 1e-6) / self.structural_bound
-            # float32 rounding must not exceed the exact ratio: step down one ulp if needed.
-            g32 = torch.tensor(g, dtype=torch.float32)
-            if float(g32) > g:
-                g32 = torch.nextafter(g32, torch.tensor(0.0, dtype=torch.float32))
-            self.gain.fill_(float(g32))
+            self._set_gain(room)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
 
     # ------------------------------------------------------------------ config / io
@@ -408,6 +399,30 @@ class CondUNet(nn.Module):
         if self.data_variance is not None:
             out = out + self.gaussian_skip(t).to(x.dtype)[:, None, None, None] * x
         return out[:, :, :h, :w]
+
+    def _set_gain(self, room: float) -> None:
+        """``gain`` = ``room`` $(1 - 10^{-6})/S$, the deep path's share of the budget; the float32 value
+        never exceeds the exact ratio (stepped down one ulp if rounding went up)."""
+        g = room * (1.0 - 1e-6) / self.structural_bound
+        g32 = torch.tensor(g, dtype=torch.float32)
+        if float(g32) > g:
+            g32 = torch.nextafter(g32, torch.tensor(0.0, dtype=torch.float32))
+        self.gain.fill_(float(g32))
+
+    def _skip_charge(self) -> float:
+        """$a_{\\max}$ as charged: forward rounds ``skip_max`` to the parameter dtype (and $|\\tanh| \\le 1$);
+        charge the larger of the two values."""
+        return max(float(self.skip_max), float(torch.tensor(float(self.skip_max), dtype=self.gain.dtype)))
+
+    def _deep_gain_at(self, t: Optional[float]) -> float:
+        """The deep path's output gain charged for every $t' \\ge t$ (``None``: its sup over $t$):
+        ``gain`` times $\\min(1, r(t)(1 + 10^{-6}))$ with the noise-adaptive budget (the factor covers
+        the float32 roundings, :meth:`certified_lipschitz_at`), else ``gain``."""
+        gain = float(self.gain.detach().to(torch.float64))
+        if self.lipschitz_kappa is not None and t is not None:
+            r = float(self.gain_scale(torch.tensor(float(t), dtype=torch.float64)))
+            gain = gain * min(1.0, r * (1.0 + 1e-6))
+        return gain
 
     def _denoiser_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """$w(t) = 1/\\max(\\sigma_t, \\sigma_c)$ and $\\alpha_t$ (float64)."""
@@ -513,12 +528,8 @@ class CondUNet(nn.Module):
         $-\mu(-(c\,I + J_N)) \ge c - \|J_N\|$."""
         if self.parameterization == "denoiser":
             return self._denoiser_bound(self.deep_lipschitz(), float(t), nonlinear=True)
-        gain = float(self.gain.detach().to(torch.float64))
-        if self.lipschitz_kappa is not None:
-            r = float(self.gain_scale(torch.tensor(float(t), dtype=torch.float64)))
-            gain = gain * min(1.0, r * (1.0 + 1e-6))
-        skip = max(float(self.skip_max), float(torch.tensor(float(self.skip_max), dtype=self.gain.dtype)))
-        return sum_bound(product_bound(self.deep_lipschitz(), abs(gain)), skip, 1e-6)
+        return sum_bound(product_bound(self.deep_lipschitz(), abs(self._deep_gain_at(float(t)))),
+                         self._skip_charge(), 1e-6)
 
     def gaussian_skip(self, t: Tensor) -> Tensor:
         r"""$c(t) = \sigma_t / (\alpha_t^2 v + \sigma_t^2)$ (float64): the exact $\varepsilon$-predictor's
@@ -537,13 +548,13 @@ class CondUNet(nn.Module):
         f = self.downsampling_factor
         return (c, h + (-h) % f, w + (-w) % f)
 
-    def lipschitz_terms(self, input_shape: Sequence[int], bound: Any, structural: bool = False,
-                        deep_only: bool = False, t: Optional[float] = None) -> tuple[float, tuple]:
-        """The bound in $x$ composed from sub-layer bounds ``bound(module, shape, name) -> (L, out_shape)``.
+    def lipschitz_terms(self, input_shape: Sequence[int], bound: Any, structural: bool = False) -> tuple[float, tuple]:
+        """The bound in $x$ of the deep path $F$ (before the output gain, which :meth:`combine_bound`
+        applies) composed from sub-layer bounds ``bound(module, shape, name) -> (L, out_shape)``.
 
         Zero-padding and cropping have norm 1; pooling/upsampling/activations/convs are bounded by
         their rules; the U-Net skip concatenation of two maps of the same input by
-        $\\sqrt{L_1^2 + L_2^2}$. The gain multiplies at the end.
+        $\\sqrt{L_1^2 + L_2^2}$. ``structural=True`` charges every conv its cap and every $|\\alpha|$ its max.
         """
         c, h, w = (int(v) for v in input_shape)
         shape: tuple = self.padded_shape(input_shape)
@@ -579,9 +590,7 @@ class CondUNet(nn.Module):
         la, shape = sub(self.out_act, shape, "out_act")
         lo, shape = sub(self.out_conv, shape, "out_conv")
         lip = product_bound(lip, la, lo)
-        if structural or deep_only:
-            return lip, (c, h, w)
-        return self.combine_bound(lip, t), (c, h, w)
+        return lip, (c, h, w)
 
     def combine_bound(self, deep: float, t: Optional[float] = None) -> float:
         r"""The bound of $\varepsilon_\theta$ from the deep path's bound ``deep``: the output gain (at $t$,
@@ -589,17 +598,9 @@ class CondUNet(nn.Module):
         the linear skips $a_{\max} + c_{\max}$ (sum rule), rounded up."""
         if self.parameterization == "denoiser":
             return self._denoiser_bound(deep, t)
-        # eps = gain * r(t) * F(x) + a(t) * x with |a| <= skip_max (a diagonal map): sum rule
-        lip = deep
-        gain = float(self.gain.detach().to(torch.float64))
-        if self.lipschitz_kappa is not None and t is not None:
-            r = float(self.gain_scale(torch.tensor(float(t), dtype=torch.float64)))
-            gain = gain * min(1.0, r * (1.0 + 1e-6))  # covers the float32 roundings (certified_lipschitz_at)
-        # |a| <= skip_max as evaluated: tanh <= 1 and rounding is monotone, but skip_max itself is
-        # rounded to the parameter dtype in forward; charge the larger of the two.
-        skip = max(float(self.skip_max), float(torch.tensor(float(self.skip_max), dtype=self.gain.dtype)))
+        # eps = gain * r(t) * F(x) + a(t) * x with |a| <= skip_max (a diagonal map): sum rule,
         # + c(t) x with 0 <= c(t) <= gaussian_skip_max for every t (proof in gaussian_skip_sup)
-        return sum_bound(product_bound(lip, abs(gain)), skip, self.gaussian_skip_max)
+        return sum_bound(product_bound(deep, abs(self._deep_gain_at(t))), self._skip_charge(), self.gaussian_skip_max)
 
     def _denoiser_bound(self, deep: float, t: Optional[float], nonlinear: bool = False) -> float:
         r"""Denoiser parameterisation: $L(t) = w(t)(1 + \alpha_t\,\mathrm{Lip}(D))$, $\mathrm{Lip}(D) \le
@@ -612,10 +613,8 @@ class CondUNet(nn.Module):
         tt = torch.tensor(0.0 if t is None else float(t), dtype=torch.float64)
         w, a = (float(v) for v in self._denoiser_coefficients(tt))
         w_up, wa_up = w * (1.0 + 1e-6), w * a * (1.0 + 1e-6) * (1.0 + 1e-6)
-        gain = float(self.gain.detach().to(torch.float64))
-        skip = max(float(self.skip_max), float(torch.tensor(float(self.skip_max), dtype=self.gain.dtype)))
-        deep_part = product_bound(deep, abs(gain))
-        lip_d = sum_bound(deep_part, self.wiener_max, skip)
+        deep_part = product_bound(deep, abs(float(self.gain.detach().to(torch.float64))))
+        lip_d = sum_bound(deep_part, self.wiener_max, self._skip_charge())
         if not nonlinear:
             return sum_bound(w_up, product_bound(wa_up, lip_d))
         # the exact linear part is w(t) x (linear_part_integral); w's float32 rounding costs 1e-6 w
@@ -701,7 +700,7 @@ def _cond_unet_rule(module: CondUNet, input_shape: tuple, ctx: Any) -> tuple[flo
     r"""Bound in $x$ only, uniform over all conditions $(y, m)$ and over every $t' \ge$ ``ctx.t``
     (every $t$ when the context has none)."""
     t = getattr(ctx, "t", None)
-    deep, shape = module.lipschitz_terms(tuple(input_shape), ctx.bound, deep_only=True)
+    deep, shape = module.lipschitz_terms(tuple(input_shape), ctx.bound)
     if ctx.size_independent:
         module._deep_cache = (module._weights_key(), float(deep))
     return module.combine_bound(float(deep), t), shape

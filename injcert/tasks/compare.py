@@ -261,12 +261,6 @@ def _region(m: Tensor) -> Tensor:
     return (m[:, :1] < 0.5).to(m.dtype)
 
 
-def _one(method: str, obs: Any, params: Dict[str, Any]) -> Tuple[str, Tensor]:
-    from .classical import classical_estimate
-
-    return classical_estimate(obs.y, obs.m, method, blur_sigma=params.get("sigma", 2.0))
-
-
 def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int, seed: int = 0,
                         corruptions: Sequence[str] = tuple(CORRUPTION_SETTINGS), keep: Optional[dict] = None,
                         baselines: Optional[Dict[str, Tuple[str, ...]]] = None,
@@ -282,6 +276,7 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
     """
     from ..data.corruptions import make_corruption
     from ..metrics import psnr, region_psnr, ssim
+    from .classical import classical_estimate
     from .reconstruct import reconstruct_full
 
     rows: List[ReconRow] = []
@@ -296,17 +291,16 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
                 params["width"] = 1.5 * scale
             obs = make_corruption(name, **params).sample(x, seed + bi)
             region = _region(obs.m)
-            t0 = time.perf_counter()
+            blur_sigma = params.get("sigma", 2.0) if name == "blur" else 2.0  # the true PSF
             results = []
             for method in (baselines or BASELINES).get(name, BASELINES[name]):
                 t0 = time.perf_counter()
-                label, base = _one(method, obs, params)
+                label, base = classical_estimate(obs.y, obs.m, method, blur_sigma=blur_sigma)
                 results.append((label, base, time.perf_counter() - t0))
             t0 = time.perf_counter()
             with torch.no_grad():
                 ours = reconstruct_full(model, obs.y, obs.m, steps, seed, operator=obs.operator,
-                                        blur_sigma=params.get("sigma", 2.0) if name == "blur" else 2.0,
-                                        **(options or {})).image
+                                        blur_sigma=blur_sigma, **(options or {})).image
             results.append(("ours", ours, time.perf_counter() - t0))
             for lab, img, sec in results:
                 acc.setdefault(lab, []).append((psnr(img, x), ssim(img, x), region_psnr(img, x, region), sec))

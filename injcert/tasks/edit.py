@@ -154,8 +154,7 @@ def edit_full(
     image = res.image
     inside = res.region
     outside_err = float((image - x0).abs().masked_fill(inside, 0).max()) if image.numel() else 0.0
-    nfe = res.nfe
-    return EditResult(image=image, target=target, outside_max_abs=outside_err, nfe=nfe)
+    return EditResult(image=image, target=target, outside_max_abs=outside_err, nfe=res.nfe)
 
 
 def edit(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], strength: float = 0.5,

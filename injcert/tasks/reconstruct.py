@@ -173,6 +173,10 @@ def reconstruct_full(
     y, m = _check(y, m)
     if start not in STARTS:
         raise ValueError(f"start must be one of {list(STARTS)}, got {start!r}")
+    if not (0.0 <= float(noise_scale) <= 1.0):
+        raise ValueError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
+    if sigma_start is not None and not float(sigma_start) > 0:
+        raise ValueError(f"sigma_start must be > 0, got {sigma_start!r}")
     gen = torch.Generator().manual_seed(int(seed))
     sched = model.schedule
     z = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=y.device)
@@ -191,8 +195,9 @@ def reconstruct_full(
                                           (y, m), progress=progress)
         return _finish(y, m, state.value(), state, noise, operator, state.nfe, t_start)
     region = ~known  # pixels to restore (missing, blurred, noisy)
-    y_in = torch.where(known.expand_as(y), y, torch.zeros_like(y)) if not bool((m[:, 1:3] > 0).any()) else y
-    cond = (y * m[:, :1] if not bool((m[:, 1:3] > 0).any()) else y, m)
+    masks_only = not bool((m[:, 1:3] > 0).any())
+    y_obs = y * m[:, :1] if masks_only else y  # missing pixels carry no information
+    cond = (y_obs, m)
     est_name: Optional[str] = None
     est: Optional[Tensor] = None
     if start == "noise":
@@ -200,8 +205,7 @@ def reconstruct_full(
         target = torch.zeros_like(y)
     else:
         n_levels = pyramid_levels(model, m) if levels == "auto" else int(levels)
-        pyramid = n_levels > 0 and not isinstance(estimate, Tensor) and not bool((m[:, 1:3] > 0).any()) \
-            and min(y.shape[-2:]) >= 16
+        pyramid = n_levels > 0 and not isinstance(estimate, Tensor) and masks_only and min(y.shape[-2:]) >= 16
         if pyramid:
             estimate = _coarse_estimate(model, y, m, steps, seed, n_levels, method=method, sigma_start=sigma_start,
                                         noise_scale=noise_scale, progress=progress)
@@ -210,11 +214,9 @@ def reconstruct_full(
                 raise ValueError(f"estimate must have the shape of y {tuple(y.shape)}, got {tuple(estimate.shape)}")
             est_name, est = (f"pyramid{n_levels}" if pyramid else "given"), estimate.to(y.dtype)
         else:
-            est_name, est = classical_estimate(y_in, m, estimate, blur_sigma=blur_sigma)
+            est_name, est = classical_estimate(y_obs, m, estimate, blur_sigma=blur_sigma)
             est = est.to(device=y.device, dtype=y.dtype)
         s_e = start_sigma(m) if sigma_start is None else float(sigma_start)
-        if not s_e > 0:
-            raise ValueError(f"sigma_start must be > 0, got {sigma_start!r}")
         t_start = min(float(sched.t_of_varsigma(s_e)), float(sched.t_max))
         target = est
     if method != "reversible":
@@ -228,8 +230,6 @@ def reconstruct_full(
         noise = (xbar.double() * float(sched.alpha(t_start))).to(y.dtype)
         return _finish(y, m, state.value(), state, noise, operator, state.nfe, t_start, est, est_name)
     x_ref = torch.where(region.expand_as(y), target, y)
-    if not (0.0 <= float(noise_scale) <= 1.0):
-        raise ValueError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
     res = guided_decode(model, x_ref, region, target, t_start, steps, cond, progress=progress,
                         noise=z * float(noise_scale) if start != "noise" else z)
     state = SolverState(x=res.final[0], aux=res.final[1], dtype=y.dtype, frac_bits=res.frac_bits, scale=1.0)

@@ -56,8 +56,6 @@ def _stable_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     def pair(v: Any) -> tuple[int, int]:
         return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
-    if isinstance(padding, str):
-        raise NotImplementedError("string padding")
     kh, kw = weight.shape[-2:]
     st, pd, dl = pair(stride), pair(padding), pair(dilation)
     n, _, h, w = x.shape
