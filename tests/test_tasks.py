@@ -193,3 +193,10 @@ def test_reconstruction_start_options(net) -> None:
         reconstruct_full(net.float(), y, m, steps=2, noise_scale=2.0)
     with pytest.raises(ValueError, match="sigma_start"):
         reconstruct_full(net.float(), y, m, steps=2, sigma_start=-1.0)
+
+
+def test_observation_start_refuses_other_corruptions(net) -> None:
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    y, m = make_corruption("box")(x, 0)
+    with pytest.raises(ValueError, match="observation"):
+        reconstruct_full(net.float(), y, m, steps=2, start="observation")

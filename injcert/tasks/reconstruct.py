@@ -184,7 +184,10 @@ def reconstruct_full(
     known = m[:, :1] == 1
     only_noise = bool((known | noisy).all()) and bool(noisy.any())
     s_noise = float(m[:, 2].max()) if only_noise else 0.0
-    if start == "observation" and only_noise and 0 < s_noise < float(sched.varsigma(sched.t_max)):
+    if start == "observation" and not (only_noise and 0 < s_noise < float(sched.varsigma(sched.t_max))):
+        raise ValueError("start='observation' needs an observation with additive noise only (map channel 2 set, "
+                         f"sigma below varsigma(t_max)); got a map with max sigma {s_noise!r}")
+    if start == "observation":
         # y = x + sigma_pix * eps is the flow's state at varsigma = sigma_pix; top every pixel up to s_noise
         t_start = float(sched.t_of_varsigma(s_noise))
         extra = torch.sqrt(torch.clamp(s_noise**2 - m[:, 2:3].double() ** 2, min=0.0))
