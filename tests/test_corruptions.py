@@ -313,3 +313,15 @@ def test_corruption_grid_writes_png(tmp_path):
     out = corruption_grid(tmp_path / "sub" / "grid.png", images=("camera", "coffee"), size=32, seed=1)
     assert out == tmp_path / "sub" / "grid.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compose_keeps_tiny_noise_sigmas():
+    """sqrt(sum sigma_k^2) squared a sigma of 1e-226 to 0 and marked a noisy pixel as missing (found
+    by the randomized hypothesis profile): the map combines sigmas without underflow."""
+    from injcert.data.corruptions import Compose, GaussianNoise
+
+    x = torch.full((1, 1, 1, 1), 0.94, dtype=torch.float64)
+    obs = Compose([GaussianNoise(5.745716697392825e-226, 0.0, 1.0)]).sample(x, 0)
+    assert float(obs.m[0, 2, 0, 0]) == 5.745716697392825e-226 and float(obs.m[0, 0, 0, 0]) == 0.0
+    obs = Compose([GaussianNoise(3e-200), GaussianNoise(4e-200)]).sample(x, 0)
+    assert abs(float(obs.m[0, 2, 0, 0]) - 5e-200) <= 1e-214

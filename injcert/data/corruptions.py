@@ -592,7 +592,7 @@ class Compose(Corruption):
         obs = first._sample(x, g)
         y, ops = obs.y, [obs.operator]
         missing = (obs.m == 0).all(dim=1, keepdim=True)
-        m0, m1, var = obs.m[:, 0:1], obs.m[:, 1:2], obs.m[:, 2:3] ** 2
+        m0, m1, sig = obs.m[:, 0:1], obs.m[:, 1:2], obs.m[:, 2:3]
         for c in rest:
             obs = c._sample(y, g)
             y = obs.y
@@ -600,9 +600,9 @@ class Compose(Corruption):
             missing = missing | (obs.m == 0).all(dim=1, keepdim=True)
             m0 = m0 * obs.m[:, 0:1]
             m1 = torch.maximum(m1, obs.m[:, 1:2])
-            var = var + obs.m[:, 2:3] ** 2
+            sig = torch.hypot(sig, obs.m[:, 2:3])  # sqrt(a^2 + b^2) without underflow of tiny sigmas
         keep = (~missing).to(x.dtype)
-        m = torch.cat([m0 * keep, m1 * keep, torch.sqrt(var) * keep], dim=1)
+        m = torch.cat([m0 * keep, m1 * keep, sig * keep], dim=1)
 
         def operator(z: Tensor) -> Tensor:
             for op in ops:
