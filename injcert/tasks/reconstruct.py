@@ -16,8 +16,8 @@ change more, which pays only where it restores better than the classical method.
 
 **Additive noise only** (every pixel observed as is or with additive Gaussian noise of known
 $\sigma$, channel 2 of the map): by default the same start from a classical estimate (BM3D given
-$\sigma$; measured on the training images: +0.8 dB over BM3D itself, where the start from the
-observation below lost 2.6 dB). With ``start="observation"``: $y = x + \sigma\varepsilon$ *is* a point of the flow in the
+$\sigma$; measured on the training images by ``benchmarks/tune_start_levels.py``: +0.8 dB over
+BM3D itself, where the start from the observation below lost 2.6 dB). With ``start="observation"``: $y = x + \sigma\varepsilon$ *is* a point of the flow in the
 coordinates $\bar x = x_0 + \varsigma\varepsilon$, at $\varsigma = \sigma$. The reconstruction then
 starts there — at $\bar x = y$ plus fresh noise of std $\sqrt{\sigma_{\max}^2 - \sigma_{\text{pix}}^2}$
 where a pixel is less noisy than the most noisy one — and integrates from $\varsigma = \sigma_{\max}$ to 0.
