@@ -139,3 +139,48 @@ def test_ddp_two_processes_identical_replicas(tmp_path):
         h.update(t.contiguous().numpy().tobytes())
     assert h.hexdigest() == hashes[0]
     assert len(_losses(tmp_path / "ddp.jsonl")) == 3  # rank 0 alone logs
+
+
+def _state_tensors(path: Path) -> dict[str, torch.Tensor]:
+    t, _ = load_state(str(path) + ".state")
+    return {k: v for k, v in t.items() if k.startswith(("model/", "ema/", "optim/"))}
+
+
+def test_dataloader_workers_give_the_same_run(tmp_path):
+    """Batches drawn ahead in worker processes are those the training process would draw."""
+    a = train(_cfg(tmp_path, "w0", steps=3, checkpoint_every=3), tmp_path / "w0.ckpt", progress=False, workers=0)
+    b = train(_cfg(tmp_path, "w2", steps=3, checkpoint_every=3), tmp_path / "w2.ckpt", progress=False, workers=2)
+    assert _losses(tmp_path / "w0.jsonl") == _losses(tmp_path / "w2.jsonl")
+    ta, tb = _state_tensors(a), _state_tensors(b)
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_time_limit_stops_saves_and_resumes_exactly(tmp_path):
+    out = tmp_path / "limited.ckpt"
+    train(_cfg(tmp_path, "limited", steps=1000, checkpoint_every=1000), out, progress=False, time_limit=1e-9)
+    _, meta = load_state(str(out) + ".state")
+    assert meta["step"] == 1  # stopped (and saved) at the first step boundary past the limit
+    train(_cfg(tmp_path, "limited", steps=4, checkpoint_every=1000), out, resume=str(out) + ".state", progress=False)
+    ref = train(_cfg(tmp_path, "ref", steps=4, checkpoint_every=1000), tmp_path / "ref.ckpt", progress=False)
+    assert _losses(tmp_path / "limited.jsonl") == _losses(tmp_path / "ref.jsonl")
+    ta, tb = _state_tensors(out), _state_tensors(ref)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_sigterm_saves_before_exit(tmp_path):
+    cfg = dict(TINY, steps=100000, checkpoint_every=100000, val_every=100000, log=str(tmp_path / "term.jsonl"))
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    out = tmp_path / "term.ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "injcert.tasks.train", "--config", str(tmp_path / "cfg.json"), "--out", str(out),
+         "--no-progress"], env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "term.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+    _, meta = load_state(str(out) + ".state")
+    steps = [s for s, _ in _losses(log)]
+    assert meta["step"] == steps[-1] >= 2 and steps == list(range(1, steps[-1] + 1))
+    assert load_checkpoint(out).checkpoint_metadata["step"] == meta["step"]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..data.corruptions import corrupt_batch
 
-__all__ = ["denoising_loss", "T_MIN"]
+__all__ = ["denoising_loss", "draw_training_batch", "loss_on_batch", "T_MIN"]
 
 #: Smallest training time (avoids $\sigma_t \to 0$, where ε is unidentifiable).
 T_MIN: float = 1e-3
@@ -48,9 +48,40 @@ def denoising_loss(
     Raises:
         ValueError: ``t_min`` outside ``[0, t_max)``.
     """
+    schedule = _schedule_of(model)
+    return loss_on_batch(model, draw_training_batch(x0, generator, schedule, p_uncond=p_uncond, t_min=t_min))
+
+
+def _schedule_of(model: nn.Module):
     schedule = getattr(model, "schedule", None) or getattr(getattr(model, "module", None), "schedule", None)
     if schedule is None:
+        schedule = getattr(getattr(model, "_orig_mod", None), "schedule", None)
+    if schedule is None:
         raise ValueError(f"{type(model).__name__} has no 'schedule' attribute")
+    return schedule
+
+
+def draw_training_batch(
+    x0: Tensor,
+    generator: torch.Generator,
+    schedule,
+    p_uncond: float = 0.1,
+    t_min: float = T_MIN,
+) -> dict[str, Tensor]:
+    r"""Every random draw of one training batch, in a fixed order: $t$, $\varepsilon$, the corruption.
+
+    The draws are those :func:`denoising_loss` makes (it is ``loss_on_batch(model,
+    draw_training_batch(...))``), so a batch can be drawn ahead of time — in a ``DataLoader``
+    worker, on the CPU — and the loss computed later on any device, with the same result.
+
+    Returns:
+        ``{"x0", "t", "eps", "y", "m"}``: ``t`` is float64 of shape ``(N,)``, the rest follow ``x0``
+        (``eps`` on ``x0``'s device and dtype, ``(y, m)`` from
+        :func:`~injcert.data.corruptions.corrupt_batch`).
+
+    Raises:
+        ValueError: ``t_min`` outside ``[0, t_max)``.
+    """
     t_max = float(schedule.t_max)
     if not 0.0 <= t_min < t_max:
         raise ValueError(f"t_min must lie in [0, t_max={t_max}), got {t_min!r}")
@@ -60,8 +91,16 @@ def denoising_loss(
     t = (t_min + (t_max - t_min) * u).to(x0.device)
     eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32, device=gdev).to(x0.device, x0.dtype)
     y, m = corrupt_batch(x0, generator, p_uncond=p_uncond)
+    return {"x0": x0, "t": t, "eps": eps, "y": y, "m": m}
+
+
+def loss_on_batch(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    r"""The mean squared $\varepsilon$-prediction error on a batch from :func:`draw_training_batch`
+    (moved to the model's device by the caller): $x_t = \alpha_t x_0 + \sigma_t\varepsilon$."""
+    schedule = _schedule_of(model)
+    x0, t, eps = batch["x0"], batch["t"], batch["eps"]
     a = schedule.alpha(t).to(x0.dtype)[:, None, None, None]
     s = schedule.sigma(t).to(x0.dtype)[:, None, None, None]
     xt = a * x0 + s * eps
-    pred = model(xt, t.to(x0.dtype), y, m)
+    pred = model(xt, t.to(x0.dtype), batch["y"], batch["m"])
     return (eps - pred).pow(2).mean()

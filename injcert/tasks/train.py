@@ -37,6 +37,7 @@ and the hashes are stored in the metadata (``replica_sha256``); differing replic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -54,7 +55,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, InjcertError
 from ..io import load_state, save_checkpoint, save_state
-from ..model.objective import T_MIN, denoising_loss
+from ..model.objective import T_MIN, draw_training_batch, loss_on_batch
+from ..model.layers import batched_normalisation
 from ..model.unet import DEFAULT_MODEL_CONFIG, CondUNet
 
 __all__ = ["TrainConfig", "train", "add_train_arguments", "run_train", "step_seed", "VAL_SEED"]
@@ -305,27 +307,79 @@ def _batch(dataset: Any, start: int, n: int, device: torch.device) -> Tensor:
     return torch.stack([dataset[start + j] for j in range(n)]).to(device)
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``k`` is everything training step ``k`` draws on this rank: patches, $t$, $\\varepsilon$,
+    the corruption (:func:`~injcert.model.objective.draw_training_batch`), on the CPU.
+
+    It depends only on ``(seed, k, rank)``, so it can be computed in ``DataLoader`` workers ahead
+    of the step (on the CPU, while the GPU runs the previous steps) with the same result as in
+    the training process.
+    """
+
+    def __init__(self, dataset: Any, schedule: Any, seed: int, rank: int, global_batch: int,
+                 local_batch: int, p_uncond: float, t_min: float) -> None:
+        self.dataset, self.schedule = dataset, schedule
+        self.seed, self.rank = seed, rank
+        self.global_batch, self.local_batch = global_batch, local_batch
+        self.p_uncond, self.t_min = p_uncond, t_min
+
+    def __len__(self) -> int:
+        return _DATASET_LENGTH // max(1, self.global_batch)
+
+    def __getitem__(self, step: int) -> dict[str, Tensor]:
+        x0 = _batch(self.dataset, step * self.global_batch + self.rank * self.local_batch, self.local_batch,
+                    torch.device("cpu"))
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank))
+        return draw_training_batch(x0, gen, self.schedule, p_uncond=self.p_uncond, t_min=self.t_min)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _to_device(batch: dict[str, Tensor], dev: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.mul_(decay).add_(pm.detach(), alpha=1.0 - decay)
+    pe = [p for p in ema.parameters()]
+    pm = [p.detach() for p in model.parameters()]
+    torch._foreach_mul_(pe, decay)
+    torch._foreach_add_(pe, pm, alpha=1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, batches: list[Tensor], p_uncond: float, t_min: float) -> float:
-    """Mean denoising loss on fixed held-out batches with fixed noise (deterministic)."""
+def validation_loss(model: nn.Module, batches: list[dict[str, Tensor]]) -> float:
+    """Mean denoising loss on fixed held-out batches (drawn once by :func:`validation_batches`)."""
     if not batches:
         return float("nan")
     was = model.training
     model.eval()
-    total = 0.0
-    for i, x0 in enumerate(batches):
-        g = torch.Generator().manual_seed(_mix(VAL_SEED, i))
-        total += float(denoising_loss(model, x0, g, p_uncond=p_uncond, t_min=t_min))
+    total = torch.zeros((), dtype=torch.float64)
+    for b in batches:
+        total = total + loss_on_batch(model, b).to(torch.float64).cpu()
     model.train(was)
-    return total / len(batches)
+    return float(total) / len(batches)
+
+
+def validation_batches(config: "TrainConfig", schedule: Any, device: torch.device) -> list[dict[str, Tensor]]:
+    """The held-out batches with their fixed noise and corruptions (seed :data:`VAL_SEED`)."""
+    from ..data.images import PatchDataset
+
+    if config.val_batches <= 0:
+        return []
+    vds = PatchDataset(None, patch_size=config.patch_size, channels=config.channels,
+                       length=config.val_batches * config.batch_size, seed=VAL_SEED, split="heldout")
+    out = []
+    for i in range(config.val_batches):
+        x0 = _batch(vds, i * config.batch_size, config.batch_size, torch.device("cpu"))
+        g = torch.Generator().manual_seed(_mix(VAL_SEED, i))
+        b = draw_training_batch(x0, g, schedule, p_uncond=config.p_uncond, t_min=config.t_min)
+        out.append(_to_device(b, device))
+    return out
 
 
 def train(
@@ -334,6 +388,10 @@ def train(
     resume: Optional[PathLike] = None,
     device: str = "cpu",
     progress: bool = True,
+    *,
+    workers: Optional[int] = None,
+    time_limit: Optional[float] = None,
+    compile_model: bool = False,
 ) -> Path:
     """Train a :class:`~injcert.model.unet.CondUNet`; returns the checkpoint path ``out``.
 
@@ -343,6 +401,12 @@ def train(
         resume: a training state written by a previous run (continues at its step).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun: ``cuda:LOCAL_RANK``).
         progress: show a tqdm bar (rank 0).
+        workers: ``DataLoader`` processes drawing batches ahead (``None``: 0 on the CPU, up to 8 on
+            a GPU). The batches do not depend on it.
+        time_limit: stop (and save) at the first step boundary after this many seconds of this
+            call; ``SIGTERM`` does the same. Resume with ``resume=out + ".state"``.
+        compile_model: run the forward pass through :func:`torch.compile` (the saved weights are the
+            same module's; the certificate never sees the compiled graph).
 
     Raises:
         ConfigError: bad options, a resume state with another model, or an indivisible batch.
@@ -402,11 +466,23 @@ def train(
 
     dataset = PatchDataset(config.images, patch_size=config.patch_size, channels=config.channels,
                            length=_DATASET_LENGTH, seed=config.seed, split="train")
-    val_batches: list[Tensor] = []
-    if dist_info.main and config.val_batches > 0:
-        vds = PatchDataset(None, patch_size=config.patch_size, channels=config.channels,
-                           length=config.val_batches * config.batch_size, seed=VAL_SEED, split="heldout")
-        val_batches = [_batch(vds, i * config.batch_size, config.batch_size, dev) for i in range(config.val_batches)]
+    val_batches = validation_batches(config, model.schedule, dev) if dist_info.main else []
+    if workers is None:
+        workers = 0 if dev.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers must be an int >= 0, got {workers!r}")
+    # Loss values are read back (a host sync) every `sync_every` steps, not every step: on a GPU a
+    # per-step .item() stalls the launch queue. On the CPU there is nothing to overlap.
+    sync_every = 1 if dev.type == "cpu" else 25
+    steps_ds = StepBatches(dataset, model.schedule, config.seed, dist_info.rank, config.batch_size, local_b,
+                           config.p_uncond, config.t_min)
+    loader = torch.utils.data.DataLoader(
+        steps_ds, batch_size=None, sampler=range(start, config.steps), num_workers=workers,
+        pin_memory=dev.type == "cuda", worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None, persistent_workers=False)
+    step_fn: Any = net
+    if compile_model:
+        step_fn = torch.compile(net)
 
     log_path = Path(config.log) if (config.log and dist_info.main) else None
     if log_path is not None:
@@ -448,17 +524,52 @@ def train(
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and dist_info.main),
                desc="train", unit="step", dynamic_ncols=True)
     logf = open(log_path, "a") if log_path is not None else None
-    sps_smooth: Optional[float] = None
+    pending: list[tuple[dict[str, Any], Tensor]] = []
+    window_start = time.perf_counter()
+    stop_requested = []
+    old_handler = None
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def _on_term(signum: int, frame: Any) -> None:
+            stop_requested.append(signum)
+
+        old_handler = signal.signal(signal.SIGTERM, _on_term)
+
+    def flush() -> None:
+        """Read back the pending losses (one host sync), check them, log them."""
+        nonlocal window_start
+        if not pending:
+            return
+        values = torch.stack([lv for _, lv in pending]).tolist()
+        now = time.perf_counter()
+        sps = config.batch_size * len(pending) / max(now - window_start, 1e-9)
+        window_start = now
+        for (rec, _), v in zip(pending, values):
+            if not math.isfinite(v):
+                pending.clear()
+                raise FloatingPointError(f"training loss became {v} at step {rec['step']}")
+            rec["loss"] = v
+            rec["samples_per_s"] = sps
+            if logf is not None:
+                logf.write(json.dumps(rec) + "\n")
+        if logf is not None:
+            logf.flush()
+        bar.set_postfix(loss=f"{values[-1]:.4f}", samples_s=f"{sps:.1f}", refresh=False)
+        bar.update(len(pending))
+        pending.clear()
+
+    done = start
     try:
         model.train()
-        for step in range(start, config.steps):
-            t0 = time.perf_counter()
+        for step, batch in zip(range(start, config.steps), loader):
             lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
             for g in opt.param_groups:
                 g["lr"] = lr
-            x0 = _batch(dataset, step * config.batch_size + dist_info.rank * local_b, local_b, dev)
-            gen = torch.Generator().manual_seed(step_seed(config.seed, step, dist_info.rank))
-            loss = denoising_loss(net, x0, gen, p_uncond=config.p_uncond, t_min=config.t_min)
+            batch = _to_device(batch, dev)
+            with contextlib.nullcontext() if compile_model else batched_normalisation(model):
+                loss = loss_on_batch(step_fn, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -473,30 +584,40 @@ def train(
                 loss_val = loss_val.clone()
                 dist.all_reduce(loss_val)
                 loss_val /= dist_info.world
-            loss_f = float(loss_val)
-            if not math.isfinite(loss_f):
-                raise FloatingPointError(f"training loss became {loss_f} at step {step + 1}")
             done = step + 1
-            dt = time.perf_counter() - t0
-            sps = config.batch_size / max(dt, 1e-9)
-            sps_smooth = sps if sps_smooth is None else 0.9 * sps_smooth + 0.1 * sps
-            rec: dict[str, Any] = {"step": done, "loss": loss_f, "lr": lr, "samples_per_s": sps}
-            if dist_info.main and config.val_batches > 0 and (done % config.val_every == 0 or done == config.steps):
-                val_loss = validation_loss(ema, val_batches, config.p_uncond, config.t_min)
-                rec["val_loss"] = val_loss
-            if done % config.checkpoint_every == 0 or done == config.steps:
+            rec: dict[str, Any] = {"step": done, "lr": lr}
+            is_val = dist_info.main and config.val_batches > 0 and (done % config.val_every == 0 or done == config.steps)
+            is_ckpt = done % config.checkpoint_every == 0 or done == config.steps
+            stop = bool(stop_requested) or (time_limit is not None and time.perf_counter() - t_start >= time_limit)
+            if dist_info.world > 1:
+                # every rank must stop at the same step (the save gathers from all of them)
+                import torch.distributed as dist
+
+                flag = torch.tensor([1.0 if stop else 0.0], device=dev if dev.type == "cuda" else "cpu")
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop = bool(flag.item())
+            if is_val or is_ckpt or stop or len(pending) + 1 >= sync_every:
+                if is_val:
+                    val_loss = validation_loss(ema, val_batches)
+                    rec["val_loss"] = val_loss
+                pending.append((rec, loss_val))
+                flush()
+            else:
+                pending.append((rec, loss_val))
+            if is_ckpt or stop:
                 save(done)
-            if logf is not None:
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-            bar.set_postfix(loss=f"{loss_f:.4f}", samples_s=f"{sps_smooth:.1f}", refresh=False)
-            bar.update(1)
+            if stop:
+                break
+        flush()
         if start >= config.steps and not out.exists():
             save(start)
     finally:
+        pending.clear()
         bar.close()
         if logf is not None:
             logf.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
         if dist_info.initialised_here:
             import torch.distributed as dist
 
@@ -520,6 +641,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: the --resume path without .state, else model.safetensors")
     parser.add_argument("--resume", metavar="PATH.state", help="continue from a training state")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="DataLoader processes drawing batches ahead (default: 0 on cpu, up to 8 on cuda)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="stop and save after this many seconds (resume with --resume OUT.state)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward pass (GPU speed-up)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -544,9 +670,16 @@ def run_train(args: argparse.Namespace) -> int:
     out = args.out
     if out is None:
         out = args.resume[: -len(".state")] if args.resume and args.resume.endswith(".state") else "model.safetensors"
-    path = train(config, out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if args.time_limit is not None and not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        raise ConfigError(f"--time-limit must be a number of seconds > 0, got {args.time_limit!r}")
+    path = train(config, out, resume=args.resume, device=args.device, progress=not args.no_progress,
+                 workers=args.workers, time_limit=args.time_limit, compile_model=args.compile)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"wrote {path}")
+        _, meta = load_state(str(path) + ".state")
+        val = meta.get("val_loss")
+        val_s = "n/a" if val is None else f"{val:.4f}"
+        print(f"wrote {path} (step {meta['step']}/{config.steps}, validation loss {val_s}, "
+              f"{meta.get('wall_time', 0.0):.0f} s of training)")
     return 0
 
 
