@@ -45,25 +45,45 @@ class LogDetEstimate:
     method: str
 
 
-def per_example_jacobian(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+def per_example_jacobian(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_size: int | None = None) -> Tensor:
     """Dense per-example Jacobians ``(N, d_out, d_in)`` of a batch-to-batch ``fn``.
 
     ``fn`` must act on each batch element independently. Uses ``torch.func.jacfwd`` under
-    ``vmap`` (forward mode: ``d_in`` Jacobian-vector products, batched).
+    ``vmap`` (forward mode: ``d_in`` Jacobian-vector products, batched). ``chunk_size`` bounds the
+    number of Jacobian-vector products evaluated at once (memory grows with it; ``None``: all
+    ``d_in``): at ``d = 12288`` one batch of all of them does not fit a GPU.
     """
     shape = x.shape[1:]
+    d = int(math.prod(shape))
 
     def single(xi: Tensor) -> Tensor:
         return fn(xi.unsqueeze(0)).squeeze(0)
 
-    jac = torch.func.vmap(torch.func.jacfwd(single))(x)
     n = x.shape[0]
-    return jac.reshape(n, -1, int(math.prod(shape)))
+    if chunk_size is None or chunk_size >= d:
+        jac = torch.func.vmap(torch.func.jacfwd(single))(x)
+        return jac.reshape(n, -1, d)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 (or None), got {chunk_size!r}")
+    rows = []
+    for xi in x:
+        cols = []
+        for start in range(0, d, chunk_size):
+            idx = torch.arange(start, min(d, start + chunk_size), device=x.device)
+            basis = torch.zeros(idx.numel(), d, dtype=x.dtype, device=x.device)
+            basis[torch.arange(idx.numel(), device=x.device), idx] = 1.0
+            basis = basis.reshape(-1, *shape)
+            jv = torch.func.vmap(lambda v: torch.func.jvp(single, (xi,), (v,))[1])(basis)
+            cols.append(jv.reshape(idx.numel(), -1))
+        rows.append(torch.cat(cols).T)  # (d_out, d_in)
+    return torch.stack(rows)
 
 
-def exact_logdet(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """$\\log|\\det J(x_i)|$ per example, ``(N,)``; ``-inf`` where singular. ``fn`` must be square."""
-    jac = per_example_jacobian(fn, x)
+def exact_logdet(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_size: int | None = None) -> Tensor:
+    """$\\log|\\det J(x_i)|$ per example, ``(N,)``; ``-inf`` where singular. ``fn`` must be square.
+
+    ``chunk_size``: Jacobian-vector products per batch (see :func:`per_example_jacobian`)."""
+    jac = per_example_jacobian(fn, x, chunk_size)
     if jac.shape[-1] != jac.shape[-2]:
         raise ValueError(f"logdet needs a map R^d -> R^d, got a Jacobian of shape {tuple(jac.shape[1:])}")
     _, logabs = torch.linalg.slogdet(jac)
