@@ -586,7 +586,6 @@ def train(
                 loss_val /= dist_info.world
             done = step + 1
             rec: dict[str, Any] = {"step": done, "lr": lr}
-            is_val = dist_info.main and config.val_batches > 0 and (done % config.val_every == 0 or done == config.steps)
             is_ckpt = done % config.checkpoint_every == 0 or done == config.steps
             stop = bool(stop_requested) or (time_limit is not None and time.perf_counter() - t_start >= time_limit)
             if dist_info.world > 1:
@@ -596,6 +595,7 @@ def train(
                 flag = torch.tensor([1.0 if stop else 0.0], device=dev if dev.type == "cuda" else "cpu")
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 stop = bool(flag.item())
+            is_val = dist_info.main and config.val_batches > 0 and (done % config.val_every == 0 or done == config.steps or stop)
             if is_val or is_ckpt or stop or len(pending) + 1 >= sync_every:
                 if is_val:
                     val_loss = validation_loss(ema, val_batches)
