@@ -34,6 +34,7 @@ __all__ = [
     "ABSOLUTE_SLACK",
     "rounding_slack",
     "certify_float",
+    "gram_rounding_slack",
     "gram_iteration_bound",
     "fantastic_four_bound",
     "conv_symbol_grid_bound",
@@ -53,6 +54,16 @@ ROUNDING_SLACK: float = 1e-9
 #: Absolute slack added on top (covers underflow of tiny weights; irrelevant otherwise).
 ABSOLUTE_SLACK: float = 1e-30
 
+#: Memory budget, in bytes, for the per-frequency symbol blocks that :func:`operator_norm_bound`
+#: evaluates at once: the frequencies are processed in chunks of at most this many bytes of
+#: complex128 blocks (at least one frequency per chunk); the SVD / Gram-iteration workspace is a
+#: small multiple of it.
+BLOCK_CHUNK_BYTES: int = 2**28
+#: Gram iteration on symbol blocks (the path used on CUDA) stops once every block's upper bound is
+#: within a factor $e^{\text{tol}}$ of a lower bound on its norm, or after the maximum number of steps.
+GRAM_TOL: float = 2.0**-40
+GRAM_MAX_ITER: int = 64
+
 _EPS64 = 2.0**-53
 
 
@@ -62,6 +73,19 @@ def rounding_slack(dim: int) -> float:
     Returns ``max(ROUNDING_SLACK, 16 * dim**1.5 * 2**-53)``.
     """
     return max(ROUNDING_SLACK, 16.0 * float(max(dim, 1)) ** 1.5 * _EPS64)
+
+
+def gram_rounding_slack(m: int, n: int) -> float:
+    r"""Relative slack covering float64 rounding inside Gram iteration on an ``m x n`` matrix.
+
+    With $\delta = 16\,(mn + 1024)\,2^{-53}$, the float64 Gram-iteration value $\tilde B$ of a
+    (stored) matrix $A$ satisfies $\tilde B \ge (1-\delta)\,\sigma_1(A)$, at every number of
+    steps (proofs/04, "Rounding"). Returns $\delta/(1-\delta)$, so that
+    $\tilde B\,(1 + \text{slack}) \ge \sigma_1(A)$; ``inf`` if $\delta \ge 1$. Apply it before
+    :func:`certify_float`, which covers the rounding of the matrix's own computation.
+    """
+    delta = 16.0 * (float(max(m, 1)) * float(max(n, 1)) + 1024.0) * _EPS64
+    return math.inf if delta >= 1.0 else delta / (1.0 - delta)
 
 
 def certify_float(value: float, dim: int = 1) -> float:
@@ -423,30 +447,157 @@ def circular_conv_singular_values(weight: Tensor, grid: tuple[int, int], dilatio
     return torch.linalg.svdvals(blocks)
 
 
-def _max_block_norm(w64: Tensor, grid: tuple[int, int], dilation: tuple[int, int]) -> float:
-    blocks = _symbol_blocks(w64, grid, dilation)
-    return float(torch.linalg.matrix_norm(blocks, ord=2).max())
+def _symbol_block_range(wc: Tensor, grid: tuple[int, int], dilation: tuple[int, int], start: int, stop: int) -> Tensor:
+    r"""Symbol blocks at the ``rfft2`` frequencies ``start..stop-1`` (flattened), by a direct DFT.
+
+    ``wc`` is the complex kernel ``(g, o, i, kh, kw)``. Frequency $q$ is
+    $\xi = (q \,\mathrm{div}\, H_2,\ q \bmod H_2)$, $H_2 = M_2/\!/2+1$ (the order of
+    :func:`_symbol_blocks`), and $\hat W(\xi) = \sum_{a,b} w_{ab}\,e^{-2\pi i\,r_{ab}(\xi)/(M_1M_2)}$
+    with the integer $r_{ab}(\xi) = ((\xi_1ad_1 \bmod M_1)M_2 + (\xi_2bd_2 \bmod M_2)M_1) \bmod M_1M_2$:
+    the same blocks as ``rfft2`` of the dilated, wrapped kernel (taps that wrap add up because
+    the phase is periodic), computed for these frequencies only. Returns ``(F * g, o, i)``.
+    """
+    g, o, i, kh, kw = wc.shape
+    m1, m2 = grid
+    dev = wc.device
+    q = torch.arange(start, stop, device=dev)
+    x1, x2 = q // (m2 // 2 + 1), q % (m2 // 2 + 1)
+    a = torch.arange(kh, device=dev) * dilation[0]
+    b = torch.arange(kw, device=dev) * dilation[1]
+    r = ((x1[:, None, None] * a[None, :, None]) % m1) * m2 + ((x2[:, None, None] * b[None, None, :]) % m2) * m1
+    angle = (r % (m1 * m2)).to(torch.float64) * (-2.0 * math.pi / (m1 * m2))
+    phase = torch.polar(torch.ones_like(angle), angle).reshape(len(q), kh * kw)  # (F, K)
+    blocks = phase @ wc.reshape(g * o * i, kh * kw).T  # (F, g*o*i)
+    return blocks.reshape(len(q) * g, o, i)
 
 
-def _conv_bound(geo: _ConvGeometry, size_independent: bool) -> float:
-    w64 = _group_split(geo.weight.detach().to(torch.float64), geo.groups)
+def _gram_block_norms(blocks: Tensor, tol: float = GRAM_TOL, max_iter: int = GRAM_MAX_ITER) -> Tensor:
+    r"""Upper bounds on the spectral norms of a batch ``(..., m, n)`` by Gram iteration, no autograd.
+
+    The batched, certified-path variant of :func:`gram_iteration_bound` (Delattre et al., ICML 2023;
+    proofs/04, part 1): each block is first divided by its largest entry modulus $s$, then
+    $G_{t+1} = \tilde G_t^H\tilde G_t$ with $\tilde G_t = G_t/\|G_t\|_F$ and the scale kept in log
+    space. After $T$ steps $\sigma_1 \le U_T = s\|G_T\|_F^{1/2^T}$ and
+    $\sigma_1 \ge s(\|G_T\|_F/\|G_{T-1}\|_F)^{1/2^{T-1}}$ (as $\sum\sigma_i^{2p}/\sum\sigma_i^{p}
+    \le\sigma_1^{p}$), so in the normalised iterates $\log(U_T/L_T) = -\log\|\tilde G_{T-1}^H
+    \tilde G_{T-1}\|_F/2^T$. The loop stops when that gap is at most ``tol`` for every block of the
+    batch (one host synchronisation per step), or after ``max_iter`` steps; the result is an upper
+    bound in exact arithmetic whenever it stops. Works on any device, in the blocks' dtype.
+
+    Rounding: the float64 result $\tilde B$ satisfies $\tilde B \ge (1-\delta)\sigma_1$ with
+    $1/(1-\delta) = 1+$ :func:`gram_rounding_slack` ``(m, n)`` (proofs/04, "Rounding"); callers
+    apply it.
+
+    Returns:
+        real tensor of shape ``(...)``; ``nan`` where a block is not finite.
+    """
+    if blocks.dim() < 2:
+        raise ValueError(f"_gram_block_norms needs a (..., m, n) tensor, got shape {tuple(blocks.shape)}")
+    with torch.no_grad():
+        g = blocks if blocks.shape[-2] >= blocks.shape[-1] else blocks.mH
+        real_dtype = g.real.dtype if g.is_complex() else g.dtype
+        tiny = torch.finfo(real_dtype).tiny
+        scale = g.abs().amax(dim=(-2, -1)).clamp_min(tiny)
+        g = g / scale[..., None, None]
+        log_scale = torch.zeros_like(scale)
+        f = torch.linalg.matrix_norm(g, ord="fro")
+        steps = 0
+        for steps in range(1, max_iter + 1):
+            fc = f.clamp_min(tiny)
+            g = g / fc[..., None, None]
+            g = g.mH @ g
+            log_scale = 2.0 * (log_scale + torch.log(fc))
+            f = torch.linalg.matrix_norm(g, ord="fro")
+            gap = torch.where(f > 0, -torch.log(f), torch.zeros_like(f)) / 2.0**steps
+            if bool((gap.max() <= tol) | gap.isnan().any()):  # a nan block makes the result nan anyway
+                break
+        return scale * torch.exp((log_scale + torch.log(f)) / 2.0**steps)
+
+
+def _max_block_norm(
+    w64: Tensor,
+    grid: tuple[int, int],
+    dilation: tuple[int, int],
+    *,
+    method: str | None = None,
+    chunk_bytes: int | None = None,
+) -> float:
+    r"""$\max_{g,\xi}\sigma_1(\hat W_g(\xi))$ over the ``rfft2`` half plane of ``grid``, up to rounding.
+
+    The blocks are evaluated in chunks of at most ``chunk_bytes`` (default
+    :data:`BLOCK_CHUNK_BYTES`) of complex128 matrices, never all at once, on ``w64``'s device.
+    ``method="svd"`` (default on CPU) takes each block's exact norm with a batched LAPACK SVD;
+    ``method="gram"`` (default on CUDA, where the batched SVD is slow) bounds it by batched Gram
+    iteration (:func:`_gram_block_norms`) and multiplies by $1+$:func:`gram_rounding_slack`, so
+    both return a value that :func:`certify_float` turns into a certified bound.
+
+    Arguments:
+        w64: float64 kernel ``(groups, o, i, kh, kw)``.
+        grid, dilation: the circular grid $M_1\times M_2$ and the dilation.
+        method: ``"svd"``, ``"gram"`` or ``None`` (by device).
+        chunk_bytes: memory budget per chunk, in bytes.
+
+    Raises:
+        ValueError: for an unknown ``method``.
+    """
+    if method is None:
+        method = "gram" if w64.device.type == "cuda" else "svd"
+    if method not in ("svd", "gram"):
+        raise ValueError(f"method must be 'svd', 'gram' or None, got {method!r}")
+    g, o, i = w64.shape[:3]
+    m1, m2 = grid
+    total = m1 * (m2 // 2 + 1)
+    budget = BLOCK_CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
+    per_freq = g * o * i * 16  # complex128
+    chunk = max(1, budget // per_freq)
+    wc = w64.to(torch.complex128)
+    best = w64.new_zeros(())
+    for start in range(0, total, chunk):
+        blocks = _symbol_block_range(wc, grid, dilation, start, min(start + chunk, total))
+        if method == "svd":
+            s = torch.linalg.matrix_norm(blocks, ord=2)
+        else:
+            s = _gram_block_norms(blocks)
+        best = torch.maximum(best, s.max())  # propagates nan
+        del blocks, s
+    val = float(best)
+    if method == "gram":
+        val *= 1.0 + gram_rounding_slack(o, i)
+    return val
+
+
+def _conv_bound(
+    geo: _ConvGeometry,
+    size_independent: bool,
+    device: torch.device | str | None = None,
+    method: str | None = None,
+) -> float:
+    dev = geo.weight.device if device is None else torch.device(device)
+    w64 = _group_split(geo.weight.detach().to(device=dev, dtype=torch.float64), geo.groups)
     dim = max(w64.shape[1], w64.shape[2]) * max(geo.k)
     if size_independent:
         factor = math.sqrt(_axis_plan_size_independent(geo, 0) * _axis_plan_size_independent(geo, 1))
         dm1 = (geo.dilation[0] * (geo.k[0] - 1), geo.dilation[1] * (geo.k[1] - 1))
         grid = _default_grid(dm1)
-        sampled = _max_block_norm(w64, grid, geo.dilation) * _sampling_factor(dm1, grid)
+        sampled = _max_block_norm(w64, grid, geo.dilation, method=method) * _sampling_factor(dm1, grid)
         ff = float(fantastic_four_bound(w64.flatten(0, 1), n_iter=12, groups=geo.groups))
+        ff *= 1.0 + gram_rounding_slack(w64.shape[1] * w64.shape[2], geo.k[0] * geo.k[1])  # R_j: m*n = o*i*kh*kw
         return certify_float(factor * min(sampled, ff), dim * max(grid))
     (m1, f1), (m2, f2) = _axis_plan(geo, 0), _axis_plan(geo, 1)
-    val = _max_block_norm(w64, (m1, m2), geo.dilation)
+    val = _max_block_norm(w64, (m1, m2), geo.dilation, method=method)
     return certify_float(math.sqrt(f1 * f2) * val, dim * max(m1, m2))
 
 
 # ----------------------------------------------------------------------------- public API
 
 
-def operator_norm_bound(layer: nn.Module, input_shape: Sequence[int], *, size_independent: bool = False) -> float:
+def operator_norm_bound(
+    layer: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    size_independent: bool = False,
+    device: torch.device | str | None = None,
+) -> float:
     r"""Certified upper bound on the operator ($\ell_2$) norm of a linear layer, bias excluded.
 
     * ``nn.Linear`` (``input_shape=(features,)``, or any shape whose last entry is the number
@@ -454,12 +605,18 @@ def operator_norm_bound(layer: nn.Module, input_shape: Sequence[int], *, size_in
     * ``nn.Conv2d`` / ``nn.ConvTranspose2d`` (``input_shape=(C, H, W)``): the convolution is
       written as padding $P$, a stride-1 circular convolution $C_M$ on an $M_1\times M_2$ grid,
       and a subsampling/selection $S$: $\|A\| \le \|S\|\,\|C_M\|\,\|P\|$, with $\|C_M\|$ the
-      largest per-frequency singular value of the kernel's FFT (exact, float64 SVD). Every
+      largest per-frequency singular value of the kernel's DFT. The frequencies are processed
+      in chunks of at most :data:`BLOCK_CHUNK_BYTES`; on CPU each block's norm is exact (float64
+      SVD), on CUDA it is bounded by batched float64 Gram iteration (a batched SVD is slow
+      there), at most ``GRAM_TOL`` (relative) above the exact value. Every
       stride, dilation, padding (ints or ``"same"``/``"valid"``), groups (max over groups) and
       ``padding_mode`` (zeros, circular, reflect, replicate) is covered (proofs/04).
       ``size_independent=True`` gives a bound valid for every input size instead.
 
-    The result is inflated by :data:`ROUNDING_SLACK` (see :func:`rounding_slack`).
+    The result is inflated by :data:`ROUNDING_SLACK` (see :func:`rounding_slack`), and Gram
+    iteration's values also by :func:`gram_rounding_slack`.
+
+    ``device`` is where the float64 computation runs (default: the weight's device).
 
     The bound is computed from the layer's ``weight`` as read now (a
     :mod:`torch.nn.utils.parametrize` parametrization recomputes it on access, so it is fine). A
@@ -479,10 +636,12 @@ def operator_norm_bound(layer: nn.Module, input_shape: Sequence[int], *, size_in
     if isinstance(layer, nn.Linear):
         if len(input_shape) < 1 or int(input_shape[-1]) != layer.in_features:
             raise ValueError(f"Linear expects input_shape ending in {layer.in_features}, got {tuple(input_shape)!r}")
-        w = layer.weight.detach().to(torch.float64)
-        return certify_float(float(gram_iteration_bound(w, 12)), max(w.shape))
+        dev = layer.weight.device if device is None else torch.device(device)
+        w = layer.weight.detach().to(device=dev, dtype=torch.float64)
+        val = float(gram_iteration_bound(w, 12)) * (1.0 + gram_rounding_slack(*w.shape))
+        return certify_float(val, max(w.shape))
     if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-        return _conv_bound(_conv_geometry(layer, input_shape), size_independent)
+        return _conv_bound(_conv_geometry(layer, input_shape), size_independent, device)
     raise UnsupportedModuleError(f"operator_norm_bound has no rule for {type(layer).__name__}; supported: Linear, Conv2d, ConvTranspose2d")
 
 
