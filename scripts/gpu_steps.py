@@ -35,7 +35,7 @@ def _sync() -> None:
 
 
 def _peak() -> float:
-    return _peak() if DEV.type == "cuda" else float("nan")
+    return torch.cuda.max_memory_allocated() / 2**30 if DEV.type == "cuda" else float("nan")
 
 
 def _model():
