@@ -47,6 +47,19 @@ def _linear_part(layer: nn.Module) -> Any:
     return fn
 
 
+def _to_float64_keeping_complex(module: nn.Module) -> nn.Module:
+    """``module`` with real floating tensors cast to float64 and complex ones to complex128 (in place)."""
+
+    def cast(t: Tensor) -> Tensor:
+        if t.is_complex():
+            return t.to(torch.complex128)
+        if t.is_floating_point():
+            return t.to(torch.float64)
+        return t
+
+    return module._apply(cast)
+
+
 def assert_bound_sound(layer_or_net: nn.Module, input_shape: Sequence[int], *, points: int = 3,
                        slack: float = 1e-9, size_independent: bool = False, seed: int = 0) -> tuple[float, float]:
     r"""Assert that injcert's certified bound is $\ge$ the exact Jacobian norm (up to ``slack``).
@@ -54,7 +67,13 @@ def assert_bound_sound(layer_or_net: nn.Module, input_shape: Sequence[int], *, p
     For ``nn.Linear``/``nn.Conv2d``/``nn.ConvTranspose2d`` the truth is the exact operator norm
     (bias removed; the map is linear, so one point suffices); for any other module it is the largest
     exact Jacobian norm at ``points`` random inputs in $[-1, 1]$ plus the origin — a lower bound on
-    the Lipschitz constant, so the comparison can only refute. Runs in float64 on a copy.
+    the Lipschitz constant, so the comparison can only refute.
+
+    No cast hides a failure: the bound is computed on a copy of the module **in its own dtypes**
+    (the module that runs — e.g. a float32 BatchNorm's float32 coefficients, a complex weight,
+    which is refused), and the truth on a float64 copy made by casting only real floating tensors
+    (complex ones become complex128; ``Module.to(torch.float64)`` would silently drop their
+    imaginary parts and certify ``1j * I`` with the bound 0 against a truth of 0).
 
     Arguments:
         layer_or_net: the module (its Lipschitz rules must exist).
@@ -74,10 +93,11 @@ def assert_bound_sound(layer_or_net: nn.Module, input_shape: Sequence[int], *, p
 
     from ..theory.lipschitz import lipschitz_bound
 
-    module = copy.deepcopy(layer_or_net).to(torch.float64).eval()
-    for p in module.parameters():
+    native = copy.deepcopy(layer_or_net).eval()
+    for p in native.parameters():
         p.requires_grad_(False)
-    bound = float(lipschitz_bound(module, tuple(input_shape), size_independent=size_independent).value)
+    bound = float(lipschitz_bound(native, tuple(input_shape), size_independent=size_independent).value)
+    module = _to_float64_keeping_complex(copy.deepcopy(native))
     shape = (1, *(int(v) for v in input_shape))
     if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
         truth = exact_jacobian_norm(_linear_part(module), torch.zeros(shape, dtype=torch.float64))

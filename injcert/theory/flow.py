@@ -82,9 +82,13 @@ def step_margins(h: Sequence[float] | Tensor | float, lipschitz: Sequence[float]
     r"""Contraction factors $q_k = |h_k| L_k$ (float64 tensor). Step $k$ is injective iff-certified when $q_k < 1$."""
     hh = torch.as_tensor(h, dtype=torch.float64)
     ll = torch.as_tensor(lipschitz, dtype=torch.float64)
-    if bool((ll < 0).any()):
-        raise ValueError(f"Lipschitz constants must be >= 0, got {lipschitz!r}")
-    return hh.abs() * ll
+    if bool((ll < 0).any()) or bool(ll.isnan().any()):
+        raise ValueError(f"Lipschitz constants must be >= 0 (not NaN), got {lipschitz!r}")
+    if not bool(torch.isfinite(hh).all()):
+        raise ValueError(f"step sizes must be finite, got {h!r}")
+    q = hh.abs() * ll
+    # each product rounded to nearest: move it up one ulp so that q_k >= |h_k| L_k exactly
+    return torch.where(q > 0, torch.nextafter(q, torch.full_like(q, math.inf)), q)
 
 
 def batch_norm(v: Tensor) -> float:
@@ -166,14 +170,21 @@ def fixed_point_inverse(
             tolerance is below the rounding floor of the working dtype), or if the budget runs
             out (with the reached bound and the iteration count). An unconverged iterate is
             never returned. Also raised if an iterate becomes non-finite.
-        ValueError: for ``tol <= 0`` or ``max_iter < 1``.
+        ValueError: for ``tol <= 0``, ``max_iter < 1``, a non-finite ``h``, or a ``lipschitz``
+            that is negative, NaN or infinite (checked before anything is evaluated).
     """
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter!r}")
     h = float(h)
-    q = math.nextafter(abs(h) * float(lipschitz), math.inf)  # rounded up
+    lip = float(lipschitz)
+    # a negative or NaN L would make q < 1 "pass" with a meaningless (even negative) error bound
+    if not (math.isfinite(lip) and lip >= 0.0) or not math.isfinite(h):
+        raise ValueError(
+            f"fixed_point_inverse needs a finite step h and a finite Lipschitz constant L >= 0, got h={h!r}, L={lipschitz!r}"
+        )
+    q = math.nextafter(abs(h) * lip, math.inf)  # rounded up
     if not (math.isfinite(q) and q < 1.0):
         raise NonConvergenceError(
             f"fixed_point_inverse needs |h|*L < 1 for a certified inverse, got |h|*L = {abs(h) * float(lipschitz)!r} "

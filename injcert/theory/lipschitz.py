@@ -2,7 +2,8 @@ r"""Certified compositional Lipschitz bounds and sound empirical lower bounds (T
 
 ``lipschitz_bound(module, input_shape)`` walks a module tree through a registry of rules,
 one per module type (looked up along the type's MRO; a subclass inherits its parent's rule only
-if it does not override ``forward``). Each rule returns a certified bound on the $\ell_2$
+if it does not change the parent's forward path, :func:`get_lipschitz_rule`). Modules with complex
+parameters or buffers are refused. Each rule returns a certified bound on the $\ell_2$
 Lipschitz constant **in the input x** and the output shape, rounded up to a float. A module
 without a rule, a subclass overriding ``forward`` without its own rule, and a module with forward
 (pre-)hooks raise :class:`~injcert.errors.UnsupportedModuleError` naming the module; nothing is
@@ -15,6 +16,7 @@ are held fixed: they contribute nothing to the Lipschitz constant in ``x`` (proo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from fractions import Fraction
 from collections.abc import Callable, Sequence
@@ -29,6 +31,7 @@ from injcert.theory.spectral import (
     _require_inherited_forward,
     certify_float,
     operator_norm_bound,
+    real_float64,
 )
 
 __all__ = [
@@ -185,8 +188,8 @@ def register_lipschitz_rule(*module_types: type) -> Callable[[Rule], Rule]:
     """Decorator registering ``rule(module, input_shape, ctx) -> (bound, output_shape)``.
 
     Shapes exclude the batch dimension. Subclasses of a registered type inherit its rule
-    unless they register their own — but only if they do not override ``forward`` (otherwise
-    they compute something else and must register a rule). A rule must return a value rounded
+    unless they register their own — but only if they do not change its forward path (see
+    :func:`get_lipschitz_rule`; otherwise they compute something else and must register a rule). A rule must return a value rounded
     **up** (use :func:`certify_float`, :func:`product_bound`, :func:`sum_bound`, ...).
 
     Raises:
@@ -210,13 +213,18 @@ def get_lipschitz_rule(module: nn.Module) -> Rule:
     """The rule for ``module``'s type, looked up along its MRO.
 
     A rule registered for a proper base class ``C`` of ``type(module)`` is used only if the
-    subclass inherits ``C``'s forward path unchanged (``forward``, ``_conv_forward``, ``__call__``):
-    a subclass overriding ``forward`` computes another map. (Classes created by
-    :mod:`torch.nn.utils.parametrize` only add properties, so they keep their base's rule.)
+    subclass inherits ``C``'s forward path unchanged: for PyTorch's leaf layers ``forward``,
+    ``_conv_forward``, ``__call__`` (and the call wrappers); for containers such as
+    ``nn.Sequential`` and for classes outside PyTorch, *any* redefinition of an attribute of ``C``
+    or of a private name (``__iter__``, ``__len__``, ``__getitem__``, a ``_modules`` property, …)
+    except construction/copy/printing (see :func:`injcert.theory.spectral._require_inherited_forward`).
+    A forward-path method replaced on the instance is refused as well. (Classes created by
+    :mod:`torch.nn.utils.parametrize` only add properties and copy hooks, so they keep their
+    base's rule.)
 
     Raises:
         UnsupportedModuleError: naming the type, if no class in the MRO has a rule, or if the
-            subclass overrides ``forward``.
+            module does not compute ``C``'s map as above.
     """
     for cls in type(module).__mro__:
         if cls in _RULES:
@@ -243,6 +251,7 @@ class BoundContext:
         """Bound a submodule through the registry; records a row when ``module`` is a leaf."""
         shape = tuple(int(v) for v in input_shape)
         _reject_forward_hooks_named(module, ".".join(p for p in [*self._prefix, name] if p))
+        _reject_complex(module, recurse=False)  # also when a context is used without lipschitz_bound
         rule = get_lipschitz_rule(module)
         n_before = len(self.layers)
         self._prefix.append(name)
@@ -292,8 +301,25 @@ def lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, size_indep
     shape = tuple(int(v) for v in input_shape)
     for sub_name, sub in module.named_modules():  # also submodules a custom rule reads directly
         _reject_forward_hooks_named(sub, sub_name)
+    _reject_complex(module)
     value, _ = ctx.bound(module, shape, "")
     return LipschitzBound(float(value), list(ctx.layers), shape, bool(size_independent))
+
+
+def _reject_complex(module: nn.Module, recurse: bool = True) -> None:
+    """Refuse a module holding any complex parameter or buffer (proofs/05, item 6).
+
+    The rules cast weights with ``.to(torch.float64)``, which silently drops imaginary parts (a
+    ``1j * I`` weight would be certified with bound 0); none of them is derived for complex maps.
+    """
+    for kind, items in (("parameter", module.named_parameters(recurse=recurse)),
+                        ("buffer", module.named_buffers(recurse=recurse))):
+        for name, t in items:
+            if t.is_complex():
+                raise UnsupportedModuleError(
+                    f"{kind} {name!r} of {type(module).__name__} is complex ({t.dtype}); certified Lipschitz bounds "
+                    "are derived for real floating-point weights only (a cast to float64 would drop the imaginary part)"
+                )
 
 
 def _reject_forward_hooks_named(module: nn.Module, name: str) -> None:
@@ -316,8 +342,13 @@ def _output_shape(module: nn.Module, shape: tuple) -> tuple:
 
 @register_lipschitz_rule(nn.Sequential)
 def _sequential_rule(module: nn.Sequential, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    # Sequential.forward runs ``for m in self`` = every entry of ``_modules`` in order, *with*
+    # repetitions: named_children() would skip a module that appears twice (Sequential(a, a)).
+    # Subclasses changing __iter__/_modules/... are refused by get_lipschitz_rule.
     lips = []
-    for name, child in module.named_children():
+    for name, child in list(module._modules.items()):
+        if child is None:
+            raise UnsupportedModuleError(f"{type(module).__name__} entry {name!r} is None; its forward would fail")
         lip, shape = ctx.bound(child, shape, name)
         lips.append(lip)
     return product_bound(*lips), shape
@@ -350,11 +381,28 @@ def _batchnorm_rule(module: nn.modules.batchnorm._BatchNorm, shape: tuple, ctx: 
             f"{type(module).__name__} in training mode (or without running statistics) depends on the batch; "
             "call .eval() first"
         )
-    var = module.running_var.detach().to(torch.float64)
+    # The module computes its per-channel coefficient in its own dtype (CPU: w * rsqrt(var + eps));
+    # in float32 that differs from the float64 value by a few ulps, more than certify_float's 1e-9.
+    # Bound both: the coefficients as the module computes them, and the float64 value inflated by
+    # 10u of the module's dtype, which covers eps rounded to the dtype, a correctly rounded sum and
+    # product and an rsqrt within 3 ulps: (1 + 6u)(1 + u)/(1 - u) <= 1 + 10u (proofs/05, item 6).
+    var_t = module.running_var.detach()
+    var = real_float64(var_t, f"{type(module).__name__}.running_var")
     scale = 1.0 / torch.sqrt(var + module.eps)
-    if module.affine and module.weight is not None:
-        scale = scale * module.weight.detach().to(torch.float64).abs()
-    return certify_float(float(scale.max())), shape
+    w_t = module.weight.detach() if (module.affine and module.weight is not None) else None
+    if w_t is not None:
+        scale = scale * real_float64(w_t, f"{type(module).__name__}.weight").abs()
+    dt = var_t.dtype if w_t is None else torch.promote_types(var_t.dtype, w_t.dtype)
+    u = torch.finfo(dt).eps / 2
+    coef = torch.rsqrt(var_t.to(dt) + module.eps)
+    if w_t is not None:
+        coef = w_t.to(dt) * coef
+    as_run = float(coef.abs().max().to(torch.float64)) if coef.numel() else 0.0
+    exact = float(scale.max()) if scale.numel() else 0.0
+    inflated = exact * (1.0 + 10.0 * u)
+    if math.isnan(as_run) or math.isnan(inflated):
+        return math.inf, shape
+    return certify_float(max(as_run, inflated)), shape
 
 
 @register_lipschitz_rule(nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.MultiheadAttention)
@@ -526,29 +574,170 @@ def _maxpool_rule(module: nn.MaxPool2d, shape: tuple, ctx: BoundContext) -> tupl
     return _sqrt_up(count), _output_shape(module, shape)
 
 
+#: Size-independent nearest-upsampling bounds hold for every input whose *output* extent along each
+#: axis is at most this (proofs/05, item 4): PyTorch computes source indices in float32,
+#: ``floor(float(dst) * float(1/scale))``, and beyond $2^{24}$ neither ``dst`` nor the product is
+#: exact, so the number of copies of one pixel grows without bound with the size.
+UPSAMPLE_MAX_OUTPUT_EXTENT: int = 2**20
+
+
+def _axis_scale(module: nn.Upsample, ax: int, n_axes: int) -> Optional[float]:
+    sf = module.scale_factor
+    if sf is None:
+        return None
+    if isinstance(sf, (tuple, list)):
+        if len(sf) != n_axes:
+            raise ValueError(f"Upsample scale_factor {sf!r} does not match {n_axes} spatial axes")
+        return float(sf[ax])
+    return float(sf)
+
+
+#: The two index computations of PyTorch's nearest kernels (``floorf(dst * scale)``, clamped to ``n - 1``):
+#: ``"f32"`` — scale and product in float32 (CPU for float32/half/bfloat16 inputs, CUDA); ``"f64"`` —
+#: scale and product in float64, the product rounded to float32 before ``floorf`` (CPU, float64 inputs).
+#: Checked against the kernels by tests/test_audit_regressions.py.
+_INDEX_MODES = ("f32", "f64")
+
+
+def _unclamped_sources(d: Tensor, scale64: float, mode: str) -> Tensor:
+    """``floor(dst * scale)`` for the integer tensor ``d`` (exact in float32 below 2^24), as ``mode`` computes it."""
+    if mode == "f32":
+        prod = d.to(torch.float32) * torch.tensor(scale64, dtype=torch.float64).to(torch.float32)
+    else:
+        prod = (d.to(torch.float64) * scale64).to(torch.float32)
+    return torch.floor(prod).to(torch.int64)
+
+
+def _kernel_scale(module: nn.Upsample, sf: Optional[float], n: int, out: int, mode: str) -> float:
+    """The kernel's ``scale`` (as a float64 value): ``1.0 / sf`` when the scale factor reaches the kernel (given,
+    ``recompute_scale_factor`` not true), else ``n / out``, computed in float32 for ``"f32"``, float64 for ``"f64"``."""
+    if sf is not None and sf > 0 and not module.recompute_scale_factor:
+        return 1.0 / sf  # computed in double; "f32" rounds it to float32
+    if mode == "f32":
+        return float(torch.tensor(float(n), dtype=torch.float32) / out)
+    return n / out
+
+
+def _nearest_sources(module: nn.Upsample, sf: Optional[float], n: int, out: int, mode: str) -> Tensor:
+    """Source index of each of ``out`` outputs by PyTorch's general nearest formula in ``mode``."""
+    d = torch.arange(out, dtype=torch.int64)
+    return _unclamped_sources(d, _kernel_scale(module, sf, n, out, mode), mode).clamp_(max=n - 1)
+
+
+def _axis_copies_fixed(module: nn.Upsample, sf: Optional[float], n: int, out: int) -> int:
+    """Largest number of outputs reading one input position along an axis, by the general formula in
+    both index modes.
+
+    PyTorch's CPU kernel special-cases ``out == n`` (copy) and ``out == 2n`` (``dst >> 1``); its CUDA
+    kernel does not. Both are counted: the rule must hold on either device and for either dtype."""
+    if out < 1:
+        return 0
+    cnt = 1
+    for mode in _INDEX_MODES:
+        cnt = max(cnt, int(torch.bincount(_nearest_sources(module, sf, n, out, mode), minlength=n).max()))
+    if out == 2 * n:
+        cnt = max(cnt, 2)
+    return cnt
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_copies_every_size(sf: float, limit: int = UPSAMPLE_MAX_OUTPUT_EXTENT) -> int:
+    r"""Largest number of copies of one pixel along an axis, over every input size whose output extent
+    is $\le$ ``limit``, for a scale factor passed to the kernel (proofs/05, item 4).
+
+    With $s = 1/\mathrm{sf}$ (rounded) the source of output $d$ is
+    $\min(\lfloor \mathrm{fl}(d\,s)\rfloor, n-1)$ (both index modes of :data:`_INDEX_MODES` are enumerated)
+    and the output extent is $\lfloor n\,\mathrm{sf}\rfloor$. The unclamped sources $i(d)$ do not
+    depend on $n$ and are non-decreasing in $d$: an interior pixel gets at most the longest run of
+    equal $i(d)$, $d <$ ``limit``; the last pixel gets $o - \min\{d : i(d) \ge n-1\}$ outputs for
+    the output extent $o = \lfloor n\,\mathrm{sf}\rfloor$, largest at the smallest $n$ giving $o$,
+    enumerated for every $o \le$ ``limit``. The CPU special cases (extent $n$ or $2n$) give 1 or 2.
+    """
+    if sf == 1.0:
+        return 1
+    if sf == 2.0:
+        return 2  # extent 2n: dst >> 1 (CPU) or floor(dst * 0.5), exact below 2^24 (CUDA)
+    import numpy as np  # IEEE float32/float64 elementwise arithmetic, faster than torch here
+
+    # the smallest n giving each output extent o: ceil(o / sf) is within one of it
+    os_ = np.arange(1, limit + 1, dtype=np.float64)
+    n = np.maximum(np.ceil(os_ / sf), 1.0)
+    n -= (n > 1) & (np.floor((n - 1) * sf) >= os_)
+    n += np.floor(n * sf) < os_
+    hit = np.floor(n * sf) == os_  # Python's floor(float(n) * sf)
+    o_i, n_i = os_[hit].astype(np.int64), n[hit].astype(np.int64)
+    best = 2 if bool((o_i == 2 * n_i).any()) else 1
+    d = np.arange(limit, dtype=np.int64)
+    for mode in _INDEX_MODES:
+        if mode == "f32":
+            prod = d.astype(np.float32) * np.float32(1.0 / sf)
+        else:
+            prod = (d.astype(np.float64) * (1.0 / sf)).astype(np.float32)
+        idx = np.floor(prod).astype(np.int64)  # non-decreasing in d
+        edges = np.concatenate(([0], np.flatnonzero(np.diff(idx)) + 1, [limit]))
+        best = max(best, int(np.diff(edges).max()))  # longest run: an interior pixel
+        if o_i.size:  # the last pixel n - 1 of an input of n pixels, output extent o
+            first = np.searchsorted(idx, n_i - 1, side="left")
+            best = max(best, int((o_i - first).max()))
+    return best
+
+
 @register_lipschitz_rule(nn.Upsample)
 def _upsample_rule(module: nn.Upsample, shape: tuple, ctx: BoundContext) -> tuple[float, tuple]:
+    r"""Nearest upsampling copies every output from one input pixel: $\|U\| = \sqrt{\mu}$ with $\mu$ the
+    largest number of copies of one pixel (proofs/05, item 4), counted the way the module computes them.
+
+    At a fixed shape $\mu$ is counted on the module's own output (each input pixel labelled by its
+    index) and, per axis, by PyTorch's general float32 index formula (what CUDA runs), whichever is
+    larger. Size-independently a ``scale_factor`` is required, and the count is enumerated over every
+    input size up to an output extent of :data:`UPSAMPLE_MAX_OUTPUT_EXTENT` per axis.
+    """
     if module.mode != "nearest":
         raise UnsupportedModuleError(f"Upsample(mode={module.mode!r}) has no rule; use mode='nearest'")
-    if ctx.size_independent and module.scale_factor is None:
-        raise UnsupportedModuleError(
-            f"Upsample(size={module.size!r}) in size-independent mode: the number of copies of a pixel "
-            "depends on the input size (e.g. 4x4 -> 8x8 copies each pixel 4 times, 1x1 -> 8x8 64 times); "
-            "no bound valid for every input size. Use scale_factor=..., or a bound for a given input shape"
-        )
-    out_shape = _output_shape(module, shape)
-    mult = 1
-    for ax in range(2):
-        n, m = shape[-2 + ax], out_shape[-2 + ax]
-        if ctx.size_independent and module.scale_factor is not None:
-            sf = module.scale_factor if not isinstance(module.scale_factor, tuple) else module.scale_factor[ax]
-            mult *= math.ceil(float(sf)) if float(sf) >= 1 else 1
-            continue
-        src = torch.nn.functional.interpolate(
-            torch.arange(n, dtype=torch.float64).view(1, 1, n), size=m, mode="nearest"
-        ).view(-1).long()
-        mult *= int(torch.bincount(src, minlength=n).max())
-    return _sqrt_up(mult), out_shape
+    spatial = tuple(int(v) for v in shape[1:])
+    n_axes = len(spatial)
+    if n_axes not in (1, 2, 3):
+        raise ValueError(f"Upsample expects an input shape (C, *spatial) with 1 to 3 spatial axes, got {shape!r}")
+    if ctx.size_independent:
+        if module.scale_factor is None:
+            raise UnsupportedModuleError(
+                f"Upsample(size={module.size!r}) in size-independent mode: the number of copies of a pixel "
+                "depends on the input size (e.g. 4x4 -> 8x8 copies each pixel 4 times, 1x1 -> 8x8 64 times); "
+                "no bound valid for every input size. Use scale_factor=..., or a bound for a given input shape"
+            )
+        mult = 1
+        for ax in range(n_axes):
+            sf = _axis_scale(module, ax, n_axes)
+            assert sf is not None
+            if module.recompute_scale_factor and sf not in (1.0, 2.0):
+                raise UnsupportedModuleError(
+                    f"Upsample(scale_factor={module.scale_factor!r}, recompute_scale_factor=True) in size-independent "
+                    "mode: the kernel's scale depends on the input size; no bound valid for every size"
+                )
+            if not (math.isfinite(sf) and sf > 0):
+                raise ValueError(f"Upsample scale_factor must be finite and > 0, got {module.scale_factor!r}")
+            mult *= _axis_copies_every_size(sf)
+        out_shape = _output_shape(module, shape)
+        return _sqrt_up(mult), out_shape
+    # fixed shape: label every input pixel with its index and run the module itself
+    numel = math.prod(spatial)
+    if numel >= 2**53:
+        raise ValueError(f"input shape {shape!r} is too large to label its pixels exactly in float64")
+    mult, out_spatial = 0, spatial
+    for dt in (torch.float32, torch.float64):  # the CPU kernel computes indices depending on the input's dtype
+        if dt == torch.float32 and numel > 2**24:
+            continue  # labels not exact in float32; the float32 formula below covers that dtype
+        labels = torch.arange(numel, dtype=dt).reshape(1, 1, *spatial)
+        with torch.no_grad():
+            src = module(labels)
+        out_spatial = tuple(src.shape[2:])
+        counts = torch.bincount(src.reshape(-1).to(torch.int64), minlength=numel)
+        mult = max(mult, int(counts.max()) if counts.numel() else 0)
+    out_shape = (shape[0], *out_spatial)
+    formula = 1
+    for ax in range(n_axes):
+        formula *= _axis_copies_fixed(module, _axis_scale(module, ax, n_axes), spatial[ax], out_spatial[ax])
+    return _sqrt_up(max(mult, formula)), out_shape
 
 
 # ----------------------------------------------------------------------------- lower bounds
@@ -580,6 +769,9 @@ def lipschitz_lower_bound(
     This is an empirical lower bound (like the power iteration of Miyato et al. 2018); it is never
     a certificate of an upper bound.
     """
+    from .._compat import quiet_jvp_decompositions
+
+    quiet_jvp_decompositions()
     x = points.detach().clone()
     v = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
     best = 0.0

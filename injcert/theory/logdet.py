@@ -56,6 +56,10 @@ def per_example_jacobian(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_size: 
     shape = x.shape[1:]
     d = int(math.prod(shape))
 
+    from .._compat import quiet_jvp_decompositions
+
+    quiet_jvp_decompositions()
+
     def single(xi: Tensor) -> Tensor:
         return fn(xi.unsqueeze(0)).squeeze(0)
 
@@ -126,6 +130,10 @@ def trace_estimate(
         raise ValueError(f"unknown trace method {method!r}; choose 'hutchinson' or 'hutchpp'")
     n, shape = x.shape[0], tuple(x.shape[1:])
     d = int(math.prod(shape))
+
+    from .._compat import quiet_jvp_decompositions
+
+    quiet_jvp_decompositions()
 
     def jvp(v: Tensor) -> Tensor:  # v: (N, *shape)
         return torch.func.jvp(fn, (x,), (v,))[1]
@@ -237,19 +245,32 @@ def step_logdet_interval(h: float, lipschitz: float, dim: int) -> tuple[float, f
     r"""Certified $(d\log(1-hL),\ d\log(1+hL)) \ni \log|\det(I + hJ)|$ for $\|J\|_2 \le L$.
 
     Every singular value of $I + hJ$ lies in $[1 - hL, 1 + hL]$ (Weyl), and
-    $|\det| = \prod_i \sigma_i$. Rounded outward by one ulp-scale margin.
+    $|\det| = \prod_i \sigma_i$. Rounding (proofs/06, part 3): $q = |h|L$ is rounded **up** (the
+    float product is within half an ulp; one ulp up makes it $\ge$ the exact product), so both ends
+    move outward. This matters as $q \to 1$: an error $\delta$ in $q$ moves $\log(1-q)$ by
+    $\delta/(1-q)$, e.g. $6\cdot10^{-11}$ for one ulp at $1-q = 2\cdot10^{-6}$, far above a
+    relative $10^{-12}$ pad. With $q$ rounded up, $1 - q$ is exact (Sterbenz, for $q \ge 1/2$) or
+    within half an ulp inside ``log1p``, and the remaining errors — ``log1p`` (below 2 ulps), the
+    product by $d$ (half an ulp) — are relative to the result: the pad is $10^{-12}$ of the
+    larger end, plus the amplified rounding of $1 - q$, $d\,\varepsilon/(1-q)$.
 
     Raises:
-        ValueError: if $h|L| \ge 1$, or ``dim < 1``, or a value is not finite.
+        ValueError: if $h|L| \ge 1$ (after rounding up), ``dim < 1``, or a value is not finite.
     """
-    q = abs(float(h)) * float(lipschitz)
-    if not (math.isfinite(q) and lipschitz >= 0):
-        raise ValueError(f"need finite h and L >= 0, got h={h!r}, L={lipschitz!r}")
-    if q >= 1.0:
-        raise ValueError(f"step_logdet_interval needs |h|*L < 1, got |h|*L = {q!r} (h={h!r}, L={lipschitz!r})")
+    h, lip = float(h), float(lipschitz)
+    if not (math.isfinite(h) and math.isfinite(lip) and lip >= 0):
+        raise ValueError(f"need finite h and finite L >= 0, got h={h!r}, L={lipschitz!r}")
     if int(dim) < 1:
         raise ValueError(f"dim must be >= 1, got {dim!r}")
-    lo = dim * math.log1p(-q)
-    hi = dim * math.log1p(q)
-    pad = 1e-12 * max(1.0, abs(lo), abs(hi))
-    return lo - pad, hi + pad
+    q = abs(h) * lip
+    if q > 0:
+        q = math.nextafter(q, math.inf)  # >= the exact product |h| L
+    if q >= 1.0:
+        raise ValueError(f"step_logdet_interval needs |h|*L < 1, got |h|*L = {q!r} (h={h!r}, L={lipschitz!r})")
+    d = int(dim)
+    lo = d * math.log1p(-q)
+    hi = d * math.log1p(q)
+    eps = 2.0**-52
+    pad_lo = 1e-12 * max(1.0, abs(lo)) + d * eps * q / (1.0 - q)
+    pad_hi = 1e-12 * max(1.0, abs(hi)) + d * eps * q
+    return math.nextafter(lo - pad_lo, -math.inf), math.nextafter(hi + pad_hi, math.inf)
