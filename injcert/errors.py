@@ -12,6 +12,10 @@ __all__ = [
     "NonConvergenceError",
     "CheckpointError",
     "ConfigError",
+    "InputError",
+    "OutputPathError",
+    "LimitError",
+    "TrainingError",
 ]
 
 
@@ -46,3 +50,23 @@ class CheckpointError(InjcertError, ValueError):
 
 class ConfigError(InjcertError, ValueError):
     """A configuration is invalid (unknown key, negative size, non-positive budget, ...)."""
+
+
+class InputError(InjcertError, ValueError):
+    """An input is unusable: non-finite data, a latent made by another model, sizes that differ, ..."""
+
+
+class OutputPathError(InjcertError, OSError):
+    """An output path is refused: a device node, fifo, directory or symlink, an input of the same
+    command, or a folder that cannot be written."""
+
+
+class LimitError(InjcertError, ValueError):
+    """An input asks for more than a documented resource limit (pixels, parameters, steps, ...).
+
+    The message names the limit and how to raise it (``--limit NAME=VALUE`` or ``INJCERT_MAX_*``).
+    """
+
+
+class TrainingError(InjcertError, RuntimeError):
+    """A training run cannot go on: another run holds ``--out``, the loss became non-finite, ..."""

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError, OutputPathError
 
 __all__ = [
     "ImageInfo",
@@ -48,6 +48,7 @@ __all__ = [
     "SKIMAGE_DATA_DIR",
     "load_image",
     "save_image",
+    "image_format",
     "PatchDataset",
 ]
 
@@ -126,21 +127,24 @@ def _to_unit_hwc(arr: np.ndarray, source: str) -> np.ndarray:
 
     if arr.dtype == bool:
         arr = arr.astype(np.float32)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(f"image {source!r} holds NaN or infinite values")
     try:
         u = img_as_float(arr).astype(np.float32)
-    except ValueError as exc:
-        raise ValueError(f"cannot convert image {source!r} of dtype {arr.dtype}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"cannot convert image {source!r} of dtype {arr.dtype}: {exc}") from None
     if u.ndim == 2:
         u = u[:, :, None]
     if u.ndim != 3:
-        raise ValueError(f"image {source!r} has shape {arr.shape}; expected H×W or H×W×C")
+        raise InputError(f"image {source!r} has shape {arr.shape}; expected H×W or H×W×C")
     c = u.shape[2]
-    if c == 2:  # gray + alpha
-        u = u[:, :, :1]
-    elif c == 4:  # RGBA: drop alpha
-        u = u[:, :, :3]
+    if c in (2, 4):  # gray + alpha, RGBA: drop alpha, and say so
+        from ..io import notice
+
+        notice(f"image {source!r} has an alpha channel; it is dropped (transparent pixels keep their colour)")
+        u = u[:, :, : c - 1]
     elif c not in (1, 3):
-        raise ValueError(f"image {source!r} has {c} channels; expected 1, 2, 3 or 4")
+        raise InputError(f"image {source!r} has {c} channels; expected 1, 2, 3 or 4")
     return np.clip(u, 0.0, 1.0)
 
 
@@ -148,6 +152,123 @@ def _lfw_mosaic(path: Path) -> np.ndarray:
     faces = np.load(path)[:100]  # the first 100 entries are faces, the rest are not
     rows = faces.reshape(10, 10, 25, 25).transpose(0, 2, 1, 3).reshape(250, 250)
     return rows.astype(np.float32)
+
+
+def _check_pixels(path: Path) -> None:
+    """Read an image file's size from its header and compare it with ``limits.pixels``, before
+    anything is decoded (a 186 KB PNG can hold 8000×8000 pixels)."""
+    from .. import limits
+
+    size = None
+    try:
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                size = (int(im.size[1]), int(im.size[0]), int(getattr(im, "n_frames", 1) or 1))
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - not a format PIL knows, or a bomb PIL refused itself
+        if type(exc).__name__ == "DecompressionBombError":
+            raise InputError(f"image {str(path)!r} is too large: {str(exc).splitlines()[0]}") from None
+        try:
+            import imageio.v3 as iio
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                props = iio.improps(path)
+            shape = tuple(int(v) for v in props.shape)
+            if len(shape) >= 2:
+                size = (shape[0], shape[1], 1) if len(shape) <= 3 else (shape[-3], shape[-2], shape[0])
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001
+            raise InputError(f"cannot read image file {str(path)!r}: not an image format injcert can read") from None
+    if size is None:  # pragma: no cover
+        raise InputError(f"cannot read image file {str(path)!r}: its size is unknown")
+    h, w, frames = size
+    limits.check("pixels", h * w * max(1, frames), f"pixels of {str(path)!r} ({h}×{w}"
+                 + (f"×{frames} frames" if frames > 1 else "") + ")")
+
+
+def _read_png16(path: Path) -> "np.ndarray | None":
+    """A 16-bit colour PNG at full precision (Pillow reads those as 8-bit); ``None`` for any other
+    file (the usual decoders read it). Non-interlaced only; colour types 2, 4 and 6."""
+    import struct
+    import zlib
+
+    with open(path, "rb") as fh:
+        sig = fh.read(33)
+        if len(sig) < 33 or sig[:8] != b"\x89PNG\r\n\x1a\n" or sig[12:16] != b"IHDR":
+            return None
+        w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", sig[16:29])
+        if depth != 16 or ctype not in (2, 4, 6):
+            return None
+        if interlace:
+            from ..io import notice
+
+            notice(f"image {str(path)!r} is an interlaced 16-bit PNG; read as 8-bit")
+            return None
+        fh.seek(8)
+        idat = []
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise InputError(f"cannot read image file {str(path)!r}: truncated PNG")
+            n, kind = struct.unpack(">I4s", head)
+            body = fh.read(n)
+            fh.read(4)
+            if len(body) < n:
+                raise InputError(f"cannot read image file {str(path)!r}: truncated PNG")
+            if kind == b"IDAT":
+                idat.append(body)
+            elif kind == b"IEND":
+                break
+    channels = {2: 3, 4: 2, 6: 4}[ctype]
+    bpp = 2 * channels
+    stride = w * bpp
+    expected = h * (stride + 1)
+    try:
+        dec = zlib.decompressobj()
+        raw = dec.decompress(b"".join(idat), expected + 1)
+    except zlib.error as exc:
+        raise InputError(f"cannot read image file {str(path)!r}: corrupt PNG data ({exc})") from None
+    if len(raw) != expected:
+        raise InputError(f"cannot read image file {str(path)!r}: PNG data of {len(raw)} bytes, expected {expected}")
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(h, stride + 1)
+    out = np.empty((h, stride), dtype=np.uint8)
+    prev = np.zeros(stride, dtype=np.uint8)
+    for r in range(h):
+        f = int(rows[r, 0])
+        line = rows[r, 1:]
+        if f == 0:
+            cur = line.copy()
+        elif f == 1:  # Sub: a running sum per byte position of the pixel, modulo 256
+            cur = np.cumsum(line.reshape(w, bpp), axis=0, dtype=np.uint8).reshape(stride)
+        elif f == 2:  # Up
+            cur = line + prev
+        elif f in (3, 4):  # Average, Paeth: sequential along the row
+            cur_l = bytearray(line.tobytes())
+            up = prev.tobytes()
+            for i in range(stride):
+                a = cur_l[i - bpp] if i >= bpp else 0
+                b = up[i]
+                if f == 3:
+                    cur_l[i] = (cur_l[i] + ((a + b) >> 1)) & 0xFF
+                else:
+                    c = up[i - bpp] if i >= bpp else 0
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
+                    cur_l[i] = (cur_l[i] + pred) & 0xFF
+            cur = np.frombuffer(bytes(cur_l), dtype=np.uint8)
+        else:
+            raise InputError(f"cannot read image file {str(path)!r}: unknown PNG filter {f} in row {r}")
+        out[r] = cur
+        prev = cur
+    arr = out.view(">u2").reshape(h, w, channels).astype(np.uint16)
+    return arr[:, :, 0] if channels == 1 else arr
 
 
 @lru_cache(maxsize=64)
@@ -164,13 +285,25 @@ def _decode(key: str, mtime_ns: int) -> Tensor:
             arr = io.imread(path)
     else:
         path = Path(key)
-        try:
-            with warnings.catch_warnings():  # imageio's plugin probing warns on unknown formats
-                warnings.simplefilter("ignore", DeprecationWarning)
-                arr = io.imread(path)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad input file
-            raise ValueError(f"cannot read image file {str(path)!r}: {type(exc).__name__}: {exc}") from None
+        _check_pixels(path)
+        arr = _read_png16(path)
+        if arr is None:
+            try:
+                with warnings.catch_warnings():  # imageio's plugin probing warns on unknown formats
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    arr = io.imread(path)
+            except MemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad input file
+                msg = (str(exc).strip().splitlines() or [""])[0]
+                raise InputError(f"cannot read image file {str(path)!r}: {type(exc).__name__}: {msg}") from None
+        arr = np.asarray(arr)
     u = _to_unit_hwc(np.asarray(arr), key)
+    if key not in IMAGES and arr.dtype not in (np.uint8, np.bool_):  # after the checks: an error stays one line
+        from ..io import notice
+
+        depth = f"{arr.dtype.itemsize * 8}-bit" if arr.dtype.kind in "ui" else f"{arr.dtype} (floating point)"
+        notice(f"image {key!r} is {depth}; read at full precision (images are written as 8-bit PNG)")
     t = torch.from_numpy(np.ascontiguousarray(u.transpose(2, 0, 1)))
     return t.mul_(2.0).sub_(1.0)
 
@@ -188,9 +321,11 @@ def _resolve(name_or_path: PathLike) -> tuple[str, int]:
     path = Path(name_or_path)
     if path.is_file():
         return str(path.resolve()), path.stat().st_mtime_ns
+    if path.exists():
+        raise InputError(f"image {str(name_or_path)!r} is not a regular file")
     text = str(name_or_path)
     if isinstance(name_or_path, str) and os.sep not in text and "/" not in text and not path.suffix:
-        raise ValueError(
+        raise InputError(
             f"unknown image name {text!r}; choose one of {sorted(IMAGES)} or give a PNG/JPEG file path"
         )
     raise FileNotFoundError(f"image file not found: {text!r}")
@@ -243,19 +378,37 @@ def load_image(
     return x.to(dtype=dtype, copy=True).clamp_(-1.0, 1.0)
 
 
-def save_image(image: Tensor, path: PathLike) -> Path:
-    """Write an image tensor in ``[-1, 1]`` as an 8-bit PNG.
+def image_format(path: PathLike) -> str:
+    """The Pillow format an output file name asks for (``.png`` → ``"PNG"``); a name without a
+    known image suffix raises :class:`~injcert.errors.OutputPathError` (nothing is written)."""
+    from PIL import Image
+
+    suffix = Path(os.fspath(path)).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix) if suffix else None
+    if fmt is None or fmt not in Image.SAVE:
+        raise OutputPathError(f"cannot tell which image format to write to {os.fspath(path)!r}"
+                              f"{' (no suffix)' if not suffix else f' (unknown suffix {suffix!r})'}; use a name ending in .png")
+    return fmt
+
+
+def save_image(image: Tensor, path: PathLike, *, inputs: Sequence[PathLike] = ()) -> Path:
+    """Write an image tensor in ``[-1, 1]`` as an 8-bit image (PNG for ``.png``; the format comes
+    from the suffix), atomically through :func:`injcert.io.atomic_write`.
 
     Arguments:
         image: ``C×H×W`` or ``1×C×H×W`` with ``C`` in ``{1, 3}``; values outside ``[-1, 1]`` are
             clipped.
-        path: output file; parent folders must exist.
+        path: output file (missing parent folders are made); a symlink, a device node, a fifo, a
+            directory or one of ``inputs`` is refused.
+        inputs: the command's input files, which ``path`` must not be.
 
     Returns:
         The path written.
 
     Raises:
         ValueError: a tensor of another shape or a non-floating dtype.
+        InputError: NaN or infinite values (nothing is written).
+        OutputPathError: a refused path or a name without a known image suffix (nothing is written).
     """
     if not isinstance(image, Tensor):
         raise ValueError(f"image must be a torch.Tensor, got {type(image).__name__}")
@@ -266,15 +419,26 @@ def save_image(image: Tensor, path: PathLike) -> Path:
         x = x[0]
     if x.dim() != 3 or x.shape[0] not in (1, 3):
         raise ValueError(f"image must be C×H×W or 1×C×H×W with C in {{1, 3}}, got shape {tuple(image.shape)}")
-    from skimage import io
+    from ..io import atomic_write, check_output_path
+
+    fmt = image_format(path)
+    check_output_path(path, inputs=inputs)
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"refusing to write {os.fspath(path)!r}: the image holds NaN or infinite values")
+    import io as _io
+
+    from PIL import Image
 
     u = ((x.to(torch.float64).cpu().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
     arr = u.permute(1, 2, 0).numpy()
     if arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    out = Path(path)
-    io.imsave(out, arr, check_contrast=False)
-    return out
+    im = Image.fromarray(np.ascontiguousarray(arr))
+    if fmt in ("JPEG",) and im.mode not in ("L", "RGB"):  # pragma: no cover
+        im = im.convert("RGB")
+    buf = _io.BytesIO()
+    im.save(buf, format=fmt)
+    return atomic_write(path, buf.getvalue(), inputs=inputs)
 
 
 def _seed_for(seed: int, index: int) -> int:

@@ -10,13 +10,20 @@ Sampling: ``decode(model, z, steps=..., method=...)`` starts from a plain noise 
 of a two-state scheme equal). The latent of such a sample is recovered *exactly* by encoding its
 full $t = 0$ state (both states, from :func:`decode_state`) with :func:`encode_state`; encoding
 only the float image would give a different (nearby) latent, as the second state is lost.
+
+Latent files (format ``injcert-latent/3``) record the integrator settings (method, steps, grid,
+$t_{\min}$, $t_{\max}$, schedule, dtype, lattice bits and scale) and ``model_sha256``, the
+:func:`~injcert.io.weights_fingerprint` of the model that encoded them. :func:`decode` refuses a
+latent made by another model (``force=True``, the CLI's ``--force``, overrides); a latent's
+``steps`` above ``limits.steps`` is refused when it is read. Files of format ``/2`` (no
+fingerprint) are still read.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -24,14 +31,15 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError, InjcertError, InputError
 from ..model.schedule import get_schedule
 from ..solvers import Solver, SolverState, get_solver, make_grid, probability_flow_field
 
-__all__ = ["Latent", "encode", "decode", "encode_state", "decode_state"]
+__all__ = ["Latent", "encode", "decode", "encode_state", "decode_state", "check_decodable"]
 
 Cond = Optional[Tuple[Tensor, Tensor]]
-_FORMAT = "injcert-latent/2"  # /2: lattice states hold x = alpha * xbar (scale)
+_FORMAT = "injcert-latent/3"  # /2: lattice states hold x = alpha * xbar (scale); /3: + model_sha256
+_READABLE = ("injcert-latent/2", _FORMAT)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -51,6 +59,8 @@ class Latent:
         frac_bits: fractional bits of the lattice (exact methods).
         nfe: network evaluations spent by the encode.
         scale: the lattice holds ``scale * xbar`` ($\alpha_{t_{\max}}$ for the exact methods, else 1).
+        model_sha256: :func:`~injcert.io.weights_fingerprint` of the encoding model (``None``: not
+            recorded; then no model check is possible).
     """
 
     state: Tensor
@@ -66,6 +76,7 @@ class Latent:
     nfe: int = 0
     t_min: float = 1e-3
     scale: float = 1.0
+    model_sha256: Optional[str] = None
 
     def solver_state(self) -> SolverState:
         return SolverState(x=self.state, aux=self.aux, remainder=self.remainder, dtype=self.dtype,
@@ -80,52 +91,153 @@ class Latent:
         return {"format": _FORMAT, "method": self.method, "steps": self.steps, "grid": self.grid,
                 "schedule": self.schedule, "dtype": str(self.dtype).replace("torch.", ""), "t_max": self.t_max,
                 "frac_bits": self.frac_bits, "nfe": self.nfe, "t_min": self.t_min,
-                "scale": self.scale}
+                "scale": self.scale, "model_sha256": self.model_sha256}
 
-    def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write a safetensors file (metadata JSON in its header); atomic (temp file + ``os.replace``)."""
-        from safetensors.torch import save_file
+    def save(self, path: Union[str, os.PathLike], *, inputs: Any = ()) -> None:
+        """Write a safetensors file (metadata JSON in its header) through :func:`injcert.io.atomic_write`
+        (temp file, fsync, rename; a symlink, device node or one of ``inputs`` is refused)."""
+        from safetensors.torch import save
+
+        from ..io import atomic_write
 
         tensors = {"state": self.state.detach().cpu().contiguous()}
         if self.aux is not None:
             tensors["aux"] = self.aux.detach().cpu().contiguous()
         if self.remainder is not None:
             tensors["remainder"] = self.remainder.detach().cpu().contiguous()
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"injcert_latent": json.dumps(self._metadata())})
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, save(tensors, metadata={"injcert_latent": json.dumps(self._metadata(), allow_nan=False)}),
+                     inputs=inputs)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Latent":
-        """Read a file written by :meth:`save` (never unpickles).
+        """Read a file written by :meth:`save` (never unpickles) and validate it.
 
         Raises:
-            CheckpointError: missing, corrupt or not an injcert latent.
+            CheckpointError: missing, corrupt or not an injcert latent (bad method, grid, dtype, shapes,
+                non-finite values, ...).
+            LimitError: ``steps`` or the number of pixels above :mod:`injcert.limits`.
         """
+        import stat as _stat
+
         from safetensors import safe_open
 
+        from .. import limits
+        from ..solvers import SOLVERS
+
+        label = repr(os.fspath(path))
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["injcert_latent"])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"unknown format {meta.get('format')!r}")
-            return cls(state=tensors["state"], aux=tensors.get("aux"), remainder=tensors.get("remainder"),
-                       method=str(meta["method"]), steps=int(meta["steps"]), grid=str(meta["grid"]),
-                       schedule=dict(meta["schedule"]), dtype=_DTYPES[meta["dtype"]], t_max=float(meta["t_max"]),
-                       frac_bits=None if meta["frac_bits"] is None else int(meta["frac_bits"]),
-                       nfe=int(meta["nfe"]), t_min=float(meta["t_min"]), scale=float(meta["scale"]))
+            st = os.stat(path)
         except FileNotFoundError:
-            raise CheckpointError(f"latent file {str(path)!r} does not exist") from None
-        except Exception as exc:  # corrupt header, missing keys, wrong types
-            raise CheckpointError(f"{str(path)!r} is not a valid injcert latent: {exc}") from None
+            raise CheckpointError(f"latent file {label} does not exist") from None
+        except OSError as exc:
+            raise CheckpointError(f"cannot read latent {label}: {exc.strerror or exc}") from None
+        if not _stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"latent {label} is not a regular file")
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(2)
+            if head[:2] == b"PK" or head[:1] == b"\x80":
+                raise CheckpointError(f"{label} is a pickle, not an injcert latent; refusing to unpickle it")
+            with safe_open(os.fspath(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["injcert_latent"])
+                if not isinstance(meta, dict):
+                    raise ValueError("its metadata is not an object")
+                if meta.get("format") not in _READABLE:
+                    raise ValueError(f"unknown format {meta.get('format')!r}")
+                steps = meta["steps"]
+                if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+                    raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+                limits.check("steps", steps, f"steps of latent {label}")
+                keys = set(f.keys())
+                if not keys <= {"state", "aux", "remainder"} or "state" not in keys:
+                    raise ValueError(f"unexpected tensors {sorted(keys)}")
+                shape = tuple(f.get_slice("state").get_shape())
+                if len(shape) != 4:
+                    raise ValueError(f"state must be N×C×H×W, got shape {list(shape)}")
+                limits.check("pixels", shape[0] * shape[2] * shape[3], f"pixels of latent {label}")
+                for k in keys:
+                    if tuple(f.get_slice(k).get_shape()) != shape:
+                        raise ValueError(f"tensor {k!r} has another shape than the state")
+                tensors = {k: f.get_tensor(k) for k in keys}
+            method, grid = str(meta["method"]), str(meta["grid"])
+            if method not in SOLVERS:
+                raise ValueError(f"unknown method {method!r}")
+            if grid not in ("geometric", "uniform"):
+                raise ValueError(f"unknown grid {grid!r}")
+            if meta["dtype"] not in ("float32", "float64"):
+                raise ValueError(f"dtype must be float32 or float64, got {meta['dtype']!r}")
+            t_max, t_min, scale = float(meta["t_max"]), float(meta["t_min"]), float(meta["scale"])
+            if not (0.0 <= t_min < t_max < 1.0) or not (math.isfinite(scale) and scale > 0):
+                raise ValueError(f"bad times or scale (t_min={t_min}, t_max={t_max}, scale={scale})")
+            get_schedule(dict(meta["schedule"]))
+            fb = meta["frac_bits"]
+            if fb is not None and (isinstance(fb, bool) or not isinstance(fb, int) or not 0 < fb < 63):
+                raise ValueError(f"frac_bits must be an int in (0, 63) or null, got {fb!r}")
+            fp = meta.get("model_sha256")
+            if fp is not None and not (isinstance(fp, str) and len(fp) == 64):
+                raise ValueError(f"model_sha256 must be a hex SHA-256, got {fp!r}")
+            for k, t in tensors.items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"tensor {k!r} holds NaN or infinite values")
+            if fb is not None and tensors["state"].dtype != torch.int64:
+                raise ValueError(f"a lattice state must be int64, got {tensors['state'].dtype}")
+            return cls(state=tensors["state"], aux=tensors.get("aux"), remainder=tensors.get("remainder"),
+                       method=method, steps=steps, grid=grid,
+                       schedule=dict(meta["schedule"]), dtype=_DTYPES[meta["dtype"]], t_max=t_max,
+                       frac_bits=None if fb is None else int(fb),
+                       nfe=int(meta["nfe"]), t_min=t_min, scale=scale, model_sha256=fp)
+        except InjcertError:
+            raise
+        except RecursionError:
+            raise CheckpointError(f"{label} is not a valid injcert latent: its metadata is nested too deeply") from None
+        except Exception as exc:  # noqa: BLE001 - corrupt header, missing keys, wrong types
+            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{label} is not a valid injcert latent: {msg}") from None
+
+    def check_model(self, model: Any, *, force: bool = False) -> None:
+        """Raise :class:`~injcert.errors.InputError` when ``model`` is not the model that made this
+        latent (its weights' fingerprint differs). ``force=True`` skips the check."""
+        if force or self.model_sha256 is None or not isinstance(model, torch.nn.Module):
+            return
+        from ..io import weights_fingerprint
+
+        fp = weights_fingerprint(model)
+        if fp != self.model_sha256:
+            raise InputError(f"this latent was made by the model with weights sha256 {self.model_sha256[:12]}…, "
+                             f"not by this one ({fp[:12]}…); decoding it would give garbage (--force to do it anyway)")
+
+
+def check_decodable(model: Any, method: str, steps: int, grid: str = "geometric", t_min: float = 1e-3) -> None:
+    """Raise :class:`~injcert.errors.ConfigError` when a latent encoded with these settings could not
+    be decoded: ``fixed_point`` needs $h_n L_n < 1$ at every step (``proofs/02``). Cheap: only the
+    certified bounds are evaluated, no network."""
+    if str(method) != "fixed_point":
+        return
+    field = probability_flow_field(model)
+
+    def worst(n: int) -> tuple[int, float]:
+        g = make_grid(field.schedule, n, grid, t_min=t_min)
+        qs = [(g[k + 1] - g[k]) * float(field.lipschitz(g[k])) for k in range(len(g) - 1)]
+        k = max(range(len(qs)), key=lambda i: qs[i])
+        return k, qs[k]
+
+    k, q = worst(steps)
+    if q < 1:
+        return
+    from .. import limits
+
+    hi, cap = steps, limits.get("steps")
+    while hi < cap and worst(hi)[1] >= 1:
+        hi = min(cap, hi * 2)
+    hint = "no step count within the limit steps is enough"
+    if worst(hi)[1] < 1:
+        lo = max(steps, hi // 2)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if worst(mid)[1] < 1 else (mid, hi)
+        hint = f"use --steps {hi} or more"
+    raise ConfigError(f"--method fixed_point with {steps} steps cannot be decoded: at step {k} h*L = {q:.4g} >= 1 "
+                      f"(the Euler step is not certified invertible); {hint}")
 
 
 def _check_image(x: Tensor, what: str) -> None:
@@ -166,9 +278,14 @@ def encode_state(model: Any, state: Union[Tensor, SolverState], cond: Cond = Non
         shape, dtype = tuple(state.shape), state.dtype
     solver, field, g = _setup(model, method, steps, grid, 1e-3)
     out = solver.encode(field, state, g, _check_cond(cond, shape, dtype), progress=progress)
+    fp = None
+    if isinstance(model, torch.nn.Module):
+        from ..io import weights_fingerprint
+
+        fp = weights_fingerprint(model)
     return Latent(state=out.x, aux=out.aux, remainder=out.remainder, method=str(method), steps=int(steps),
                   grid=grid, schedule=field.schedule.to_config(), dtype=out.dtype, t_max=float(field.schedule.t_max),
-                  frac_bits=out.frac_bits, nfe=out.nfe, scale=out.scale)
+                  frac_bits=out.frac_bits, nfe=out.nfe, scale=out.scale, model_sha256=fp)
 
 
 def encode(model: Any, x0: Tensor, cond: Cond = None, steps: int = 50, method: str = "reversible",
@@ -197,9 +314,11 @@ def encode(model: Any, x0: Tensor, cond: Cond = None, steps: int = 50, method: s
 
 @torch.no_grad()
 def decode_state(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *, steps: Optional[int] = None,
-                 method: Optional[str] = None, grid: Optional[str] = None, progress: bool = False) -> SolverState:
+                 method: Optional[str] = None, grid: Optional[str] = None, progress: bool = False,
+                 force: bool = False) -> SolverState:
     """Like :func:`decode` but returns the full $t = 0$ :class:`SolverState` (both states, ``nfe``)."""
     if isinstance(latent, Latent):
+        latent.check_model(model, force=force)
         for name, given, stored in (("steps", steps, latent.steps), ("method", method, latent.method),
                                     ("grid", grid, latent.grid)):
             if given is not None and given != stored:
@@ -221,7 +340,8 @@ def decode_state(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *
 
 
 def decode(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *, steps: Optional[int] = None,
-           method: Optional[str] = None, grid: Optional[str] = None, progress: bool = False) -> Tensor:
+           method: Optional[str] = None, grid: Optional[str] = None, progress: bool = False,
+           force: bool = False) -> Tensor:
     r"""Integrate from $t_{\max}$ back to the image ($t = 0$).
 
     Arguments:
@@ -230,12 +350,15 @@ def decode(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *, step
             error), or a plain noise tensor $x_T$ to *sample* (``steps`` default 50, ``method``
             default ``"reversible"``, ``grid`` default ``"geometric"``; two states start equal).
         cond: ``(y, m)`` or ``None``.
+        force: decode a :class:`Latent` even if ``model`` is not the model that encoded it.
 
     Returns:
         The image in the latent's dtype; for exact methods ``decode(model, encode(model, x)) == x``.
 
     Raises:
+        InputError: the latent records another model's fingerprint (and not ``force``).
         ValueError: conflicting options, schedule mismatch, bad shapes.
         NonConvergenceError: ``fixed_point`` could not certify a step.
     """
-    return decode_state(model, latent, cond, steps=steps, method=method, grid=grid, progress=progress).value()
+    return decode_state(model, latent, cond, steps=steps, method=method, grid=grid, progress=progress,
+                        force=force).value()

@@ -53,7 +53,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, InjcertError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..io import load_state, save_checkpoint, save_state
 from ..model.objective import T_MIN, draw_training_batch, loss_on_batch
 from ..model.layers import batched_normalisation
@@ -163,6 +163,9 @@ class TrainConfig:
 
         integer("steps", 0)
         integer("batch_size", 1)
+        from .. import limits
+
+        limits.check("batch_size", self.batch_size, "training option batch_size")
         integer("seed", 0)
         integer("patch_size", 1)
         integer("checkpoint_every", 1)
@@ -382,6 +385,86 @@ def validation_batches(config: "TrainConfig", schedule: Any, device: torch.devic
     return out
 
 
+#: Options a resumed run may change (recorded in the metadata under ``resumed``); any other change
+#: of the saved config (seed, model, patch size, ...) is refused.
+RESUME_OVERRIDABLE: tuple[str, ...] = ("steps", "batch_size", "lr", "log")
+
+
+def resolve_resume(path: PathLike) -> Path:
+    """The training state to resume from: ``path`` itself if it is one, else ``path + ".state"``
+    (so the model path that ``--out`` printed works too)."""
+    from ..io import is_state_file
+
+    p = Path(path)
+    if is_state_file(p):
+        return p
+    sibling = Path(str(p) + ".state")
+    if not str(p).endswith(".state") and sibling.is_file():
+        return sibling
+    if p.exists() and not str(p).endswith(".state"):
+        raise CheckpointError(f"{str(p)!r} is not a training state and {str(sibling)!r} does not exist")
+    return p  # load_state gives the precise error
+
+
+def _validated_state(path: PathLike, tensors: dict[str, Tensor], meta: dict[str, Any]) -> "TrainConfig":
+    """Check what a resume needs from a state file; returns its config. One CheckpointError line."""
+    label = repr(str(path))
+    if "step" not in meta:
+        raise CheckpointError(f"resume state {label} records no step")
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"resume state {label} has step {step!r}; it must be an int >= 0")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"resume state {label} has no training config")
+    groups = meta.get("param_groups")
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
+        raise CheckpointError(f"resume state {label} has no optimizer parameter groups")
+    rng = tensors.get("rng/torch")
+    ref = torch.get_rng_state()
+    if rng is None or rng.dtype != ref.dtype or rng.shape != ref.shape:
+        raise CheckpointError(f"resume state {label} has no valid RNG state (rng/torch: "
+                              f"{None if rng is None else (str(rng.dtype), list(rng.shape))})")
+    for prefix in ("model/", "ema/"):
+        if not any(k.startswith(prefix) for k in tensors):
+            raise CheckpointError(f"resume state {label} holds no {prefix[:-1]} weights")
+    for k, t in tensors.items():
+        if k.startswith(("model/", "ema/")) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"resume state {label}: tensor {k!r} holds NaN or infinite values")
+    try:
+        return TrainConfig.from_dict(meta["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"resume state {label} holds an invalid config: {exc}") from None
+
+
+def _config_changes(path: PathLike, saved: "TrainConfig", config: "TrainConfig") -> dict[str, list[Any]]:
+    """``{option: [saved, new]}`` for the overridable options that differ; any other difference
+    raises :class:`ConfigError` (one line naming them)."""
+    a, b = saved.to_dict(), config.to_dict()
+    changed = sorted(k for k in a if a[k] != b.get(k))
+    refused = [k for k in changed if k not in RESUME_OVERRIDABLE]
+    if refused:
+        detail = ", ".join(f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in refused[:3])
+        raise ConfigError(f"resume state {str(path)!r} was trained with other options ({detail}); a resumed run "
+                          f"may change only {', '.join(RESUME_OVERRIDABLE)}")
+    return {k: [a[k], b.get(k)] for k in changed}
+
+
+def _copy_log(src: Path, dst: Path, last_step: int) -> None:
+    """Start ``dst`` with the lines of ``src`` up to ``last_step`` (``src`` is only read)."""
+    from ..io import atomic_write_bytes
+
+    keep = []
+    if src.is_file():
+        for line in src.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                if int(rec.get("step", 0)) <= last_step:
+                    keep.append(line)
+            except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+                continue
+    atomic_write_bytes(dst, ("\n".join(keep) + ("\n" if keep else "")).encode(), inputs=[src])
+
+
 def train(
     config: Optional[TrainConfig],
     out: PathLike,
@@ -395,10 +478,42 @@ def train(
 ) -> Path:
     """Train a :class:`~injcert.model.unet.CondUNet`; returns the checkpoint path ``out``.
 
+    One run at a time per ``out``: the run holds ``out + ".lock"`` (``flock``; released on exit,
+    also by ``kill -9``) and a second run on the same ``out`` is refused with one line. See
+    :func:`_train` for the arguments.
+    """
+    from ..io import output_lock
+
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    with output_lock(out, "training run") if main_rank else contextlib.nullcontext():
+        return _train(config, out, resume, device, progress, workers=workers, time_limit=time_limit,
+                      compile_model=compile_model)
+
+
+def _train(
+    config: Optional[TrainConfig],
+    out: PathLike,
+    resume: Optional[PathLike] = None,
+    device: str = "cpu",
+    progress: bool = True,
+    *,
+    workers: Optional[int] = None,
+    time_limit: Optional[float] = None,
+    compile_model: bool = False,
+) -> Path:
+    """Train a :class:`~injcert.model.unet.CondUNet`; returns the checkpoint path ``out``.
+
     Arguments:
-        config: the options; ``None`` takes them from the ``resume`` state.
-        out: model checkpoint path; the training state goes to ``out + ".state"``.
-        resume: a training state written by a previous run (continues at its step).
+        config: the options; ``None`` takes them from the ``resume`` state. A resumed run may change
+            only :data:`RESUME_OVERRIDABLE` (``steps``, ``batch_size``, ``lr``, ``log``); the changes
+            are recorded in the state and checkpoint metadata (``resumed``).
+        out: model checkpoint path; the training state goes to ``out + ".state"``. Every output
+            (checkpoint, state, log) is checked and the folder test-written before anything runs.
+        resume: a training state written by a previous run (continues at its step), or the model
+            checkpoint beside it (``PATH`` → ``PATH.state``). Its step, RNG state, optimizer groups
+            and weights are validated. When it was written by a run with another ``out`` (a copied
+            state) and the log was not changed, the log goes to ``out + ".log.jsonl"`` (started with
+            the copied run's lines up to the resumed step): a run never writes another run's log.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun: ``cuda:LOCAL_RANK``).
         progress: show a tqdm bar (rank 0).
         workers: ``DataLoader`` processes drawing batches ahead (``None``: 0 on the CPU, up to 8 on
@@ -409,8 +524,10 @@ def train(
             same module's; the certificate never sees the compiled graph).
 
     Raises:
-        ConfigError: bad options, a resume state with another model, or an indivisible batch.
-        CheckpointError: an unreadable ``resume`` file.
+        ConfigError: bad options, a resume state trained with other options, or an indivisible batch.
+        CheckpointError: an unreadable or invalid ``resume`` file.
+        OutputPathError: an output that cannot be written (found before training starts).
+        TrainingError: the loss became non-finite (the last checkpoint is kept).
     """
     from tqdm.auto import tqdm
 
@@ -421,16 +538,43 @@ def train(
     state_path = Path(str(out) + ".state")
     tensors: dict[str, Tensor] = {}
     meta: dict[str, Any] = {}
+    changes: dict[str, list[Any]] = {}
     if resume is not None:
+        resume = resolve_resume(resume)
         tensors, meta = load_state(resume)
-        saved = TrainConfig.from_dict(meta["config"])
+        saved = _validated_state(resume, tensors, meta)
         if config is None:
             config = saved
-        elif config.model != saved.model:
-            raise ConfigError(f"resume state {str(resume)!r} holds a model with another config; use the same model options")
+        config.validate()
+        changes = _config_changes(resume, saved, config)
+        prev_out = meta.get("out")
+        if (config.log and config.log == saved.log and isinstance(prev_out, str)
+                and os.path.abspath(prev_out) != os.path.abspath(out)):
+            # a copied state: never write into (or truncate) the other run's log
+            new_log = str(out) + ".log.jsonl"
+            from ..io import notice
+
+            notice(f"resuming a state written for {prev_out!r}: logging to {new_log!r}, not to its log {config.log!r}")
+            if int(os.environ.get("RANK", "0")) == 0:
+                _copy_log(Path(config.log), Path(new_log), int(meta["step"]))
+            changes["log"] = [config.log, new_log]
+            config.log = new_log
     if config is None:
         raise ConfigError("train() needs a config or a resume state")
     config.validate()
+    if int(os.environ.get("RANK", "0")) == 0:  # every output checked, the folder test-written, before any work
+        from ..io import check_output_path, clean_orphan_temps, probe_writable
+
+        ins = [p for p in (resume,) if p is not None]
+        check_output_path(out, inputs=ins, what="--out")
+        check_output_path(state_path, what="state")
+        if config.log:
+            check_output_path(config.log, inputs=ins + [out, state_path], what="log")
+        probe_writable(out.parent if str(out.parent) else Path("."))
+        clean_orphan_temps(out.parent)
+    history = list(meta.get("resumed", [])) if isinstance(meta.get("resumed", []), list) else []
+    if changes:
+        history.append({"step": int(meta["step"]), "changes": changes})
 
     dist_info, dev = _init_distributed(device)
     if config.batch_size % dist_info.world:
@@ -448,11 +592,15 @@ def train(
     wall_before = 0.0
     val_loss: Optional[float] = None
     if resume is not None:
-        model.load_state_dict(_prefixed(tensors, "model/"), strict=True)
-        ema.load_state_dict(_prefixed(tensors, "ema/"), strict=True)
-        _restore_optimizer(opt, tensors, meta["param_groups"])
-        if "rng/torch" in tensors:
-            torch.set_rng_state(tensors["rng/torch"])
+        try:
+            model.load_state_dict(_prefixed(tensors, "model/"), strict=True)
+            ema.load_state_dict(_prefixed(tensors, "ema/"), strict=True)
+            _restore_optimizer(opt, tensors, meta["param_groups"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])
+            raise CheckpointError(f"resume state {str(resume)!r} does not fit this model or optimizer: "
+                                  f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+        torch.set_rng_state(tensors["rng/torch"])
         start = int(meta["step"])
         wall_before = float(meta.get("wall_time", 0.0))
         val_loss = meta.get("val_loss")
@@ -489,7 +637,7 @@ def train(
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if resume is not None:
             _truncate_log(log_path, start)
-        elif log_path.exists():
+        elif log_path.is_file():
             log_path.unlink()
     command = " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else ""
 
@@ -512,18 +660,22 @@ def train(
         st["rng/torch"] = torch.get_rng_state()
         save_state(state_path, st, {
             "step": step, "config": config.to_dict(), "param_groups": groups, "wall_time": wall,
-            "val_loss": val_loss, "world_size": dist_info.world,
+            "val_loss": val_loss, "world_size": dist_info.world, "out": os.path.abspath(out),
+            "resumed": history,
         })
         md = {"step": step, "val_loss": val_loss, "train_command": command, "wall_time": wall,
               "seed": config.seed, "world_size": dist_info.world, "batch_size": config.batch_size,
-              "lipschitz_budget": model.config["lipschitz_budget"], "training_config": config.to_dict()}
+              "lipschitz_budget": model.config["lipschitz_budget"], "training_config": config.to_dict(),
+              "resumed": history}
         if hashes is not None:
             md["replica_sha256"] = hashes
         save_checkpoint(ema, out, metadata=md)
 
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and dist_info.main),
                desc="train", unit="step", dynamic_ncols=True)
-    logf = open(log_path, "a") if log_path is not None else None
+    from ..io import open_append
+
+    logf = open_append(log_path) if log_path is not None else None
     pending: list[tuple[dict[str, Any], Tensor]] = []
     window_start = time.perf_counter()
     stop_requested = []
@@ -531,11 +683,15 @@ def train(
     import signal
     import threading
 
+    old_int = None
     if threading.current_thread() is threading.main_thread():
         def _on_term(signum: int, frame: Any) -> None:
+            if signum == signal.SIGINT and stop_requested:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now (the last checkpoint stays)
             stop_requested.append(signum)
 
         old_handler = signal.signal(signal.SIGTERM, _on_term)
+        old_int = signal.signal(signal.SIGINT, _on_term)
 
     def flush() -> None:
         """Read back the pending losses (one host sync), check them, log them."""
@@ -549,7 +705,8 @@ def train(
         for (rec, _), v in zip(pending, values):
             if not math.isfinite(v):
                 pending.clear()
-                raise FloatingPointError(f"training loss became {v} at step {rec['step']}")
+                raise TrainingError(f"training loss became {v} at step {rec['step']}; the last checkpoint is "
+                                    "kept (lower lr or check the data)")
             rec["loss"] = v
             rec["samples_per_s"] = sps
             if logf is not None:
@@ -618,6 +775,8 @@ def train(
             logf.close()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
+        if old_int is not None:
+            signal.signal(signal.SIGINT, old_int)
         if dist_info.initialised_here:
             import torch.distributed as dist
 
@@ -630,17 +789,21 @@ def train(
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``train``'s options on ``parser``."""
-    parser.add_argument("--config", metavar="FILE.json", help="training config (TrainConfig fields; see configs/)")
-    parser.add_argument("--steps", type=int, help="total steps (overrides the config)")
-    parser.add_argument("--batch-size", type=int, help="global batch size")
-    parser.add_argument("--lr", type=float, help="learning rate")
-    parser.add_argument("--seed", type=int, help="random seed")
-    parser.add_argument("--log", metavar="FILE.jsonl", help="JSON-lines training log")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--out", metavar="PATH", help="model checkpoint (the state goes to PATH.state); "
-                        "default: the --resume path without .state, else model.safetensors")
-    parser.add_argument("--resume", metavar="PATH.state", help="continue from a training state")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = TrainConfig()
+    parser.add_argument("--config", metavar="FILE.json",
+                        help="training config (TrainConfig fields; see configs/; default: the built-in defaults)")
+    parser.add_argument("--steps", type=int, help=f"total steps, >= 1 (default: the config's, built-in {d.steps})")
+    parser.add_argument("--batch-size", type=int, help=f"global batch size (default: the config's, built-in {d.batch_size})")
+    parser.add_argument("--lr", type=float, help=f"learning rate (default: the config's, built-in {d.lr:g})")
+    parser.add_argument("--seed", type=int, help=f"random seed (default: the config's, built-in {d.seed})")
+    parser.add_argument("--log", metavar="FILE.jsonl", help="JSON-lines training log (default: none)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--out", metavar="CKPT",
+                        help="model checkpoint to write (the training state goes to CKPT.state); "
+                        "default: the --resume path without .state, else model.ckpt")
+    parser.add_argument("--resume", metavar="CKPT.state", help="continue from a training state")
+    parser.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bar; print only the one-line summary")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="DataLoader processes drawing batches ahead (default: 0 on cpu, up to 8 on cuda)")
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
@@ -650,26 +813,27 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``train`` from parsed arguments; returns the exit status (0)."""
+    from ..io import read_json_file
+
     cfg: dict[str, Any] = {}
+    if args.resume:  # the model path that --out printed works as well as PATH.state
+        args.resume = str(resolve_resume(args.resume))
     if args.config:
-        try:
-            cfg = json.loads(Path(args.config).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {args.config!r}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read config {args.config!r}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"config {args.config!r} must hold a JSON object, got {type(cfg).__name__}")
+        cfg = read_json_file(args.config, "config")
     elif args.resume:
-        cfg = load_state(args.resume)[1]["config"]
+        tensors, meta = load_state(args.resume)
+        cfg = dict(_validated_state(args.resume, tensors, meta).to_dict())
+        del tensors
     for key, val in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                      ("seed", args.seed), ("log", args.log)):
         if val is not None:
             cfg[key] = val
     config = TrainConfig.from_dict(cfg)
+    if config.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {config.steps} (0 steps would write an untrained checkpoint)")
     out = args.out
     if out is None:
-        out = args.resume[: -len(".state")] if args.resume and args.resume.endswith(".state") else "model.safetensors"
+        out = args.resume[: -len(".state")] if args.resume and args.resume.endswith(".state") else "model.ckpt"
     if args.time_limit is not None and not (math.isfinite(args.time_limit) and args.time_limit > 0):
         raise ConfigError(f"--time-limit must be a number of seconds > 0, got {args.time_limit!r}")
     path = train(config, out, resume=args.resume, device=args.device, progress=not args.no_progress,
@@ -678,21 +842,32 @@ def run_train(args: argparse.Namespace) -> int:
         _, meta = load_state(str(path) + ".state")
         val = meta.get("val_loss")
         val_s = "n/a" if val is None else f"{val:.4f}"
-        print(f"wrote {path} (step {meta['step']}/{config.steps}, validation loss {val_s}, "
-              f"{meta.get('wall_time', 0.0):.0f} s of training)")
+        from .._progress import summary
+
+        summary("train", f"wrote {path} (step {meta['step']}/{config.steps}, validation loss {val_s}, "
+                f"{meta.get('wall_time', 0.0):.0f} s of training)")
     return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m injcert.tasks.train`` (also the torchrun entry point)."""
-    parser = argparse.ArgumentParser(prog="python -m injcert.tasks.train", description="train a CondUNet")
+    from ..cli import HelpFormatter, add_threads_argument
+    from ..threads import apply_threads
+
+    parser = argparse.ArgumentParser(prog="python -m injcert.tasks.train", description="train a CondUNet",
+                                     formatter_class=HelpFormatter)
     add_train_arguments(parser)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     try:
+        apply_threads(args.threads)
         return run_train(args)
-    except InjcertError as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"injcert train: error: {msg}", file=sys.stderr)
+    except BaseException as exc:  # the command-line contract of injcert.cli: exit 2 and one line
+        from ..cli import _is_environment_error, _one_line
+
+        if isinstance(exc, KeyboardInterrupt) or not _is_environment_error(exc):
+            raise
+        print(f"injcert train: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 
