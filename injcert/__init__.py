@@ -6,7 +6,15 @@ module (``theory`` for the mathematics, ``model``, ``solvers``, ``tasks``, ``cer
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
 from pathlib import Path
+
+# ``python -m injcert ...`` (argv[0] is "-m" while the package is located) or the ``injcert``
+# script: make OpenMP's idle threads sleep instead of spin before torch loads the runtime, which
+# reads this only once (injcert/threads.py). An explicit setting wins; ``import injcert`` leaves it.
+if _os.path.basename(_sys.argv[0] if _sys.argv else "") in ("-m", "injcert") and "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

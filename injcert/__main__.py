@@ -1,7 +1,11 @@
 """python -m injcert -> injcert.cli.main()."""
 
+import os
 import sys
 
-from .cli import main
+# Normally already set by injcert/__init__.py, which runs first; only effective before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .cli import main  # noqa: E402
 
 sys.exit(main())

@@ -527,10 +527,11 @@ class Certificate:
         return text
 
     def to_markdown(self, path: Union[str, os.PathLike[str], None] = None) -> str:
-        """The report as Markdown, citing the theorem page of every property."""
+        """The report as Markdown, citing the theorem page of every property (written to ``path``
+        when given, with the links to the proof pages relative to its folder)."""
         from .report import render_markdown
 
-        text = render_markdown(self)
+        text = render_markdown(self, base=None if path is None else Path(path).resolve().parent)
         if path is not None:
             from ..io import atomic_write_bytes
 
@@ -622,29 +623,40 @@ def _with_t_max(schedule: Any, t_max: Optional[float]) -> Any:
     return get_schedule(dict(schedule.to_config(), t_max=float(t_max)))
 
 
+#: Phases of :func:`certify` (keys of ``Certificate.timings``) and their progress-bar labels.
+_PHASES = {"load": "load checkpoint", "lipschitz": "Lipschitz bound", "flow": "flow constants",
+           "integrator": "integrator", "logdet": "log-determinants", "empirical": "empirical checks"}
+
+
 class _Timer:
-    def __init__(self, timings: dict[str, float], name: str) -> None:
-        self.timings, self.name = timings, name
+    def __init__(self, timings: dict[str, float], name: str, stages: Any = None) -> None:
+        self.timings, self.name, self.stages = timings, name, stages
 
     def __enter__(self) -> "_Timer":
+        if self.stages is not None:
+            self.stages._bar.set_postfix_str(_PHASES.get(self.name, self.name))
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
+        if self.stages is not None:
+            self.stages._bar.update(1)
 
 
 # ----------------------------------------------------------------------------- certify
 
 
 def certify(model_or_path: Union[str, os.PathLike[str], nn.Module], config: Optional[CertifyConfig] = None,
-            **options: Any) -> Certificate:
+            *, progress: bool = False, **options: Any) -> Certificate:
     r"""Certify a checkpoint (or model): Lipschitz bound, injectivity and stability, log-determinants.
 
     Arguments:
         model_or_path: a checkpoint file written by :func:`injcert.save_checkpoint`, or a model
             with the signature ``model(x, t, y=None, m=None)`` and a ``schedule``.
         config: a :class:`CertifyConfig`; default ``CertifyConfig()``.
+        progress: show a progress bar over the phases on stderr (``python -m injcert certify``
+            does unless ``--quiet``).
         **options: fields of :class:`CertifyConfig` overriding ``config`` (``steps=20``, ...).
 
     Returns:
@@ -658,10 +670,21 @@ def certify(model_or_path: Union[str, os.PathLike[str], nn.Module], config: Opti
     cfg = (config or CertifyConfig()).replace(**options) if options else (config or CertifyConfig())
     if not isinstance(cfg, CertifyConfig):
         raise ConfigError(f"config must be a CertifyConfig, got {type(cfg).__name__}")
+    from .._progress import Stages
+
+    phases = [k for k in _PHASES if k != "empirical" or (cfg.empirical and cfg.samples > 0)]
+    stages = Stages("certify", phases, enabled=progress)
+    try:
+        return _certify(model_or_path, cfg, stages)
+    finally:
+        stages.close()
+
+
+def _certify(model_or_path: Union[str, os.PathLike[str], nn.Module], cfg: CertifyConfig, stages: Any) -> Certificate:
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     device = _resolve_device(cfg.device)
-    with _Timer(timings, "load"):
+    with _Timer(timings, "load", stages):
         model, info = _load(model_or_path, device)
     schedule = _with_t_max(model.schedule, cfg.t_max)
     info["t_max"] = float(schedule.t_max)
@@ -696,7 +719,7 @@ def certify(model_or_path: Union[str, os.PathLike[str], nn.Module], config: Opti
     from ..solvers import make_grid
 
     g = make_grid(schedule, cfg.steps, cfg.grid).tolist()
-    with _Timer(timings, "lipschitz"):
+    with _Timer(timings, "lipschitz", stages):
         grid_t = [float(schedule.t_of_varsigma(torch.tensor(v, dtype=torch.float64))) for v in g[:-1]]
         lip_prop, L = checks.certified_lipschitz(model, shape, info.get("lipschitz_budget"), grid_t)
     props.append(lip_prop)
@@ -708,22 +731,22 @@ def certify(model_or_path: Union[str, os.PathLike[str], nn.Module], config: Opti
         timings["total"] = time.perf_counter() - t_start
         return cert
 
-    with _Timer(timings, "flow"):
+    with _Timer(timings, "flow", stages):
         hs, ls, qs = step_margins(g, L, schedule)
         data.update(grid=g, h=hs, drift=ls, margins=qs)
         props.append(_drift_property(L, g, ls))
         props.append(_flow_property(L, schedule, cfg, g, qs, model))
         needed = steps_needed(L, schedule, cfg.grid) if max(qs) >= 1.0 else cfg.steps
-    with _Timer(timings, "integrator"):
+    with _Timer(timings, "integrator", stages):
         props.append(checks.integrator_property(model, schedule, cfg, L, g, qs, needed, info, device, data))
 
     # --- log-determinants -----------------------------------------------------------------------
-    with _Timer(timings, "logdet"):
+    with _Timer(timings, "logdet", stages):
         props.extend(checks.logdet_properties(model, schedule, cfg, L, g, qs, device, data))
 
     # --- empirical checks -----------------------------------------------------------------------
     if cfg.empirical and cfg.samples > 0:
-        with _Timer(timings, "empirical"):
+        with _Timer(timings, "empirical", stages):
             props.extend(checks.empirical_properties(model, schedule, cfg, L, g, qs, device, data, info))
     timings["total"] = time.perf_counter() - t_start
     return cert

@@ -1,4 +1,9 @@
-"""``python -m injcert certify CKPT ...``: print the certificate table, write JSON/Markdown/figures.
+"""``python -m injcert certify [CKPT] ...``: print the certificate table, write JSON/Markdown/figures.
+
+The checkpoint is the positional ``CKPT`` or ``--model`` (as in every command; ``--checkpoint`` is
+an alias), by default the shipped model. A progress bar over the phases goes to stderr; the
+command ends with one line ``injcert certify: VERDICT: ... ; certified L = ...``. ``--quiet``
+prints only that line (no bar, no table; the table still appears on a soundness failure).
 
 Exit status: 0 every property holds; 1 some property fails (the table says which and by how much);
 2 unusable input (raised as :class:`~injcert.errors.CheckpointError`, printed by the CLI as one
@@ -18,20 +23,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .certificate import METHODS, CertifyConfig
 
     d = CertifyConfig()
-    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (.ckpt/.safetensors written by injcert)")
+    parser.add_argument("checkpoint", metavar="CKPT", nargs="?", default=None,
+                        help="checkpoint file (.ckpt/.safetensors written by injcert); the same as --model")
+    parser.add_argument("--model", "--checkpoint", dest="model", default=None, metavar="CKPT",
+                        help="checkpoint, as in every command (default: the shipped model injcert/assets/default.ckpt)")
     parser.add_argument("--json", metavar="OUT", help="write the report as JSON (schema: injcert/certify/schema.json)")
     parser.add_argument("--markdown", metavar="OUT", help="write the report as Markdown")
     parser.add_argument("--figures", metavar="DIR", help="write figures (PNG) into DIR")
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"integrator steps (default {d.steps})")
-    parser.add_argument("--method", choices=list(METHODS), default=d.method,
-                        help=f"integrator to certify (default {d.method})")
+    parser.add_argument("--steps", type=int, default=d.steps, help="integrator steps")
+    parser.add_argument("--method", choices=list(METHODS), default=d.method, help="integrator to certify")
     parser.add_argument("--t-max", type=float, default=None, dest="t_max",
                         help="end time of the flow (default: the model schedule's t_max)")
-    parser.add_argument("--device", default=d.device, help=f"device, e.g. cpu or cuda (default {d.device})")
+    parser.add_argument("--device", default=d.device, help="torch device: cpu, cuda or cuda:N")
     parser.add_argument("--samples", type=int, default=d.samples,
-                        help=f"held-out patches for the empirical checks, 0 to skip them (default {d.samples})")
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed (default {d.seed})")
-    parser.add_argument("--quiet", action="store_true", help="print only the verdict line")
+                        help="held-out patches for the empirical checks, 0 to skip them")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no table: print only the one-line summary (verdict and L); "
+                             "the full table is still printed on a soundness failure")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,10 +50,21 @@ def run(args: argparse.Namespace) -> int:
         CheckpointError: unusable input (the CLI turns it into exit status 2).
         ConfigError: a bad option value (also exit status 2).
     """
+    from .._progress import summary
+    from ..errors import ConfigError
     from .certificate import certify
 
+    path = args.checkpoint
+    model_opt = getattr(args, "model", None)
+    if path is not None and model_opt is not None and path != model_opt:
+        raise ConfigError(f"two checkpoints given: {path!r} and --model {model_opt!r}")
+    path = path if path is not None else model_opt
+    if path is None:
+        from .. import DEFAULT_CHECKPOINT
+
+        path = str(DEFAULT_CHECKPOINT)
     cert = certify(
-        args.checkpoint,
+        path,
         steps=args.steps,
         method=args.method,
         t_max=args.t_max,
@@ -52,17 +72,39 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples,
         seed=args.seed,
         round_trip_study=bool(args.figures),
+        progress=not args.quiet,
     )
-    table = cert.table()
-    if args.quiet:
-        print(table.rstrip().splitlines()[-1] if not cert.soundness_failures else table, end="\n")
-    else:
-        print(table, end="")
+    if not args.quiet or cert.soundness_failures:
+        print(cert.table(), end="")
+    wrote = []
     if args.json:
         cert.to_json(args.json)
+        wrote.append(str(args.json))
     if args.markdown:
         cert.to_markdown(args.markdown)
+        wrote.append(str(args.markdown))
     if args.figures:
-        cert.figures(args.figures)
+        figs = cert.figures(args.figures)
+        wrote.append(f"{len(figs)} figures in {args.figures}")
+    summary("certify", _summary_text(cert, wrote))
     sys.stdout.flush()
     return cert.exit_code
+
+
+def _summary_text(cert, wrote: list) -> str:
+    """``VERDICT: PASS (14 properties) in 22.1 s; L = 369.5 (budget 400); wrote a, b``."""
+    n = len(cert.properties)
+    total = cert.timings.get("total")
+    text = f"VERDICT: {cert.verdict} ({n} properties" + (f", failed: {', '.join(p.name for p in cert.failures)}"
+                                                          if cert.failures else "") + ")"
+    if total is not None:
+        text += f" in {total:.1f} s"
+    try:
+        lip = cert["lipschitz_bound"]
+        if lip.value is not None:
+            text += f"; certified L = {lip.value:.4g}" + (f" (budget {lip.bound:.4g})" if lip.bound is not None else "")
+    except KeyError:
+        pass
+    if cert.soundness_failures:
+        text += "; SOUNDNESS FAILURE (see the table)"
+    return text + ("; wrote " + ", ".join(wrote) if wrote else "")

@@ -112,8 +112,26 @@ def render_table(cert: "Certificate") -> str:
     return "\n".join(out) + "\n"
 
 
-def render_markdown(cert: "Certificate") -> str:
-    """The report as Markdown: verdict, model, one table row per property citing its theorem page."""
+def _proof_link(page: str, base: Union[str, os.PathLike[str], None]) -> str:
+    """The link to a theorem page ``proofs/NN-name.md`` from a Markdown file in folder ``base``:
+    relative to that folder when the pages exist in this source tree, else ``page`` unchanged
+    (relative to the repository root)."""
+    if base is None or not page.startswith("proofs/"):
+        return page
+    target = Path(__file__).resolve().parents[2] / page
+    if not target.is_file():
+        return page
+    try:
+        return Path(os.path.relpath(target, Path(base).resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        return target.as_uri()
+
+
+def render_markdown(cert: "Certificate", base: Union[str, os.PathLike[str], None] = None) -> str:
+    """The report as Markdown: verdict, model, one table row per property citing its theorem page.
+
+    ``base``: the folder the Markdown is written to; the links to the proof pages are made relative
+    to it (default: relative to the repository root)."""
     m, c = cert.model, cert.config
     lines: list[str] = []
     bad = cert.soundness_failures
@@ -127,7 +145,7 @@ def render_markdown(cert: "Certificate") -> str:
     if cert.failures:
         lines.append("**Failed:** " + "; ".join(f"`{p.name}` — {p.summary}" for p in cert.failures))
         lines.append("")
-    lines.append("What a PASS proves is stated in [proofs/08-certificate.md](proofs/08-certificate.md).")
+    lines.append(f"What a PASS proves is stated in [proofs/08-certificate.md]({_proof_link('proofs/08-certificate.md', base)}).")
     lines.append("")
     lines.append("## Model")
     lines.append("")
@@ -150,7 +168,7 @@ def render_markdown(cert: "Certificate") -> str:
         if p.soundness_failure:
             summary = "**SOUNDNESS FAILURE** " + summary
         lines.append(f"| {status} | `{p.name}` | {p.kind} | {_num(p.value)} | {_num(p.bound)} | "
-                     f"[{p.theorem}]({p.theorem}) | {summary} |")
+                     f"[{p.theorem}]({_proof_link(p.theorem, base)}) | {summary} |")
     lines.append("")
     try:
         flow = cert["flow_bilipschitz"].details
@@ -236,14 +254,22 @@ def write_figures(cert: "Certificate", folder: Union[str, os.PathLike[str]]) -> 
         ax.set_title(f"per-layer bounds (total L = {_num(lip)})")
         save(fig, "lipschitz_layers.png")
     if d.get("margins"):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ks = list(range(len(d["margins"])))
-        ax.semilogy(ks, d["margins"], "o-", ms=3, label="$h_k L_k$ (certified)")
-        ax.axhline(1.0, color="tab:red", ls="--", label="injectivity threshold")
+        # the same numbers and words as the table: "max h_k L_k = ... (step k)", L_k = alpha(s_k) L(t_k)
+        qs = list(d["margins"])
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        ks = list(range(len(qs)))
+        kmax = max(ks, key=lambda k: qs[k])
+        ax.plot(ks, qs, "o-", ms=3, label="$h_k L_k$, $L_k = \\alpha(\\varsigma_k)\\,L(t_k)$ (certified)")
+        ax.plot([kmax], [qs[kmax]], "o", ms=7, mfc="none", color="k", label=f"max {_num(qs[kmax])} at step {kmax}")
+        ax.axhline(1.0, color="tab:red", ls="--", label="1: Euler step injective below")
+        if max(qs) / max(min(qs), 1e-300) > 50:
+            ax.set_yscale("log")
         ax.set_xlabel("step k")
-        ax.set_ylabel("margin")
-        ax.set_title("per-step margins $h_k\\,\\alpha(\\varsigma_k)L$")
-        ax.legend()
+        ax.set_ylabel("$h_k L_k$")
+        bad = sum(q >= 1.0 for q in qs)
+        ax.set_title(f"per-step margins $h_k L_k$: max {_num(qs[kmax])} (step {kmax}), "
+                     + (f"{bad} of {len(qs)} steps ≥ 1" if bad else "all < 1"), fontsize=10)
+        ax.legend(fontsize=7)
         save(fig, "step_margins.png")
     study = d.get("round_trip_study")
     if study:
@@ -261,13 +287,30 @@ def write_figures(cert: "Certificate", folder: Union[str, os.PathLike[str]]) -> 
     if d.get("logdet_exact"):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
         ks = list(range(len(d["logdet_exact"])))
-        lo = [v if math.isfinite(v) else float("nan") for v in d["logdet_lo"]]
-        a1.fill_between(ks, lo, d["logdet_hi"], alpha=0.3, label="certified interval")
+        lo_raw, hi_raw = list(d["logdet_lo"]), list(d["logdet_hi"])
+        finite = [v for v in lo_raw + hi_raw + list(d["logdet_exact"]) + list(d["logdet_trace"]) if math.isfinite(v)]
+        span = (max(finite) - min(finite)) if finite else 1.0
+        floor = (min(finite) if finite else -1.0) - 0.15 * span - 1.0  # where a -inf end is drawn
+        ceil = (max(finite) if finite else 1.0) + 0.15 * span + 1.0
+        lo = [v if math.isfinite(v) else floor for v in lo_raw]
+        hi = [v if math.isfinite(v) else ceil for v in hi_raw]
+        a1.fill_between(ks, lo, hi, alpha=0.3, color="tab:blue", lw=0, label="certified interval")
+        k_inf = [k for k in ks if not math.isfinite(lo_raw[k])]
+        k_sup = [k for k in ks if not math.isfinite(hi_raw[k])]
+        if k_inf:  # the lower end is -inf there: hatched down to the axis and arrows past it
+            a1.fill_between(ks, floor, [hi[k] if k in k_inf else floor for k in ks], facecolor="none",
+                            edgecolor="tab:blue", hatch="//", lw=0, step=None)
+            a1.plot(k_inf, [floor] * len(k_inf), "v", color="tab:blue", ms=7, clip_on=False,
+                    label=f"lower end $-\\infty$ ({len(k_inf)} steps with $h_k L_k \\geq 1$)")
+        if k_sup:
+            a1.plot(k_sup, [ceil] * len(k_sup), "^", color="tab:blue", ms=7, clip_on=False,
+                    label=f"upper end $+\\infty$ ({len(k_sup)} steps)")
+        a1.set_ylim(floor, ceil)
         a1.plot(ks, d["logdet_exact"], "k.-", ms=3, label="exact log|det(I+hJ)|")
         a1.plot(ks, d["logdet_trace"], "g--", lw=1, label="h tr J")
         a1.set_xlabel("step k")
         a1.set_title(f"per-step log-det (d = {d.get('logdet_dim')})")
-        a1.legend(fontsize=7)
+        a1.legend(fontsize=7, loc="upper left", framealpha=0.9)
         cum = [sum(d["logdet_exact"][: k + 1]) for k in ks]
         a2.plot(d["grid"][1:], cum, "k-", label="exact, Euler map (cumulative)")
         if d.get("hutchpp_per_step"):

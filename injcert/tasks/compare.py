@@ -498,9 +498,13 @@ def _figure_edit(keep: dict, path: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``python -m injcert bench``."""
+    from .commands import add_model_argument, add_quiet_argument
+
     parser.add_argument("--out", default="bench_out", help="output folder (default: bench_out)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="model checkpoint (default: the shipped model; an untrained fallback if absent)")
+    add_model_argument(parser)
+    parser.add_argument("--device", default="cpu",
+                        help="torch device; the comparison runs on the CPU only (for GPU numbers see "
+                             "`make gpu-check`), so anything but cpu is refused (default: cpu)")
     parser.add_argument("--images", nargs="+", default=None, metavar="NAME",
                         help="held-out images (default: all of them; --quick: the first two)")
     parser.add_argument("--size", type=int, default=None,
@@ -519,13 +523,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smoke-test defaults: 2 images, 16x16, steps 10 20, 5 reconstruction/editing steps, "
                         "dopri5 tolerance 1e-3 (explicit options still win)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["roundtrip", "sampling", "reconstruction", "editing"],
-                        help="sections to leave out")
+                        help="sections to leave out (default: none)")
+    add_quiet_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison, print the tables and write ``results.md`` and figures into ``--out``."""
+    from .._progress import Stages, bar, summary
+    from ..errors import ConfigError
     from ..testing import AnalyticMixtureScore, flow_map
 
+    if torch.device(getattr(args, "device", "cpu") or "cpu").type != "cpu":
+        raise ConfigError(f"bench runs on the CPU only, got --device {args.device!r} (GPU numbers: make gpu-check)")
+    quiet = bool(getattr(args, "quiet", False))
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     from ..data.images import HELDOUT_IMAGES
 
@@ -542,7 +552,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--size must be at least 8, got {size}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, origin = bench_model(args.checkpoint)
+    model, origin = bench_model(getattr(args, "model", None))
     batches = load_batch(images, None if args.full else size)
     res_txt = "full resolution" if args.full else f"{size}x{size} centre crops"
     md: List[str] = [
@@ -555,17 +565,25 @@ def run(args: argparse.Namespace) -> int:
 
     def emit(title: str, table: str, note: str = "") -> None:
         block = f"## {title}\n\n{table}\n" + (f"\n{note}\n" if note else "")
-        print(block)
+        if not quiet:
+            print(block)
         md.append(block)
 
-    print(md[2] + "\n")
+    if not quiet:
+        print(md[2] + "\n")
     skip = set(args.skip)
+    sections = [s for s in ("roundtrip", "sampling", "reconstruction", "editing") if s not in skip]
+    stages = Stages("bench", sections, enabled=not quiet)
+    key: List[str] = []
     if "roundtrip" not in skip:
+        stages._bar.set_postfix_str("round trip")
         rt: Dict[Tuple[str, str, int], Dict[str, float]] = {}
         rows = []
+        inner = bar(desc="bench: round trips", total=len(_DTYPES) * len(methods) * len(steps), enabled=not quiet)
         for dt_name, dt in _DTYPES.items():
             for m in methods:
                 for n in steps:
+                    inner.update(1)
                     if m == "dopri5" and n != steps[0]:
                         rt[(m, dt_name, n)] = rt[(m, dt_name, steps[0])]
                         continue
@@ -581,9 +599,15 @@ def run(args: argparse.Namespace) -> int:
              f"{dtol:g}, adaptive steps); `failed` = the fixed-point inverse could not certify a step "
              "(h·L ≥ 1, Theorem 2) and raised instead of returning an unverified iterate. "
              "0 = bit-exact.")
+        inner.close()
         _figure_round_trip(rt, steps, out / "round_trip.png", methods)
         md.append("![round trip](round_trip.png)\n")
+        rev = [v["max_abs"] for (m, _, _), v in rt.items() if m == "reversible"]
+        if rev:
+            key.append(f"reversible round trip max |error| {max(rev):.3g} over {len(rev)} runs")
+        stages._bar.update(1)
     if "sampling" not in skip:
+        stages._bar.set_postfix_str("sampling accuracy")
         gen = torch.Generator().manual_seed(args.seed)
         analytic = AnalyticMixtureScore()
         za = torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64)
@@ -602,7 +626,9 @@ def run(args: argparse.Namespace) -> int:
                              for r in rows]),
              "Reference: dopri5 at rtol = atol = 1e-10 (analytic: the exact score of a 3-component mixture, "
              "4×1×8×8) and 1e-5 (model, 1 image). Compare rows at equal NFE; dopri5 rows sweep its tolerance.")
+        stages._bar.update(1)
     if "reconstruction" not in skip:
+        stages._bar.set_postfix_str("reconstruction")
         keep: dict = {}
         rows_r = reconstruction_rows(model, batches, rsteps, args.seed, keep=keep)
         table = [[r.corruption, r.method, r.psnr, r.ssim, r.psnr_region, r.seconds] for r in rows_r]
@@ -615,11 +641,16 @@ def run(args: argparse.Namespace) -> int:
                                f"({ours.psnr:.2f} vs {base.psnr:.2f} dB)")
         emit(f"Reconstruction ({rsteps} steps)",
              markdown_table(["corruption", "method", "PSNR [dB]", "SSIM", "PSNR in region [dB]", "time [s]"], table),
-             "Region = the pixels not observed as is (m[0] = 0). Verdict per corruption (honest, "
-             "whichever is higher): " + "; ".join(verdict) + ".")
+             "Region = the pixels not observed as is (m[0] = 0). PSNR and SSIM are the mean of the per-image "
+             "values; PSNR in region pools the region pixels of all images of a batch into one MSE (then the "
+             "mean over batches). Verdict per corruption (honest, whichever is higher): " + "; ".join(verdict) + ".")
         _figure_recon(keep, out / "reconstruction.png")
         md.append("![reconstruction](reconstruction.png)\n")
+        wins = sum(1 for v in verdict if v.split(": ", 1)[1].startswith("ours"))
+        key.append(f"reconstruction: ours higher PSNR on {wins} of {len(verdict)} corruptions")
+        stages._bar.update(1)
     if "editing" not in skip:
+        stages._bar.set_postfix_str("editing")
         keep = {}
         rows_e = editing_rows(model, batches, rsteps, keep=keep)
         emit(f"Editing: background preservation ({rsteps} steps, strength 0.5, recolor a centred box)",
@@ -631,6 +662,12 @@ def run(args: argparse.Namespace) -> int:
              "outside error exactly 0, PSNR inf.")
         _figure_edit(keep, out / "editing.png")
         md.append("![editing](editing.png)\n")
+        ours = [r for r in rows_e if r.method.startswith("ours")]
+        if ours:
+            key.append(f"edit outside-mask max |change| {max(r.outside_max_abs for r in ours):g}")
+        stages._bar.update(1)
+    stages.close()
     (out / "results.md").write_text("\n".join(md))
-    print(f"wrote {out / 'results.md'}")
+    summary("bench", f"wrote {out / 'results.md'} and its figures ({len(images)} images, {res_txt})"
+            + ("; " + "; ".join(key) if key else ""))
     return 0

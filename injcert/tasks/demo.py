@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,29 @@ __all__ = ["add_arguments", "run", "run_demo"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo_out", help="report folder (default: demo_out)")
-    p.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    from .commands import add_model_argument, add_quiet_argument
+
+    p.add_argument("--out", default="demo_out", help="report folder")
+    add_model_argument(p)
     p.add_argument("--train-steps", type=int, default=0,
-                   help="train a fresh model for this many steps instead of loading one")
-    p.add_argument("--size", type=int, default=128, help="side of the held-out crops (default 128)")
-    p.add_argument("--steps", type=int, default=50, help="integration steps of round trips and edits (default 50)")
+                   help="train a fresh model for this many steps instead of loading one (0: load --model)")
+    p.add_argument("--size", type=int, default=128, help="side of the held-out crops")
+    p.add_argument("--steps", type=int, default=50, help="integration steps of round trips and edits")
     p.add_argument("--reconstruct-steps", type=int, default=50,
-                   help="integration steps of reconstructions, from their start level (default 50)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+                   help="integration steps of reconstructions, from their start level")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--skip-certify", action="store_true", help="do not run the certificate")
+    add_quiet_argument(p)
+
+
+def _log_line(msg: str) -> None:
+    """Print a stage line on stdout without breaking a progress bar on stderr."""
+    try:
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg, file=sys.stdout)
+    except ImportError:  # pragma: no cover
+        print(msg)
 
 
 def _best_baseline(kind: str, y: torch.Tensor, m: torch.Tensor, x: torch.Tensor) -> tuple[str, torch.Tensor]:
@@ -49,8 +63,29 @@ def _best_baseline(kind: str, y: torch.Tensor, m: torch.Tensor, x: torch.Tensor)
 
 def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int = 0, size: int = 128,
              steps: int = 50, device: str = "cpu", certify: bool = True, reconstruct_steps: int = 50,
-             log=print) -> dict[str, Any]:
-    """Run the demo and return its summary (also written to ``out/summary.json``)."""
+             log=print, progress: bool = False) -> dict[str, Any]:
+    """Run the demo and return its summary (also written to ``out/summary.json``).
+
+    ``log`` receives one line per stage; ``progress`` shows a bar over the stages on stderr."""
+    from .._progress import Stages
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    names = ["corruption grid", "model" + (" and certificate" if certify else ""), "round trip", "reconstruction",
+             "editing"]
+    stages = Stages("demo", names, enabled=progress)
+    try:
+        return _run_demo(out, summary, t0, stages, log, progress, model_path=model_path, train_steps=train_steps,
+                         size=size, steps=steps, device=device, certify=certify, reconstruct_steps=reconstruct_steps)
+    finally:
+        stages.close()
+
+
+def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: Any, progress: bool, *,
+              model_path: str | None, train_steps: int, size: int, steps: int, device: str, certify: bool,
+              reconstruct_steps: int) -> dict[str, Any]:
     from .. import DEFAULT_CHECKPOINT, load_checkpoint
     from ..data.corruptions import make_corruption
     from ..data.grid import corruption_grid, square_image
@@ -61,14 +96,15 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
     from .invert import decode, encode
     from .reconstruct import reconstruct_full
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {}
-    t0 = time.perf_counter()
+    def stage(detail: str) -> None:
+        stages._bar.set_postfix_str(detail)
 
+    stage("corruption grid")
     corruption_grid(out / "corruptions.png")
+    stages._bar.update(1)
     log(f"[1/5] corruption grid -> {out / 'corruptions.png'}")
 
+    stage("training" if train_steps > 0 else "model")
     if train_steps > 0:
         from .train import TrainConfig, train
 
@@ -86,16 +122,20 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
     if certify:
         from ..certify import certify as run_certify
 
+        stage("certificate")
         cert = run_certify(model, steps=steps)
-        (out / "certificate.md").write_text(cert.to_markdown())
+        cert.to_markdown(out / "certificate.md")  # links to the proof pages relative to out/
         (out / "certificate.json").write_text(cert.to_json())
         summary["certificate"] = cert.verdict
         log(f"      certificate: {cert.verdict} -> {out / 'certificate.md'}")
 
+    stages._bar.update(1)
     x = square_image("astronaut", size).unsqueeze(0).to(device)
     with torch.no_grad():
+        stage("round trip: reversible")
         lat = encode(model, x, steps=steps, method="reversible")
         back = decode(model, lat)
+        stage("round trip: naive DDIM")
         lat_d = encode(model, x, steps=steps, method="ddim")
         back_d = decode(model, lat_d)
     # the latent of a held-out image should look like white noise: x-space state at t_max over sigma(t_max)
@@ -108,8 +148,10 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
                              "reversible_bit_exact": bool(torch.equal(back, x)),
                              "ddim_max_abs": float((back_d - x).abs().max()),
                              "ddim_mse": float(((back_d - x) ** 2).mean()), "nfe_per_direction": lat.nfe}
-    side_by_side([("image", x), ("reversible round trip", back), ("naive DDIM round trip", back_d)],
+    side_by_side([("image", x), ("reversible round trip", back), ("naive DDIM round trip", back_d),
+                  ("|reversible - image|", back, x), ("|naive DDIM - image|", back_d, x)],
                  out / "round_trip.png")
+    stages._bar.update(1)
     log(f"[3/5] round trip (astronaut {size}², {steps} steps): reversible max|err| = "
         f"{summary['round_trip']['reversible_max_abs']:.3g} (bit-exact: {summary['round_trip']['reversible_bit_exact']}),"
         f" naive DDIM max|err| = {summary['round_trip']['ddim_max_abs']:.3g}")
@@ -118,6 +160,7 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
     rows = []
     panels = [("clean", xr)]
     for kind in ("box", "freeform", "random", "gaps", "blur", "noise"):
+        stage(f"reconstruction: {kind}")
         obs = make_corruption(kind).sample(xr.cpu(), 0)
         y, m = obs.y.to(device), obs.m.to(device)
         with torch.no_grad():
@@ -138,6 +181,7 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
     summary["reconstruction"] = rows
     side_by_side(panels[:7], out / "reconstruction_1.png")
     side_by_side([panels[0]] + panels[7:], out / "reconstruction_2.png")
+    stages._bar.update(1)
     log("[4/5] reconstruction (chelsea): " + ", ".join(
         f"{r['corruption']} {r['psnr_ours']:.1f} dB ({r['baseline']} {r['psnr_baseline']:.1f})" for r in rows))
 
@@ -145,6 +189,7 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
     mask[..., size // 4 : size // 2, size // 3 : 2 * size // 3] = 1
     edits = []
     for op in ("recolor", "remove"):
+        stage(f"editing: {op}")
         with torch.no_grad():
             res = edit_full(model, x, mask, op, strength=0.6, steps=steps)
         edits.append({"operation": op, "outside_max_abs": res.outside_max_abs,
@@ -154,6 +199,7 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
                       "psnr_inside_vs_target": float(region_psnr(res.image, res.target, mask)), "nfe": res.nfe})
         side_by_side([("image", x), ("target", res.target), ("edited", res.image)], out / f"edit_{op}.png")
     summary["editing"] = edits
+    stages._bar.update(1)
     log("[5/5] editing: " + ", ".join(f"{e['operation']}: outside max|err| = {e['outside_max_abs']:g}" for e in edits))
 
     summary["wall_seconds"] = time.perf_counter() - t0
@@ -196,6 +242,16 @@ def _report(s: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(args.out, model_path=args.model, train_steps=args.train_steps, size=args.size, steps=args.steps,
-             device=args.device, certify=not args.skip_certify, reconstruct_steps=args.reconstruct_steps)
+    from .._progress import summary as say
+
+    quiet = bool(getattr(args, "quiet", False))
+    s = run_demo(args.out, model_path=args.model, train_steps=args.train_steps, size=args.size, steps=args.steps,
+                 device=args.device, certify=not args.skip_certify, reconstruct_steps=args.reconstruct_steps,
+                 log=(lambda msg: None) if quiet else _log_line, progress=not quiet)
+    rt = s["round_trip"]
+    key = [f"certificate {s['certificate']}"] if "certificate" in s else []
+    key.append(f"reversible round trip max |error| {rt['reversible_max_abs']:.3g}"
+               + (" (bit-exact)" if rt["reversible_bit_exact"] else "") + f", naive DDIM {rt['ddim_max_abs']:.3g}")
+    key.append(f"edits: outside-mask max |change| {max(e['outside_max_abs'] for e in s['editing']):g}")
+    say("demo", f"wrote {Path(args.out) / 'report.md'} and its figures in {s['wall_seconds']:.0f} s; " + "; ".join(key))
     return 0

@@ -1,0 +1,89 @@
+"""CPU thread settings that degrade gracefully when the machine is shared.
+
+PyTorch's CPU kernels run on an OpenMP pool of ``torch.get_num_threads()`` threads, one per core
+by default. When another CPU-bound process runs on the same cores, the threads of a parallel
+region wait for each other at every barrier; with OpenMP's default *active* waiting they spin
+while the thread they wait for is descheduled, and a command can become tens of times slower
+instead of about twice. Two settings avoid that:
+
+- ``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep instead of spinning. It is read once, when
+  the OpenMP runtime loads (that is, when ``torch`` is first imported), so ``python -m injcert``
+  sets it (unless the environment already does) before anything imports ``torch``;
+- a bounded number of threads (``--threads``, default :func:`default_threads`), applied with
+  :func:`torch.set_num_threads`.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+__all__ = ["default_threads", "apply_threads", "threads", "set_passive_wait_policy"]
+
+#: The most threads a command uses by default: the network's convolutions at the sizes used here
+#: gain little beyond it, and fewer threads leave room for other work on a shared machine.
+MAX_DEFAULT_THREADS = 4
+
+
+def _cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # respects taskset / cgroup CPU sets
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when it is set to a positive integer, else ``min(CPUs available, 4)``."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env.split(",")[0])
+        except ValueError:
+            n = 0
+        if n > 0:
+            return n
+    return min(_cpus(), MAX_DEFAULT_THREADS)
+
+
+def apply_threads(threads: Optional[int] = None) -> int:
+    """Set torch's intra-op thread count to ``threads`` (default: :func:`default_threads`).
+
+    Returns:
+        The number of threads set.
+
+    Raises:
+        ConfigError: ``threads`` < 1.
+    """
+    n = default_threads() if threads is None else int(threads)
+    if n < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--threads must be >= 1, got {threads!r}")
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+@contextmanager
+def threads(n: Optional[int] = None, *, default: bool = True) -> Iterator[int]:
+    """:func:`apply_threads` for the duration of a ``with`` block, then the previous count again
+    (``injcert.cli.main`` called in-process leaves the caller's setting as it found it).
+
+    ``default=False``: with ``n`` None keep the current count (a caller that set its own)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    try:
+        yield apply_threads(n) if (n is not None or default) else prev
+    finally:
+        if torch.get_num_threads() != prev:
+            torch.set_num_threads(prev)
+
+
+def set_passive_wait_policy() -> None:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (only effective before the
+    OpenMP runtime loads, i.e. before ``torch`` is first imported)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
