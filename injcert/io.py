@@ -425,17 +425,29 @@ def _json_loads(text: Union[str, bytes], what: str) -> Any:
         raise CheckpointError(f"{what} is corrupt: not JSON ({str(exc).splitlines()[0]})") from None
 
 
+def regular_input_file(path: PathLike, error: type, missing: str, unreadable: str, not_regular: str) -> os.stat_result:
+    """``os.stat`` of an input that must be an existing regular file, else one ``error`` line.
+
+    The messages are templates with ``{label}`` (the path's repr) and, for ``unreadable``,
+    ``{reason}``; one place decides what "cannot read" means for every input the project opens.
+    """
+    label = repr(os.fspath(path))
+    try:
+        st = os.stat(os.fspath(path))
+    except FileNotFoundError:
+        raise error(missing.format(label=label)) from None
+    except OSError as exc:
+        raise error(unreadable.format(label=label, reason=exc.strerror or exc)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(not_regular.format(label=label))
+    return st
+
+
 def read_json_file(path: PathLike, what: str = "config") -> dict[str, Any]:
     """Read a JSON object from ``path``; anything else raises one :class:`ConfigError` line."""
     text_path = os.fspath(path)
-    try:
-        st = os.stat(text_path)
-    except FileNotFoundError:
-        raise ConfigError(f"{what} file not found: {text_path!r}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {text_path!r}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{what} {text_path!r} is not a regular file")
+    st = regular_input_file(text_path, ConfigError, what + " file not found: {label}",
+                            "cannot read " + what + " {label}: {reason}", what + " {label} is not a regular file")
     if st.st_size > 16 * 1024 * 1024:
         raise ConfigError(f"{what} {text_path!r} is {st.st_size} bytes; a config is at most 16 MiB")
     try:
@@ -562,14 +574,8 @@ def _read_header(path: PathLike, expected_format: str) -> tuple[dict[str, tuple[
 
     p = Path(path)
     label = repr(os.fspath(path))
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {label}") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {label}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"checkpoint is not a file: {label}")
+    st = regular_input_file(p, CheckpointError, "checkpoint not found: {label}", "cannot read {label}: {reason}",
+                            "checkpoint is not a file: {label}")
     size = st.st_size
     try:
         with open(p, "rb") as fh:

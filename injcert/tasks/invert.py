@@ -117,22 +117,15 @@ class Latent:
                 non-finite values, ...).
             LimitError: ``steps`` or the number of pixels above :mod:`injcert.limits`.
         """
-        import stat as _stat
-
         from safetensors import safe_open
 
         from .. import limits
+        from ..io import regular_input_file
         from ..solvers import SOLVERS
 
         label = repr(os.fspath(path))
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise CheckpointError(f"latent file {label} does not exist") from None
-        except OSError as exc:
-            raise CheckpointError(f"cannot read latent {label}: {exc.strerror or exc}") from None
-        if not _stat.S_ISREG(st.st_mode):
-            raise CheckpointError(f"latent {label} is not a regular file")
+        st = regular_input_file(path, CheckpointError, "latent file {label} does not exist",
+                                "cannot read latent {label}: {reason}", "latent {label} is not a regular file")
         try:
             with open(path, "rb") as fh:
                 head = fh.read(2)

@@ -490,17 +490,8 @@ def train(
                       compile_model=compile_model)
 
 
-def _train(
-    config: Optional[TrainConfig],
-    out: PathLike,
-    resume: Optional[PathLike] = None,
-    device: str = "cpu",
-    progress: bool = True,
-    *,
-    workers: Optional[int] = None,
-    time_limit: Optional[float] = None,
-    compile_model: bool = False,
-) -> Path:
+def _train(config: Optional[TrainConfig], out: PathLike, resume: Optional[PathLike], device: str, progress: bool, *,
+           workers: Optional[int], time_limit: Optional[float], compile_model: bool) -> Path:
     """Train a :class:`~injcert.model.unet.CondUNet`; returns the checkpoint path ``out``.
 
     Arguments:
