@@ -548,7 +548,16 @@ def _save_tensors(path: PathLike, tensors: dict[str, torch.Tensor], header: dict
     return atomic_write(path, save(clean, metadata=header), inputs=inputs)
 
 
-def _describe_pickle(head: bytes) -> str | None:
+def _describe_pickle(head: bytes, size: int | None = None) -> str | None:
+    """What pickle container ``head`` (the file's first 9 bytes) starts, or ``None``.
+
+    A safetensors file starts with its header's length (u64, little endian) and the header's ``{``;
+    that length's low bytes can be ``0x80 0x05`` (a 1408-byte header) — the start of a protocol-5
+    pickle — so a head that is a plausible safetensors start is never called a pickle."""
+    if len(head) >= 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        if 0 < n and (size is None or 8 + n <= size):
+            return None
     if head[:2] == b"PK":
         return "a zip archive (a torch.save pickle)"
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
@@ -579,10 +588,12 @@ def _read_header(path: PathLike, expected_format: str) -> tuple[dict[str, tuple[
     size = st.st_size
     try:
         with open(p, "rb") as fh:
-            head = fh.read(8)
-            kind = _describe_pickle(head)
+            head = fh.read(9)
+            kind = _describe_pickle(head, size)
             if kind is not None:
                 raise CheckpointError(f"{label} is {kind}, not an injcert safetensors checkpoint; refusing to unpickle it")
+            head = head[:8]
+            fh.seek(len(head))
             if len(head) < 8:
                 raise CheckpointError(f"{label} is truncated ({size} bytes): not a safetensors checkpoint")
             n = int.from_bytes(head, "little")

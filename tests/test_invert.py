@@ -91,3 +91,36 @@ def test_conditioning_is_passed_through():
     assert torch.equal(decode(model, lat, (y, m)), x)
     with pytest.raises(ValueError, match="cond"):
         encode(model, x, (y, m[:, :, :2]), steps=3)
+
+
+def test_decode_reproduces_the_encode_thread_count_and_refuses_another_device(tmp_path):
+    """Issue 13 item 9: CPU convolution bits depend on the thread count. The latent records it;
+    decode runs with it (encode with 1 thread, decode under 2 was 4.8e-7 off before), and refuses
+    another device type or torch version unless forced."""
+    import dataclasses
+
+    import injcert
+    from injcert.data.grid import square_image
+    from injcert.errors import InputError
+    from injcert.tasks.invert import Latent
+
+    model = injcert.load_checkpoint(injcert.DEFAULT_CHECKPOINT).eval()
+    x = square_image("astronaut", 32).unsqueeze(0)
+    before = torch.get_num_threads()
+    try:
+        for enc, dec in ((1, 2), (2, 1)):
+            torch.set_num_threads(enc)
+            lat = injcert.encode(model, x, steps=4)
+            assert lat.execution == {"device": "cpu", "threads": enc, "torch": torch.__version__}
+            lat.save(tmp_path / "z.safetensors")
+            torch.set_num_threads(dec)
+            back = injcert.decode(model, Latent.load(tmp_path / "z.safetensors"))
+            assert torch.equal(back, x)
+            assert torch.get_num_threads() == dec  # restored after the decode
+    finally:
+        torch.set_num_threads(before)
+    for bad in ({"device": "cuda"}, {"torch": "0.0.0"}):
+        other = dataclasses.replace(lat, execution=dict(lat.execution, **bad))
+        with pytest.raises(InputError):
+            injcert.decode(model, other)
+        injcert.decode(model, other, force=True)  # forced: runs

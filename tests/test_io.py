@@ -147,3 +147,20 @@ def test_state_round_trip(tmp_path: Path) -> None:
     assert meta == {"step": 3, "rng": [1, 2]} and all(torch.equal(got[k], v) for k, v in tensors.items())
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "s")  # a state file is not a model checkpoint
+
+
+def test_a_safetensors_header_length_is_not_taken_for_a_pickle():
+    """A 1408-byte safetensors header starts with bytes 0x80 0x05 — a protocol-5 pickle's opcodes.
+    A latent whose header grew to such a length was refused as a pickle."""
+    from injcert.io import _describe_pickle
+
+    for n in (128, 0x0180, 0x0580, 0x0280):
+        head = n.to_bytes(8, "little") + b"{"
+        assert head[:1] == b"\x80"
+        assert _describe_pickle(head, 8 + n + 100) is None
+        assert _describe_pickle(head, 8 + n - 1) == "a pickle"  # the claimed header does not fit: not safetensors
+    import pickle
+
+    for proto in (2, 3, 4, 5):
+        assert _describe_pickle(pickle.dumps({"a": 1}, protocol=proto)[:9], 10**6) == "a pickle"
+    assert _describe_pickle(b"PK\x03\x04" + b"\0" * 5, 10**6) is not None

@@ -61,6 +61,12 @@ class Latent:
         scale: the lattice holds ``scale * xbar`` ($\alpha_{t_{\max}}$ for the exact methods, else 1).
         model_sha256: :func:`~injcert.io.weights_fingerprint` of the encoding model (``None``: not
             recorded; then no model check is possible).
+        execution: what decides the bits of the network's evaluations besides the weights and the
+            input: ``{"device": "cpu"|"cuda", "threads": N, "torch": version}`` (``None``: not
+            recorded). PyTorch's CPU convolutions are deterministic for a fixed configuration only —
+            the summation order depends on the thread count — so :func:`decode` runs an exact
+            latent with the recorded thread count and refuses another device type or torch version
+            (``force`` overrides); proofs/03 states the assumption.
     """
 
     state: Tensor
@@ -77,6 +83,7 @@ class Latent:
     t_min: float = 1e-3
     scale: float = 1.0
     model_sha256: Optional[str] = None
+    execution: Optional[Dict[str, Any]] = None
 
     def solver_state(self) -> SolverState:
         return SolverState(x=self.state, aux=self.aux, remainder=self.remainder, dtype=self.dtype,
@@ -91,7 +98,7 @@ class Latent:
         return {"format": _FORMAT, "method": self.method, "steps": self.steps, "grid": self.grid,
                 "schedule": self.schedule, "dtype": str(self.dtype).replace("torch.", ""), "t_max": self.t_max,
                 "frac_bits": self.frac_bits, "nfe": self.nfe, "t_min": self.t_min,
-                "scale": self.scale, "model_sha256": self.model_sha256}
+                "scale": self.scale, "model_sha256": self.model_sha256, "execution": self.execution}
 
     def save(self, path: Union[str, os.PathLike], *, inputs: Any = ()) -> None:
         """Write a safetensors file (metadata JSON in its header) through :func:`injcert.io.atomic_write`
@@ -127,9 +134,11 @@ class Latent:
         st = regular_input_file(path, CheckpointError, "latent file {label} does not exist",
                                 "cannot read latent {label}: {reason}", "latent {label} is not a regular file")
         try:
+            from ..io import _describe_pickle
+
             with open(path, "rb") as fh:
-                head = fh.read(2)
-            if head[:2] == b"PK" or head[:1] == b"\x80":
+                head = fh.read(9)
+            if _describe_pickle(head, st.st_size) is not None:
                 raise CheckpointError(f"{label} is a pickle, not an injcert latent; refusing to unpickle it")
             with safe_open(os.fspath(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["injcert_latent"])
@@ -169,6 +178,11 @@ class Latent:
             fp = meta.get("model_sha256")
             if fp is not None and not (isinstance(fp, str) and len(fp) == 64):
                 raise ValueError(f"model_sha256 must be a hex SHA-256, got {fp!r}")
+            ex = meta.get("execution")
+            if ex is not None and not (isinstance(ex, dict) and ex.get("device") in ("cpu", "cuda")
+                                       and isinstance(ex.get("threads"), int) and not isinstance(ex.get("threads"), bool)
+                                       and 0 < ex["threads"] <= 4096 and isinstance(ex.get("torch"), str)):
+                raise ValueError(f"execution must be {{device, threads, torch}}, got {ex!r}")
             for k, t in tensors.items():
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                     raise ValueError(f"tensor {k!r} holds NaN or infinite values")
@@ -178,7 +192,7 @@ class Latent:
                        method=method, steps=steps, grid=grid,
                        schedule=dict(meta["schedule"]), dtype=_DTYPES[meta["dtype"]], t_max=t_max,
                        frac_bits=None if fb is None else int(fb),
-                       nfe=int(meta["nfe"]), t_min=t_min, scale=scale, model_sha256=fp)
+                       nfe=int(meta["nfe"]), t_min=t_min, scale=scale, model_sha256=fp, execution=ex)
         except InjcertError:
             raise
         except RecursionError:
@@ -186,6 +200,22 @@ class Latent:
         except Exception as exc:  # noqa: BLE001 - corrupt header, missing keys, wrong types
             msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CheckpointError(f"{label} is not a valid injcert latent: {msg}") from None
+
+    def check_execution(self, device: torch.device, *, force: bool = False) -> Optional[int]:
+        """Refuse (one :class:`~injcert.errors.InputError` line) to decode an exact latent on another
+        device type or torch version than the one that encoded it, unless ``force``; return the
+        thread count the decode must use on the CPU (``None``: leave it)."""
+        ex = self.execution
+        if ex is None or self.frac_bits is None:
+            return None
+        if not force:
+            if ex["device"] != device.type:
+                raise InputError(f"this latent was encoded on {ex['device']}, not {device.type}: the network's "
+                                 "float evaluations, hence the decoded bits, may differ (--force to decode anyway)")
+            if ex["torch"] != torch.__version__:
+                raise InputError(f"this latent was encoded with torch {ex['torch']}, this is {torch.__version__}: "
+                                 "the decoded bits may differ (--force to decode anyway)")
+        return int(ex["threads"]) if device.type == "cpu" else None
 
     def check_model(self, model: Any, *, force: bool = False) -> None:
         """Raise :class:`~injcert.errors.InputError` when ``model`` is not the model that made this
@@ -276,9 +306,12 @@ def encode_state(model: Any, state: Union[Tensor, SolverState], cond: Cond = Non
         from ..io import weights_fingerprint
 
         fp = weights_fingerprint(model)
+    dev = out.x.device
+    execution = {"device": dev.type, "threads": int(torch.get_num_threads()) if dev.type == "cpu" else 1,
+                 "torch": torch.__version__}
     return Latent(state=out.x, aux=out.aux, remainder=out.remainder, method=str(method), steps=int(steps),
                   grid=grid, schedule=field.schedule.to_config(), dtype=out.dtype, t_max=float(field.schedule.t_max),
-                  frac_bits=out.frac_bits, nfe=out.nfe, scale=out.scale, model_sha256=fp)
+                  frac_bits=out.frac_bits, nfe=out.nfe, scale=out.scale, model_sha256=fp, execution=execution)
 
 
 def encode(model: Any, x0: Tensor, cond: Cond = None, steps: int = 50, method: str = "reversible",
@@ -322,6 +355,15 @@ def decode_state(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *
         solver, field, g = _setup(model, latent.method, latent.steps, latent.grid, latent.t_min)
         start: Union[Tensor, SolverState] = latent.solver_state()
         shape, dtype = tuple(latent.state.shape), latent.dtype
+        params = [p for p in model.parameters()] if isinstance(model, torch.nn.Module) else []
+        threads = latent.check_execution(params[0].device if params else latent.state.device, force=force)
+        if threads is not None and threads != torch.get_num_threads():
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)  # the encode's summation order (module docstring of Latent)
+            try:
+                return solver.decode(field, start, g, _check_cond(cond, shape, dtype), progress=progress)
+            finally:
+                torch.set_num_threads(before)
     else:
         _check_image(latent, "z")
         solver, field, g = _setup(model, method or "reversible", 50 if steps is None else steps,
