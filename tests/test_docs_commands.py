@@ -186,3 +186,68 @@ def test_ci_tutorial_installs_from_the_repo_with_constraints() -> None:
                 for line in block.splitlines() if "pip install" in line]
     assert installs and all("-c constraints.txt" in line for line in installs), installs
     assert "pip install injcert" not in text
+
+
+def test_certify_path_runs_under_warnings_as_errors(tiny_ckpt) -> None:
+    """A user's CI with ``-W error`` (certify-in-ci tutorial, step 3): injcert's certify path emits no
+    warning of its own (PyTorch's ``torch.jit.script is deprecated``, raised when forward-mode AD
+    first loads its decompositions, is silenced at that import only)."""
+    code = ("import injcert.testing as t; "
+            f"c = t.assert_certified({str(tiny_ckpt)!r}, steps=4, samples=2, patch_size=16, logdet_size=4, "
+            "hutchpp_steps=2, hutchpp_queries=4, lipschitz_iters=2); print(c.verdict)")
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "PASS", proc.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- documented behaviours
+
+
+def test_a_red_mask_counts_and_alpha_is_dropped_with_a_note(tiny_ckpt, tmp_path, capsys) -> None:
+    """README: a mask pixel is set where any channel is brighter than 50 % (pure red too); an alpha
+    channel is dropped with a one-line note."""
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., :3] = np.random.default_rng(0).integers(0, 256, (16, 16, 3))
+    rgba[..., 3] = 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "img.png")
+    red = np.zeros((16, 16, 3), np.uint8)
+    red[4:10, 4:10] = (255, 0, 0)
+    Image.fromarray(red).save(tmp_path / "red.png")
+    rc = main(["edit", str(tmp_path / "img.png"), "--mask", str(tmp_path / "red.png"), "--op", "recolor",
+               "--out", str(tmp_path / "e.png"), "--model", str(tiny_ckpt), "--steps", "2", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    notes = [line for line in err.splitlines() if "alpha channel" in line]
+    assert len(notes) == 1 and notes[0].startswith("injcert: note:"), err
+    edited = np.asarray(Image.open(tmp_path / "e.png")).astype(int)
+    base = rgba[..., :3].astype(int)
+    changed = np.abs(edited - base).max(axis=2) > 0
+    assert changed[4:10, 4:10].any() and not changed[:4].any() and not changed[10:].any()
+
+
+def test_train_refuses_zero_steps(tmp_path, capsys) -> None:
+    rc = main(["train", "--config", str(ROOT / "configs" / "tiny.json"), "--steps", "0",
+               "--out", str(tmp_path / "m.ckpt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--steps" in err[0]
+    assert not (tmp_path / "m.ckpt").exists()
+
+
+def test_one_vocabulary(tiny_ckpt) -> None:
+    """--model everywhere (alias --checkpoint), certify's positional too; --quiet, --threads and
+    --device in every command; every option's default in --help; train writes model.ckpt."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction)).choices
+    for name, p in sub.items():
+        opts = {o for a in p._actions for o in a.option_strings}
+        assert {"--quiet", "--threads", "--device"} <= opts, (name, opts)
+        if name != "train":
+            assert {"--model", "--checkpoint"} <= opts, (name, opts)
+        assert "default" in p.format_help()
+    a = parser.parse_args(["bench", "--checkpoint", "x.ckpt", "--device", "cpu"])
+    assert a.model == "x.ckpt" and a.device == "cpu"
+    a = parser.parse_args(["certify", str(tiny_ckpt)])
+    assert a.checkpoint == str(tiny_ckpt)
+    assert "model.ckpt" in sub["train"].format_help()

@@ -280,6 +280,9 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
                         "or records none")
     _common(p, steps=False, method=False)
     p.set_defaults(dtype=None)  # a latent decodes in the dtype it was encoded in; --dtype may only confirm it
+    for action in p._actions:
+        if action.dest == "dtype":
+            action.help = "compute dtype (default: the latent's own, which --dtype may only confirm)"
 
 
 def run_decode(args: argparse.Namespace) -> int:
