@@ -414,6 +414,14 @@ def test_certify_nan_weights_is_a_failed_property(env, capsys) -> None:
     assert code == 1 and "finite_weights" in out
 
 
+def test_certify_1e30_weights_is_a_failed_property_not_a_traceback(env, capsys) -> None:
+    """Finite but huge weights drive the reversible state off the int64 lattice: certify says which
+    property fails (exit 1) instead of an OverflowError traceback."""
+    code, lines, out = _cli(capsys, ["certify", env["bad"] / "big.ckpt", "--steps", 4, "--samples", 0])
+    assert code == 1 and "Traceback" not in "\n".join(lines)
+    assert "left the int64 lattice" in out and "VERDICT: FAIL" in out
+
+
 def test_a_huge_config_is_refused_before_it_is_allocated(env) -> None:
     import tracemalloc
 

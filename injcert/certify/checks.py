@@ -230,6 +230,9 @@ def integrator_property(model: nn.Module, schedule: Any, cfg: CertifyConfig, L: 
         details = {"method": "reversible", "algebraic": "bijection on the int64 lattice (Theorem 3)",
                    "measured_bit_exact": exact, "measured_max_abs_error": err, "measured_on": list(x.shape),
                    "dtype": str(x.dtype).replace("torch.", ""), "margins_informational": margins}
+        overflow = _lattice_overflow("integrator", data, details)
+        if overflow is not None:
+            return overflow
         if exact:
             return Property("integrator", PASS, "certified", 0.0, 0.0, THEOREMS["reversible"],
                             f"reversible: exact bijection (algebraic) and bit-exact round trip measured on "
@@ -279,11 +282,26 @@ def reversible_round_trip(model: nn.Module, schedule: Any, cfg: CertifyConfig, i
         x = torch.rand((1, c, cfg.patch_size, cfg.patch_size), generator=gen, dtype=torch.float64).mul(2).sub(1)
         x, cond = x.to(device), None
     x = x.to(dt)
-    back, _, _ = round_trip(frozen(model), x, cond, schedule, cfg.steps, "reversible", cfg.grid)
+    try:
+        back, _, _ = round_trip(frozen(model), x, cond, schedule, cfg.steps, "reversible", cfg.grid)
+    except OverflowError as exc:  # the state left the int64 lattice: Theorem 3's precondition fails
+        data["_reversible_overflow"] = str(exc).splitlines()[0]
+        data["_reversible"] = (x, False, math.inf)
+        return x, False, math.inf
     exact = bool(torch.equal(back, x))
     err = float((back.to(torch.float64) - x.to(torch.float64)).abs().max())
     data["_reversible"] = (x, exact, err)
     return x, exact, err
+
+
+def _lattice_overflow(name: str, data: dict, details: dict) -> Optional[Property]:
+    """A FAIL for ``name`` when the reversible round trip left the lattice range (not a soundness
+    failure: the bijection holds on the lattice, and the code refused to leave it)."""
+    why = data.get("_reversible_overflow")
+    if why is None:
+        return None
+    return Property(name, FAIL, "certified" if name == "integrator" else "empirical", math.inf, 0.0,
+                    THEOREMS["reversible"], f"the reversible integration left the int64 lattice: {why}", details)
 
 
 def logdet_properties(model: nn.Module, schedule: Any, cfg: CertifyConfig, L: float, g: list[float],
@@ -495,7 +513,10 @@ def empirical_properties(model: nn.Module, schedule: Any, cfg: CertifyConfig, L:
     dt = model_dtype(model)
     _, exact, err = reversible_round_trip(model, schedule, cfg, info, device, data)
     rd = {"max_abs_error": err, "bit_exact": exact, "dtype": str(dt).replace("torch.", ""), "steps": cfg.steps}
-    if exact:
+    overflow = _lattice_overflow("round_trip_reversible", data, rd)
+    if overflow is not None:
+        props.append(overflow)
+    elif exact:
         props.append(Property("round_trip_reversible", PASS, "empirical", 0.0, 0.0, THEOREMS["reversible"],
                               f"decode(encode(x)) == x bit for bit on {cfg.samples} held-out patches ({rd['dtype']})", rd))
     else:
