@@ -236,8 +236,10 @@ def write_figures(cert: "Certificate", folder: Union[str, os.PathLike[str]]) -> 
 
     def save(fig: Any, name: str) -> None:
         path = out / name
+        from ..io import save_figure
+
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
 

@@ -97,5 +97,7 @@ def corruption_grid(
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    from ..io import save_figure
+
+    save_figure(fig, out, format="png")
     return out

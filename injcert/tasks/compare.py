@@ -36,6 +36,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..io import atomic_write, save_figure
+
 __all__ = [
     "ROUND_TRIP_METHODS",
     "SAMPLING_METHODS",
@@ -460,7 +462,7 @@ def _figure_round_trip(rt: Dict[Tuple[str, str, int], Dict[str, float]], steps: 
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def _figure_recon(keep: dict, path: Path) -> None:
@@ -472,7 +474,7 @@ def _figure_recon(keep: dict, path: Path) -> None:
         for c, (img, title) in enumerate(((x[0], "clean"), (y[0], name), (base[0], label), (ours[0], "ours"))):
             _show(axes[r][c], img, title)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def _figure_edit(keep: dict, path: Path) -> None:
@@ -489,7 +491,7 @@ def _figure_edit(keep: dict, path: Path) -> None:
     axes[4].set_title(f"|naive - x| outside (max {diff.max():.2g})", fontsize=7)
     axes[4].axis("off")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -667,7 +669,7 @@ def run(args: argparse.Namespace) -> int:
             key.append(f"edit outside-mask max |change| {max(r.outside_max_abs for r in ours):g}")
         stages._bar.update(1)
     stages.close()
-    (out / "results.md").write_text("\n".join(md))
+    atomic_write(out / "results.md", "\n".join(md).encode())
     summary("bench", f"wrote {out / 'results.md'} and its figures ({len(images)} images, {res_txt})"
             + ("; " + "; ".join(key) if key else ""))
     return 0

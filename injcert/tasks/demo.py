@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..io import atomic_write
+
 __all__ = ["add_arguments", "run", "run_demo"]
 
 
@@ -125,7 +127,7 @@ def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: A
         stage("certificate")
         cert = run_certify(model, steps=steps)
         cert.to_markdown(out / "certificate.md")  # links to the proof pages relative to out/
-        (out / "certificate.json").write_text(cert.to_json())
+        atomic_write(out / "certificate.json", cert.to_json().encode())
         summary["certificate"] = cert.verdict
         log(f"      certificate: {cert.verdict} -> {out / 'certificate.md'}")
 
@@ -203,8 +205,8 @@ def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: A
     log("[5/5] editing: " + ", ".join(f"{e['operation']}: outside max|err| = {e['outside_max_abs']:g}" for e in edits))
 
     summary["wall_seconds"] = time.perf_counter() - t0
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "report.md").write_text(_report(summary))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
+    atomic_write(out / "report.md", _report(summary).encode())
     log(f"report: {out / 'report.md'} ({summary['wall_seconds']:.0f} s)")
     return summary
 
