@@ -333,3 +333,30 @@ def test_adaptive_config_round_trips_and_rejects_bad_kappa():
         tiny(parameterization="denoiser")
     with pytest.raises(ConfigError, match="no room for the denoiser"):
         tiny(**dict(DENOISER, lipschitz_kappa=2.0, data_variance=0.25))
+
+
+def test_batched_normalisation_equals_the_per_layer_effective_weights():
+    """One batched Gram pass per training step gives each LipConv2d the effective weight its own
+    forward computes (the rule re-certifies whatever it runs, but training must match eval)."""
+    import json
+    from pathlib import Path
+
+    from injcert.model.layers import LipConv2d, batched_effective_weights, batched_normalisation
+    from injcert.model.unet import CondUNet
+
+    cfg = json.loads((Path(__file__).resolve().parents[1] / "configs" / "tiny.json").read_text())["model"]
+    torch.manual_seed(0)
+    model = CondUNet.from_config(dict(cfg, lipschitz_budget=cfg.get("lipschitz_budget") or 30.0))
+    layers = [m for m in model.modules() if isinstance(m, LipConv2d)]
+    with torch.no_grad():
+        for k, layer in enumerate(layers):
+            layer.weight.mul_(10.0 ** ((k % 5) - 2))  # some layers capped, some not
+    ref = [layer._compute_effective_weight() for layer in layers]
+    got = batched_effective_weights(layers)
+    for r, g in zip(ref, got):
+        assert torch.allclose(g, r, rtol=1e-6, atol=0)
+    sum(g.sum() for g in got).backward()
+    assert all(layer.weight.grad is not None for layer in layers)
+    with batched_normalisation(model):
+        assert all(layer.effective_weight() is layer._batched for layer in layers)
+    assert all(layer._batched is None for layer in layers)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..theory.lipschitz import product_bound, register_lipschitz_rule, residual_bound, sum_bound
-from ..theory.spectral import conv_size_independent_bound, gram_iteration_bound
+from ..theory.spectral import conv_size_independent_bound, fantastic_four_matrices, gram_iteration_bound
 
 __all__ = ["LipConv2d", "batched_normalisation", "batched_effective_weights", "ResBlock", "MaxMin", "make_activation", "ACTIVATIONS", "conv_output_shape"]
 
@@ -264,14 +264,7 @@ def batched_effective_weights(layers: list[LipConv2d]) -> list[Tensor]:
         if layer.groups != 1:
             out[li] = layer._compute_effective_weight()
             continue
-        o, i, kh, kw = w.shape
-        mats = [
-            w.permute(0, 2, 1, 3).reshape(o * kh, i * kw),
-            w.permute(0, 3, 1, 2).reshape(o * kw, i * kh),
-            w.permute(2, 3, 0, 1).reshape(kh * kw * o, i),
-            w.permute(0, 2, 3, 1).reshape(o, kh * kw * i),
-        ]
-        for m in mats:
+        for m in (r[0] for r in fantastic_four_matrices(w)):
             if m.shape[0] < m.shape[1]:
                 m = m.mH
             key = (tuple(m.shape), m.dtype, m.device, layer.n_iter)

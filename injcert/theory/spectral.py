@@ -41,6 +41,7 @@ __all__ = [
     "gram_rounding_slack",
     "gram_iteration_bound",
     "fantastic_four_bound",
+    "fantastic_four_matrices",
     "conv_symbol_grid_bound",
     "conv_size_independent_bound",
     "conv_transpose_size_independent_bound",
@@ -193,16 +194,24 @@ def fantastic_four_bound(weight: Tensor, n_iter: int = 6, groups: int = 1) -> Te
     ``(C_in, C_out/groups, kh, kw)``. The four matrix norms are Gram-iteration bounds, so the
     result is differentiable and an upper bound at every ``n_iter``. Returns a 0-d tensor.
     """
+    kh, kw = weight.shape[-2:]
+    norms = torch.stack([gram_iteration_bound(m, n_iter) for m in fantastic_four_matrices(weight, groups)])  # (4, g)
+    return math.sqrt(kh * kw) * norms.min(dim=0).values.max()
+
+
+def fantastic_four_matrices(weight: Tensor, groups: int = 1) -> list[Tensor]:
+    r"""The four reshapes $R_1, \dots, R_4$ of :func:`fantastic_four_bound`, each ``(groups, m, n)``.
+
+    The one place that defines them: the batched training normalisation
+    (:func:`~injcert.model.layers.batched_effective_weights`) stacks the same matrices."""
     w = _group_split(weight, groups)  # (g, o, i, kh, kw)
     g, o, i, kh, kw = w.shape
-    mats = [
+    return [
         w.permute(0, 1, 3, 2, 4).reshape(g, o * kh, i * kw),  # block (a, b) = w[:, :, a, b]
         w.permute(0, 1, 4, 2, 3).reshape(g, o * kw, i * kh),  # block (b, a)
         w.permute(0, 3, 4, 1, 2).reshape(g, kh * kw * o, i),  # vertical stack of taps
         w.permute(0, 1, 3, 4, 2).reshape(g, o, kh * kw * i),  # horizontal stack of taps
     ]
-    norms = torch.stack([gram_iteration_bound(m, n_iter) for m in mats])  # (4, g)
-    return math.sqrt(kh * kw) * norms.min(dim=0).values.max()
 
 
 def _dilated_grid(w: Tensor, grid: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
