@@ -16,6 +16,8 @@ __all__ = [
     "OutputPathError",
     "LimitError",
     "TrainingError",
+    "ArgumentError",
+    "ArgumentTypeError",
 ]
 
 
@@ -70,3 +72,14 @@ class LimitError(InjcertError, ValueError):
 
 class TrainingError(InjcertError, RuntimeError):
     """A training run cannot go on: another run holds ``--out``, the loss became non-finite, ..."""
+
+
+class ArgumentError(InjcertError, ValueError):
+    """An argument lies outside its documented domain (``steps < 1``, an unknown method or grid
+    name, a negative tolerance, shapes that do not match, ...). A ``ValueError`` too, so callers that
+    caught ``ValueError`` keep working."""
+
+
+class ArgumentTypeError(InjcertError, TypeError):
+    """An argument has the wrong type or dtype (a float where an int is needed, an int64 tensor where a
+    float one is, ...). A ``TypeError`` too."""
