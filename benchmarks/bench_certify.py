@@ -51,7 +51,7 @@ class CertifyPhases:
                               torch.device("cpu"), {})
 
     def time_logdet(self, kind: str, steps: int) -> None:
-        from injcert.certify.certificate import step_margins
+        from injcert.theory.flow import step_margins
         from injcert.certify.checks import logdet_properties
 
         L = 0.1

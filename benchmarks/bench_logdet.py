@@ -2,7 +2,7 @@ r"""Log-determinant estimators: exact (dense Jacobian) vs Hutchinson vs Hutch++ 
 
 The quantity is the Liouville integrand $\operatorname{tr}\,\partial f/\partial x$ (Theorem 6): its
 time integral along a trajectory is $\log|\det \partial\Phi/\partial x|$, and it is what
-:func:`injcert.logdet` estimates with ``method="hutchinson"|"hutchpp"``. The drift is
+:func:`injcert.theory.logdet.trace` estimates with ``method="hutchinson"|"hutchpp"``. The drift is
 $f(x) = \tanh(\mathrm{conv}(x))$ (3 channels, 3×3, zero padding), whose trace is known in closed
 form, $\sum_{c,p} \tanh'(z_{c,p})\,w_{c,c,1,1}$, at every size, so the error of every method is
 measured against the truth. ``exact`` builds the dense per-example Jacobian
@@ -20,7 +20,7 @@ import time
 import torch
 from torch import nn
 
-from injcert.theory.logdet import logdet, per_example_jacobian
+from injcert.theory.logdet import logdet, per_example_jacobian, trace
 
 torch.set_num_threads(1)
 
@@ -60,7 +60,7 @@ def estimate(f: _Drift, x: torch.Tensor, method: str) -> float:
         if method == "exact":
             return float(torch.diagonal(per_example_jacobian(f, x), dim1=1, dim2=2).sum())
         gen = torch.Generator().manual_seed(2)
-        return float(logdet(f, x, method=method, n_probes=PROBES, generator=gen).value[0])
+        return float(trace(f, x, method=method, n_probes=PROBES, generator=gen).value[0])
 
 
 class LogDet:

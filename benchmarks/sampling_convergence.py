@@ -15,7 +15,7 @@ import torch
 import injcert
 from injcert.io import load_checkpoint
 from injcert.solvers import get_solver, make_grid, probability_flow_field
-from injcert.solvers._dopri5 import Dopri5
+from injcert.solvers import Dopri5
 
 
 def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT), threads: int = 1) -> None:

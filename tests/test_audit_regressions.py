@@ -20,7 +20,7 @@ from torch import nn
 from injcert.errors import UnsupportedModuleError
 from injcert.model.layers import LipConv2d
 from injcert.testing import assert_bound_sound
-from injcert.theory.flow import fixed_point_inverse, step_margins
+from injcert.theory.flow import fixed_point_inverse, margin_products
 from injcert.theory.lipschitz import lipschitz_bound
 from injcert.theory.logdet import step_logdet_interval
 from injcert.theory.spectral import (
@@ -252,8 +252,8 @@ def test_fixed_point_inverse_validates_its_constants(h, lip):
 
 def test_step_margins_reject_nan_and_round_up():
     with pytest.raises(ValueError):
-        step_margins([0.1], [float("nan")])
-    q = step_margins([0.716191883471352], [1.3962718276589263])
+        margin_products([0.1], [float("nan")])
+    q = margin_products([0.716191883471352], [1.3962718276589263])
     assert Fraction(float(q[0])) >= Fraction(0.716191883471352) * Fraction(1.3962718276589263)
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from injcert.errors import NonConvergenceError
-from injcert.theory.flow import FixedPointResult, fixed_point_inverse, gronwall_constants, step_margins
+from injcert.theory.flow import FixedPointResult, fixed_point_inverse, gronwall_constants, margin_products
 
 
 @given(st.integers(1, 4), st.integers(1, 5), st.integers(0, 999))
@@ -55,7 +55,7 @@ def test_gronwall_rejects_bad_input():
 
 
 def test_step_margins():
-    q = step_margins([0.1, -0.2], [2.0, 3.0])
+    q = margin_products([0.1, -0.2], [2.0, 3.0])
     assert torch.allclose(q, torch.tensor([0.2, 0.6], dtype=torch.float64))
 
 
@@ -98,7 +98,7 @@ def test_lognorm_exponents_enclose_the_linear_flow(v, ell, s_max, seed):
     the flow map over [0, s_max] (scipy, rtol 1e-11) lies in [e^{Lambda-}, e^{Lambda+}]."""
     from scipy.integrate import solve_ivp
 
-    from injcert.certify.certificate import lognorm_exponents
+    from injcert.theory.flow import lognorm_exponents
     from injcert.model.schedule import CosineSchedule
 
     d = 3

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from injcert.theory.logdet import LogDetEstimate, liouville_logdet, logdet, per_example_jacobian, step_logdet_interval, trace_estimate
+from injcert.solvers import integrate
+from injcert.theory.logdet import TraceEstimate, liouville_logdet, logdet, per_example_jacobian, step_logdet_interval, trace, trace_estimate
 
 
 def _field(z: torch.Tensor) -> torch.Tensor:
@@ -31,8 +32,8 @@ def test_exact_logdet_matches_dense_slogdet():
 def test_trace_estimators_within_three_stderr(method, probe):
     x = torch.randn(4, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     truth = per_example_jacobian(_field, x).diagonal(dim1=-2, dim2=-1).sum(-1)
-    est = logdet(_field, x, method=method, n_probes=48, probe=probe, generator=torch.Generator().manual_seed(2))
-    assert isinstance(est, LogDetEstimate) and est.method == method
+    est = trace(_field, x, method=method, n_probes=48, probe=probe, generator=torch.Generator().manual_seed(2))
+    assert isinstance(est, TraceEstimate) and est.method == method
     assert bool(((est.value - truth).abs() <= 3 * est.stderr + 1e-9).all())
     value, stderr = trace_estimate(_field, x, method, 48, torch.Generator().manual_seed(3), probe)
     assert bool(((value - truth).abs() <= 3 * stderr + 1e-9).all())
@@ -41,9 +42,12 @@ def test_trace_estimators_within_three_stderr(method, probe):
 def test_bad_method_and_probe():
     x = torch.zeros(1, 3)
     with pytest.raises(ValueError, match="unknown"):
-        logdet(torch.sin, x, method="nope")
+        trace(torch.sin, x, method="nope")
     with pytest.raises(ValueError, match="probe"):
-        logdet(torch.sin, x, method="hutchinson", probe="nope")
+        trace(torch.sin, x, method="hutchinson", probe="nope")
+    # logdet computes log-determinants only: a trace estimator is refused, not returned as one
+    with pytest.raises(ValueError, match="trace"):
+        logdet(torch.sin, x, method="hutchinson")
 
 
 @given(st.integers(1, 6), st.floats(0.01, 2.0), st.floats(0.0, 0.99), st.integers(0, 999))
@@ -66,10 +70,15 @@ def test_liouville_linear_flow():
     a = torch.tensor([[-0.3, 0.5], [0.1, 0.2]], dtype=torch.float64)
     x0 = torch.randn(2, 2, dtype=torch.float64)
     grid = torch.linspace(0, 1, 401)
-    _, ld = liouville_logdet(lambda t, z: z @ a.T, x0, grid)
+    kept: list = []  # the trajectory of the Euler integrator that runs (the one loop of injcert.solvers)
+    integrate("ddim", lambda s, z, c: z @ a.T, grid.to(torch.float64), x0, direction="encode", keep=kept)
+    traj = [st_.x for st_ in kept]
+    ld = liouville_logdet(lambda t, z: z @ a.T, traj, grid).value
     assert torch.allclose(ld, torch.full((2,), float(torch.trace(a)), dtype=torch.float64), atol=1e-9)  # tr(A)*T, exact
-    _, ld2 = liouville_logdet(lambda t, z: z @ a.T, x0, grid[:20], method="hutchinson", n_probes=8)
-    assert ld2.shape == (2,)
+    ld2 = liouville_logdet(lambda t, z: z @ a.T, traj, grid[:20], method="hutchinson", n_probes=8)
+    assert ld2.value.shape == (2,) and bool((ld2.stderr >= 0).all())
+    with pytest.raises(ValueError, match="states"):
+        liouville_logdet(lambda t, z: z @ a.T, traj[:3], grid)
 
 
 def test_chunked_jacobian_equals_the_dense_one():

@@ -39,6 +39,10 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InjcertError, UnsupportedModuleError
+from ..theory.flow import LipschitzProfile, discrete_log_constants as _log_products, gronwall_exponent, \
+    gronwall_profile, lipschitz_at, lognorm_exponents, step_margins
+from ..theory.flow import steps_needed as _steps_needed
+from ..theory.rounding import round_down, round_up
 
 __all__ = [
     "PASS",
@@ -50,14 +54,6 @@ __all__ = [
     "Property",
     "Certificate",
     "certify",
-    "round_up",
-    "round_down",
-    "gronwall_exponent",
-    "step_margins",
-    "LipschitzProfile",
-    "lipschitz_at",
-    "gronwall_profile",
-    "lognorm_exponents",
 ]
 
 PASS, FAIL, INFO, SKIPPED = "PASS", "FAIL", "INFO", "SKIPPED"
@@ -68,10 +64,6 @@ METHODS = ("reversible", "fixed_point", "ddim")
 #: certified bound. It covers the rounding of float64 network evaluations and norms (relative
 #: error $\lesssim 10^{-13}$ for the depths used here) with a margin of $10^4$.
 FLOAT64_TOLERANCE: float = 1e-9
-#: Relative outward rounding of every certified float64 quantity computed from a chain of
-#: correctly rounded operations and libm calls (each $\le 1$ ulp $= 2^{-52}$): $2^{-40}$ covers
-#: chains of up to $\sim 4000$ such operations.
-_REL = 2.0**-40
 
 THEOREMS = {
     "finite": "proofs/08-certificate.md",
@@ -83,156 +75,6 @@ THEOREMS = {
     "logdet": "proofs/06-log-determinants.md",
     "certificate": "proofs/08-certificate.md",
 }
-
-
-# ----------------------------------------------------------------------------- outward rounding
-
-
-def round_up(x: float) -> float:
-    """``x`` rounded outwards upwards by the relative slack ``2**-40`` (``inf``/``nan`` pass through)."""
-    x = float(x)
-    if not math.isfinite(x) or x == 0.0:
-        return x if x == x else math.inf
-    return x * (1.0 + _REL) if x > 0 else x * (1.0 - _REL)
-
-
-def round_down(x: float) -> float:
-    """``x`` rounded outwards downwards by the relative slack ``2**-40``."""
-    x = float(x)
-    if not math.isfinite(x) or x == 0.0:
-        return x if x == x else -math.inf
-    return x * (1.0 - _REL) if x > 0 else x * (1.0 + _REL)
-
-
-@dataclass(frozen=True)
-class LipschitzProfile:
-    r"""A certified noise-adaptive bound $t \mapsto L(t)$ of $x \mapsto \varepsilon_\theta(x, t', c)$,
-    valid for **every** $t' \ge t$ (so non-increasing), with its supremum ``sup`` over $t$.
-
-    ``float(profile)`` and format specs give the supremum (the uniform bound), so code and
-    messages that need one number keep working; :func:`lipschitz_at` evaluates it per step.
-    """
-
-    fn: Any
-    sup: float
-    name: str = "L(t)"
-
-    def __call__(self, t: float) -> float:
-        v = float(self.fn(float(t)))
-        if not (v >= 0.0):
-            raise ValueError(f"{self.name} returned an invalid bound {v!r} at t={t!r}")
-        return v
-
-    def __float__(self) -> float:
-        return float(self.sup)
-
-    def __format__(self, spec: str) -> str:
-        return format(float(self.sup), spec)
-
-
-def lipschitz_at(lipschitz: Union[float, "LipschitzProfile"], schedule: Any, s: float) -> float:
-    r"""The bound of $\varepsilon_\theta$ in $x$ valid for every $\varsigma' \ge \varsigma$ = ``s``:
-    ``lipschitz`` itself when it is a number, its value at $t(\varsigma)$ when it is a profile.
-
-    $t(\varsigma)$ is computed in float64 (relative error $\le 2^{-50}$), far inside the relative
-    $10^{-6}$ the model's gain keeps below its budget (``CondUNet.certified_lipschitz_at``)."""
-    if isinstance(lipschitz, LipschitzProfile):
-        return lipschitz(float(schedule.t_of_varsigma(torch.tensor(float(s), dtype=torch.float64))))
-    return float(lipschitz)
-
-
-def gronwall_exponent(lipschitz: Union[float, LipschitzProfile], s0: float, s1: float,
-                      schedule: Any = None) -> float:
-    r"""Certified $\Lambda = L\int_{\varsigma_0}^{\varsigma_1} \alpha(\varsigma)\,d\varsigma
-    = L\,(\operatorname{asinh}\varsigma_1 - \operatorname{asinh}\varsigma_0)$, rounded up.
-
-    The drift $\bar x\mapsto\varepsilon_\theta(\alpha\bar x, t(\varsigma), c)$ is
-    $\alpha(\varsigma)L$-Lipschitz with $\alpha = (1+\varsigma^2)^{-1/2}$ (chain rule), whose
-    antiderivative is $\operatorname{asinh}$ (``proofs/01``, ``proofs/08``). A
-    :class:`LipschitzProfile` is charged its value at $\varsigma_0$ (it bounds every later time;
-    ``schedule`` is then required); sum over a fine grid for a tight $\Lambda$
-    (:func:`gronwall_profile`).
-    """
-    if not (0.0 <= s0 <= s1):
-        raise ValueError(f"need 0 <= s0 <= s1, got s0={s0!r}, s1={s1!r}")
-    if isinstance(lipschitz, LipschitzProfile):
-        if schedule is None:
-            raise ValueError("a LipschitzProfile needs the schedule to map varsigma to t")
-        lipschitz = lipschitz_at(lipschitz, schedule, s0)
-    if lipschitz == 0.0:
-        return 0.0
-    span = round_up(math.asinh(round_up(s1))) - round_down(math.asinh(round_down(s0)))
-    return round_up(round_up(lipschitz) * round_up(span))
-
-
-def gronwall_profile(lipschitz: Union[float, LipschitzProfile], schedule: Any, s_max: float,
-                     pieces: int = 400) -> float:
-    r"""Certified $\Lambda = \int_0^{\varsigma_{\max}} \alpha L\,d\varsigma$ for a profile: the sum of
-    :func:`gronwall_exponent` over ``pieces`` geometric pieces of $[\varsigma_{\max}10^{-6}, \varsigma_{\max}]$
-    and one piece $[0, \varsigma_{\max}10^{-6}]$, each charged its left end (sound because $L$ is
-    non-increasing in $t$). A number is charged as is (the sum equals $L\operatorname{asinh}\varsigma_{\max}$)."""
-    if not isinstance(lipschitz, LipschitzProfile):
-        return gronwall_exponent(lipschitz, 0.0, s_max)
-    lo = s_max * 1e-6
-    pts = [0.0] + [lo * (s_max / lo) ** (k / pieces) for k in range(pieces)] + [s_max]
-    return round_up(math.fsum(gronwall_exponent(lipschitz, a, b, schedule) for a, b in zip(pts, pts[1:]) if b > a))
-
-
-def lognorm_exponents(rest: Any, linear: Any, schedule: Any, s_max: float,
-                      pieces: int = 400) -> tuple[float, float]:
-    r"""Certified $(\Lambda^-, \Lambda^+)$ with $e^{\Lambda^-}\|x-y\| \le \|\Phi x - \Phi y\| \le
-    e^{\Lambda^+}\|x-y\|$ for the exact encode flow over $[0, \varsigma_{\max}]$ (``proofs/01``, tight form).
-
-    The drift in $\bar x$ is $s(\varsigma)\bar x + N$ with an exact linear part $s$ and $N$ Lipschitz with
-    constant $\alpha\,\ell(t)$ (``rest(t)`` $= \ell(t)$, non-increasing, valid for every later time). The
-    logarithmic norm gives $\Lambda^\pm = \int s \pm \int \alpha\ell$; $\int\alpha\ell$ is charged piecewise at
-    left ends on the grid of :func:`gronwall_profile`. ``linear`` is either the data variance $v$ of
-    the Gaussian-data skip (then $s = \varsigma/(v + \varsigma^2)$ and $\int_0^{\varsigma_{\max}} s =
-    \tfrac12\log(1 + \varsigma_{\max}^2/v)$ for every VP schedule) or a callable ``(s0, s1) -> (lo, hi)``
-    enclosing $\int_{s_0}^{s_1} s$ (e.g. ``CondUNet.linear_part_integral``).
-    """
-    rest_prof = rest if isinstance(rest, LipschitzProfile) else float(rest)
-    if callable(linear):
-        lin_lo, lin = (float(v) for v in linear(0.0, float(s_max)))
-        lin, lin_lo = round_up(lin), round_down(lin_lo)
-    else:
-        lin = round_up(0.5 * math.log1p(round_up(s_max) ** 2 / float(linear)))
-        lin_lo = round_down(0.5 * math.log1p(round_down(s_max) ** 2 / float(linear)))
-    nonlin = gronwall_profile(rest_prof, schedule, s_max, pieces)
-    return round_down(lin_lo - nonlin), round_up(lin + nonlin)
-
-
-def step_margins(grid: Iterable[float], lipschitz: Union[float, LipschitzProfile],
-                 schedule: Any) -> tuple[list[float], list[float], list[float]]:
-    r"""Per-step ``(h_k, L_k, q_k)`` of an Euler/DDIM grid, all rounded up.
-
-    $h_k = \varsigma_{k+1}-\varsigma_k$, $L_k = \alpha(\varsigma_k)L(t(\varsigma_k))$ (the drift's constant
-    at the left end, its maximum over the step since $\alpha$ and the profile $L$ do not
-    increase), $q_k = h_kL_k$. Both the
-    encode step (evaluated at $\varsigma_k$) and the decode step (at $\varsigma_{k+1}$) are
-    $q_k$-perturbations of the identity.
-    """
-    g = [float(v) for v in grid]
-    hs, ls, qs = [], [], []
-    for a, b in zip(g, g[1:]):
-        h = round_up(b - a)
-        alpha = round_up(float(schedule.alpha_of_varsigma(torch.tensor(a, dtype=torch.float64))))
-        lk = round_up(alpha * round_up(lipschitz_at(lipschitz, schedule, a)))
-        hs.append(h)
-        ls.append(lk)
-        qs.append(round_up(h * lk))
-    return hs, ls, qs
-
-
-def _log_products(qs: list[float]) -> tuple[float, float]:
-    """Certified ``(log prod(1-q), log prod(1+q))``; the first is ``-inf`` if some ``q >= 1``."""
-    lo = 0.0
-    for q in qs:
-        lo = -math.inf if q >= 1.0 else lo + round_down(math.log1p(-q))
-    hi = 0.0
-    for q in qs:
-        hi += round_up(math.log1p(q))
-    return round_down(lo), round_up(hi)
 
 
 def _exp_or_none(v: float) -> Optional[float]:
@@ -255,28 +97,12 @@ def _fmt_exp(log_value: float) -> str:
     return f"{10 ** (l10 - e):.3f}e{e:+d}"
 
 
-def steps_needed(lipschitz: Union[float, LipschitzProfile], schedule: Any, grid_kind: str = "geometric", limit: int = 1 << 20) -> Optional[int]:
-    """Smallest number of grid steps with every margin ``h_k L_k < 1`` (``None`` beyond ``limit``)."""
+def steps_needed(lipschitz: Union[float, LipschitzProfile], schedule: Any, grid_kind: str = "geometric",
+                 limit: int = 1 << 20) -> Optional[int]:
+    """Smallest number of ``grid_kind`` steps with every margin ``h_k L_k < 1`` (``None`` beyond ``limit``)."""
     from ..solvers import make_grid
 
-    def ok(n: int) -> bool:
-        return max(step_margins(make_grid(schedule, n, grid_kind).tolist(), lipschitz, schedule)[2]) < 1.0
-
-    if not math.isfinite(float(lipschitz)):
-        return None
-    hi = 1
-    while not ok(hi):
-        hi *= 2
-        if hi > limit:
-            return None
-    lo = hi // 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return _steps_needed(lipschitz, schedule, lambda n: make_grid(schedule, n, grid_kind).tolist(), limit)
 
 
 # ----------------------------------------------------------------------------- data classes

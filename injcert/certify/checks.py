@@ -21,6 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InjcertError, NonConvergenceError, UnsupportedModuleError
+from ..data.corruptions import corrupt_batch
+from ..data.images import PatchDataset
+from ..solvers import get_solver, integrate, make_grid, probability_flow_field
+from ..theory.flow import fixed_point_error_bound
+from ..theory.lipschitz import lipschitz_bound, lipschitz_lower_bound
+from ..theory.logdet import step_logdet_interval, trace_estimate
 from .certificate import (
     FAIL,
     FLOAT64_TOLERANCE,
@@ -31,6 +37,7 @@ from .certificate import (
     CertifyConfig,
     LipschitzProfile,
     Property,
+    _channels,
     _fmt_exp,
     _log_products,
     round_down,
@@ -88,7 +95,6 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 def heldout_patches(n: int, channels: int, size: int, seed: int, dtype: torch.dtype,
                     device: torch.device) -> Tensor:
     """``n`` patches ``channels×size×size`` of the held-out images (deterministic in ``seed``)."""
-    from ..data.images import PatchDataset
 
     ds = PatchDataset(patch_size=size, channels=channels, length=n, seed=seed, split="heldout")
     return torch.stack([ds[i] for i in range(n)]).to(device=device, dtype=dtype)
@@ -96,7 +102,6 @@ def heldout_patches(n: int, channels: int, size: int, seed: int, dtype: torch.dt
 
 def random_conditions(x: Tensor, seed: int, t_max: float, p_uncond: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
     """Random times ``t ~ U(0, t_max)`` and random corruptions ``(y, m)`` of ``x`` (same device/dtype)."""
-    from ..data.corruptions import corrupt_batch
 
     g = torch.Generator().manual_seed(int(seed) + 7919)
     t = torch.rand(x.shape[0], generator=g, dtype=torch.float64) * float(t_max)
@@ -110,16 +115,12 @@ def _norms(v: Tensor) -> Tensor:
 
 
 def _grid(schedule: Any, steps: int, kind: str) -> Tensor:
-    from ..solvers import make_grid
-
     return make_grid(schedule, steps, kind)
 
 
 def round_trip(model: nn.Module, x: Tensor, cond: Optional[tuple[Tensor, Tensor]], schedule: Any, steps: int,
                method: str, grid_kind: str = "geometric", **solver_options: Any) -> tuple[Tensor, Any, Any]:
     """``(x_back, encoded_state, decoded_state)`` of an encode/decode round trip with ``method``."""
-    from ..solvers import get_solver, probability_flow_field
-
     solver = get_solver(method, **solver_options)
     field = probability_flow_field(model, schedule)
     grid = _grid(schedule, steps, grid_kind)
@@ -130,29 +131,12 @@ def round_trip(model: nn.Module, x: Tensor, cond: Optional[tuple[Tensor, Tensor]
 
 
 def euler_flow(model: nn.Module, x: Tensor, cond: Optional[tuple[Tensor, Tensor]], schedule: Any,
-               grid: list[float]) -> Tensor:
-    r"""The discrete Euler/DDIM encode map $\bar x_0 \mapsto \bar x_N$ (in $\bar x$ coordinates)."""
-    from ..solvers import probability_flow_field
-
-    field = probability_flow_field(model, schedule)
+               grid: list[float], keep: Optional[list] = None) -> Tensor:
+    r"""The discrete Euler/DDIM encode map $\bar x_0 \mapsto \bar x_N$ (in $\bar x$ coordinates): the
+    ``ddim`` solver run by :func:`injcert.solvers.integrate` (``keep`` receives its states)."""
     with torch.no_grad():
-        for a, b in zip(grid, grid[1:]):
-            x = x + (b - a) * field(a, x, cond)
-    return x
-
-
-def fixed_point_error_bound(error_bounds: list[float], qs_budget: list[float]) -> float:
-    r"""Certified $\|\hat x_0 - x_0\|$ after a fixed-point decode of exactly-known encoded states.
-
-    Step $n$ leaves an error $\le e_n$ (the solver's a-posteriori bound) in $\bar x_n$; the exact
-    inverses of steps $n-1, \dots, 0$ are $1/(1-q_j)$-Lipschitz (``proofs/02``), so
-    $E = \sum_n e_n \prod_{j<n} (1-q_j)^{-1}$, rounded up.
-    """
-    total, growth = 0.0, 1.0
-    for e, q in zip(error_bounds, qs_budget):
-        total += round_up(e * growth)
-        growth = round_up(growth / round_down(1.0 - q)) if q < 1 else math.inf
-    return round_up(total)
+        return integrate("ddim", probability_flow_field(model, schedule), grid, x, cond, direction="encode",
+                         keep=keep).x
 
 
 # ----------------------------------------------------------------------------- certified entries
@@ -166,7 +150,6 @@ def certified_lipschitz(model: nn.Module, shape: tuple, budget: Optional[float],
     ``lipschitz_kappa`` set) is certified per noise level: $L(t_k) \\le B(t_k)$ at every grid time
     ``grid_t``, and the returned bound is a :class:`LipschitzProfile`. Otherwise it is one number.
     """
-    from ..theory.lipschitz import lipschitz_bound
 
     m = model if next(iter(model.parameters()), torch.empty(0)).device.type == "cpu" else copy.deepcopy(model).cpu()
     theorem = THEOREMS["lipschitz"]
@@ -307,8 +290,6 @@ def _lattice_overflow(name: str, data: dict, details: dict) -> Optional[Property
 def logdet_properties(model: nn.Module, schedule: Any, cfg: CertifyConfig, L: float, g: list[float],
                       qs: list[float], device: torch.device, data: dict) -> list[Property]:
     r"""Certified per-step log-det intervals, the exact value on a small input, Liouville and Hutch++."""
-    from ..solvers import probability_flow_field
-    from ..theory.logdet import step_logdet_interval, trace_estimate
 
     theorem = THEOREMS["logdet"]
     m64 = float64_copy(model)
@@ -338,17 +319,14 @@ def logdet_properties(model: nn.Module, schedule: Any, cfg: CertifyConfig, L: fl
     _, y, m = random_conditions(x, cfg.seed + 1, float(schedule.t_max))
     cond = (y, m)
     exact_k, trace_k = [], []
-    for a, h in zip(g, hs):
-        def f(z: Tensor, a: float = a) -> Tensor:
-            return field(a, z, cond)
-
-        jac = dense_jacobian(f, x)
+    kept: list = []
+    euler_flow(m64, x, cond, schedule, g, keep=kept)  # the states of the integrator that runs
+    for a, h, st in zip(g, hs, kept):
+        jac = dense_jacobian(lambda z, a=a: field(a, z, cond), st.x)
         eye = torch.eye(d, dtype=jac.dtype, device=jac.device)
         _, la = torch.linalg.slogdet(eye + h * jac)
         exact_k.append(float(la))
         trace_k.append(h * float(torch.diagonal(jac).sum()))
-        with torch.no_grad():
-            x = x + h * f(x)
     exact = math.fsum(exact_k)
     trace_sum = math.fsum(trace_k)
     tol = FLOAT64_TOLERANCE
@@ -402,21 +380,16 @@ def logdet_properties(model: nn.Module, schedule: Any, cfg: CertifyConfig, L: fl
         xf = torch.zeros((1, *shape), dtype=torch.float64, device=device)
     _, yf, mf = random_conditions(xf, cfg.seed + 2, float(schedule.t_max))
     condf = (yf, mf)
-    from ..solvers import make_grid
-
     gc = make_grid(schedule, min(cfg.steps, cfg.hutchpp_steps), cfg.grid).tolist()
     hc = [b - a for a, b in zip(gc, gc[1:])]
     qc = step_margins(gc, L, schedule)[2]
     est_k, var = [], 0.0
-    for a, h in zip(gc, hc):
-        def ff(z: Tensor, a: float = a) -> Tensor:
-            return field(a, z, condf)
-
-        est, se = trace_estimate(ff, xf, "hutchpp", cfg.hutchpp_queries, generator=gen)
+    keptf: list = []
+    euler_flow(m64, xf, condf, schedule, gc, keep=keptf)
+    for a, h, st in zip(gc, hc, keptf):
+        est, se = trace_estimate(lambda z, a=a: field(a, z, condf), st.x, "hutchpp", cfg.hutchpp_queries, generator=gen)
         est_k.append(h * float(est[0]))
         var += (h * float(se[0])) ** 2
-        with torch.no_grad():
-            xf = xf + h * ff(xf)
     est_sum = math.fsum(est_k)
     se_sum = math.sqrt(var)
     cert = round_up(D * math.fsum(qc))  # |sum h_k tr J_k| <= D sum_k h_k L_k
@@ -455,8 +428,6 @@ def dense_jacobian(f: Any, x: Tensor) -> Tensor:
 
 
 def _channels_of(model: nn.Module) -> int:
-    from .certificate import _channels
-
     return _channels(model)
 
 
@@ -466,7 +437,6 @@ def _channels_of(model: nn.Module) -> int:
 def empirical_properties(model: nn.Module, schedule: Any, cfg: CertifyConfig, L: float, g: list[float],
                          qs: list[float], device: torch.device, data: dict, info: dict) -> list[Property]:
     """Lipschitz lower bound, round trips of every integrator, injectivity and growth of the Euler map."""
-    from ..theory.lipschitz import lipschitz_bound, lipschitz_lower_bound
 
     props: list[Property] = []
     c = _channels_of(model)
@@ -639,13 +609,8 @@ def _perturb(x: Tensor, cfg: CertifyConfig) -> Tensor:
 
 
 def _ddim_decode(model: nn.Module, z: Tensor, cond: Any, schedule: Any, g: list[float]) -> Tensor:
-    from ..solvers import probability_flow_field
-
-    field = probability_flow_field(model, schedule)
     with torch.no_grad():
-        for n in range(len(g) - 2, -1, -1):
-            z = z - (g[n + 1] - g[n]) * field(g[n + 1], z, cond)
-    return z
+        return integrate("ddim", probability_flow_field(model, schedule), g, z, cond, direction="decode").x
 
 
 def _round_trip_study(model: nn.Module, m64: nn.Module, x: Tensor, cond: Any, schedule: Any, cfg: CertifyConfig,

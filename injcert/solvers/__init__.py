@@ -1,7 +1,9 @@
 r"""Integrators of the probability-flow ODE $d\bar x/d\varsigma = \varepsilon_\theta(\alpha\bar x, t(\varsigma), c)$.
 
-Every integrator takes the same field ``field(s, xbar, c)`` and a $\varsigma$ grid, and is looked
-up by name in :data:`SOLVERS`:
+One loop, :func:`integrate`, runs every integrator: a solver only defines its steps
+(``step``, ``unstep``, see :class:`Solver`). Every integrator takes the same field
+``field(s, xbar, c)`` and a :class:`Grid` of $\varsigma$ values, and is looked up by name in
+:data:`SOLVERS`:
 
 - ``ddim``: Euler in $\varsigma$ (DDIM); run backwards it is naive DDIM inversion (approximate).
 - ``fixed_point``: Euler encode; decode inverts each Euler step by a certified fixed-point
@@ -13,17 +15,22 @@ up by name in :data:`SOLVERS`:
 
 from __future__ import annotations
 
+from ._base import DIRECTIONS as DIRECTIONS
 from ._base import SOLVERS as SOLVERS
+from ._base import Reset as Reset
+from ._base import integrate as integrate
 from ._base import Solver as Solver
 from ._base import SolverState as SolverState
 from ._base import get_solver as get_solver
 from ._ddim import DDIM as DDIM
+from ._ddim import euler_step as euler_step
 from ._fixed_point import FixedPoint as FixedPoint
 from ._dopri5 import Dopri5 as Dopri5
 from ._field import Field as Field
 from ._field import ProbabilityFlowField as ProbabilityFlowField
 from ._field import probability_flow_field as probability_flow_field
 from ._grid import GRIDS as GRIDS
+from ._grid import Grid as Grid
 from ._grid import make_grid as make_grid
 from ._lattice import DEFAULT_FRAC_BITS as DEFAULT_FRAC_BITS
 from ._lattice import dequantize as dequantize
@@ -32,6 +39,7 @@ from ._reversible import Leapfrog as Leapfrog
 from ._reversible import ReversibleHeun as ReversibleHeun
 
 __all__ = [
+    "integrate", "DIRECTIONS", "Reset", "Grid", "euler_step",
     "SOLVERS", "Solver", "SolverState", "get_solver", "DDIM", "Dopri5", "Field", "ProbabilityFlowField",
     "probability_flow_field", "GRIDS", "make_grid", "DEFAULT_FRAC_BITS", "dequantize", "quantize",
     "Leapfrog", "ReversibleHeun", "FixedPoint",

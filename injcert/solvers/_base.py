@@ -1,18 +1,25 @@
-"""The integrator interface, its state, and the name -> class registry."""
+"""The integrator interface, its state, the one integration loop (:func:`integrate`), and the
+name -> class registry."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import dataclasses
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Type, Union
 
 import torch
 from torch import Tensor
 
+from ..errors import ArgumentError
 from ._field import Cond, Field
+from ._grid import Grid
 from ._lattice import DEFAULT_FRAC_BITS, dequantize
 
-__all__ = ["SolverState", "Solver", "SOLVERS", "register", "get_solver"]
+__all__ = ["SolverState", "Solver", "SOLVERS", "Reset", "register", "get_solver", "integrate", "DIRECTIONS"]
+
+#: The two directions of :func:`integrate`: ``"encode"`` (data to noise) and ``"decode"``.
+DIRECTIONS = ("encode", "decode")
 
 
 @dataclass
@@ -46,6 +53,10 @@ class SolverState:
     nfe: int = 0
     error_bounds: List[float] = dc_field(default_factory=list)
     error_bound: Optional[float] = None
+    #: a value a scheme carries from one step to the next within one run (reversible Heun's drift at
+    #: ``aux``); the driver clears it before and after every run, so it never outlives the state it
+    #: was computed from.
+    carry: Optional[Tensor] = dc_field(default=None, repr=False)
 
     @property
     def is_lattice(self) -> bool:
@@ -72,7 +83,8 @@ class SolverState:
 
 
 class _Counter:
-    """Counts calls of a field."""
+    """Counts calls of a field (and checks the shape it returns); other attributes (``lipschitz``,
+    ``schedule``) are those of the wrapped field."""
 
     def __init__(self, field: Field) -> None:
         self.field = field
@@ -82,37 +94,35 @@ class _Counter:
         self.count += 1
         out = self.field(s, xbar, c)
         if out.shape != xbar.shape:
-            raise ValueError(f"the field returned shape {tuple(out.shape)} for a state of shape {tuple(xbar.shape)}")
+            raise ArgumentError(f"the field returned shape {tuple(out.shape)} for a state of shape {tuple(xbar.shape)}")
         return out
 
-
-def _check_grid(grid: Tensor) -> List[float]:
-    if not isinstance(grid, Tensor) or grid.ndim != 1 or grid.numel() < 2:
-        raise ValueError(f"grid must be a 1-D tensor with at least 2 points, got {grid!r}")
-    g = [float(v) for v in grid.to(torch.float64)]
-    if any(b <= a for a, b in zip(g, g[1:])):
-        raise ValueError("grid must be strictly increasing (encode runs along it, decode against it)")
-    return g
+    def __getattr__(self, name: str) -> Any:
+        if name == "field":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.field, name)
 
 
-def _steps(g: List[float], progress: bool, desc: str, reverse: bool = False):
-    idx = range(len(g) - 2, -1, -1) if reverse else range(len(g) - 1)
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            return tqdm(idx, desc=desc, total=len(g) - 1)
-        except ImportError:  # pragma: no cover - tqdm is optional
-            pass
-    return idx
+#: ``reset(n, which, q) -> q``: called by the exact schemes after each sub-update with the grid index
+#: ``n`` the state now belongs to and ``which`` in ``{"main", "aux"}`` (localized editing).
+Reset = Callable[[int, str, Tensor], Tensor]
 
 
 class Solver(ABC):
     r"""An integrator of $d\bar x/d\varsigma = f(\varsigma, \bar x, c)$ along a $\varsigma$ grid.
 
-    ``encode`` integrates from ``grid[0]`` ($\varsigma = 0$, data) to ``grid[-1]`` (noise);
-    ``decode`` integrates back. Both take the field, a state (or a plain float tensor $\bar x$),
-    the grid and the conditioning, and return a :class:`SolverState`.
+    A solver is defined by its steps; :func:`~injcert.solvers.integrate` owns the loop:
+
+    - :meth:`prepare` turns the grid's points into the constants its steps use (a *plan*);
+    - :meth:`step` takes the state from grid point ``n`` to ``n + 1`` (the encode direction);
+    - :meth:`unstep` takes it from ``n + 1`` back to ``n`` (the decode direction): the exact inverse
+      of :meth:`step` for the exact schemes, its certified inverse for ``fixed_point``, a plain
+      step backwards otherwise;
+    - :meth:`initial_state` / :meth:`noise_state` make a state from a plain tensor, and
+      :meth:`finish` completes a state after the last step (``fixed_point``'s propagated bound).
+
+    ``encode`` integrates from ``grid[0]`` ($\varsigma = 0$, data) to ``grid[-1]`` (noise) and
+    ``decode`` back; both are the driver.
     """
 
     name: ClassVar[str] = "abstract"
@@ -120,40 +130,54 @@ class Solver(ABC):
     exact: ClassVar[bool] = False
     #: the state has a second component.
     two_state: ClassVar[bool] = False
+    #: the steps apply ``reset`` hooks (the exact lattice schemes).
+    supports_reset: ClassVar[bool] = False
 
     def initial_state(self, x0bar: Tensor) -> SolverState:
         r"""The state at $\varsigma = 0$ for the data point $\bar x_0 = x_0$."""
         return SolverState(x=x0bar, dtype=x0bar.dtype)
 
-    def noise_state(self, field: Field, xbar_T: Tensor, grid: Tensor, c: Cond = None) -> SolverState:
+    def noise_state(self, field: Field, xbar_T: Tensor, grid: Any, c: Cond = None) -> SolverState:
         r"""The state at $\varsigma_{\max}$ for a plain $\bar x_T$ (sampling); two states start equal."""
         return SolverState(x=xbar_T, dtype=xbar_T.dtype)
 
-    def encode(self, field: Field, x0: Union[Tensor, SolverState], grid: Tensor, c: Cond = None,
-               *, progress: bool = False) -> SolverState:
-        """Integrate from ``grid[0]`` to ``grid[-1]``; ``x0`` is $\\bar x_0$ or a full state."""
-        state = x0 if isinstance(x0, SolverState) else self.initial_state(x0)
-        counter = _Counter(field)
-        out = self._encode(counter, state, _check_grid(grid), c, progress)
-        out.nfe = counter.count
-        return out
+    def prepare(self, g: List[float]) -> Any:
+        """The constants of the steps along the grid's points ``g`` (default: ``g`` itself)."""
+        return g
 
-    def decode(self, field: Field, state: Union[Tensor, SolverState], grid: Tensor, c: Cond = None,
-               *, progress: bool = False) -> SolverState:
-        """Integrate from ``grid[-1]`` to ``grid[0]``; ``state`` is $\\bar x_T$ or a full state."""
-        counter = _Counter(field)
-        g = _check_grid(grid)
-        if not isinstance(state, SolverState):
-            state = self.noise_state(counter, state, grid, c)
-        out = self._decode(counter, state, g, c, progress)
-        out.nfe = counter.count
-        return out
+    def n_steps(self, plan: Any, g: List[float]) -> int:
+        """Number of steps the driver runs on this plan (default: one per grid interval)."""
+        return len(g) - 1
+
+    def check_state(self, state: SolverState, plan: Any, s: float) -> None:
+        r"""Refuse a state that does not belong to grid point $\varsigma$ = ``s`` (default: accept)."""
 
     @abstractmethod
-    def _encode(self, field: _Counter, state: SolverState, g: List[float], c: Cond, progress: bool) -> SolverState: ...
+    def step(self, field: Field, plan: Any, n: int, state: SolverState, c: Cond,
+             reset: Optional[Reset] = None) -> SolverState:
+        """From grid point ``n`` to ``n + 1``."""
 
     @abstractmethod
-    def _decode(self, field: _Counter, state: SolverState, g: List[float], c: Cond, progress: bool) -> SolverState: ...
+    def unstep(self, field: Field, plan: Any, n: int, state: SolverState, c: Cond,
+               reset: Optional[Reset] = None) -> SolverState:
+        """From grid point ``n + 1`` to ``n``."""
+
+    def finish(self, state: SolverState, plan: Any, direction: str) -> SolverState:
+        """The state after the last step of a run in ``direction`` (default: as is); ``state.carry``
+        is still that of the last step (the driver clears it afterwards)."""
+        return state
+
+    def encode(self, field: Field, x0: Union[Tensor, SolverState], grid: Any, c: Cond = None,
+               *, progress: bool = False) -> SolverState:
+        r"""Integrate from ``grid[0]`` to ``grid[-1]``; ``x0`` is $\bar x_0$ or a full state
+        (:func:`~injcert.solvers.integrate` with ``direction="encode"``)."""
+        return integrate(self, field, grid, x0, c, direction="encode", progress=progress)
+
+    def decode(self, field: Field, state: Union[Tensor, SolverState], grid: Any, c: Cond = None,
+               *, progress: bool = False) -> SolverState:
+        r"""Integrate from ``grid[-1]`` to ``grid[0]``; ``state`` is $\bar x_T$ or a full state
+        (:func:`~injcert.solvers.integrate` with ``direction="decode"``)."""
+        return integrate(self, field, grid, state, c, direction="decode", progress=progress)
 
 
 SOLVERS: Dict[str, Type[Solver]] = {}
@@ -168,10 +192,75 @@ def get_solver(name: Union[str, Solver], **options: Any) -> Solver:
     """The integrator called ``name`` (options go to its constructor); a :class:`Solver` passes through.
 
     Raises:
-        ValueError: an unknown name; the message lists the choices.
+        ArgumentError: an unknown name; the message lists the choices.
     """
     if isinstance(name, Solver):
         return name
     if not isinstance(name, str) or name not in SOLVERS:
-        raise ValueError(f"unknown method {name!r} of type {type(name).__name__}; choices: {sorted(SOLVERS)}")
+        raise ArgumentError(f"unknown method {name!r} of type {type(name).__name__}; choices: {sorted(SOLVERS)}")
     return SOLVERS[name](**options)
+
+
+def _progress(idx: range, progress: bool, desc: str) -> Any:
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            return idx
+        return tqdm(idx, desc=desc, total=len(idx))
+    return idx
+
+
+def integrate(solver: Union[str, Solver], field: Field, grid: Any, state: Union[Tensor, SolverState],
+              cond: Cond = None, *, direction: str = "encode", keep: Optional[List[SolverState]] = None,
+              reset: Optional[Reset] = None, progress: bool = False) -> SolverState:
+    r"""The one integration loop of injcert: run ``solver`` along ``grid`` in ``direction``.
+
+    Every task (invert, reconstruct, edit), every certificate check and the log-determinant
+    checks call this function, so the integrator that is certified is the integrator that runs.
+
+    Arguments:
+        solver: a :class:`Solver` or a name from :data:`SOLVERS`.
+        field: ``field(s, xbar, c)``, e.g. :func:`~injcert.solvers.probability_flow_field`.
+        grid: a :class:`~injcert.solvers.Grid` or an increasing 1-D tensor of $\varsigma$ values.
+        state: a :class:`SolverState`, or a plain tensor: $\bar x_0$ for ``"encode"`` (made by
+            ``solver.initial_state``), $\bar x_T$ for ``"decode"`` (``solver.noise_state``).
+        cond: the condition ``(y, m)`` or ``None``.
+        direction: ``"encode"`` (``grid[0]`` to ``grid[-1]``) or ``"decode"`` (back).
+        keep: a list; the state at every grid point visited is appended to it, the start included,
+            in the order visited (``keep[i]`` is at grid index ``i`` for encode, ``N - i`` for decode).
+        reset: a :data:`Reset` hook applied after every sub-update (exact lattice schemes only).
+        progress: a progress bar over the steps.
+
+    Returns:
+        The state at the far end, with ``nfe`` the network evaluations of this call.
+
+    Raises:
+        ArgumentError: an unknown direction or solver, a bad grid, ``reset`` for a solver that
+            cannot apply it, a state that belongs to another grid point.
+    """
+    if direction not in DIRECTIONS:
+        raise ArgumentError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
+    solver = get_solver(solver)
+    if reset is not None and not solver.supports_reset:
+        raise ArgumentError(f"the {solver.name} solver does not apply reset hooks; use an exact lattice scheme")
+    g = Grid.coerce(grid).points()
+    counter = _Counter(field)
+    encode = direction == "encode"
+    if not isinstance(state, SolverState):
+        state = solver.initial_state(state) if encode else solver.noise_state(counter, state, grid, cond)
+    plan = solver.prepare(g)
+    solver.check_state(state, plan, g[0] if encode else g[-1])
+    state = dataclasses.replace(state, carry=None, nfe=0, error_bounds=[], error_bound=None)
+    if keep is not None:
+        keep.append(state)
+    n = solver.n_steps(plan, g)
+    order = range(n) if encode else range(n - 1, -1, -1)
+    move = solver.step if encode else solver.unstep
+    for k in _progress(order, progress, direction):
+        state = move(counter, plan, k, state, cond, reset)
+        if keep is not None:
+            keep.append(dataclasses.replace(state, carry=None))
+    state = dataclasses.replace(solver.finish(state, plan, direction), carry=None)
+    state.nfe = counter.count
+    return state

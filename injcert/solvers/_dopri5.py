@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 
-from ._base import Solver, SolverState, _Counter, register
-from ._field import Cond
+from ..errors import ArgumentError
+from ._base import Reset, Solver, SolverState, register
+from ._field import Cond, Field
 
 __all__ = ["Dopri5"]
 
@@ -16,25 +17,34 @@ __all__ = ["Dopri5"]
 class Dopri5(Solver):
     r"""Adaptive Dormand--Prince 5(4) (Dormand & Prince 1980) via ``torchdiffeq.odeint``.
 
-    Only the grid's end points are used. Arguments: ``rtol``, ``atol`` (default ``1e-6``).
+    Only the grid's end points are used (one adaptive step for the driver; ``keep`` records the two
+    ends). Arguments: ``rtol``, ``atol`` (default ``1e-6``).
     """
 
     name = "dopri5"
 
     def __init__(self, rtol: float = 1e-6, atol: float = 1e-6) -> None:
         if not (rtol > 0 and atol > 0):
-            raise ValueError(f"rtol and atol must be positive, got {rtol!r}, {atol!r}")
+            raise ArgumentError(f"rtol and atol must be positive, got {rtol!r}, {atol!r}")
         self.rtol = float(rtol)
         self.atol = float(atol)
 
-    def _run(self, field: _Counter, x: torch.Tensor, s0: float, s1: float, c: Cond) -> torch.Tensor:
-        from torchdiffeq import odeint
+    def _run(self, field: Field, x: torch.Tensor, s0: float, s1: float, c: Cond) -> torch.Tensor:
+        from torchdiffeq import odeint  # imported on use: torchdiffeq is only needed by this solver
 
         ts = torch.tensor([s0, s1], dtype=torch.float64)
         return odeint(lambda s, z: field(float(s), z, c), x, ts, rtol=self.rtol, atol=self.atol, method="dopri5")[-1]
 
-    def _encode(self, field: _Counter, state: SolverState, g: List[float], c: Cond, progress: bool) -> SolverState:
-        return SolverState(x=self._run(field, state.x, g[0], g[-1], c), dtype=state.dtype)
+    def prepare(self, g: List[float]) -> List[float]:
+        return [g[0], g[-1]]  # adaptive: one step over the whole grid
 
-    def _decode(self, field: _Counter, state: SolverState, g: List[float], c: Cond, progress: bool) -> SolverState:
-        return SolverState(x=self._run(field, state.x, g[-1], g[0], c), dtype=state.dtype)
+    def n_steps(self, plan: List[float], g: List[float]) -> int:
+        return 1
+
+    def step(self, field: Field, plan: List[float], n: int, state: SolverState, c: Cond,
+             reset: Optional[Reset] = None) -> SolverState:
+        return SolverState(x=self._run(field, state.x, plan[0], plan[1], c), dtype=state.dtype)
+
+    def unstep(self, field: Field, plan: List[float], n: int, state: SolverState, c: Cond,
+               reset: Optional[Reset] = None) -> SolverState:
+        return SolverState(x=self._run(field, state.x, plan[1], plan[0], c), dtype=state.dtype)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Protocol, Tuple, Union
 import torch
 from torch import Tensor
 
+from ..errors import ArgumentError
 from ..model.schedule import VPSchedule
 
 __all__ = ["Field", "Cond", "ProbabilityFlowField", "probability_flow_field"]
@@ -65,7 +66,7 @@ class ProbabilityFlowField:
         above the budget), else ``model.lipschitz_budget``.
 
         Raises:
-            ValueError: the model has no ``lipschitz_budget`` attribute.
+            ArgumentError: the model has no ``lipschitz_budget`` attribute.
         """
         alpha = float(self.schedule.alpha_of_varsigma(torch.as_tensor(s, dtype=torch.float64)))
         per_t = getattr(self.model, "certified_lipschitz_at", None)
@@ -78,7 +79,7 @@ class ProbabilityFlowField:
         if callable(certified):  # a tighter certified bound of the actual weights (never above the budget)
             budget = certified() if budget is None else min(float(budget), float(certified()))
         if budget is None:
-            raise ValueError(
+            raise ArgumentError(
                 f"model of type {type(self.model).__name__} has no `lipschitz_budget`; "
                 "the fixed_point inverse needs a certified Lipschitz bound"
             )
@@ -93,10 +94,10 @@ def probability_flow_field(model: Any, schedule: Optional[VPSchedule] = None) ->
         schedule: the VP schedule; defaults to ``model.schedule``.
 
     Raises:
-        ValueError: no schedule is given and the model has none.
+        ArgumentError: no schedule is given and the model has none.
     """
     if schedule is None:
         schedule = getattr(model, "schedule", None)
         if schedule is None:
-            raise ValueError(f"model of type {type(model).__name__} has no `schedule`; pass schedule=")
+            raise ArgumentError(f"model of type {type(model).__name__} has no `schedule`; pass schedule=")
     return ProbabilityFlowField(model, schedule)

@@ -27,15 +27,13 @@ import torch
 from torch import Tensor
 
 from ..model.schedule import VPSchedule
-from ._base import SOLVERS, Solver, SolverState, _Counter, _steps, register
+from ..errors import ArgumentError
+from ._base import SOLVERS, Reset, Solver, SolverState, register
 from ._field import Cond, Field
+from ._grid import Grid
 from ._lattice import DEFAULT_FRAC_BITS, dequantize, quantize, split_remainder
 
 __all__ = ["ReversibleHeun", "Leapfrog", "LatticeCoordinates", "COORDINATES", "Reset"]
-
-#: ``reset(n, which, q) -> q``: called after each sub-update of a decode with the grid index ``n``
-#: the state now belongs to and ``which`` in ``{"main", "aux"}``; used by localized editing.
-Reset = Callable[[int, str, Tensor], Tensor]
 
 
 COORDINATES = ("vp", "xbar")
@@ -43,7 +41,7 @@ COORDINATES = ("vp", "xbar")
 
 def _check_coordinates(coordinates: str) -> None:
     if coordinates not in COORDINATES:
-        raise ValueError(f"unknown coordinates {coordinates!r}; choices: {list(COORDINATES)}")
+        raise ArgumentError(f"unknown coordinates {coordinates!r}; choices: {list(COORDINATES)}")
 
 
 class LatticeCoordinates:
@@ -78,10 +76,11 @@ class LatticeCoordinates:
 class _LatticeSolver(Solver):
     exact = True
     two_state = True
+    supports_reset = True
 
     def __init__(self, frac_bits: int = DEFAULT_FRAC_BITS, coordinates: str = "vp") -> None:
         if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or not (8 <= frac_bits <= 52):
-            raise ValueError(f"frac_bits must be an int in [8, 52], got {frac_bits!r}")
+            raise ArgumentError(f"frac_bits must be an int in [8, 52], got {frac_bits!r}")
         _check_coordinates(coordinates)
         self.frac_bits = frac_bits
         self.coordinates = coordinates
@@ -108,19 +107,15 @@ class _LatticeSolver(Solver):
         eps = field(k.g[n], (x64 / k.alpha[n]).to(dtype), c)
         return eps.to(torch.float64) - k.sigma[n] * x64
 
-    def _state(self, x: Tensor, aux: Tensor, like: SolverState, s: float) -> SolverState:
-        return SolverState(x=x, aux=aux, remainder=like.remainder, dtype=like.dtype, frac_bits=self.frac_bits,
-                           scale=self.scale(s))
-
     def _check(self, state: SolverState, s: float) -> None:
         if not state.is_lattice or state.aux is None or state.aux.dtype != torch.int64:
-            raise ValueError(f"{self.name} needs a two-state int64 lattice state, got x of dtype {state.x.dtype}"
+            raise ArgumentError(f"{self.name} needs a two-state int64 lattice state, got x of dtype {state.x.dtype}"
                              f" and aux {None if state.aux is None else state.aux.dtype}")
         if state.frac_bits is not None and state.frac_bits != self.frac_bits:
-            raise ValueError(f"state has {state.frac_bits} fractional bits, the solver {self.frac_bits}")
+            raise ArgumentError(f"state has {state.frac_bits} fractional bits, the solver {self.frac_bits}")
         want = self.scale(s)
         if abs(state.scale - want) > 1e-12 * want:
-            raise ValueError(f"the state belongs to varsigma with scale {state.scale!r}, but the grid starts "
+            raise ArgumentError(f"the state belongs to varsigma with scale {state.scale!r}, but the grid starts "
                              f"at varsigma = {s!r} (scale {want!r}): wrong grid for this state")
 
     # entry points ------------------------------------------------------------------------------
@@ -137,28 +132,16 @@ class _LatticeSolver(Solver):
         q = self.lattice_noise(xbar_T, s)
         return SolverState(x=q, aux=q.clone(), dtype=xbar_T.dtype, frac_bits=self.frac_bits, scale=self.scale(s))
 
-    def _encode(self, field: _Counter, state: SolverState, g: List[float], c: Cond, progress: bool) -> SolverState:
-        self._check(state, g[0])
-        y, yh = self.encode_pair(field, self.coords(g), state.x, state.aux, state.dtype, c, progress)
-        return self._state(y, yh, state, g[-1])
+    def prepare(self, g: List[float]) -> LatticeCoordinates:
+        return self.coords(g)
 
-    def _decode(self, field: _Counter, state: SolverState, g: List[float], c: Cond, progress: bool) -> SolverState:
-        self._check(state, g[-1])
-        y, yh = self.decode_pair(field, self.coords(g), state.x, state.aux, state.dtype, c, progress)
-        return self._state(y, yh, state, g[0])
+    def check_state(self, state: SolverState, plan: LatticeCoordinates, s: float) -> None:
+        self._check(state, s)
 
-    def encode_pair(self, field: Field, k: LatticeCoordinates, y: Tensor, yh: Tensor, dtype: torch.dtype,
-                    c: Cond, progress: bool = False,
-                    keep: Optional[List[Tuple[Tensor, Tensor]]] = None) -> Tuple[Tensor, Tensor]:
-        """Integrate the lattice pair along ``k`` from its first to its last point; with ``keep``, the pair
-        at every grid point (the first included) is appended to it."""
-        raise NotImplementedError
-
-    def decode_pair(self, field: Field, k: LatticeCoordinates, y: Tensor, yh: Tensor, dtype: torch.dtype,
-                    c: Cond, progress: bool = False, reset: Optional[Reset] = None) -> Tuple[Tensor, Tensor]:
-        """The exact inverse of :meth:`encode_pair`; ``reset`` (see :data:`Reset`) is applied after every
-        sub-update (with ``reset`` the map is no longer the inverse where it changes the state)."""
-        raise NotImplementedError
+    def _pair(self, y: Tensor, yh: Tensor, like: SolverState, k: LatticeCoordinates, n: int,
+              carry: Optional[Tensor] = None) -> SolverState:
+        return SolverState(x=y, aux=yh, remainder=like.remainder, dtype=like.dtype, frac_bits=self.frac_bits,
+                           scale=self.scale(k.g[n]), carry=carry)
 
 
 def _noreset(n: int, which: str, q: Tensor) -> Tensor:
@@ -173,38 +156,37 @@ class ReversibleHeun(_LatticeSolver):
     $\hat y_{n+1} = 2y_n - \hat y_n + 2a_n$, $b_n = Q(\tfrac{h_n}{2} F(\rho_{n+1}, \hat y_{n+1}))$,
     $y_{n+1} = y_n + a_n + b_n$. The inverse recomputes $b_n$, then
     $\hat y_n = 2y_{n+1} - 2b_n - \hat y_{n+1}$, $a_n$, $y_n = y_{n+1} - a_n - b_n$.
-    One network evaluation per step (the value at $\hat y$ is carried between steps).
+    One network evaluation per step: the value $F(\rho_n, \hat y_n)$ is the state's ``carry``
+    between the steps of one run. With the same ``reset`` hooks, :meth:`unstep` is the exact
+    inverse of :meth:`step` (``proofs/07``).
     """
 
     name = "reversible_heun"
 
-    def encode_pair(self, field, k, y, yh, dtype, c, progress=False, keep=None, reset=None):
-        # ``reset`` (applied after every sub-update with the index the state now belongs to) makes this
-        # the exact inverse of ``decode_pair`` with the same ``reset`` (proofs/07).
-        reset = reset or _noreset
-        if keep is not None:
-            keep.append((y, yh))
-        f = self.drift(field, k, 0, yh, dtype, c)
-        for n in _steps(k.g, progress, "encode"):
-            h2 = 0.5 * k.h(n)
-            a = self._q(f, h2)
-            yh = reset(n + 1, "aux", 2 * y - yh + 2 * a)
-            f = self.drift(field, k, n + 1, yh, dtype, c)
-            y = reset(n + 1, "main", y + a + self._q(f, h2))
-            if keep is not None:
-                keep.append((y, yh))
-        return y, yh
+    def _f(self, field: Field, k: LatticeCoordinates, n: int, state: SolverState, c: Cond) -> Tensor:
+        if state.carry is not None:
+            return state.carry
+        return self.drift(field, k, n, state.aux, state.dtype, c)
 
-    def decode_pair(self, field, k, y, yh, dtype, c, progress=False, reset=None):
+    def step(self, field: Field, k: LatticeCoordinates, n: int, state: SolverState, c: Cond,
+             reset: Optional[Reset] = None) -> SolverState:
         reset = reset or _noreset
-        f = self.drift(field, k, len(k.g) - 1, yh, dtype, c)
-        for n in _steps(k.g, progress, "decode", reverse=True):
-            h2 = 0.5 * k.h(n)
-            b = self._q(f, h2)
-            yh = reset(n, "aux", 2 * y - 2 * b - yh)
-            f = self.drift(field, k, n, yh, dtype, c)
-            y = reset(n, "main", y - self._q(f, h2) - b)
-        return y, yh
+        y, yh, h2 = state.x, state.aux, 0.5 * k.h(n)
+        a = self._q(self._f(field, k, n, state, c), h2)
+        yh = reset(n + 1, "aux", 2 * y - yh + 2 * a)
+        f = self.drift(field, k, n + 1, yh, state.dtype, c)
+        y = reset(n + 1, "main", y + a + self._q(f, h2))
+        return self._pair(y, yh, state, k, n + 1, f)
+
+    def unstep(self, field: Field, k: LatticeCoordinates, n: int, state: SolverState, c: Cond,
+               reset: Optional[Reset] = None) -> SolverState:
+        reset = reset or _noreset
+        y, yh, h2 = state.x, state.aux, 0.5 * k.h(n)
+        b = self._q(self._f(field, k, n + 1, state, c), h2)
+        yh = reset(n, "aux", 2 * y - 2 * b - yh)
+        f = self.drift(field, k, n, yh, state.dtype, c)
+        y = reset(n, "main", y - self._q(f, h2) - b)
+        return self._pair(y, yh, state, k, n, f)
 
 
 @register
@@ -219,31 +201,30 @@ class Leapfrog(_LatticeSolver):
 
     name = "leapfrog"
 
-    def noise_state(self, field: Field, xbar_T: Tensor, grid: Tensor, c: Cond = None) -> SolverState:
-        g = [float(v) for v in grid]
+    def noise_state(self, field: Field, xbar_T: Tensor, grid: Any, c: Cond = None) -> SolverState:
+        g = Grid.coerce(grid).points()
         k = self.coords(g)
         q = self.lattice_noise(xbar_T, g[-1])
         prev = q - self._q(self.drift(field, k, len(g) - 1, q, xbar_T.dtype, c), k.h(len(g) - 2))
         return SolverState(x=q, aux=prev, dtype=xbar_T.dtype, frac_bits=self.frac_bits, scale=self.scale(g[-1]))
 
-    def encode_pair(self, field, k, x, prev, dtype, c, progress=False, keep=None):
-        if keep is not None:
-            keep.append((x, prev))
-        for n in _steps(k.g, progress, "encode"):
-            lo = k.rho[n - 1] if n > 0 else k.rho[0]
-            nxt = prev + self._q(self.drift(field, k, n, x, dtype, c), k.rho[n + 1] - lo)
-            prev, x = x, nxt
-            if keep is not None:
-                keep.append((x, prev))
-        return x, prev
+    @staticmethod
+    def _span(k: LatticeCoordinates, n: int) -> float:
+        return k.rho[n + 1] - (k.rho[n - 1] if n > 0 else k.rho[0])
 
-    def decode_pair(self, field, k, x, prev, dtype, c, progress=False, reset=None):
+    def step(self, field: Field, k: LatticeCoordinates, n: int, state: SolverState, c: Cond,
+             reset: Optional[Reset] = None) -> SolverState:
         reset = reset or _noreset
-        for n in _steps(k.g, progress, "decode", reverse=True):  # (x, prev) = (x_{n+1}, x_n)
-            lo = k.rho[n - 1] if n > 0 else k.rho[0]
-            older = x - self._q(self.drift(field, k, n, prev, dtype, c), k.rho[n + 1] - lo)
-            x, prev = reset(n, "main", prev), reset(n, "aux", older)
-        return x, prev
+        x, prev = state.x, state.aux
+        nxt = prev + self._q(self.drift(field, k, n, x, state.dtype, c), self._span(k, n))
+        return self._pair(reset(n + 1, "main", nxt), reset(n + 1, "aux", x), state, k, n + 1)
+
+    def unstep(self, field: Field, k: LatticeCoordinates, n: int, state: SolverState, c: Cond,
+               reset: Optional[Reset] = None) -> SolverState:
+        reset = reset or _noreset
+        x, prev = state.x, state.aux  # (x_{n+1}, x_n)
+        older = x - self._q(self.drift(field, k, n, prev, state.dtype, c), self._span(k, n))
+        return self._pair(reset(n, "main", prev), reset(n, "aux", older), state, k, n)
 
 
 # The default bit-exact scheme, ``method="reversible"``: reversible Heun in (rho, x), which beats both

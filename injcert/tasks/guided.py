@@ -26,9 +26,9 @@ from typing import Any, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..solvers import make_grid, probability_flow_field
-from ..solvers._lattice import DEFAULT_FRAC_BITS, dequantize, quantize, split_remainder
-from ..solvers._reversible import ReversibleHeun
+from ..errors import InputError
+from ..solvers import DEFAULT_FRAC_BITS, Grid, ReversibleHeun, SolverState, dequantize, integrate, \
+    probability_flow_field
 
 __all__ = ["GuidedResult", "guided_decode", "guided_encode"]
 
@@ -90,28 +90,30 @@ def guided_decode(model: Any, x_ref: Tensor, region: Tensor, target: Tensor, t_e
         ValueError: shapes that do not fit, ``t_e`` outside $(0, t_{\\max}]$, ``steps < 1``.
     """
     if target.shape != x_ref.shape:
-        raise ValueError(f"target must have the shape of x_ref {tuple(x_ref.shape)}, got {tuple(target.shape)}")
+        raise InputError(f"target must have the shape of x_ref {tuple(x_ref.shape)}, got {tuple(target.shape)}")
     if region.ndim != 4 or region.shape[0] != x_ref.shape[0] or region.shape[2:] != x_ref.shape[2:]:
-        raise ValueError(f"region must be N×1×H×W matching {tuple(x_ref.shape)}, got {tuple(region.shape)}")
+        raise InputError(f"region must be N×1×H×W matching {tuple(x_ref.shape)}, got {tuple(region.shape)}")
     field = probability_flow_field(model)
-    sched = field.schedule
-    g = make_grid(sched, steps, "geometric", t_end=float(t_e)).tolist()
+    grid = Grid.make(field.schedule, steps, "geometric", t_end=float(t_e))
+    g = grid.points()
     s_e = g[-1]
-    dt = x_ref.dtype
     solver = ReversibleHeun(frac_bits)
-    k = solver.coords(g)
     inside = (region != 0).expand_as(x_ref)
-    y, rem = split_remainder(x_ref, frac_bits)
-    traj: List[Tuple[Tensor, Tensor]] = []
-    solver.encode_pair(field, k, y, y.clone(), dt, cond, progress=progress, keep=traj)
+    kept: List[SolverState] = []
+    enc = integrate(solver, field, grid, x_ref, cond, direction="encode", keep=kept, progress=progress)
+    traj = [(st.x, st.aux) for st in kept]
+    rem = enc.remainder
     if noise is None:
         gen = torch.Generator().manual_seed(int(seed))
         noise = torch.randn(x_ref.shape, generator=gen, dtype=torch.float64)
     eps = noise.to(device=x_ref.device, dtype=torch.float64)
-    tq = quantize((target.to(torch.float64) + s_e * eps) * k.alpha[-1], frac_bits)
+    tq = solver.lattice_noise(target.to(torch.float64) + s_e * eps, s_e)
     start = (torch.where(inside, tq, traj[-1][0]), torch.where(inside, tq, traj[-1][1]))
-    yd, yhd = solver.decode_pair(field, k, start[0], start[1], dt, cond, progress=progress,
-                                 reset=_reset(inside, traj))
+    dec = integrate(solver, field, grid, SolverState(x=start[0], aux=start[1], dtype=x_ref.dtype, frac_bits=frac_bits,
+                                                     scale=solver.scale(s_e)),
+                    cond, direction="decode", reset=_reset(inside, traj), progress=progress)
+    yd, yhd = dec.x, dec.aux
+    dt = x_ref.dtype
     out64 = dequantize(yd, torch.float64, frac_bits) + torch.where(inside, torch.zeros_like(rem), rem)
     return GuidedResult(image=out64.to(dt), start=start, final=(yd, yhd), trajectory=traj, grid=g,
                         region=inside, nfe=field.nfe, frac_bits=frac_bits, cond=cond)
@@ -124,7 +126,8 @@ def guided_encode(model: Any, result: GuidedResult, dtype: Optional[torch.dtype]
     for bit). ``dtype``: the network's evaluation dtype (default: that of ``result.image``)."""
     field = probability_flow_field(model)
     solver = ReversibleHeun(result.frac_bits)
-    k = solver.coords(result.grid)
     dtype = result.image.dtype if dtype is None else dtype
-    return solver.encode_pair(field, k, result.final[0], result.final[1], dtype, result.cond,
-                              reset=_reset(result.region, result.trajectory))
+    state = SolverState(x=result.final[0], aux=result.final[1], dtype=dtype, frac_bits=result.frac_bits)
+    out = integrate(solver, field, result.grid, state, result.cond, direction="encode",
+                    reset=_reset(result.region, result.trajectory))
+    return out.x, out.aux

@@ -1,11 +1,26 @@
-r"""Flow stability and discrete injectivity (Theorems 1 and 2).
+r"""Flow stability and discrete injectivity (Theorems 1 and 2): the one home of every flow formula.
+
+Exact flow (Theorem 1):
 
 * :func:`gronwall_constants`: $\Lambda = \sum_k L_k|\Delta_k|$ and $(e^{-\Lambda}, e^{\Lambda})$,
   where $L_k$ must bound the drift's Lipschitz constant on the **whole** interval $k$ (a
-  maximum, never a midpoint or endpoint value — a midpoint rule is not a bound).
-* :func:`step_margins`: the contraction factors $q_k = |h_k| L_k$ of explicit Euler/DDIM steps.
+  maximum, never a midpoint or endpoint value — a midpoint rule is not a bound). Every Grönwall
+  exponent in injcert is a sum of these products.
+* :func:`gronwall_exponent`, :func:`gronwall_profile`: $\Lambda$ of the probability-flow drift in
+  $\bar x$ over a $\varsigma$ interval, for a number or a noise-adaptive :class:`LipschitzProfile`.
+* :func:`lognorm_exponents`: the tighter, one-sided constants of the logarithmic norm.
+
+Discrete Euler/DDIM map (Theorem 2):
+
+* :func:`margin_products` and :func:`step_margins`: the contraction factors $q_k = |h_k| L_k$.
+* :func:`discrete_log_constants`: $\log\prod(1 \mp q_k)$, the bi-Lipschitz constants of the map.
+* :func:`steps_needed`: the fewest grid steps with every $q_k < 1$.
 * :func:`fixed_point_inverse`: inverts $y = x + h f(x)$ by Banach iteration with a certified
   a-posteriori error bound, or raises :class:`~injcert.errors.NonConvergenceError`.
+* :func:`fixed_point_error_bound`: the propagation of the per-step errors through a whole decode.
+
+The schedule is passed in (anything with ``alpha_of_varsigma`` and ``t_of_varsigma``); nothing
+here imports the model or the solvers.
 """
 
 from __future__ import annotations
@@ -17,19 +32,16 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from injcert.errors import NonConvergenceError
+from injcert.errors import ArgumentError, NonConvergenceError
+from injcert.theory.rounding import EPS64 as _EPS64
+from injcert.theory.rounding import next_up as _up
+from injcert.theory.rounding import round_down, round_up
 
-__all__ = ["gronwall_constants", "step_margins", "fixed_point_inverse", "FixedPointResult", "batch_norm"]
-
-
-_EPS64 = 2.0**-52
-
-
-def _up(v: float, ulps: int = 1) -> float:
-    """``v`` moved ``ulps`` floats towards ``+inf``."""
-    for _ in range(ulps):
-        v = math.nextafter(v, math.inf)
-    return v
+__all__ = [
+    "gronwall_constants", "gronwall_exponent", "gronwall_profile", "lognorm_exponents", "LipschitzProfile",
+    "lipschitz_at", "margin_products", "step_margins", "discrete_log_constants", "steps_needed",
+    "fixed_point_inverse", "fixed_point_error_bound", "FixedPointResult", "batch_norm",
+]
 
 
 def gronwall_constants(
@@ -53,13 +65,13 @@ def gronwall_constants(
     lips = [float(v) for v in torch.as_tensor(lipschitz_per_interval, dtype=torch.float64).reshape(-1)]
     lens = [float(v) for v in torch.as_tensor(interval_lengths, dtype=torch.float64).reshape(-1)]
     if len(lips) != len(lens):
-        raise ValueError(f"got {len(lips)} Lipschitz constants for {len(lens)} intervals")
+        raise ArgumentError(f"got {len(lips)} Lipschitz constants for {len(lens)} intervals")
     for v in lips:
         if not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"Lipschitz constants must be finite and >= 0, got {v!r}")
+            raise ArgumentError(f"Lipschitz constants must be finite and >= 0, got {v!r}")
     for v in lens:
         if not math.isfinite(v):
-            raise ValueError(f"interval lengths must be finite, got {v!r}")
+            raise ArgumentError(f"interval lengths must be finite, got {v!r}")
     # each product rounded up by one ulp (it is within half an ulp), fsum is correctly rounded
     # (within half an ulp of the exact sum of the rounded-up products): one more ulp up.
     terms = [_up(lk * abs(dk)) if lk * abs(dk) > 0 else (0.0 if lk == 0 or dk == 0 else 5e-324) for lk, dk in zip(lips, lens)]
@@ -78,17 +90,188 @@ def gronwall_constants(
     return lo, hi, lam
 
 
-def step_margins(h: Sequence[float] | Tensor | float, lipschitz: Sequence[float] | Tensor | float) -> Tensor:
-    r"""Contraction factors $q_k = |h_k| L_k$ (float64 tensor). Step $k$ is injective iff-certified when $q_k < 1$."""
+def margin_products(h: Sequence[float] | Tensor | float, lipschitz: Sequence[float] | Tensor | float) -> Tensor:
+    r"""Contraction factors $q_k = |h_k| L_k$ (float64 tensor), each rounded up. Step $k$ is
+    certified injective when $q_k < 1$."""
     hh = torch.as_tensor(h, dtype=torch.float64)
     ll = torch.as_tensor(lipschitz, dtype=torch.float64)
     if bool((ll < 0).any()) or bool(ll.isnan().any()):
-        raise ValueError(f"Lipschitz constants must be >= 0 (not NaN), got {lipschitz!r}")
+        raise ArgumentError(f"Lipschitz constants must be >= 0 (not NaN), got {lipschitz!r}")
     if not bool(torch.isfinite(hh).all()):
-        raise ValueError(f"step sizes must be finite, got {h!r}")
+        raise ArgumentError(f"step sizes must be finite, got {h!r}")
     q = hh.abs() * ll
     # each product rounded to nearest: move it up one ulp so that q_k >= |h_k| L_k exactly
     return torch.where(q > 0, torch.nextafter(q, torch.full_like(q, math.inf)), q)
+
+
+@dataclasses.dataclass(frozen=True)
+class LipschitzProfile:
+    r"""A certified noise-adaptive bound $t \mapsto L(t)$ of $x \mapsto \varepsilon_\theta(x, t', c)$,
+    valid for **every** $t' \ge t$ (so non-increasing), with its supremum ``sup`` over $t$.
+
+    ``float(profile)`` and format specs give the supremum (the uniform bound), so code and
+    messages that need one number keep working; :func:`lipschitz_at` evaluates it per step.
+    """
+
+    fn: Callable[[float], float]
+    sup: float
+    name: str = "L(t)"
+
+    def __call__(self, t: float) -> float:
+        v = float(self.fn(float(t)))
+        if not (v >= 0.0):
+            raise ArgumentError(f"{self.name} returned an invalid bound {v!r} at t={t!r}")
+        return v
+
+    def __float__(self) -> float:
+        return float(self.sup)
+
+    def __format__(self, spec: str) -> str:
+        return format(float(self.sup), spec)
+
+
+def lipschitz_at(lipschitz: float | LipschitzProfile, schedule: object, s: float) -> float:
+    r"""The bound of $\varepsilon_\theta$ in $x$ valid for every $\varsigma' \ge \varsigma$ = ``s``:
+    ``lipschitz`` itself when it is a number, its value at $t(\varsigma)$ when it is a profile.
+
+    $t(\varsigma)$ is computed in float64 (relative error $\le 2^{-50}$), far inside the relative
+    $10^{-6}$ the model's gain keeps below its budget (``CondUNet.certified_lipschitz_at``)."""
+    if isinstance(lipschitz, LipschitzProfile):
+        return lipschitz(float(schedule.t_of_varsigma(torch.tensor(float(s), dtype=torch.float64))))  # type: ignore[attr-defined]
+    return float(lipschitz)
+
+
+def gronwall_exponent(lipschitz: float | LipschitzProfile, s0: float, s1: float, schedule: object = None) -> float:
+    r"""Certified $\Lambda = L\int_{\varsigma_0}^{\varsigma_1} \alpha(\varsigma)\,d\varsigma
+    = L\,(\operatorname{asinh}\varsigma_1 - \operatorname{asinh}\varsigma_0)$, rounded up.
+
+    The drift $\bar x\mapsto\varepsilon_\theta(\alpha\bar x, t(\varsigma), c)$ is
+    $\alpha(\varsigma)L$-Lipschitz with $\alpha = (1+\varsigma^2)^{-1/2}$ (chain rule), whose
+    antiderivative is $\operatorname{asinh}$ (``proofs/01``): the $\Lambda$ of :func:`gronwall_constants`
+    for one interval of length $\operatorname{asinh}\varsigma_1 - \operatorname{asinh}\varsigma_0$
+    (rounded up) in $\rho = \operatorname{asinh}\varsigma$. A :class:`LipschitzProfile` is charged its
+    value at $\varsigma_0$ (it bounds every later time; ``schedule`` is then required); sum over a fine
+    grid for a tight $\Lambda$ (:func:`gronwall_profile`).
+    """
+    if not (0.0 <= s0 <= s1):
+        raise ArgumentError(f"need 0 <= s0 <= s1, got s0={s0!r}, s1={s1!r}")
+    if isinstance(lipschitz, LipschitzProfile):
+        if schedule is None:
+            raise ArgumentError("a LipschitzProfile needs the schedule to map varsigma to t")
+        lipschitz = lipschitz_at(lipschitz, schedule, s0)
+    if lipschitz == 0.0:
+        return 0.0
+    span = round_up(math.asinh(round_up(s1))) - round_down(math.asinh(round_down(s0)))
+    return gronwall_constants([float(lipschitz)], [round_up(span)])[2]
+
+
+def gronwall_profile(lipschitz: float | LipschitzProfile, schedule: object, s_max: float, pieces: int = 400) -> float:
+    r"""Certified $\Lambda = \int_0^{\varsigma_{\max}} \alpha L\,d\varsigma$ for a profile: the sum of
+    :func:`gronwall_exponent` over ``pieces`` geometric pieces of $[\varsigma_{\max}10^{-6}, \varsigma_{\max}]$
+    and one piece $[0, \varsigma_{\max}10^{-6}]$, each charged its left end (sound because $L$ is
+    non-increasing in $t$). A number is charged as is (the sum equals $L\operatorname{asinh}\varsigma_{\max}$)."""
+    if not isinstance(lipschitz, LipschitzProfile):
+        return gronwall_exponent(lipschitz, 0.0, s_max)
+    lo = s_max * 1e-6
+    pts = [0.0] + [lo * (s_max / lo) ** (k / pieces) for k in range(pieces)] + [s_max]
+    return round_up(math.fsum(gronwall_exponent(lipschitz, a, b, schedule) for a, b in zip(pts, pts[1:]) if b > a))
+
+
+def lognorm_exponents(rest: float | LipschitzProfile, linear: object, schedule: object, s_max: float,
+                      pieces: int = 400) -> tuple[float, float]:
+    r"""Certified $(\Lambda^-, \Lambda^+)$ with $e^{\Lambda^-}\|x-y\| \le \|\Phi x - \Phi y\| \le
+    e^{\Lambda^+}\|x-y\|$ for the exact encode flow over $[0, \varsigma_{\max}]$ (``proofs/01``, tight form).
+
+    The drift in $\bar x$ is $s(\varsigma)\bar x + N$ with an exact linear part $s$ and $N$ Lipschitz with
+    constant $\alpha\,\ell(t)$ (``rest(t)`` $= \ell(t)$, non-increasing, valid for every later time). The
+    logarithmic norm gives $\Lambda^\pm = \int s \pm \int \alpha\ell$; $\int\alpha\ell$ is charged piecewise at
+    left ends on the grid of :func:`gronwall_profile`. ``linear`` is either the data variance $v$ of
+    the Gaussian-data skip (then $s = \varsigma/(v + \varsigma^2)$ and $\int_0^{\varsigma_{\max}} s =
+    \tfrac12\log(1 + \varsigma_{\max}^2/v)$ for every VP schedule) or a callable ``(s0, s1) -> (lo, hi)``
+    enclosing $\int_{s_0}^{s_1} s$ (e.g. ``CondUNet.linear_part_integral``).
+    """
+    rest_prof = rest if isinstance(rest, LipschitzProfile) else float(rest)
+    if callable(linear):
+        lin_lo, lin = (float(v) for v in linear(0.0, float(s_max)))
+        lin, lin_lo = round_up(lin), round_down(lin_lo)
+    else:
+        lin = round_up(0.5 * math.log1p(round_up(s_max) ** 2 / float(linear)))  # type: ignore[arg-type]
+        lin_lo = round_down(0.5 * math.log1p(round_down(s_max) ** 2 / float(linear)))  # type: ignore[arg-type]
+    nonlin = gronwall_profile(rest_prof, schedule, s_max, pieces)
+    return round_down(lin_lo - nonlin), round_up(lin + nonlin)
+
+
+def step_margins(grid: Sequence[float] | Tensor, lipschitz: float | LipschitzProfile,
+                 schedule: object) -> tuple[list[float], list[float], list[float]]:
+    r"""Per-step ``(h_k, L_k, q_k)`` of an Euler/DDIM grid in $\varsigma$, all rounded up.
+
+    $h_k = \varsigma_{k+1}-\varsigma_k$, $L_k = \alpha(\varsigma_k)L(t(\varsigma_k))$ (the drift's constant
+    at the left end, its maximum over the step since $\alpha$ and the profile $L$ do not increase),
+    $q_k = h_kL_k$ (:func:`margin_products`). Both the encode step (evaluated at $\varsigma_k$) and
+    the decode step (at $\varsigma_{k+1}$) are $q_k$-perturbations of the identity.
+    """
+    g = [float(v) for v in grid]
+    hs, ls = [], []
+    for a, b in zip(g, g[1:]):
+        alpha = round_up(float(schedule.alpha_of_varsigma(torch.tensor(a, dtype=torch.float64))))  # type: ignore[attr-defined]
+        hs.append(round_up(b - a))
+        ls.append(round_up(alpha * round_up(lipschitz_at(lipschitz, schedule, a))))
+    qs = [float(q) for q in margin_products(hs, ls)] if hs else []
+    return hs, ls, qs
+
+
+def discrete_log_constants(qs: Sequence[float]) -> tuple[float, float]:
+    r"""Certified $(\log\prod_k(1-q_k), \log\prod_k(1+q_k))$: the discrete Euler map is bi-Lipschitz
+    with these constants (``proofs/02``); the first is ``-inf`` if some $q_k \ge 1$."""
+    lo = 0.0
+    for q in qs:
+        lo = -math.inf if q >= 1.0 else lo + round_down(math.log1p(-q))
+    hi = 0.0
+    for q in qs:
+        hi += round_up(math.log1p(q))
+    return round_down(lo), round_up(hi)
+
+
+def steps_needed(lipschitz: float | LipschitzProfile, schedule: object, make_grid: Callable[[int], Sequence[float]],
+                 limit: int = 1 << 20) -> int | None:
+    """Smallest number of grid steps ``n`` with every margin ``q_k < 1`` on ``make_grid(n)``
+    (``None`` beyond ``limit``); bisection, assuming more steps never hurt."""
+
+    def ok(n: int) -> bool:
+        return max(step_margins(make_grid(n), lipschitz, schedule)[2]) < 1.0
+
+    if not math.isfinite(float(lipschitz)):
+        return None
+    hi = 1
+    while not ok(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def fixed_point_error_bound(error_bounds: Sequence[float], margins: Sequence[float]) -> float:
+    r"""Certified $\|\hat x_0 - x_0\|$ after a fixed-point decode of an exactly known encoded state.
+
+    Step $n$ (grid order) leaves an error $\le e_n$ (its a-posteriori bound) in $\bar x_n$; the exact
+    inverses of steps $n-1, \dots, 0$ are $1/(1-q_j)$-Lipschitz (``proofs/02``), so
+    $E = \sum_n e_n \prod_{j<n} (1-q_j)^{-1}$, every operation rounded up (``inf`` if some
+    $q_j \ge 1$ carries an error).
+    """
+    if len(error_bounds) != len(margins):
+        raise ArgumentError(f"got {len(error_bounds)} step errors for {len(margins)} margins")
+    total, growth = 0.0, 1.0
+    for e, q in zip(error_bounds, margins):
+        total += round_up(float(e) * growth)
+        growth = round_up(growth / round_down(1.0 - float(q))) if q < 1 else math.inf
+    return round_up(total)
 
 
 def batch_norm(v: Tensor) -> float:
@@ -174,14 +357,14 @@ def fixed_point_inverse(
             that is negative, NaN or infinite (checked before anything is evaluated).
     """
     if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol!r}")
+        raise ArgumentError(f"tol must be > 0, got {tol!r}")
     if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter!r}")
+        raise ArgumentError(f"max_iter must be >= 1, got {max_iter!r}")
     h = float(h)
     lip = float(lipschitz)
     # a negative or NaN L would make q < 1 "pass" with a meaningless (even negative) error bound
     if not (math.isfinite(lip) and lip >= 0.0) or not math.isfinite(h):
-        raise ValueError(
+        raise ArgumentError(
             f"fixed_point_inverse needs a finite step h and a finite Lipschitz constant L >= 0, got h={h!r}, L={lipschitz!r}"
         )
     q = math.nextafter(abs(h) * lip, math.inf)  # rounded up

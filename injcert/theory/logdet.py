@@ -18,9 +18,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from injcert.errors import ArgumentError
+
 __all__ = [
+    "TraceEstimate",
     "LogDetEstimate",
     "logdet",
+    "trace",
     "exact_logdet",
     "trace_estimate",
     "liouville_logdet",
@@ -28,13 +32,13 @@ __all__ = [
     "per_example_jacobian",
 ]
 
-_METHODS = ("exact", "hutchinson", "hutchpp")
+_TRACE_METHODS = ("exact", "hutchinson", "hutchpp")
 _PROBES = ("rademacher", "gaussian")
 
 
 @dataclasses.dataclass(frozen=True)
-class LogDetEstimate:
-    """A stochastic estimate: ``value`` and ``stderr`` of shape ``(N,)``, and the method name.
+class TraceEstimate:
+    """A stochastic estimate of a trace: ``value`` and ``stderr`` of shape ``(N,)``, and the method name.
 
     ``stderr`` is the sample standard deviation of the per-probe estimates divided by
     $\\sqrt{\\text{probes}}$ (Hutchinson), or of the residual Hutchinson part (Hutch++).
@@ -43,6 +47,10 @@ class LogDetEstimate:
     value: Tensor
     stderr: Tensor
     method: str
+
+
+#: The former name of :class:`TraceEstimate` (it never held a log-determinant).
+LogDetEstimate = TraceEstimate
 
 
 def per_example_jacobian(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_size: int | None = None) -> Tensor:
@@ -68,7 +76,7 @@ def per_example_jacobian(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_size: 
         jac = torch.func.vmap(torch.func.jacfwd(single))(x)
         return jac.reshape(n, -1, d)
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 (or None), got {chunk_size!r}")
+        raise ArgumentError(f"chunk_size must be >= 1 (or None), got {chunk_size!r}")
     rows = []
     for xi in x:
         cols = []
@@ -89,7 +97,7 @@ def exact_logdet(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_size: int | No
     ``chunk_size``: Jacobian-vector products per batch (see :func:`per_example_jacobian`)."""
     jac = per_example_jacobian(fn, x, chunk_size)
     if jac.shape[-1] != jac.shape[-2]:
-        raise ValueError(f"logdet needs a map R^d -> R^d, got a Jacobian of shape {tuple(jac.shape[1:])}")
+        raise ArgumentError(f"logdet needs a map R^d -> R^d, got a Jacobian of shape {tuple(jac.shape[1:])}")
     _, logabs = torch.linalg.slogdet(jac)
     return logabs
 
@@ -100,7 +108,7 @@ def _probes(shape: tuple, n: int, probe: str, dtype: torch.dtype, device: torch.
         return 2.0 * z - 1.0
     if probe == "gaussian":
         return torch.randn((n, *shape), generator=generator, device=device, dtype=dtype)
-    raise ValueError(f"unknown probe {probe!r}; choose one of {_PROBES}")
+    raise ArgumentError(f"unknown probe {probe!r}; choose one of {_PROBES}")
 
 
 def trace_estimate(
@@ -124,10 +132,10 @@ def trace_estimate(
     ``fn`` must map a batch to a batch of the same shape and act on examples independently.
 
     Raises:
-        ValueError: for an unknown method or probe, or too few probes.
+        ArgumentError: for an unknown method or probe, or too few probes.
     """
     if method not in ("hutchinson", "hutchpp"):
-        raise ValueError(f"unknown trace method {method!r}; choose 'hutchinson' or 'hutchpp'")
+        raise ArgumentError(f"unknown trace method {method!r}; choose 'hutchinson' or 'hutchpp'")
     n, shape = x.shape[0], tuple(x.shape[1:])
     d = int(math.prod(shape))
 
@@ -140,7 +148,7 @@ def trace_estimate(
 
     if method == "hutchinson":
         if n_probes < 1:
-            raise ValueError(f"n_probes must be >= 1, got {n_probes!r}")
+            raise ArgumentError(f"n_probes must be >= 1, got {n_probes!r}")
         vals = []
         for _ in range(n_probes):
             z = _probes((n, *shape), 1, probe, x.dtype, x.device, generator)[0]
@@ -151,7 +159,7 @@ def trace_estimate(
         return est.detach(), se.detach()
     k = n_probes // 3
     if k < 1 or n_probes - 2 * k < 2:
-        raise ValueError(f"hutchpp needs n_probes >= 4 (got {n_probes!r})")
+        raise ArgumentError(f"hutchpp needs n_probes >= 4 (got {n_probes!r})")
     m_res = n_probes - 2 * k
     s = _probes((n, *shape), k, probe, x.dtype, x.device, generator)  # (k, N, ...)
     js = torch.stack([jvp(s[j]) for j in range(k)]).flatten(2)  # (k, N, d)
@@ -173,72 +181,86 @@ def trace_estimate(
     return est.detach(), se.detach()
 
 
-def logdet(
+def logdet(fn: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", chunk_size: int | None = None) -> Tensor:
+    r"""$\log|\det \partial\Phi/\partial x|$ per example, shape ``(N,)``, of the map ``fn`` $= \Phi$.
+
+    Dense Jacobian and ``slogdet`` (use float64 inputs for accuracy; $d = 4096$ takes a few
+    seconds). ``method`` is ``"exact"``, the only log-determinant computed here: the stochastic
+    estimators give a *trace* (of a drift's Jacobian, the integrand of the Liouville formula), see
+    :func:`trace` and :func:`liouville_logdet`.
+
+    Raises:
+        ArgumentError: another ``method`` (the message points to :func:`trace`).
+    """
+    if method != "exact":
+        raise ArgumentError(f"logdet computes log-determinants exactly (method='exact'), got method={method!r}; "
+                            f"the stochastic estimators {list(_TRACE_METHODS[1:])} estimate a trace: use trace()")
+    return exact_logdet(fn, x, chunk_size=chunk_size)
+
+
+def trace(
     fn: Callable[[Tensor], Tensor],
     x: Tensor,
-    method: str = "exact",
+    method: str = "hutchpp",
     n_probes: int = 16,
     probe: str = "rademacher",
     generator: torch.Generator | None = None,
-) -> Tensor | LogDetEstimate:
-    r"""Log-determinant per example.
+) -> TraceEstimate:
+    r"""$\operatorname{tr}\partial f/\partial x$ per example for a drift ``fn`` $= f$.
 
-    * ``method="exact"``: ``fn`` is the map $\Phi$; returns the tensor $\log|\det \partial\Phi/
-      \partial x|$ of shape ``(N,)`` (dense Jacobian, ``slogdet``; use float64 inputs for
-      accuracy; $d = 4096$ takes a few seconds).
-    * ``method="hutchinson"|"hutchpp"``: ``fn`` is a drift $f$ and the result is a
-      :class:`LogDetEstimate` of $\operatorname{tr}\partial f/\partial x$ — the integrand of the
-      Liouville formula; integrate it along a trajectory with :func:`liouville_logdet`.
+    ``method="exact"``: the diagonal of the dense Jacobian (``stderr`` 0); ``"hutchinson"`` or
+    ``"hutchpp"``: :func:`trace_estimate` with ``n_probes`` probes.
 
     Raises:
-        ValueError: for an unknown method or probe.
+        ArgumentError: an unknown method or probe.
     """
     if method == "exact":
-        return exact_logdet(fn, x)
-    if method in ("hutchinson", "hutchpp"):
+        jac = per_example_jacobian(fn, x)
+        tr = torch.diagonal(jac, dim1=-2, dim2=-1).sum(-1)
+        return TraceEstimate(tr.detach(), torch.zeros_like(tr), "exact")
+    if method in _TRACE_METHODS:
         est, se = trace_estimate(fn, x, method, n_probes, generator, probe)
-        return LogDetEstimate(est, se, method)
-    raise ValueError(f"unknown logdet method {method!r}; choose one of {_METHODS}")
+        return TraceEstimate(est, se, method)
+    raise ArgumentError(f"unknown trace method {method!r}; choose one of {list(_TRACE_METHODS)}")
 
 
 def liouville_logdet(
-    field: Callable[[Tensor, Tensor], Tensor],
-    x0: Tensor,
+    field: Callable[[float, Tensor], Tensor],
+    trajectory: Sequence[Tensor],
     grid: Sequence[float] | Tensor,
     method: str = "exact",
     n_probes: int = 16,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    r"""Integrate $\operatorname{tr}\partial f/\partial x$ along the explicit-Euler trajectory.
+) -> TraceEstimate:
+    r"""$\sum_k h_k \operatorname{tr} J_f(x_k, t_k)$ along a given trajectory (left-point rule).
 
-    ``field(t, x)`` is the drift; ``grid`` the times $t_0 < \dots < t_K$ (or decreasing). Returns
-    ``(x_K, L)`` with $L = \sum_k h_k \operatorname{tr} J_f(x_k, t_k)$ (left-point rule), an
+    ``trajectory[k]`` is the state at ``grid[k]`` for $k = 0, \dots, K-1$ (a longer one, e.g. with
+    its end point, is fine): this function does not step; the trajectory comes from the
+    integrator that runs (``injcert.solvers.integrate(..., keep=...)``), so the log-determinant is
+    that of the map users run. ``field(t, x)`` is the drift. For the exact flow this is an
     $O(h)$-accurate approximation of $\log|\det \partial\Phi/\partial x_0| = \int \operatorname{tr}
-    J_f\,dt$ for the exact flow. For the *discrete* Euler map the exact value is
+    J_f\,dt$; for the *discrete* Euler map the exact value is
     $\sum_k \log|\det(I + h_kJ_k)| = \sum_k h_k\operatorname{tr}J_k + O(h_k^2\|J_k\|_F^2)$
-    (proofs/06). ``method`` is ``"exact"`` (dense trace) or a trace estimator; the returned
-    estimate is then stochastic (stderr not propagated here; use :func:`trace_estimate`).
+    (proofs/06). The standard errors of the stochastic methods are propagated (independent steps).
+
+    Raises:
+        ArgumentError: a grid that is not 1-D with two points, or a trajectory shorter than the grid's steps.
     """
     ts = torch.as_tensor(grid, dtype=torch.float64)
     if ts.dim() != 1 or ts.numel() < 2:
-        raise ValueError(f"grid must be a 1-D sequence of at least two times, got {grid!r}")
-    x = x0
-    total = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+        raise ArgumentError(f"grid must be a 1-D sequence of at least two times, got {grid!r}")
+    if len(trajectory) < ts.numel() - 1:
+        raise ArgumentError(f"the trajectory has {len(trajectory)} states for {ts.numel() - 1} steps")
+    total: Tensor | None = None
+    var: Tensor | None = None
     for k in range(ts.numel() - 1):
         t, h = float(ts[k]), float(ts[k + 1] - ts[k])
-
-        def f(z: Tensor, t: float = t) -> Tensor:
-            return field(torch.as_tensor(t, dtype=z.dtype), z)
-
-        if method == "exact":
-            jac = per_example_jacobian(f, x)
-            tr = torch.diagonal(jac, dim1=-2, dim2=-1).sum(-1)
-        else:
-            tr, _ = trace_estimate(f, x, method, n_probes, generator)
-        total = total + h * tr
-        with torch.no_grad():
-            x = x + h * f(x)
-    return x, total
+        x = trajectory[k]
+        est = trace(lambda z, t=t: field(t, z), x, method, n_probes, generator=generator)
+        total = h * est.value if total is None else total + h * est.value
+        var = (h * est.stderr) ** 2 if var is None else var + (h * est.stderr) ** 2
+    assert total is not None and var is not None
+    return TraceEstimate(total, var.sqrt(), method)
 
 
 def step_logdet_interval(h: float, lipschitz: float, dim: int) -> tuple[float, float]:
@@ -255,18 +277,18 @@ def step_logdet_interval(h: float, lipschitz: float, dim: int) -> tuple[float, f
     larger end, plus the amplified rounding of $1 - q$, $d\,\varepsilon/(1-q)$.
 
     Raises:
-        ValueError: if $h|L| \ge 1$ (after rounding up), ``dim < 1``, or a value is not finite.
+        ArgumentError: if $h|L| \ge 1$ (after rounding up), ``dim < 1``, or a value is not finite.
     """
     h, lip = float(h), float(lipschitz)
     if not (math.isfinite(h) and math.isfinite(lip) and lip >= 0):
-        raise ValueError(f"need finite h and finite L >= 0, got h={h!r}, L={lipschitz!r}")
+        raise ArgumentError(f"need finite h and finite L >= 0, got h={h!r}, L={lipschitz!r}")
     if int(dim) < 1:
-        raise ValueError(f"dim must be >= 1, got {dim!r}")
+        raise ArgumentError(f"dim must be >= 1, got {dim!r}")
     q = abs(h) * lip
     if q > 0:
         q = math.nextafter(q, math.inf)  # >= the exact product |h| L
     if q >= 1.0:
-        raise ValueError(f"step_logdet_interval needs |h|*L < 1, got |h|*L = {q!r} (h={h!r}, L={lipschitz!r})")
+        raise ArgumentError(f"step_logdet_interval needs |h|*L < 1, got |h|*L = {q!r} (h={h!r}, L={lipschitz!r})")
     d = int(dim)
     lo = d * math.log1p(-q)
     hi = d * math.log1p(q)
