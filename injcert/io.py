@@ -51,7 +51,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional, TypeVa
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, InputError, OutputPathError, TrainingError
+from .errors import ArgumentError, CheckpointError, ConfigError, InputError, OutputPathError, TrainingError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -102,7 +102,7 @@ def register_model(name: str) -> Callable[[M], M]:
 
     def deco(cls: M) -> M:
         if name in MODEL_REGISTRY and MODEL_REGISTRY[name] is not cls:
-            raise ValueError(f"model name {name!r} already registered to {MODEL_REGISTRY[name]!r}")
+            raise ArgumentError(f"model name {name!r} already registered to {MODEL_REGISTRY[name]!r}")
         cls._injcert_model_name = name  # type: ignore[attr-defined]
         MODEL_REGISTRY[name] = cls
         return cls
@@ -635,7 +635,7 @@ def _read_header(path: PathLike, expected_format: str) -> tuple[dict[str, tuple[
             shape = tuple(info["shape"])
             a, b = (int(v) for v in info["data_offsets"])
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) or not 0 <= a <= b:
-                raise ValueError
+                raise CheckpointError(f"{label} is corrupt: bad entry for tensor {key!r}")
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{label} is corrupt: bad entry for tensor {key!r}") from None
         numel = math.prod(shape)

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import ArgumentError, InputError
+
 __all__ = [
     "psnr",
     "grain_ratio",
@@ -39,27 +41,27 @@ Metric = Union[float, Tensor]
 
 def _batch(x: object, what: str) -> Tensor:
     if not isinstance(x, Tensor):
-        raise ValueError(f"{what} must be a torch.Tensor C×H×W or N×C×H×W, got {type(x).__name__}")
+        raise InputError(f"{what} must be a torch.Tensor C×H×W or N×C×H×W, got {type(x).__name__}")
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4:
-        raise ValueError(f"{what} must be C×H×W or N×C×H×W, got shape {tuple(x.shape)}")
+        raise InputError(f"{what} must be C×H×W or N×C×H×W, got shape {tuple(x.shape)}")
     if x.is_complex():
-        raise ValueError(f"{what} must be a real tensor, got {x.dtype}")
+        raise InputError(f"{what} must be a real tensor, got {x.dtype}")
     return x.detach().to(torch.float64)
 
 
 def _pair(x: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
     a, b = _batch(x, "x"), _batch(ref, "ref")
     if a.shape != b.shape:
-        raise ValueError(f"x and ref must have the same shape, got {tuple(x.shape)} and {tuple(ref.shape)}")
+        raise InputError(f"x and ref must have the same shape, got {tuple(x.shape)} and {tuple(ref.shape)}")
     return a, b
 
 
 def _mask(mask: object, like: Tensor) -> Tensor:
     """Bool ``N×1×H×W`` (broadcastable to ``like``), True inside."""
     if not isinstance(mask, Tensor):
-        raise ValueError(f"mask must be a torch.Tensor N×1×H×W or 1×H×W, got {type(mask).__name__}")
+        raise InputError(f"mask must be a torch.Tensor N×1×H×W or 1×H×W, got {type(mask).__name__}")
     m = mask.detach()
     if m.dim() == 2:
         m = m.view(1, 1, *m.shape)
@@ -67,7 +69,7 @@ def _mask(mask: object, like: Tensor) -> Tensor:
         m = m.unsqueeze(0)
     n, _, h, w = like.shape
     if m.dim() != 4 or m.shape[1] != 1 or m.shape[2:] != (h, w) or m.shape[0] not in (1, n):
-        raise ValueError(
+        raise InputError(
             f"mask must be N×1×H×W or 1×H×W matching the image {tuple(like.shape)}, got shape {tuple(mask.shape)}"
         )
     m = m > 0.5 if m.dtype != torch.bool else m
@@ -79,7 +81,7 @@ def _reduce(values: list[float], reduction: str) -> Metric:
         return float(np.mean(values)) if values else float("nan")
     if reduction == "none":
         return torch.tensor(values, dtype=torch.float64)
-    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    raise ArgumentError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 
 def psnr(
@@ -137,7 +139,7 @@ def ssim(
     side = min(a.shape[2], a.shape[3])
     win = min(7, side if side % 2 == 1 else side - 1)
     if win < 3:
-        raise ValueError(f"ssim needs images of at least 3×3 pixels, got shape {tuple(x.shape)}")
+        raise InputError(f"ssim needs images of at least 3×3 pixels, got shape {tuple(x.shape)}")
     vals = []
     for xi, ri in zip(a.cpu().numpy(), b.cpu().numpy()):
         xi, ri = np.moveaxis(xi, 0, -1), np.moveaxis(ri, 0, -1)
@@ -172,7 +174,7 @@ def region_mse(x: Tensor, ref: Tensor, mask: Tensor, *, outside: bool = False) -
     count = int(inside.sum()) * a.shape[1]
     if count == 0:
         where = "outside" if outside else "inside"
-        raise ValueError(f"the region {where} the mask is empty (mask shape {tuple(mask.shape)})")
+        raise InputError(f"the region {where} the mask is empty (mask shape {tuple(mask.shape)})")
     sq = (a - b).pow(2) * inside
     return float(sq.sum() / count)
 

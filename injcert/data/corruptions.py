@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ArgumentError, ConfigError, InputError
 
 __all__ = [
     "MAP_CHANNELS",
@@ -90,9 +90,9 @@ def as_generator(generator: GeneratorLike) -> torch.Generator:
         return torch.Generator().manual_seed(seed)
     if isinstance(generator, int) and not isinstance(generator, bool):
         if generator < 0:
-            raise ValueError(f"a seed must be a non-negative int, got {generator!r}")
+            raise ArgumentError(f"a seed must be a non-negative int, got {generator!r}")
         return torch.Generator().manual_seed(generator)
-    raise ValueError(
+    raise ArgumentError(
         f"generator must be a torch.Generator, an int seed or None, got {generator!r} "
         f"of type {type(generator).__name__}"
     )
@@ -100,11 +100,11 @@ def as_generator(generator: GeneratorLike) -> torch.Generator:
 
 def _check_image(x: object, what: str = "x") -> Tensor:
     if not isinstance(x, Tensor):
-        raise ValueError(f"{what} must be a torch.Tensor N×C×H×W, got {type(x).__name__}")
+        raise InputError(f"{what} must be a torch.Tensor N×C×H×W, got {type(x).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"{what} must be N×C×H×W (4-D), got shape {tuple(x.shape)}")
+        raise InputError(f"{what} must be N×C×H×W (4-D), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise ValueError(f"{what} must have a floating dtype (float32/float64), got {x.dtype}")
+        raise InputError(f"{what} must have a floating dtype (float32/float64), got {x.dtype}")
     return x
 
 
@@ -171,7 +171,7 @@ def expand_map(m: Tensor) -> Tensor:
     if k == 1:
         zeros = m.new_zeros(m.shape[0], MAP_CHANNELS - 1, *m.shape[2:])
         return torch.cat([m, zeros], dim=1)
-    raise ValueError(f"m must have 1 or {MAP_CHANNELS} channels, got shape {tuple(m.shape)}")
+    raise InputError(f"m must have 1 or {MAP_CHANNELS} channels, got shape {tuple(m.shape)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -640,11 +640,11 @@ def make_corruption(name: str, **params: object) -> Corruption:
         ValueError: an unknown name (the message lists the choices) or invalid parameters.
     """
     if name not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {name!r}; choose one of {sorted(CORRUPTIONS)}")
+        raise ArgumentError(f"unknown corruption {name!r}; choose one of {sorted(CORRUPTIONS)}")
     try:
         return CORRUPTIONS[name](**params)
     except TypeError as exc:
-        raise ValueError(f"invalid parameters for corruption {name!r}: {exc}") from None
+        raise ArgumentError(f"invalid parameters for corruption {name!r}: {exc}") from None
 
 
 def random_corruption(generator: GeneratorLike = None, *, size: int = 32) -> Corruption:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ArgumentError
 from .corruptions import CORRUPTIONS, BlurRegion, BoxMask, Compose, GaussianNoise, make_corruption
 from .images import load_image
 
@@ -32,7 +33,7 @@ def square_image(name_or_path: PathLike, size: int) -> Tensor:
         ValueError: ``size < 1`` or an unknown image (see :func:`load_image`).
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+        raise ArgumentError(f"size must be a positive int, got {size!r}")
     x = load_image(name_or_path, gray=False)
     h, w = x.shape[-2:]
     s = min(h, w)
@@ -69,7 +70,7 @@ def corruption_grid(
 
     images = tuple(images)
     if not images:
-        raise ValueError("images must name at least one image, got an empty sequence")
+        raise ArgumentError("images must name at least one image, got an empty sequence")
     names = list(CORRUPTIONS)
     compose = Compose([BoxMask(0.2, 0.35), BlurRegion(2.0, 0.3, 0.5), GaussianNoise(0.1, 0.3, 0.5)])
     titles = ["clean", *names, "box+blur+noise", "m[0] (composed)"]

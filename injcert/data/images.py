@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, InputError, OutputPathError
+from ..errors import ArgumentError, ArgumentTypeError, ConfigError, InputError, OutputPathError
 
 __all__ = [
     "ImageInfo",
@@ -317,7 +317,7 @@ def _resolve(name_or_path: PathLike) -> tuple[str, int]:
             )
         return name_or_path, 0
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"expected an image name or a file path, got {type(name_or_path).__name__}")
+        raise ArgumentTypeError(f"expected an image name or a file path, got {type(name_or_path).__name__}")
     path = Path(name_or_path)
     if path.is_file():
         return str(path.resolve()), path.stat().st_mtime_ns
@@ -340,7 +340,7 @@ def _convert_channels(x: Tensor, channels: int) -> Tensor:
     if channels == 1 and c == 3:
         w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(3, 1, 1)
         return (x * w).sum(dim=-3, keepdim=True)
-    raise ValueError(f"cannot convert {c} channels to {channels}")
+    raise ArgumentError(f"cannot convert {c} channels to {channels}")
 
 
 def load_image(
@@ -368,7 +368,7 @@ def load_image(
         FileNotFoundError: a path that does not exist.
     """
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
+        raise ArgumentError(f"dtype must be a floating torch dtype, got {dtype!r}")
     key, mtime = _resolve(name_or_path)
     x = _decode(key, mtime)
     if gray is True:
@@ -411,14 +411,14 @@ def save_image(image: Tensor, path: PathLike, *, inputs: Sequence[PathLike] = ()
         OutputPathError: a refused path or a name without a known image suffix (nothing is written).
     """
     if not isinstance(image, Tensor):
-        raise ValueError(f"image must be a torch.Tensor, got {type(image).__name__}")
+        raise InputError(f"image must be a torch.Tensor, got {type(image).__name__}")
     if not image.is_floating_point():
-        raise ValueError(f"image must have a floating dtype, got {image.dtype}")
+        raise InputError(f"image must have a floating dtype, got {image.dtype}")
     x = image.detach()
     if x.dim() == 4 and x.shape[0] == 1:
         x = x[0]
     if x.dim() != 3 or x.shape[0] not in (1, 3):
-        raise ValueError(f"image must be C×H×W or 1×C×H×W with C in {{1, 3}}, got shape {tuple(image.shape)}")
+        raise InputError(f"image must be C×H×W or 1×C×H×W with C in {{1, 3}}, got shape {tuple(image.shape)}")
     from ..io import atomic_write, check_output_path
 
     fmt = image_format(path)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..theory.lipschitz import product_bound, register_lipschitz_rule, residual_bound, sum_bound
 from ..theory.spectral import conv_size_independent_bound, fantastic_four_matrices, gram_iteration_bound
 
@@ -52,7 +52,7 @@ class MaxMin(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         if c % 2:
-            raise ValueError(f"MaxMin needs an even number of channels, got {c}")
+            raise InputError(f"MaxMin needs an even number of channels, got {c}")
         a, b = x[:, : c // 2], x[:, c // 2 :]
         return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.corruptions import corrupt_batch
+from ..errors import ArgumentError
 
 __all__ = ["denoising_loss", "draw_training_batch", "loss_on_batch", "T_MIN"]
 
@@ -57,7 +58,7 @@ def _schedule_of(model: nn.Module):
     if schedule is None:
         schedule = getattr(getattr(model, "_orig_mod", None), "schedule", None)
     if schedule is None:
-        raise ValueError(f"{type(model).__name__} has no 'schedule' attribute")
+        raise ArgumentError(f"{type(model).__name__} has no 'schedule' attribute")
     return schedule
 
 
@@ -84,7 +85,7 @@ def draw_training_batch(
     """
     t_max = float(schedule.t_max)
     if not 0.0 <= t_min < t_max:
-        raise ValueError(f"t_min must lie in [0, t_max={t_max}), got {t_min!r}")
+        raise ArgumentError(f"t_min must lie in [0, t_max={t_max}), got {t_min!r}")
     n = x0.shape[0]
     gdev = generator.device
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)

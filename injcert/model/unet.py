@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.corruptions import expand_map
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..io import register_model
 from ..theory.lipschitz import concat_bound, lipschitz_bound, product_bound, register_lipschitz_rule, sum_bound
 from .layers import ACTIVATIONS, LipConv2d, ResBlock, make_activation
@@ -355,17 +355,17 @@ class CondUNet(nn.Module):
         ``y`` (N×C×H×W) and ``m`` (N×1×H×W or N×3×H×W) default to zeros (unconditional).
         """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must be N×{self.in_channels}×H×W, got shape {tuple(x.shape)}")
+            raise InputError(f"x must be N×{self.in_channels}×H×W, got shape {tuple(x.shape)}")
         n, _, h, w = x.shape
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(n)
         elif t.shape != (n,):
-            raise ValueError(f"t must be a scalar or of shape ({n},), got shape {tuple(t.shape)}")
+            raise InputError(f"t must be a scalar or of shape ({n},), got shape {tuple(t.shape)}")
         y = torch.zeros_like(x) if y is None else y.to(x.dtype)
         m = x.new_zeros(n, MAP_CHANNELS, h, w) if m is None else expand_map(m.to(x.dtype))
         if y.shape != x.shape or m.shape[2:] != x.shape[2:] or m.shape[0] != n:
-            raise ValueError(f"y {tuple(y.shape)} and m {tuple(m.shape)} must match x {tuple(x.shape)}")
+            raise InputError(f"y {tuple(y.shape)} and m {tuple(m.shape)} must match x {tuple(x.shape)}")
         f = self.downsampling_factor
         ph, pw = (-h) % f, (-w) % f
         if ph or pw:
@@ -646,7 +646,7 @@ class CondUNet(nn.Module):
                 total_lo, total_hi = total_lo + v * lo_r, total_hi + v * hi_r
             return total_lo, total_hi
         if self.data_variance is None:
-            raise ValueError("this model has no exact linear part (eps-parameterisation without data_variance)")
+            raise ConfigError("this model has no exact linear part (eps-parameterisation without data_variance)")
         v = float(self.data_variance)
         val = 0.5 * (math.log1p(s1 * s1 / v) - math.log1p(s0 * s0 / v))
         return val * lo_r, val * hi_r

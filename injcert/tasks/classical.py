@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import ArgumentError
+
 __all__ = ["METHODS", "classical_estimate", "default_method", "gaussian_psf"]
 
 
@@ -162,5 +164,5 @@ def classical_estimate(y: Tensor, m: Tensor, method: str = "auto", *, blur_sigma
         method = default_method(m)
     fn = METHODS.get(method)
     if fn is None:
-        raise ValueError(f"unknown classical method {method!r}; choices: {['auto', *METHODS]}")
+        raise ArgumentError(f"unknown classical method {method!r}; choices: {['auto', *METHODS]}")
     return method, torch.stack([fn(yi, mi, blur_sigma=blur_sigma) for yi, mi in zip(y, m)])

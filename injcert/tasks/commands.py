@@ -408,14 +408,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     levels = _levels(args.levels)
     _check_reconstruct_options(args)
     if not args.mask:
-        try:  # the user's corruption options, validated before anything is loaded
-            corruption = make_corruption(args.corruption, **_corruption_params(args))
-        except ValueError as exc:
-            from ..errors import ConfigError, InjcertError
-
-            if isinstance(exc, InjcertError):
-                raise
-            raise ConfigError(str(exc).splitlines()[0]) from None
+        # the user's corruption options, validated before anything is loaded (an InjcertError)
+        corruption = make_corruption(args.corruption, **_corruption_params(args))
     model = load_model_for_cli(args.model, args.device, dt, args.tile)
     x = _load(args.image, model, args.device, dt)
     clean: Optional[Tensor] = None

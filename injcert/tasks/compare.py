@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..errors import ArgumentError, ConfigError
 from ..io import atomic_write, save_figure
 
 __all__ = [
@@ -142,7 +143,7 @@ def load_batch(names: Sequence[str], size: Optional[int]) -> List[Tensor]:
     from ..data.images import load_image
 
     if not names:
-        raise ValueError("need at least one image name")
+        raise ArgumentError("need at least one image name")
     if size is not None:
         return [torch.stack([square_image(n, size) for n in names])]
     out = []
@@ -245,7 +246,7 @@ def classical_baselines(name: str, y: Tensor, m: Tensor, sigma_blur: float = 2.0
     from .classical import classical_estimate
 
     if name not in BASELINES:
-        raise ValueError(f"no classical baseline for corruption {name!r}; choices: {sorted(BASELINES)}")
+        raise ArgumentError(f"no classical baseline for corruption {name!r}; choices: {sorted(BASELINES)}")
     return [classical_estimate(y, m, method, blur_sigma=sigma_blur) for method in BASELINES[name]]
 
 
@@ -549,9 +550,9 @@ def run(args: argparse.Namespace) -> int:
     dtol = args.dopri5_tol if args.dopri5_tol is not None else (1e-3 if q else 1e-4)
     methods = [m for m in ROUND_TRIP_METHODS if m in args.methods]
     if any(n < 1 for n in steps) or rsteps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps} and --recon-steps {rsteps}")
+        raise ConfigError(f"steps must be >= 1, got {steps} and --recon-steps {rsteps}")
     if not args.full and size < 8:
-        raise ValueError(f"--size must be at least 8, got {size}")
+        raise ConfigError(f"--size must be at least 8, got {size}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, origin = bench_model(getattr(args, "model", None))

@@ -33,6 +33,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
+from ..errors import ArgumentError
+
 __all__ = ["TiledModel", "tile_windows", "tiled_apply", "shape_stable_convolutions", "peak_window_pixels"]
 
 
@@ -131,7 +133,7 @@ def tile_windows(size: int, tile: int, halo: int, align: int) -> Iterator[tuple[
     clipped at 0, ``in1 >= out1 + halo`` unless clipped at ``size``.
     """
     if tile <= 0 or halo < 0 or align <= 0:
-        raise ValueError(f"need tile > 0, halo >= 0, align > 0; got tile={tile}, halo={halo}, align={align}")
+        raise ArgumentError(f"need tile > 0, halo >= 0, align > 0; got tile={tile}, halo={halo}, align={align}")
     tile = _ceil_to(tile, align)
     out0 = 0
     while out0 < size:
@@ -201,14 +203,14 @@ class TiledModel(nn.Module):
         radius = getattr(model, "receptive_field_radius", None)
         if halo is None:
             if radius is None:
-                raise ValueError(
+                raise ArgumentError(
                     f"{type(model).__name__} declares no receptive_field_radius; pass halo= explicitly"
                 )
             halo = int(radius)
         if radius is not None and halo < int(radius):
-            raise ValueError(f"halo={halo} is below the model's receptive-field radius {radius}")
+            raise ArgumentError(f"halo={halo} is below the model's receptive-field radius {radius}")
         if tile <= 0:
-            raise ValueError(f"tile must be positive, got {tile!r}")
+            raise ArgumentError(f"tile must be positive, got {tile!r}")
         self.model = model
         self.tile = int(tile)
         self.halo = int(halo)

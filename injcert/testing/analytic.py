@@ -36,6 +36,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..errors import ArgumentError
 from ..model.schedule import VPSchedule, get_schedule
 
 __all__ = ["AnalyticMixtureScore", "flow_map"]
@@ -66,17 +67,17 @@ class AnalyticMixtureScore(nn.Module):
         super().__init__()
         means_t = torch.as_tensor(list(means), dtype=torch.float64)
         if means_t.ndim != 1 or means_t.numel() < 1 or not bool(torch.isfinite(means_t).all()):
-            raise ValueError(f"means must be a non-empty sequence of finite floats, got {means!r}")
+            raise ArgumentError(f"means must be a non-empty sequence of finite floats, got {means!r}")
         if weights is None:
             w = torch.full_like(means_t, 1.0 / means_t.numel())
         else:
             w = torch.as_tensor(list(weights), dtype=torch.float64)
             if w.shape != means_t.shape or bool((w <= 0).any()):
-                raise ValueError(f"weights must be positive, one per mean, got {weights!r}")
+                raise ArgumentError(f"weights must be positive, one per mean, got {weights!r}")
             w = w / w.sum()
         std = float(std)
         if not (0.0 < std <= 1 / math.sqrt(2)):
-            raise ValueError(f"std must lie in (0, 1/sqrt(2)], got {std!r}")
+            raise ArgumentError(f"std must lie in (0, 1/sqrt(2)], got {std!r}")
         self.register_buffer("means", means_t)
         self.register_buffer("log_weights", w.log())
         self.std = std

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from injcert.errors import UnsupportedModuleError
+from injcert.errors import ArgumentError, ArgumentTypeError, UnsupportedModuleError
 from injcert.theory.spectral import (
     _reject_forward_hooks,
     _require_inherited_forward,
@@ -105,7 +105,7 @@ def _exact(v: float, what: str) -> Fraction | None:
     """``v`` as an exact rational (``None`` for ``+inf``); NaN or negative values raise."""
     v = float(v)
     if math.isnan(v) or v < 0:
-        raise ValueError(f"{what} must be a Lipschitz constant >= 0, got {v!r}")
+        raise ArgumentError(f"{what} must be a Lipschitz constant >= 0, got {v!r}")
     return None if math.isinf(v) else Fraction(v)
 
 
@@ -126,7 +126,7 @@ def residual_bound(lip_g: float, alpha: float = 1.0) -> float:
     r"""$\mathrm{Lip}(x + \alpha g(x)) \le 1 + |\alpha|\,\mathrm{Lip}(g)$, rounded up to a float."""
     a, g = abs(float(alpha)), _exact(lip_g, "lip_g")
     if math.isnan(a):
-        raise ValueError(f"alpha must be a number, got {alpha!r}")
+        raise ArgumentError(f"alpha must be a number, got {alpha!r}")
     if a == 0:
         return 1.0
     if g is None or math.isinf(a):
@@ -196,10 +196,10 @@ def register_lipschitz_rule(*module_types: type) -> Callable[[Rule], Rule]:
         TypeError: if no type or a non-``nn.Module`` type is given.
     """
     if not module_types:
-        raise TypeError("register_lipschitz_rule needs at least one module type")
+        raise ArgumentTypeError("register_lipschitz_rule needs at least one module type")
     for t in module_types:
         if not (isinstance(t, type) and issubclass(t, nn.Module)):
-            raise TypeError(f"register_lipschitz_rule expects nn.Module subclasses, got {t!r} of type {type(t).__name__}")
+            raise ArgumentTypeError(f"register_lipschitz_rule expects nn.Module subclasses, got {t!r} of type {type(t).__name__}")
 
     def deco(rule: Rule) -> Rule:
         for t in module_types:
@@ -262,7 +262,7 @@ class BoundContext:
         full = ".".join(p for p in [*self._prefix, name] if p)
         value = float(value)
         if not value >= 0.0:  # also catches NaN
-            raise ValueError(f"rule for {type(module).__name__} returned an invalid bound {value!r}")
+            raise ArgumentError(f"rule for {type(module).__name__} returned an invalid bound {value!r}")
         if len(self.layers) == n_before:  # leaf (its rule recorded nothing itself)
             self.layers.append(LayerBound(full, type(module).__name__, value))
         return value, tuple(out_shape)
@@ -587,7 +587,7 @@ def _axis_scale(module: nn.Upsample, ax: int, n_axes: int) -> Optional[float]:
         return None
     if isinstance(sf, (tuple, list)):
         if len(sf) != n_axes:
-            raise ValueError(f"Upsample scale_factor {sf!r} does not match {n_axes} spatial axes")
+            raise ArgumentError(f"Upsample scale_factor {sf!r} does not match {n_axes} spatial axes")
         return float(sf[ax])
     return float(sf)
 
@@ -697,7 +697,7 @@ def _upsample_rule(module: nn.Upsample, shape: tuple, ctx: BoundContext) -> tupl
     spatial = tuple(int(v) for v in shape[1:])
     n_axes = len(spatial)
     if n_axes not in (1, 2, 3):
-        raise ValueError(f"Upsample expects an input shape (C, *spatial) with 1 to 3 spatial axes, got {shape!r}")
+        raise ArgumentError(f"Upsample expects an input shape (C, *spatial) with 1 to 3 spatial axes, got {shape!r}")
     if ctx.size_independent:
         if module.scale_factor is None:
             raise UnsupportedModuleError(
@@ -715,14 +715,14 @@ def _upsample_rule(module: nn.Upsample, shape: tuple, ctx: BoundContext) -> tupl
                     "mode: the kernel's scale depends on the input size; no bound valid for every size"
                 )
             if not (math.isfinite(sf) and sf > 0):
-                raise ValueError(f"Upsample scale_factor must be finite and > 0, got {module.scale_factor!r}")
+                raise ArgumentError(f"Upsample scale_factor must be finite and > 0, got {module.scale_factor!r}")
             mult *= _axis_copies_every_size(sf)
         out_shape = _output_shape(module, shape)
         return _sqrt_up(mult), out_shape
     # fixed shape: label every input pixel with its index and run the module itself
     numel = math.prod(spatial)
     if numel >= 2**53:
-        raise ValueError(f"input shape {shape!r} is too large to label its pixels exactly in float64")
+        raise ArgumentError(f"input shape {shape!r} is too large to label its pixels exactly in float64")
     mult, out_spatial = 0, spatial
     for dt in (torch.float32, torch.float64):  # the CPU kernel computes indices depending on the input's dtype
         if dt == torch.float32 and numel > 2**24:
@@ -813,5 +813,5 @@ def finite_difference_lower_bound(fn: Callable[[Tensor], Tensor], x: Tensor, y: 
         df = (fn(x) - fn(y)).flatten(1).norm(dim=1)
     ok = dx > 0
     if not bool(ok.any()):
-        raise ValueError("finite_difference_lower_bound needs at least one pair with x != y")
+        raise ArgumentError("finite_difference_lower_bound needs at least one pair with x != y")
     return float((df[ok] / dx[ok]).max())

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from injcert.errors import UnsupportedModuleError
+from injcert.errors import ArgumentError, UnsupportedModuleError
 
 __all__ = [
     "ROUNDING_SLACK",
@@ -148,9 +148,9 @@ def gram_iteration_bound(mat: Tensor, n_iter: int = 6) -> Tensor:
         ValueError: if ``mat`` has fewer than 2 dimensions or ``n_iter < 0``.
     """
     if mat.dim() < 2:
-        raise ValueError(f"gram_iteration_bound needs a (..., m, n) tensor, got shape {tuple(mat.shape)}")
+        raise ArgumentError(f"gram_iteration_bound needs a (..., m, n) tensor, got shape {tuple(mat.shape)}")
     if n_iter < 0:
-        raise ValueError(f"n_iter must be >= 0, got {n_iter!r}")
+        raise ArgumentError(f"n_iter must be >= 0, got {n_iter!r}")
     g = mat
     if g.shape[-2] < g.shape[-1]:
         g = g.mH  # same singular values, smaller Gram matrix
@@ -179,10 +179,10 @@ def gram_iteration_bound(mat: Tensor, n_iter: int = 6) -> Tensor:
 def _group_split(weight: Tensor, groups: int) -> Tensor:
     """(C0, C1, kh, kw) with C0 divisible by groups -> (groups, C0/groups, C1, kh, kw)."""
     if weight.dim() != 4:
-        raise ValueError(f"expected a 4-D convolution kernel, got shape {tuple(weight.shape)}")
+        raise ArgumentError(f"expected a 4-D convolution kernel, got shape {tuple(weight.shape)}")
     c0 = weight.shape[0]
     if groups < 1 or c0 % groups:
-        raise ValueError(f"groups={groups!r} does not divide the kernel's first dimension {c0}")
+        raise ArgumentError(f"groups={groups!r} does not divide the kernel's first dimension {c0}")
     return weight.reshape(groups, c0 // groups, *weight.shape[1:])
 
 
@@ -334,7 +334,7 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
     if len(t) == 1:
         return (t[0], t[0])
     if len(t) != 2:
-        raise ValueError(f"expected an int or a pair, got {v!r}")
+        raise ArgumentError(f"expected an int or a pair, got {v!r}")
     return t  # type: ignore[return-value]
 
 
@@ -367,7 +367,7 @@ class _ConvGeometry:
 
 def _conv_geometry(layer: nn.Module, input_shape: Sequence[int]) -> _ConvGeometry:
     if len(input_shape) != 3:
-        raise ValueError(f"a 2-D convolution needs input_shape=(C, H, W), got {tuple(input_shape)!r}")
+        raise ArgumentError(f"a 2-D convolution needs input_shape=(C, H, W), got {tuple(input_shape)!r}")
     c, h, w_ = (int(v) for v in input_shape)
     k = tuple(layer.weight.shape[-2:])
     s = _pair(layer.stride)
@@ -375,7 +375,7 @@ def _conv_geometry(layer: nn.Module, input_shape: Sequence[int]) -> _ConvGeometr
     ext = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
     if isinstance(layer, nn.ConvTranspose2d):
         if c != layer.in_channels:
-            raise ValueError(f"ConvTranspose2d expects {layer.in_channels} input channels, got {c}")
+            raise ArgumentError(f"ConvTranspose2d expects {layer.in_channels} input channels, got {c}")
         if layer.padding_mode != "zeros":
             raise UnsupportedModuleError(f"ConvTranspose2d with padding_mode={layer.padding_mode!r} is not supported")
         p = _pair(layer.padding)
@@ -386,7 +386,7 @@ def _conv_geometry(layer: nn.Module, input_shape: Sequence[int]) -> _ConvGeometr
     if not isinstance(layer, nn.Conv2d):
         raise UnsupportedModuleError(f"no operator-norm rule for {type(layer).__name__}")
     if c != layer.in_channels:
-        raise ValueError(f"Conv2d expects {layer.in_channels} input channels, got {c}")
+        raise ArgumentError(f"Conv2d expects {layer.in_channels} input channels, got {c}")
     if isinstance(layer.padding, str):
         if layer.padding == "valid":
             pl, pr = (0, 0), (0, 0)
@@ -399,7 +399,7 @@ def _conv_geometry(layer: nn.Module, input_shape: Sequence[int]) -> _ConvGeometr
     n_in = (h, w_)
     n_out = tuple((n_in[i] + pl[i] + pr[i] - ext[i]) // s[i] + 1 for i in range(2))
     if min(n_out) < 1:
-        raise ValueError(f"input_shape {tuple(input_shape)!r} is too small for {layer!r}")
+        raise ArgumentError(f"input_shape {tuple(input_shape)!r} is too small for {layer!r}")
     return _ConvGeometry(layer.weight, layer.groups, n_in, n_out, s, d, pl, pr, layer.padding_mode)  # type: ignore[arg-type]
 
 
@@ -414,7 +414,7 @@ def _pad_multiplicity(n: int, pl: int, pr: int, mode: str) -> int:
     counts = [0] * n
     for v in idx + left + right:
         if not 0 <= v < n:
-            raise ValueError(f"padding {max(pl, pr)} is too large for {mode} padding of size {n}")
+            raise ArgumentError(f"padding {max(pl, pr)} is too large for {mode} padding of size {n}")
         counts[v] += 1
     return max(counts)
 
@@ -438,7 +438,7 @@ def _axis_plan(geo: _ConvGeometry, ax: int) -> tuple[int, float]:
         n, pl, pr = n + pl + pr, 0, 0
     if geo.mode == "circular":
         if pl > n or pr > n:
-            raise ValueError(f"circular padding {max(pl, pr)} exceeds the input size {n}")
+            raise ArgumentError(f"circular padding {max(pl, pr)} exceeds the input size {n}")
         m = n
     else:  # zeros (and reflect/replicate after explicit padding)
         max_j = (no - 1) * s - pl + ext - 1
@@ -534,7 +534,7 @@ def _gram_block_norms(blocks: Tensor, tol: float = GRAM_TOL, max_iter: int = GRA
         real tensor of shape ``(...)``; ``nan`` where a block is not finite.
     """
     if blocks.dim() < 2:
-        raise ValueError(f"_gram_block_norms needs a (..., m, n) tensor, got shape {tuple(blocks.shape)}")
+        raise ArgumentError(f"_gram_block_norms needs a (..., m, n) tensor, got shape {tuple(blocks.shape)}")
     with torch.no_grad():
         g = blocks if blocks.shape[-2] >= blocks.shape[-1] else blocks.mH
         real_dtype = g.real.dtype if g.is_complex() else g.dtype
@@ -585,7 +585,7 @@ def _max_block_norm(
     if method is None:
         method = "gram" if w64.device.type == "cuda" else "svd"
     if method not in ("svd", "gram"):
-        raise ValueError(f"method must be 'svd', 'gram' or None, got {method!r}")
+        raise ArgumentError(f"method must be 'svd', 'gram' or None, got {method!r}")
     g, o, i = w64.shape[:3]
     m1, m2 = grid
     total = m1 * (m2 // 2 + 1)
@@ -679,7 +679,7 @@ def operator_norm_bound(
         _require_inherited_forward(layer, base)
     if isinstance(layer, nn.Linear):
         if len(input_shape) < 1 or int(input_shape[-1]) != layer.in_features:
-            raise ValueError(f"Linear expects input_shape ending in {layer.in_features}, got {tuple(input_shape)!r}")
+            raise ArgumentError(f"Linear expects input_shape ending in {layer.in_features}, got {tuple(input_shape)!r}")
         w = real_float64(layer.weight, "Linear's weight", device)
         val = float(gram_iteration_bound(w, 12)) * (1.0 + gram_rounding_slack(*w.shape))
         return certify_float(val, max(w.shape))
@@ -834,7 +834,7 @@ def certified_ratio(v: Tensor, y: Tensor, eval_error: float = 0.0) -> float:
     the computed $\|y\|$ may be far above the exact $\|Av\|$; proofs/04, part 5).
     """
     if not (eval_error >= 0.0):
-        raise ValueError(f"eval_error must be >= 0, got {eval_error!r}")
+        raise ArgumentError(f"eval_error must be >= 0, got {eval_error!r}")
     y_lo, _ = _norm_bounds(y)
     _, v_hi = _norm_bounds(v)
     num = y_lo - eval_error
