@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from injcert.errors import ArgumentError, ArgumentTypeError, UnsupportedModuleError
+from injcert.theory.rounding import fraction_up
 from injcert.theory.spectral import (
     _reject_forward_hooks,
     _require_inherited_forward,
@@ -109,19 +110,6 @@ def _exact(v: float, what: str) -> Fraction | None:
     return None if math.isinf(v) else Fraction(v)
 
 
-def _round_up(exact: Fraction | None) -> float:
-    """The smallest float ``>= exact`` (``inf`` for ``None`` or overflow)."""
-    if exact is None:
-        return math.inf
-    try:
-        v = float(exact)  # correctly rounded (nearest)
-    except OverflowError:
-        return math.inf
-    if not math.isinf(v) and Fraction(v) < exact:
-        v = math.nextafter(v, math.inf)
-    return v
-
-
 def residual_bound(lip_g: float, alpha: float = 1.0) -> float:
     r"""$\mathrm{Lip}(x + \alpha g(x)) \le 1 + |\alpha|\,\mathrm{Lip}(g)$, rounded up to a float."""
     a, g = abs(float(alpha)), _exact(lip_g, "lip_g")
@@ -131,7 +119,7 @@ def residual_bound(lip_g: float, alpha: float = 1.0) -> float:
         return 1.0
     if g is None or math.isinf(a):
         return math.inf
-    return _round_up(1 + Fraction(a) * g)
+    return fraction_up(1 + Fraction(a) * g)
 
 
 def sum_bound(*lips: float) -> float:
@@ -139,7 +127,7 @@ def sum_bound(*lips: float) -> float:
     vals = [_exact(v, "sum_bound term") for v in lips]
     if any(v is None for v in vals):
         return math.inf
-    return _round_up(sum(vals, Fraction(0)))
+    return fraction_up(sum(vals, Fraction(0)))
 
 
 def concat_bound(*lips: float) -> float:
@@ -175,7 +163,7 @@ def product_bound(*lips: float) -> float:
     out = Fraction(1)
     for v in vals:
         out *= v
-    return _round_up(out)
+    return fraction_up(out)
 
 
 # ----------------------------------------------------------------------------- registry

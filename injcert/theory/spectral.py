@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from injcert.errors import ArgumentError, UnsupportedModuleError
+from injcert.theory.rounding import next_down
 
 __all__ = [
     "ROUNDING_SLACK",
@@ -621,13 +622,33 @@ def _conv_bound(
         factor = math.sqrt(_axis_plan_size_independent(geo, 0) * _axis_plan_size_independent(geo, 1))
         dm1 = (geo.dilation[0] * (geo.k[0] - 1), geo.dilation[1] * (geo.k[1] - 1))
         grid = _default_grid(dm1)
-        sampled = _max_block_norm(w64, grid, geo.dilation, method=method) * _sampling_factor(dm1, grid)
+        sampled = (_max_block_norm(w64, grid, geo.dilation, method=method) + symbol_abs_error(w64)) \
+            * _sampling_factor(dm1, grid)
         ff = float(fantastic_four_bound(w64.flatten(0, 1), n_iter=12, groups=geo.groups))
         ff *= 1.0 + gram_rounding_slack(w64.shape[1] * w64.shape[2], geo.k[0] * geo.k[1])  # R_j: m*n = o*i*kh*kw
         return certify_float(factor * min(sampled, ff), dim * max(grid))
     (m1, f1), (m2, f2) = _axis_plan(geo, 0), _axis_plan(geo, 1)
-    val = _max_block_norm(w64, (m1, m2), geo.dilation, method=method)
+    val = _max_block_norm(w64, (m1, m2), geo.dilation, method=method) + symbol_abs_error(w64)
     return certify_float(math.sqrt(f1 * f2) * val, dim * max(m1, m2))
+
+
+def symbol_abs_error(w64: Tensor) -> float:
+    r"""An absolute bound on the spectral norm of the rounding error of any computed symbol block.
+
+    Each entry $\hat K_{oi}(\omega) = \sum_j w_{oij} e^{-i\omega\cdot j}$ of a block is a sum of
+    ``taps`` products; computed in float64 its error is at most $\gamma\sum_j|w_{oij}|$ with
+    $\gamma = 4(\text{taps} + 8)\,2^{-53}$ (products with rounded twiddles, complex sums;
+    Higham, *Accuracy and Stability*, §3.1 and §3.6). The error matrix $E$ then has
+    $\|E\|_2 \le \|E\|_F \le \gamma\,\|A\|_F$ with $A_{oi} = \sum_j |w_{oij}|$, at every frequency.
+    A relative slack on the computed norm cannot cover this: when the taps cancel (a norm of
+    $10^{-12}$ from taps of $10^{8}$) the computed block can be $0$ (proofs/04, "Rounding").
+    ``w64``: grouped float64 weight ``(groups, out, in, kh, kw)`` or ``(out, in, kh, kw)``.
+    """
+    taps = int(w64.shape[-1] * w64.shape[-2])
+    a = w64.abs().sum(dim=(-2, -1))  # (..., out, in)
+    fro = float(a.reshape(-1, a.shape[-2] * a.shape[-1]).norm(dim=1).max()) if a.numel() else 0.0
+    gamma = 4.0 * (taps + 8) * _EPS64
+    return gamma * fro * (1.0 + 1e-12)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -806,7 +827,7 @@ def _linear_part(layer: nn.Module):
 
 
 def _down(v: float) -> float:
-    return math.nextafter(v, -math.inf) if v > 0 else v
+    return next_down(v) if v > 0 else v
 
 
 def _norm_bounds(v: Tensor) -> tuple[float, float]:
