@@ -119,6 +119,23 @@ class Grid:
             return grid
         return cls(values.to(torch.float64))
 
+    @classmethod
+    def resolve(cls, schedule: VPSchedule, steps: int, grid: Union[str, "Grid"] = "geometric", t_min: float = 1e-3,
+                t_end: Optional[float] = None) -> "Grid":
+        """The grid a task runs on: ``grid`` is a kind (``"geometric"``/``"uniform"``, made with ``steps``,
+        ``t_min`` and ``t_end``) or a :class:`Grid`, used as is (it must have ``steps`` intervals).
+
+        Raises:
+            ArgumentError: an unknown kind, or a :class:`Grid` with another number of steps.
+        """
+        if isinstance(grid, Grid):
+            if grid.steps != steps:
+                raise ArgumentError(f"the grid has {grid.steps} steps, but steps={steps!r}")
+            return grid
+        if not isinstance(grid, str):
+            raise ArgumentTypeError(f"grid must be a kind {list(GRIDS)} or a Grid, got {type(grid).__name__}")
+        return cls.make(schedule, steps, grid, t_min=t_min, t_end=t_end)
+
     def points(self) -> List[float]:
         """The grid's values as Python floats."""
         return [float(v) for v in self.values.to(torch.float64)]

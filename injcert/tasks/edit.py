@@ -28,7 +28,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..solvers._lattice import DEFAULT_FRAC_BITS
+from ..errors import ArgumentError
+from ..solvers import DEFAULT_FRAC_BITS, GRIDS
 from .guided import guided_decode
 
 __all__ = ["EDIT_OPERATIONS", "EditResult", "edit", "edit_full", "make_target"]
@@ -66,7 +67,7 @@ def make_target(x0: Tensor, mask: Tensor, operation: str, *, offset: Sequence[in
             mask marks the destination).
 
     Raises:
-        ValueError: an unknown operation (the message lists the choices).
+        ArgumentError: an unknown operation (the message lists the choices).
     """
     if operation == "remove":
         ring = torch.nn.functional.max_pool2d(mask, 5, 1, 2) - mask
@@ -81,17 +82,17 @@ def make_target(x0: Tensor, mask: Tensor, operation: str, *, offset: Sequence[in
     if operation == "move":
         dy, dx = int(offset[0]), int(offset[1])
         return torch.roll(x0, shifts=(dy, dx), dims=(2, 3))
-    raise ValueError(f"unknown edit operation {operation!r}; choices: {list(EDIT_OPERATIONS)}")
+    raise ArgumentError(f"unknown edit operation {operation!r}; choices: {list(EDIT_OPERATIONS)}")
 
 
 def _check_inputs(x0: Tensor, mask: Tensor, target: Tensor) -> Tensor:
     if not isinstance(x0, Tensor) or x0.ndim != 4 or not x0.is_floating_point():
-        raise ValueError(f"x0 must be a float N×C×H×W tensor, got {type(x0).__name__} {tuple(getattr(x0, 'shape', ()))}")
+        raise ArgumentError(f"x0 must be a float N×C×H×W tensor, got {type(x0).__name__} {tuple(getattr(x0, 'shape', ()))}")
     if not isinstance(mask, Tensor) or mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != x0.shape[0] \
             or mask.shape[2:] != x0.shape[2:]:
-        raise ValueError(f"mask must be N×1×H×W matching x0 {tuple(x0.shape)}, got {tuple(getattr(mask, 'shape', ()))}")
+        raise ArgumentError(f"mask must be N×1×H×W matching x0 {tuple(x0.shape)}, got {tuple(getattr(mask, 'shape', ()))}")
     if not isinstance(target, Tensor) or target.shape != x0.shape:
-        raise ValueError(f"target must have the shape of x0 {tuple(x0.shape)}, got {tuple(getattr(target, 'shape', ()))}")
+        raise ArgumentError(f"target must have the shape of x0 {tuple(x0.shape)}, got {tuple(getattr(target, 'shape', ()))}")
     return (mask > 0.5).to(x0.dtype)
 
 
@@ -105,6 +106,8 @@ def edit_full(
     steps: int = 50,
     *,
     seed: int = 0,
+    method: str = "reversible",
+    grid: str = "geometric",
     context: bool = True,
     frac_bits: int = DEFAULT_FRAC_BITS,
     noise_scale: float = 0.5,
@@ -120,6 +123,9 @@ def edit_full(
         strength: in $(0, 1]$; the edit starts from $t_e = $ ``strength``$\\cdot t_{\\max}$.
         steps: integration steps from $t_e$ to 0.
         seed: seed of the noise added to the target.
+        method: the integrator; only ``"reversible"`` (the bit-exact lattice scheme) can keep every
+            pixel outside the mask identical (Theorem 7), so it is the only one accepted.
+        grid: the kind of $\\varsigma$ grid from $t_e$ to 0 (``"geometric"`` or ``"uniform"``).
         context: condition the network on the unedited outside (default) or not at all.
         frac_bits: lattice resolution.
         noise_scale: the inside starts from target $+$ ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$; 1 is the
@@ -131,15 +137,21 @@ def edit_full(
         An :class:`EditResult`.
 
     Raises:
-        ValueError: bad shapes, strength outside (0, 1], steps < 1, an unknown operation.
+        ArgumentError: bad shapes, strength outside (0, 1], steps < 1, an unknown operation, a method
+            other than ``"reversible"``, an unknown grid kind.
     """
+    if method != "reversible":
+        raise ArgumentError(f"edit needs method='reversible' (the exact lattice scheme keeps the outside of the "
+                            f"mask identical; Theorem 7), got {method!r}")
+    if grid not in GRIDS:
+        raise ArgumentError(f"unknown grid kind {grid!r}; choices: {list(GRIDS)}")
     if isinstance(target, str):
         target = make_target(x0, (mask > 0.5).to(x0.dtype), target)
     m = _check_inputs(x0, mask, target)
     if not (0.0 < float(strength) <= 1.0):
-        raise ValueError(f"strength must lie in (0, 1], got {strength!r}")
+        raise ArgumentError(f"strength must lie in (0, 1], got {strength!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        raise ArgumentError(f"steps must be an int >= 1, got {steps!r}")
     t_e = float(strength) * float(model.schedule.t_max)
     cond = None
     if context:
@@ -147,10 +159,10 @@ def edit_full(
         cmap = torch.cat([outside, torch.zeros_like(outside), torch.zeros_like(outside)], 1)
         cond = (x0 * outside, cmap)
     if not (0.0 <= float(noise_scale) <= 1.0):
-        raise ValueError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
+        raise ArgumentError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
     res = guided_decode(model, x0, m, target, t_e, steps, cond, frac_bits=frac_bits, progress=progress,
-                        noise=eps * float(noise_scale))
+                        noise=eps * float(noise_scale), grid=grid)
     image = res.image
     inside = res.region
     outside_err = float((image - x0).abs().masked_fill(inside, 0).max()) if image.numel() else 0.0
@@ -158,7 +170,11 @@ def edit_full(
 
 
 def edit(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], strength: float = 0.5,
-         steps: int = 50, **kwargs: Any) -> Tensor:
+         steps: int = 50, *, seed: int = 0, method: str = "reversible", grid: str = "geometric",
+         progress: bool = False, **options: Any) -> Tensor:
     """Edit ``x0`` inside ``mask`` towards ``target`` (an image or a named operation); every pixel
-    outside the mask is returned identical to ``x0``. See :func:`edit_full`."""
-    return edit_full(model, x0, mask, target, strength, steps, **kwargs).image
+    outside the mask is returned identical to ``x0``. ``steps``, ``seed``, ``method``, ``grid`` and
+    ``progress`` mean what they mean for :func:`~injcert.encode` and :func:`~injcert.reconstruct`;
+    ``options`` are the edit's own (``context``, ``noise_scale``, ``frac_bits``). See :func:`edit_full`."""
+    return edit_full(model, x0, mask, target, strength, steps, seed=seed, method=method, grid=grid,
+                     progress=progress, **options).image

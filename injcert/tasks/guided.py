@@ -70,7 +70,7 @@ def _reset(region: Tensor, traj: List[Tuple[Tensor, Tensor]]):
 @torch.no_grad()
 def guided_decode(model: Any, x_ref: Tensor, region: Tensor, target: Tensor, t_e: float, steps: int,
                   cond: Optional[Tuple[Tensor, Tensor]] = None, *, seed: int = 0, frac_bits: int = DEFAULT_FRAC_BITS,
-                  progress: bool = False, noise: Optional[Tensor] = None) -> GuidedResult:
+                  progress: bool = False, noise: Optional[Tensor] = None, grid: str = "geometric") -> GuidedResult:
     """Run the guided flow (module docstring) and return the result with its inverse data.
 
     Arguments:
@@ -85,6 +85,7 @@ def guided_decode(model: Any, x_ref: Tensor, region: Tensor, target: Tensor, t_e
         frac_bits: lattice resolution.
         progress: progress bars.
         noise: the standard normal $\\varepsilon$ to add inside (default: drawn from ``seed``).
+        grid: the kind of $\\varsigma$ grid from $t_e$ to 0 (``"geometric"`` or ``"uniform"``).
 
     Raises:
         ValueError: shapes that do not fit, ``t_e`` outside $(0, t_{\\max}]$, ``steps < 1``.
@@ -94,13 +95,13 @@ def guided_decode(model: Any, x_ref: Tensor, region: Tensor, target: Tensor, t_e
     if region.ndim != 4 or region.shape[0] != x_ref.shape[0] or region.shape[2:] != x_ref.shape[2:]:
         raise InputError(f"region must be N×1×H×W matching {tuple(x_ref.shape)}, got {tuple(region.shape)}")
     field = probability_flow_field(model)
-    grid = Grid.make(field.schedule, steps, "geometric", t_end=float(t_e))
-    g = grid.points()
+    grid_ = Grid.make(field.schedule, steps, grid, t_end=float(t_e))
+    g = grid_.points()
     s_e = g[-1]
     solver = ReversibleHeun(frac_bits)
     inside = (region != 0).expand_as(x_ref)
     kept: List[SolverState] = []
-    enc = integrate(solver, field, grid, x_ref, cond, direction="encode", keep=kept, progress=progress)
+    enc = integrate(solver, field, grid_, x_ref, cond, direction="encode", keep=kept, progress=progress)
     traj = [(st.x, st.aux) for st in kept]
     rem = enc.remainder
     if noise is None:
@@ -109,7 +110,7 @@ def guided_decode(model: Any, x_ref: Tensor, region: Tensor, target: Tensor, t_e
     eps = noise.to(device=x_ref.device, dtype=torch.float64)
     tq = solver.lattice_noise(target.to(torch.float64) + s_e * eps, s_e)
     start = (torch.where(inside, tq, traj[-1][0]), torch.where(inside, tq, traj[-1][1]))
-    dec = integrate(solver, field, grid, SolverState(x=start[0], aux=start[1], dtype=x_ref.dtype, frac_bits=frac_bits,
+    dec = integrate(solver, field, grid_, SolverState(x=start[0], aux=start[1], dtype=x_ref.dtype, frac_bits=frac_bits,
                                                      scale=solver.scale(s_e)),
                     cond, direction="decode", reset=_reset(inside, traj), progress=progress)
     yd, yhd = dec.x, dec.aux

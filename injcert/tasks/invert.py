@@ -8,7 +8,7 @@ added back after decoding (``proofs/03``).
 
 Sampling: ``decode(model, z, steps=..., method=...)`` starts from a plain noise tensor (both states
 of a two-state scheme equal). The latent of such a sample is recovered *exactly* by encoding its
-full $t = 0$ state (both states, from :func:`decode_state`) with :func:`encode_state`; encoding
+full $t = 0$ state (both states, from :func:`decode_full`) with :func:`encode_state`; encoding
 only the float image would give a different (nearby) latent, as the second state is lost.
 
 Latent files (format ``injcert-latent/3``) record the integrator settings (method, steps, grid,
@@ -31,11 +31,16 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError, ConfigError, InjcertError, InputError
+from ..errors import ArgumentError, ArgumentTypeError, CheckpointError, ConfigError, InjcertError, InputError
 from ..model.schedule import get_schedule
-from ..solvers import Solver, SolverState, get_solver, make_grid, probability_flow_field
+from ..solvers import GRIDS, Grid, Solver, SolverState, get_solver, integrate, make_grid, probability_flow_field
 
-__all__ = ["Latent", "encode", "decode", "encode_state", "decode_state", "check_decodable"]
+__all__ = ["Latent", "encode", "decode", "encode_state", "decode_full", "check_decodable"]
+
+
+class _Invalid(Exception):
+    """A reason why a latent file is not valid (turned into one :class:`CheckpointError` line by
+    :meth:`Latent.load`; never escapes it)."""
 
 Cond = Optional[Tuple[Tensor, Tensor]]
 _FORMAT = "injcert-latent/3"  # /2: lattice states hold x = alpha * xbar (scale); /3: + model_sha256
@@ -143,56 +148,58 @@ class Latent:
             with safe_open(os.fspath(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["injcert_latent"])
                 if not isinstance(meta, dict):
-                    raise ValueError("its metadata is not an object")
+                    raise _Invalid("its metadata is not an object")
                 if meta.get("format") not in _READABLE:
-                    raise ValueError(f"unknown format {meta.get('format')!r}")
+                    raise _Invalid(f"unknown format {meta.get('format')!r}")
                 steps = meta["steps"]
                 if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-                    raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+                    raise _Invalid(f"steps must be an int >= 1, got {steps!r}")
                 limits.check("steps", steps, f"steps of latent {label}")
                 keys = set(f.keys())
                 if not keys <= {"state", "aux", "remainder"} or "state" not in keys:
-                    raise ValueError(f"unexpected tensors {sorted(keys)}")
+                    raise _Invalid(f"unexpected tensors {sorted(keys)}")
                 shape = tuple(f.get_slice("state").get_shape())
                 if len(shape) != 4:
-                    raise ValueError(f"state must be N×C×H×W, got shape {list(shape)}")
+                    raise _Invalid(f"state must be N×C×H×W, got shape {list(shape)}")
                 limits.check("pixels", shape[0] * shape[2] * shape[3], f"pixels of latent {label}")
                 for k in keys:
                     if tuple(f.get_slice(k).get_shape()) != shape:
-                        raise ValueError(f"tensor {k!r} has another shape than the state")
+                        raise _Invalid(f"tensor {k!r} has another shape than the state")
                 tensors = {k: f.get_tensor(k) for k in keys}
             method, grid = str(meta["method"]), str(meta["grid"])
             if method not in SOLVERS:
-                raise ValueError(f"unknown method {method!r}")
+                raise _Invalid(f"unknown method {method!r}")
             if grid not in ("geometric", "uniform"):
-                raise ValueError(f"unknown grid {grid!r}")
+                raise _Invalid(f"unknown grid {grid!r}")
             if meta["dtype"] not in ("float32", "float64"):
-                raise ValueError(f"dtype must be float32 or float64, got {meta['dtype']!r}")
+                raise _Invalid(f"dtype must be float32 or float64, got {meta['dtype']!r}")
             t_max, t_min, scale = float(meta["t_max"]), float(meta["t_min"]), float(meta["scale"])
             if not (0.0 <= t_min < t_max < 1.0) or not (math.isfinite(scale) and scale > 0):
-                raise ValueError(f"bad times or scale (t_min={t_min}, t_max={t_max}, scale={scale})")
+                raise _Invalid(f"bad times or scale (t_min={t_min}, t_max={t_max}, scale={scale})")
             get_schedule(dict(meta["schedule"]))
             fb = meta["frac_bits"]
             if fb is not None and (isinstance(fb, bool) or not isinstance(fb, int) or not 0 < fb < 63):
-                raise ValueError(f"frac_bits must be an int in (0, 63) or null, got {fb!r}")
+                raise _Invalid(f"frac_bits must be an int in (0, 63) or null, got {fb!r}")
             fp = meta.get("model_sha256")
             if fp is not None and not (isinstance(fp, str) and len(fp) == 64):
-                raise ValueError(f"model_sha256 must be a hex SHA-256, got {fp!r}")
+                raise _Invalid(f"model_sha256 must be a hex SHA-256, got {fp!r}")
             ex = meta.get("execution")
             if ex is not None and not (isinstance(ex, dict) and ex.get("device") in ("cpu", "cuda")
                                        and isinstance(ex.get("threads"), int) and not isinstance(ex.get("threads"), bool)
                                        and 0 < ex["threads"] <= 4096 and isinstance(ex.get("torch"), str)):
-                raise ValueError(f"execution must be {{device, threads, torch}}, got {ex!r}")
+                raise _Invalid(f"execution must be {{device, threads, torch}}, got {ex!r}")
             for k, t in tensors.items():
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise ValueError(f"tensor {k!r} holds NaN or infinite values")
+                    raise _Invalid(f"tensor {k!r} holds NaN or infinite values")
             if fb is not None and tensors["state"].dtype != torch.int64:
-                raise ValueError(f"a lattice state must be int64, got {tensors['state'].dtype}")
+                raise _Invalid(f"a lattice state must be int64, got {tensors['state'].dtype}")
             return cls(state=tensors["state"], aux=tensors.get("aux"), remainder=tensors.get("remainder"),
                        method=method, steps=steps, grid=grid,
                        schedule=dict(meta["schedule"]), dtype=_DTYPES[meta["dtype"]], t_max=t_max,
                        frac_bits=None if fb is None else int(fb),
                        nfe=int(meta["nfe"]), t_min=t_min, scale=scale, model_sha256=fp, execution=ex)
+        except _Invalid as exc:
+            raise CheckpointError(f"{label} is not a valid injcert latent: {exc}") from None
         except InjcertError:
             raise
         except RecursionError:
@@ -265,7 +272,7 @@ def check_decodable(model: Any, method: str, steps: int, grid: str = "geometric"
 
 def _check_image(x: Tensor, what: str) -> None:
     if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"{what} must be a float N×C×H×W tensor, got "
+        raise ArgumentError(f"{what} must be a float N×C×H×W tensor, got "
                          f"{type(x).__name__} {getattr(x, 'shape', '')} {getattr(x, 'dtype', '')}")
 
 
@@ -273,24 +280,27 @@ def _check_cond(cond: Cond, shape: Tuple[int, ...], dtype: torch.dtype) -> Cond:
     if cond is None:
         return None
     if not (isinstance(cond, (tuple, list)) and len(cond) == 2):
-        raise ValueError(f"cond must be None or a pair (y, m), got {type(cond).__name__}")
+        raise ArgumentTypeError(f"cond must be None or a pair (y, m), got {type(cond).__name__}")
     y, m = cond
     if tuple(y.shape) != tuple(shape) or m.ndim != 4 or m.shape[0] != shape[0] or tuple(m.shape[2:]) != tuple(shape[2:]):
-        raise ValueError(f"cond shapes y {tuple(y.shape)}, m {tuple(m.shape)} do not match x {tuple(shape)}")
+        raise ArgumentError(f"cond shapes y {tuple(y.shape)}, m {tuple(m.shape)} do not match x {tuple(shape)}")
     return (y.to(dtype), m.to(dtype))
 
 
-def _setup(model: Any, method: Union[str, Solver], steps: int, grid: str, t_min: float):
+def _setup(model: Any, method: Union[str, Solver], steps: int, grid: Union[str, Grid], t_min: float):
     solver = get_solver(method)
     field = probability_flow_field(model)
-    g = make_grid(field.schedule, steps, grid, t_min=t_min)
+    g = Grid.resolve(field.schedule, steps, grid, t_min=t_min)
+    if g.kind not in GRIDS or g.t_end is not None:
+        raise ArgumentError("a latent records its grid by kind: pass a kind, or a Grid made by Grid.make(schedule, "
+                            f"steps, kind) that ends at t_max (got kind={g.kind!r}, t_end={g.t_end!r})")
     return solver, field, g
 
 
 @torch.no_grad()
 def encode_state(model: Any, state: Union[Tensor, SolverState], cond: Cond = None, steps: int = 50,
-                 method: str = "reversible", grid: str = "geometric", *, progress: bool = False) -> Latent:
-    r"""Encode a $t = 0$ image or a full $t = 0$ solver state (e.g. from :func:`decode_state`).
+                 method: str = "reversible", grid: Union[str, Grid] = "geometric", *, progress: bool = False) -> Latent:
+    r"""Encode a $t = 0$ image or a full $t = 0$ solver state (e.g. from :func:`decode_full`).
 
     Encoding the full state of a decoded sample recovers its latent exactly (for exact methods).
     """
@@ -299,8 +309,9 @@ def encode_state(model: Any, state: Union[Tensor, SolverState], cond: Cond = Non
     else:
         _check_image(state, "x0")
         shape, dtype = tuple(state.shape), state.dtype
-    solver, field, g = _setup(model, method, steps, grid, 1e-3)
-    out = solver.encode(field, state, g, _check_cond(cond, shape, dtype), progress=progress)
+    t_min = grid.t_min if isinstance(grid, Grid) and grid.t_min is not None else 1e-3
+    solver, field, g = _setup(model, method, steps, grid, t_min)
+    out = integrate(solver, field, g, state, _check_cond(cond, shape, dtype), direction="encode", progress=progress)
     fp = None
     if isinstance(model, torch.nn.Module):
         from ..io import weights_fingerprint
@@ -310,12 +321,13 @@ def encode_state(model: Any, state: Union[Tensor, SolverState], cond: Cond = Non
     execution = {"device": dev.type, "threads": int(torch.get_num_threads()) if dev.type == "cpu" else 1,
                  "torch": torch.__version__}
     return Latent(state=out.x, aux=out.aux, remainder=out.remainder, method=str(method), steps=int(steps),
-                  grid=grid, schedule=field.schedule.to_config(), dtype=out.dtype, t_max=float(field.schedule.t_max),
-                  frac_bits=out.frac_bits, nfe=out.nfe, scale=out.scale, model_sha256=fp, execution=execution)
+                  grid=g.kind, schedule=field.schedule.to_config(), dtype=out.dtype, t_max=float(field.schedule.t_max),
+                  frac_bits=out.frac_bits, nfe=out.nfe, scale=out.scale, model_sha256=fp, execution=execution,
+                  t_min=float(t_min))
 
 
 def encode(model: Any, x0: Tensor, cond: Cond = None, steps: int = 50, method: str = "reversible",
-           grid: str = "geometric", *, progress: bool = False) -> Latent:
+           grid: Union[str, Grid] = "geometric", *, progress: bool = False) -> Latent:
     r"""Integrate the probability-flow ODE from the image ``x0`` ($t = 0$) to $t_{\max}$.
 
     Arguments:
@@ -324,14 +336,15 @@ def encode(model: Any, x0: Tensor, cond: Cond = None, steps: int = 50, method: s
         cond: ``(y, m)`` observation and corruption map, or ``None`` (unconditional).
         steps: number of integration steps (one network evaluation each, plus one).
         method: a name from :data:`injcert.solvers.SOLVERS`.
-        grid: ``"geometric"`` in $\varsigma$ (default) or ``"uniform"`` in $t$.
+        grid: ``"geometric"`` in $\varsigma$ (default) or ``"uniform"`` in $t$, or a
+            :class:`~injcert.solvers.Grid` of that kind (``Grid.make(schedule, steps, kind, t_min)``).
         progress: show a tqdm progress bar.
 
     Returns:
         A :class:`Latent` (``.to_tensor()`` is the float noise $x_T$, ``.nfe`` the cost).
 
     Raises:
-        ValueError: bad shapes, an unknown method or grid.
+        ArgumentError: bad shapes, an unknown method or grid.
         OverflowError: the lattice state left its range (exact methods).
     """
     _check_image(x0, "x0")
@@ -339,19 +352,20 @@ def encode(model: Any, x0: Tensor, cond: Cond = None, steps: int = 50, method: s
 
 
 @torch.no_grad()
-def decode_state(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *, steps: Optional[int] = None,
-                 method: Optional[str] = None, grid: Optional[str] = None, progress: bool = False,
-                 force: bool = False) -> SolverState:
-    """Like :func:`decode` but returns the full $t = 0$ :class:`SolverState` (both states, ``nfe``)."""
+def decode_full(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *, steps: Optional[int] = None,
+                method: Optional[str] = None, grid: Optional[str] = None, progress: bool = False,
+                force: bool = False) -> SolverState:
+    """Like :func:`decode` but returns the full $t = 0$ :class:`SolverState` (both states, ``nfe``,
+    ``fixed_point``'s certified ``error_bound``); :func:`encode_state` encodes it back exactly."""
     if isinstance(latent, Latent):
         latent.check_model(model, force=force)
         for name, given, stored in (("steps", steps, latent.steps), ("method", method, latent.method),
                                     ("grid", grid, latent.grid)):
             if given is not None and given != stored:
-                raise ValueError(f"{name}={given!r} conflicts with the latent's {name}={stored!r}")
+                raise ArgumentError(f"{name}={given!r} conflicts with the latent's {name}={stored!r}")
         model_sched = getattr(model, "schedule", None)
         if model_sched is not None and model_sched.to_config() != latent.schedule:
-            raise ValueError(f"the model's schedule {model_sched.to_config()} differs from the latent's {latent.schedule}")
+            raise InputError(f"the model's schedule {model_sched.to_config()} differs from the latent's {latent.schedule}")
         solver, field, g = _setup(model, latent.method, latent.steps, latent.grid, latent.t_min)
         start: Union[Tensor, SolverState] = latent.solver_state()
         shape, dtype = tuple(latent.state.shape), latent.dtype
@@ -361,7 +375,8 @@ def decode_state(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *
             before = torch.get_num_threads()
             torch.set_num_threads(threads)  # the encode's summation order (module docstring of Latent)
             try:
-                return solver.decode(field, start, g, _check_cond(cond, shape, dtype), progress=progress)
+                return integrate(solver, field, g, start, _check_cond(cond, shape, dtype), direction="decode",
+                                 progress=progress)
             finally:
                 torch.set_num_threads(before)
     else:
@@ -371,7 +386,7 @@ def decode_state(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *
         alpha = float(field.schedule.alpha(field.schedule.t_max))
         start = (latent.to(torch.float64) / alpha).to(latent.dtype)
         shape, dtype = tuple(latent.shape), latent.dtype
-    return solver.decode(field, start, g, _check_cond(cond, shape, dtype), progress=progress)
+    return integrate(solver, field, g, start, _check_cond(cond, shape, dtype), direction="decode", progress=progress)
 
 
 def decode(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *, steps: Optional[int] = None,
@@ -392,8 +407,9 @@ def decode(model: Any, latent: Union[Latent, Tensor], cond: Cond = None, *, step
 
     Raises:
         InputError: the latent records another model's fingerprint (and not ``force``).
-        ValueError: conflicting options, schedule mismatch, bad shapes.
+        ArgumentError: conflicting options or bad shapes.
+        InputError: the model's schedule is not the latent's.
         NonConvergenceError: ``fixed_point`` could not certify a step.
     """
-    return decode_state(model, latent, cond, steps=steps, method=method, grid=grid, progress=progress,
-                        force=force).value()
+    return decode_full(model, latent, cond, steps=steps, method=method, grid=grid, progress=progress,
+                       force=force).value()

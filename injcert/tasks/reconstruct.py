@@ -38,13 +38,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 import torch
+import torch.nn.functional as F
+from scipy.ndimage import distance_transform_cdt
 from torch import Tensor
 
 from ..data.corruptions import expand_map
-from ..solvers import SolverState, get_solver, make_grid, probability_flow_field
+from ..errors import ArgumentError
+from ..solvers import Grid, SolverState, integrate, probability_flow_field
 from .classical import classical_estimate
 from .guided import GuidedResult, guided_decode
-from .invert import decode_state
+from .invert import decode_full
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "pyramid_levels", "STARTS"]
 
@@ -82,16 +85,14 @@ class Reconstruction:
 
 def _check(y: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     if not isinstance(y, Tensor) or y.ndim != 4 or not y.is_floating_point():
-        raise ValueError(f"y must be a float N×C×H×W tensor, got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
+        raise ArgumentError(f"y must be a float N×C×H×W tensor, got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
     if not isinstance(m, Tensor) or m.ndim != 4 or m.shape[0] != y.shape[0] or m.shape[2:] != y.shape[2:]:
-        raise ValueError(f"m must be N×K×H×W matching y {tuple(y.shape)}, got {tuple(getattr(m, 'shape', ()))}")
+        raise ArgumentError(f"m must be N×K×H×W matching y {tuple(y.shape)}, got {tuple(getattr(m, 'shape', ()))}")
     return y, expand_map(m.to(y.dtype))
 
 
 def _distance_to_known(known: Tensor) -> float:
     """The largest Chebyshev distance (pixels) from a pixel to the nearest known one (per image; the max)."""
-    from scipy.ndimage import distance_transform_cdt
-
     k = known.reshape(-1, *known.shape[-2:]).cpu().numpy()
     out = 0.0
     for ki in k:
@@ -131,6 +132,7 @@ def reconstruct_full(
     seed: int = 0,
     *,
     method: str = "reversible",
+    grid: str = "geometric",
     operator: Optional[Callable[[Tensor], Tensor]] = None,
     start: str = "auto",
     sigma_start: Optional[float] = None,
@@ -149,6 +151,7 @@ def reconstruct_full(
         steps: integration steps (from the start level to 0).
         seed: seed of the noise (a CPU generator, so results agree across devices).
         method: integrator name (``"reversible"`` keeps the observed pixels on their trajectory).
+        grid: the kind of $\varsigma$ grid from the start level to 0 (``"geometric"`` or ``"uniform"``).
         operator: the realised forward operator $A$ (e.g. ``Observation.operator``) for the residual.
         start: ``"auto"`` = ``"estimate"`` (from the classical estimate at $\\varsigma_e$: biharmonic,
             Richardson–Lucy or BM3D by corruption), ``"observation"`` (additive noise only: from
@@ -168,15 +171,15 @@ def reconstruct_full(
         progress: show a progress bar.
 
     Raises:
-        ValueError: shapes or dtypes that do not fit, an unknown ``start`` or estimate.
+        ArgumentError: shapes or dtypes that do not fit, an unknown ``start``, estimate, method or grid.
     """
     y, m = _check(y, m)
     if start not in STARTS:
-        raise ValueError(f"start must be one of {list(STARTS)}, got {start!r}")
+        raise ArgumentError(f"start must be one of {list(STARTS)}, got {start!r}")
     if not (0.0 <= float(noise_scale) <= 1.0):
-        raise ValueError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
+        raise ArgumentError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
     if sigma_start is not None and not float(sigma_start) > 0:
-        raise ValueError(f"sigma_start must be > 0, got {sigma_start!r}")
+        raise ArgumentError(f"sigma_start must be > 0, got {sigma_start!r}")
     gen = torch.Generator().manual_seed(int(seed))
     sched = model.schedule
     z = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=y.device)
@@ -185,7 +188,7 @@ def reconstruct_full(
     only_noise = bool((known | noisy).all()) and bool(noisy.any())
     s_noise = float(m[:, 2].max()) if only_noise else 0.0
     if start == "observation" and not (only_noise and 0 < s_noise < float(sched.varsigma(sched.t_max))):
-        raise ValueError("start='observation' needs an observation with additive noise only (map channel 2 set, "
+        raise ArgumentError("start='observation' needs an observation with additive noise only (map channel 2 set, "
                          f"sigma below varsigma(t_max)); got a map with max sigma {s_noise!r}")
     if start == "observation":
         # y = x + sigma_pix * eps is the flow's state at varsigma = sigma_pix; top every pixel up to s_noise
@@ -194,8 +197,8 @@ def reconstruct_full(
         xbar = (y.double() + extra * z).to(y.dtype)
         noise = (xbar.double() * float(sched.alpha(t_start))).to(y.dtype)  # x-space start
         field = probability_flow_field(model)
-        state = get_solver(method).decode(field, xbar, make_grid(sched, steps, "geometric", t_end=t_start),
-                                          (y, m), progress=progress)
+        state = integrate(method, field, Grid.make(sched, steps, grid, t_end=t_start), xbar, (y, m),
+                          direction="decode", progress=progress)
         return _finish(y, m, state.value(), state, noise, operator, state.nfe, t_start)
     region = ~known  # pixels to restore (missing, blurred, noisy)
     masks_only = not bool((m[:, 1:3] > 0).any())
@@ -210,11 +213,11 @@ def reconstruct_full(
         n_levels = pyramid_levels(model, m) if levels == "auto" else int(levels)
         pyramid = n_levels > 0 and not isinstance(estimate, Tensor) and masks_only and min(y.shape[-2:]) >= 16
         if pyramid:
-            estimate = _coarse_estimate(model, y, m, steps, seed, n_levels, method=method, sigma_start=sigma_start,
-                                        noise_scale=noise_scale, progress=progress)
+            estimate = _coarse_estimate(model, y, m, steps, seed, n_levels, method=method, grid=grid,
+                                        sigma_start=sigma_start, noise_scale=noise_scale, progress=progress)
         if isinstance(estimate, Tensor):
             if estimate.shape != y.shape:
-                raise ValueError(f"estimate must have the shape of y {tuple(y.shape)}, got {tuple(estimate.shape)}")
+                raise ArgumentError(f"estimate must have the shape of y {tuple(y.shape)}, got {tuple(estimate.shape)}")
             est_name, est = (f"pyramid{n_levels}" if pyramid else "given"), estimate.to(y.dtype)
         else:
             est_name, est = classical_estimate(y_obs, m, estimate, blur_sigma=blur_sigma)
@@ -228,12 +231,12 @@ def reconstruct_full(
         xbar = (target.double() + s_e * float(noise_scale) * z).to(y.dtype)
         xbar = torch.where(region.expand_as(y), xbar, (y.double() + s_e * z).to(y.dtype))
         field = probability_flow_field(model)
-        state = get_solver(method).decode(field, xbar, make_grid(sched, steps, "geometric", t_end=t_start), cond,
-                                          progress=progress)
+        state = integrate(method, field, Grid.make(sched, steps, grid, t_end=t_start), xbar, cond,
+                          direction="decode", progress=progress)
         noise = (xbar.double() * float(sched.alpha(t_start))).to(y.dtype)
         return _finish(y, m, state.value(), state, noise, operator, state.nfe, t_start, est, est_name)
     x_ref = torch.where(region.expand_as(y), target, y)
-    res = guided_decode(model, x_ref, region, target, t_start, steps, cond, progress=progress,
+    res = guided_decode(model, x_ref, region, target, t_start, steps, cond, progress=progress, grid=grid,
                         noise=z * float(noise_scale) if start != "noise" else z)
     state = SolverState(x=res.final[0], aux=res.final[1], dtype=y.dtype, frac_bits=res.frac_bits, scale=1.0)
     state.nfe = res.nfe
@@ -258,8 +261,6 @@ def pyramid_levels(model: Any, m: Tensor, min_side: int = 16) -> int:
 
 def _coarse_estimate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, levels: int, **kw: Any) -> Tensor:
     """The upsampled reconstruction of the 2x-downsampled observation (one pyramid level down)."""
-    import torch.nn.functional as F
-
     known = (m[:, :1] == 1).to(y.dtype)
     h, w = y.shape[-2:]
     ph, pw = h % 2, w % 2
@@ -284,11 +285,14 @@ def _finish(y: Tensor, m: Tensor, flow: Tensor, state: SolverState, noise: Tenso
                           t_start=t_start, estimate=est, estimate_method=est_name, guided=guided)
 
 
-def reconstruct(model: Any, y: Tensor, m: Tensor, steps: int = 50, seed: int = 0, **kwargs: Any) -> Tensor:
+def reconstruct(model: Any, y: Tensor, m: Tensor, steps: int = 50, seed: int = 0, *, method: str = "reversible",
+                grid: str = "geometric", progress: bool = False, **options: Any) -> Tensor:
     """Reconstruct the corrupted observation ``y`` with map ``m``; returns the image.
 
     Deterministic: the same ``seed`` gives the same output bit for bit. Pixels observed as is
-    (``m[:, 0] == 1``) equal ``y`` exactly. See :func:`reconstruct_full` for the arguments and the
-    audit trail (noise, full state, residual).
+    (``m[:, 0] == 1``) equal ``y`` exactly. ``steps``, ``seed``, ``method``, ``grid`` and ``progress``
+    mean what they mean for :func:`~injcert.encode` and :func:`~injcert.edit`; ``options`` are the
+    reconstruction's own (``start``, ``sigma_start``, ``estimate``, ``levels``, ...). See
+    :func:`reconstruct_full` for them and the audit trail (noise, full state, residual).
     """
-    return reconstruct_full(model, y, m, steps, seed, **kwargs).image
+    return reconstruct_full(model, y, m, steps, seed, method=method, grid=grid, progress=progress, **options).image
