@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 
 from injcert.errors import CheckpointError
 from injcert.solvers import ReversibleHeun, quantize
-from injcert.tasks.invert import Latent, decode, decode_state, encode, encode_state
+from injcert.tasks.invert import Latent, decode, decode_full, encode, encode_state
 from injcert.testing import AnalyticMixtureScore
 
 
@@ -48,7 +48,7 @@ def test_save_load_round_trip(tmp_path):
 def test_sample_then_reencode_full_state_recovers_latent(method):
     model = AnalyticMixtureScore()
     z = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
-    state = decode_state(model, z, steps=20, method=method)
+    state = decode_full(model, z, steps=20, method=method)
     lat = encode_state(model, state, steps=20, method=method)
     if method == "reversible":  # both states start equal at the lattice point of alpha * (z / alpha)
         sched = model.schedule
