@@ -303,6 +303,44 @@ def _eps(*tensors: Tensor) -> float:
     return max(torch.finfo(t.dtype).eps if t.is_floating_point() else _EPS64 for t in tensors)
 
 
+def _banach_constants(h: float, lipschitz: float, tol: float, max_iter: int) -> tuple[float, float, float]:
+    """Validated ``(h, q, 1 - q)`` of :func:`fixed_point_inverse`: $q = |h|L$ rounded up, $1 - q$ rounded
+    down; refuses bad arguments before anything is evaluated and $q \\ge 1$ (no contraction)."""
+    if not tol > 0:
+        raise ArgumentError(f"tol must be > 0, got {tol!r}")
+    if max_iter < 1:
+        raise ArgumentError(f"max_iter must be >= 1, got {max_iter!r}")
+    h = float(h)
+    lip = float(lipschitz)
+    # a negative or NaN L would make q < 1 "pass" with a meaningless (even negative) error bound
+    if not (math.isfinite(lip) and lip >= 0.0) or not math.isfinite(h):
+        raise ArgumentError(
+            f"fixed_point_inverse needs a finite step h and a finite Lipschitz constant L >= 0, got h={h!r}, L={lipschitz!r}"
+        )
+    q = math.nextafter(abs(h) * lip, math.inf)  # rounded up
+    if not (math.isfinite(q) and q < 1.0):
+        raise NonConvergenceError(
+            f"fixed_point_inverse needs |h|*L < 1 for a certified inverse, got |h|*L = {abs(h) * float(lipschitz)!r} "
+            f"(h={h!r}, L={lipschitz!r})",
+            error=math.inf,
+            iterations=0,
+        )
+    return h, q, math.nextafter(1.0 - q, 0.0)  # 1 - q rounded down
+
+
+def _check_reachable(tol: float, ny: Tensor, q: float, one_minus_q: float) -> None:
+    """Refuse a ``tol`` below the rounding floor $4\\varepsilon_{64}\\max_i\\|y_i\\|/(1-q)$ that no
+    certified bound can beat."""
+    floor = float((4.0 * _EPS64 * ny).max()) / one_minus_q if ny.numel() else 0.0
+    if tol < floor:
+        raise NonConvergenceError(
+            f"fixed_point_inverse: tol={tol!r} is below the rounding floor {floor:.3e} (= 4 eps64 max||y|| / (1 - q), "
+            f"q={q:.6g}); no certified error bound can reach it",
+            error=floor,
+            iterations=0,
+        )
+
+
 def fixed_point_inverse(
     step_fn: Callable[[Tensor], Tensor],
     y: Tensor,
@@ -356,40 +394,13 @@ def fixed_point_inverse(
         ValueError: for ``tol <= 0``, ``max_iter < 1``, a non-finite ``h``, or a ``lipschitz``
             that is negative, NaN or infinite (checked before anything is evaluated).
     """
-    if not tol > 0:
-        raise ArgumentError(f"tol must be > 0, got {tol!r}")
-    if max_iter < 1:
-        raise ArgumentError(f"max_iter must be >= 1, got {max_iter!r}")
-    h = float(h)
-    lip = float(lipschitz)
-    # a negative or NaN L would make q < 1 "pass" with a meaningless (even negative) error bound
-    if not (math.isfinite(lip) and lip >= 0.0) or not math.isfinite(h):
-        raise ArgumentError(
-            f"fixed_point_inverse needs a finite step h and a finite Lipschitz constant L >= 0, got h={h!r}, L={lipschitz!r}"
-        )
-    q = math.nextafter(abs(h) * lip, math.inf)  # rounded up
-    if not (math.isfinite(q) and q < 1.0):
-        raise NonConvergenceError(
-            f"fixed_point_inverse needs |h|*L < 1 for a certified inverse, got |h|*L = {abs(h) * float(lipschitz)!r} "
-            f"(h={h!r}, L={lipschitz!r})",
-            error=math.inf,
-            iterations=0,
-        )
-    one_minus_q = math.nextafter(1.0 - q, 0.0)  # rounded down
+    h, q, one_minus_q = _banach_constants(h, lipschitz, tol, max_iter)
     # every float64 quantity below (norms of n entries, a few products/quotients) is within a
     # relative (n + 8) eps64 of the exact one: inflate by twice that.
     n = max(1, y[0].numel() if y.dim() > 0 else 1)
     infl = 1.0 + 2.0 * (n + 8) * _EPS64
     ny = _per_example_norm(y)
-    # rounding floor: no certified bound can be below 4 eps64 ||y_i|| / (1 - q)
-    floor = float((4.0 * _EPS64 * ny).max()) / one_minus_q if ny.numel() else 0.0
-    if tol < floor:
-        raise NonConvergenceError(
-            f"fixed_point_inverse: tol={tol!r} is below the rounding floor {floor:.3e} (= 4 eps64 max||y|| / (1 - q), "
-            f"q={q:.6g}); no certified error bound can reach it",
-            error=floor,
-            iterations=0,
-        )
+    _check_reachable(tol, ny, q, one_minus_q)
     y64 = y.detach().to(torch.float64)
     x = y if x0 is None else x0
     step_bound: Tensor | None = None  # per-example step bound of the current x (None for x0)
