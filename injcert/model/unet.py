@@ -149,6 +149,49 @@ def gaussian_skip_sup(v: float) -> float:
     return math.nextafter(exact * (1.0 + 1e-6), math.inf)
 
 
+def _check_options(in_channels: Any, base_channels: Any, channel_mults: Any, blocks_per_level: Any,
+                   lipschitz_budget: Any, activation: Any, alpha_max: Any, modulation: Any, skip_max: Any,
+                   alpha_init: Any, emb_dim: Any, data_variance: Any, lipschitz_kappa: Any,
+                   parameterization: Any) -> tuple[int, int, int, int, list[int]]:
+    """Validate :class:`CondUNet`'s options (one :class:`~injcert.errors.ConfigError` line for a bad one);
+    returns the integer options ``(in_channels, base_channels, blocks_per_level, emb_dim, mults)``."""
+    in_channels = _int("in_channels", in_channels, 1)
+    base_channels = _int("base_channels", base_channels, 1)
+    blocks_per_level = _int("blocks_per_level", blocks_per_level, 0)
+    emb_dim = _int("emb_dim", emb_dim, 2)
+    if not isinstance(channel_mults, (list, tuple)) or not channel_mults:
+        raise ConfigError(f"model option channel_mults must be a non-empty list of ints, got {channel_mults!r}")
+    mults = [_int("channel_mults[i]", v, 1) for v in channel_mults]
+    if lipschitz_budget is not None:
+        if isinstance(lipschitz_budget, bool) or not isinstance(lipschitz_budget, (int, float)) \
+                or not math.isfinite(lipschitz_budget) or lipschitz_budget <= 0:
+            raise ConfigError(f"lipschitz_budget must be a finite number > 0 (or null), got {lipschitz_budget!r}")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {activation!r}; choices: {sorted(ACTIVATIONS)}")
+    if isinstance(alpha_max, bool) or not isinstance(alpha_max, (int, float)) or not 0 < alpha_max < math.inf:
+        raise ConfigError(f"alpha_max must be a finite number > 0, got {alpha_max!r}")
+    if isinstance(modulation, bool) or not isinstance(modulation, (int, float)) or not 0 <= modulation < 1:
+        raise ConfigError(f"modulation must lie in [0, 1), got {modulation!r}")
+    if isinstance(skip_max, bool) or not isinstance(skip_max, (int, float)) or not 0 <= skip_max < math.inf:
+        raise ConfigError(f"skip_max must be a finite number >= 0, got {skip_max!r}")
+    if isinstance(alpha_init, bool) or not isinstance(alpha_init, (int, float)) or not 0 < alpha_init < alpha_max:
+        raise ConfigError(f"alpha_init must lie in (0, alpha_max={alpha_max!r}), got {alpha_init!r}")
+    if data_variance is not None and (isinstance(data_variance, bool) or not isinstance(data_variance, (int, float))
+                                      or not 0 < data_variance < math.inf):
+        raise ConfigError(f"data_variance must be a finite number > 0 (or null), got {data_variance!r}")
+    if lipschitz_kappa is not None:
+        if isinstance(lipschitz_kappa, bool) or not isinstance(lipschitz_kappa, (int, float)) \
+                or not 0 < lipschitz_kappa < math.inf:
+            raise ConfigError(f"lipschitz_kappa must be a finite number > 0 (or null), got {lipschitz_kappa!r}")
+        if lipschitz_budget is None:
+            raise ConfigError("lipschitz_kappa needs a finite lipschitz_budget (the cap of L(t))")
+    if parameterization not in PARAMETERIZATIONS:
+        raise ConfigError(f"unknown parameterization {parameterization!r}; choices: {list(PARAMETERIZATIONS)}")
+    if parameterization == "denoiser" and lipschitz_kappa is None:
+        raise ConfigError("parameterization 'denoiser' needs lipschitz_kappa (and a finite lipschitz_budget)")
+    return in_channels, base_channels, blocks_per_level, emb_dim, mults
+
+
 @register_model("cond_unet")
 class CondUNet(nn.Module):
     r"""Conditional ε-prediction U-Net, certifiably ``lipschitz_budget``-Lipschitz in $x$.
@@ -199,40 +242,9 @@ class CondUNet(nn.Module):
         parameterization: str = "eps",
     ) -> None:
         super().__init__()
-        in_channels = _int("in_channels", in_channels, 1)
-        base_channels = _int("base_channels", base_channels, 1)
-        blocks_per_level = _int("blocks_per_level", blocks_per_level, 0)
-        emb_dim = _int("emb_dim", emb_dim, 2)
-        if not isinstance(channel_mults, (list, tuple)) or not channel_mults:
-            raise ConfigError(f"model option channel_mults must be a non-empty list of ints, got {channel_mults!r}")
-        mults = [_int("channel_mults[i]", v, 1) for v in channel_mults]
-        if lipschitz_budget is not None:
-            if isinstance(lipschitz_budget, bool) or not isinstance(lipschitz_budget, (int, float)) \
-                    or not math.isfinite(lipschitz_budget) or lipschitz_budget <= 0:
-                raise ConfigError(f"lipschitz_budget must be a finite number > 0 (or null), got {lipschitz_budget!r}")
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {activation!r}; choices: {sorted(ACTIVATIONS)}")
-        if isinstance(alpha_max, bool) or not isinstance(alpha_max, (int, float)) or not 0 < alpha_max < math.inf:
-            raise ConfigError(f"alpha_max must be a finite number > 0, got {alpha_max!r}")
-        if isinstance(modulation, bool) or not isinstance(modulation, (int, float)) or not 0 <= modulation < 1:
-            raise ConfigError(f"modulation must lie in [0, 1), got {modulation!r}")
-        if isinstance(skip_max, bool) or not isinstance(skip_max, (int, float)) or not 0 <= skip_max < math.inf:
-            raise ConfigError(f"skip_max must be a finite number >= 0, got {skip_max!r}")
-        if isinstance(alpha_init, bool) or not isinstance(alpha_init, (int, float)) or not 0 < alpha_init < alpha_max:
-            raise ConfigError(f"alpha_init must lie in (0, alpha_max={alpha_max!r}), got {alpha_init!r}")
-        if data_variance is not None and (isinstance(data_variance, bool) or not isinstance(data_variance, (int, float))
-                                          or not 0 < data_variance < math.inf):
-            raise ConfigError(f"data_variance must be a finite number > 0 (or null), got {data_variance!r}")
-        if lipschitz_kappa is not None:
-            if isinstance(lipschitz_kappa, bool) or not isinstance(lipschitz_kappa, (int, float)) \
-                    or not 0 < lipschitz_kappa < math.inf:
-                raise ConfigError(f"lipschitz_kappa must be a finite number > 0 (or null), got {lipschitz_kappa!r}")
-            if lipschitz_budget is None:
-                raise ConfigError("lipschitz_kappa needs a finite lipschitz_budget (the cap of L(t))")
-        if parameterization not in PARAMETERIZATIONS:
-            raise ConfigError(f"unknown parameterization {parameterization!r}; choices: {list(PARAMETERIZATIONS)}")
-        if parameterization == "denoiser" and lipschitz_kappa is None:
-            raise ConfigError("parameterization 'denoiser' needs lipschitz_kappa (and a finite lipschitz_budget)")
+        in_channels, base_channels, blocks_per_level, emb_dim, mults = _check_options(
+            in_channels, base_channels, channel_mults, blocks_per_level, lipschitz_budget, activation, alpha_max,
+            modulation, skip_max, alpha_init, emb_dim, data_variance, lipschitz_kappa, parameterization)
         self.schedule: VPSchedule = get_schedule(schedule)
         self.data_variance = None if data_variance is None else float(data_variance)
         self.gaussian_skip_max = 0.0 if data_variance is None else gaussian_skip_sup(float(data_variance))
@@ -263,6 +275,16 @@ class CondUNet(nn.Module):
         self.num_levels = len(chans)
         self.downsampling_factor = 2 ** (self.num_levels - 1)
 
+        self._build(chans, emb_dim, activation, cap, alpha_max, modulation, alpha_init, blocks_per_level,
+                    skip_max, lipschitz_budget)
+        self._init_budget(parameterization, skip_max, lipschitz_budget)
+        self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
+
+    def _build(self, chans: Sequence[int], emb_dim: int, activation: str, cap: Optional[float], alpha_max: float,
+               modulation: float, alpha_init: float, blocks_per_level: int, skip_max: float,
+               lipschitz_budget: Optional[float]) -> None:
+        """The layers: time embedding, condition encoder, the U-Net's levels, the linear skip head."""
+        in_channels = self.in_channels
         self.time_embed = _TimeEmbedding(emb_dim)
         self.cond_encoder = _CondEncoder(in_channels + MAP_CHANNELS, chans, emb_dim, activation)
         self.in_conv = LipConv2d(in_channels, chans[0], 3, cap=cap)
@@ -297,6 +319,8 @@ class CondUNet(nn.Module):
         self.out_conv = LipConv2d(prev, in_channels, 3, cap=cap)
         self.register_buffer("gain", torch.tensor(1.0, dtype=torch.float32))
 
+    def _init_budget(self, parameterization: str, skip_max: float, lipschitz_budget: Optional[float]) -> None:
+        """The structural bound and the output gain that keep the network within its budget."""
         self.structural_bound = self._structural_bound()
         if parameterization == "denoiser":
             # eps = w(t) (x - alpha_t D(x)), D = gain F + d(t) x + b(t) x, Lip(D) <= kappa - 1 (proofs/05 item 9)
@@ -319,7 +343,6 @@ class CondUNet(nn.Module):
                                       f"linear skips ({self.skip_max!r} + {self.gaussian_skip_max!r}): "
                                       f"L(t_max) = kappa/sigma(t_max) = {floor:.4g}")
             self._set_gain(room)
-        self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
 
     # ------------------------------------------------------------------ config / io
 
