@@ -3,7 +3,7 @@
 A "recolor" edit of a centred box on 32×32 crops of ``astronaut`` and ``chelsea`` at strength
 0.5, 10 steps. ``ours`` = :func:`injcert.tasks.edit.edit_full` (reversible Heun on the integer
 lattice, the outside reset to the stored trajectory at every sub-step: outside error exactly 0 by
-Theorem 7); ``naive_ddim`` = :func:`injcert.tasks.compare.naive_ddim_edit` (DDIM-encode, replace
+Theorem 7); ``naive_ddim`` = :func:`injcert.cli.compare.naive_ddim_edit` (DDIM-encode, replace
 the inside, DDIM-decode, no reset: the outside drifts).
 
 Run ``python benchmarks/bench_editing.py`` for a table.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from injcert.tasks.compare import bench_model, edit_mask, editing_rows, load_batch, naive_ddim_edit
+from injcert.cli.compare import bench_model, edit_mask, editing_rows, load_batch, naive_ddim_edit
 
 torch.set_num_threads(1)
 

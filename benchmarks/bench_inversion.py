@@ -1,7 +1,7 @@
 """Inversion: round-trip error, NFE and time per integrator, step count and dtype (asv suite).
 
 ``decode(encode(x))`` against ``x`` through the model (:data:`injcert.DEFAULT_CHECKPOINT`, or the
-small untrained fallback of :func:`injcert.tasks.compare.bench_model` while none is shipped) on a
+small untrained fallback of :func:`injcert.cli.compare.bench_model` while none is shipped) on a
 16×16 centre crop of the held-out ``astronaut`` image. Methods: ``ddim`` (naive DDIM inversion),
 ``fixed_point`` (certified inverse; skipped where it cannot certify a step, i.e. raises
 ``NonConvergenceError``), ``reversible`` (bit-exact: error 0) and ``dopri5`` (torchdiffeq, adaptive,
@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from injcert.tasks.compare import bench_model, load_batch, round_trip
+from injcert.cli.compare import bench_model, load_batch, round_trip
 
 torch.set_num_threads(1)
 

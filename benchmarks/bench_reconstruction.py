@@ -2,7 +2,7 @@
 
 Same images (``astronaut`` and ``chelsea``, 32×32 centre crops), same masks (one seed), one run:
 ``ours`` (:func:`injcert.tasks.reconstruct.reconstruct_full`) against the best (by PSNR) of the
-classical baselines of :data:`injcert.tasks.compare.BASELINES`: ``inpaint_biharmonic`` (box,
+classical baselines of :data:`injcert.cli.compare.BASELINES`: ``inpaint_biharmonic`` (box,
 freeform, random, gaps), ``richardson_lucy`` / ``wiener`` (blur), ``denoise_nl_means`` /
 ``denoise_tv_chambolle`` / ``bm3d`` given the true sigma (noise) — never the corrupted input. The
 model is the shipped checkpoint, or the *untrained* fallback while none exists — whose
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from injcert.tasks.compare import CORRUPTION_SETTINGS, bench_model, load_batch, reconstruction_rows
+from injcert.cli.compare import CORRUPTION_SETTINGS, bench_model, load_batch, reconstruction_rows
 
 torch.set_num_threads(1)
 

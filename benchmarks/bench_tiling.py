@@ -1,7 +1,7 @@
 """Tiled high-resolution evaluation: peak memory vs whole-image evaluation, and bit identity.
 
 One network evaluation $\\varepsilon_\\theta(x, t)$ at 1024² and 2048² (float32, 3 channels) of the
-small :func:`injcert.tasks.compare.fallback_model` architecture (16 channels, 2 levels; the
+small :func:`injcert.cli.compare.fallback_model` architecture (16 channels, 2 levels; the
 tiling mechanism, not the weights, is measured), either on the whole image or through
 :class:`injcert.tasks.tiling.TiledModel` with 256² tiles and the model's receptive-field halo.
 ``peakmem_forward`` is the process's peak resident memory; ``track_max_abs_diff`` must be 0
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from injcert.tasks.compare import fallback_model
+from injcert.cli.compare import fallback_model
 from injcert.tasks.tiling import TiledModel, shape_stable_convolutions
 
 torch.set_num_threads(1)

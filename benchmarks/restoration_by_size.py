@@ -3,9 +3,9 @@
 ``python benchmarks/restoration_by_size.py [CKPT] [--sizes 64 256 1024] [--images ...] [--steps N]``
 
 For each size: the held-out images (centre crops resized to ``size²``), every corruption of
-:data:`injcert.tasks.compare.CORRUPTION_SETTINGS` (pixel sizes scale with the image), ours
+:data:`injcert.cli.compare.CORRUPTION_SETTINGS` (pixel sizes scale with the image), ours
 (:func:`injcert.tasks.reconstruct.reconstruct_full`) next to every classical baseline of
-:data:`injcert.tasks.compare.BASELINES` — except BM3D above 256² (minutes per image on a CPU;
+:data:`injcert.cli.compare.BASELINES` — except BM3D above 256² (minutes per image on a CPU;
 nl-means and TV still run). Prints one Markdown table per size and, per corruption, ours minus the
 best baseline (PSNR, SSIM, region PSNR).
 """
@@ -18,7 +18,7 @@ import time
 import torch
 
 import injcert
-from injcert.tasks.compare import BASELINES, CORRUPTION_SETTINGS, load_batch, markdown_table, reconstruction_rows
+from injcert.cli.compare import BASELINES, CORRUPTION_SETTINGS, load_batch, markdown_table, reconstruction_rows
 
 
 def main() -> None:

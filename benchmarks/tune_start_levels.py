@@ -18,7 +18,7 @@ import injcert
 from injcert.data.corruptions import make_corruption
 from injcert.data.grid import square_image
 from injcert.metrics import psnr
-from injcert.tasks.compare import CORRUPTION_SETTINGS, classical_baselines
+from injcert.cli.compare import CORRUPTION_SETTINGS, classical_baselines
 from injcert.tasks.reconstruct import reconstruct_full
 
 TRAIN = ["coffee", "camera"]

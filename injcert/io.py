@@ -17,6 +17,10 @@ entries inside the file, :mod:`injcert.limits`), and the model the config descri
 an allocation budget derived from the stored tensors and compared with them name by name, shape by
 shape and **dtype by dtype** (a checkpoint must hold the dtype its model declares: nothing is cast).
 
+Every safetensors file (checkpoint, training state, latent) is written by :func:`write_safetensors`
+and read through :func:`read_safetensors_header` / :func:`read_safetensors`, which make these header
+checks; checkpoints and states add their ``format``, ``version`` and ``config``.
+
 The output layer
 ----------------
 Every file injcert writes (checkpoints, states, latents, PNG, JSON, Markdown, logs, figures) goes
@@ -62,6 +66,9 @@ __all__ = [
     "read_checkpoint_header",
     "save_state",
     "load_state",
+    "write_safetensors",
+    "read_safetensors",
+    "read_safetensors_header",
     "atomic_write",
     "atomic_write_bytes",
     "save_figure",
@@ -540,12 +547,24 @@ def check_finite_model(model: nn.Module, what: str = "checkpoint") -> None:
 # ============================================================================ checkpoints
 
 
-def _save_tensors(path: PathLike, tensors: dict[str, torch.Tensor], header: dict[str, str],
-                  inputs: Iterable[Any] = ()) -> Path:
+def write_safetensors(path: PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *,
+                      inputs: Iterable[Any] = ()) -> Path:
+    """Write ``tensors`` with the header ``metadata`` (str → str) as one safetensors file, through
+    :func:`atomic_write` (path checks, temp file, fsync, rename, folder fsync). The one writer of
+    every safetensors file injcert makes: checkpoints, training states, latents.
+
+    Returns:
+        The path written.
+
+    Raises:
+        OutputPathError: the path is refused (symlink, device node, one of ``inputs``, ...).
+        OSError: the write failed (e.g. ``ENOSPC``).
+    """
     from safetensors.torch import save
 
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, save(clean, metadata=header), inputs=inputs)
+    return atomic_write(path, save(clean, metadata=metadata), inputs=inputs)
+
 
 
 def _describe_pickle(head: bytes, size: int | None = None) -> str | None:
@@ -573,29 +592,42 @@ _ST_DTYPES: dict[str, tuple[torch.dtype, int]] = {
 }
 
 
-def _read_header(path: PathLike, expected_format: str) -> tuple[dict[str, tuple[torch.dtype, tuple[int, ...]]], dict[str, Any]]:
+TensorSpecs = dict[str, tuple[torch.dtype, tuple[int, ...]]]
+
+
+def read_safetensors_header(path: PathLike, what: str = "file") -> tuple[TensorSpecs, dict[str, Any]]:
     """Validate a safetensors file's header without reading a tensor.
 
-    Returns ``({name: (dtype, shape)}, config)``. Raises :class:`CheckpointError` on anything wrong
-    and :class:`~injcert.errors.LimitError` when it stores more numbers than ``limits.params``.
+    Checked: an existing regular file; not a pickle (never unpickled); a header length inside the
+    file and at most 100 MiB; a JSON object; a ``__metadata__`` object; every tensor entry well formed
+    (known dtype, non-negative shape, byte range that its shape fills, inside the file); at most
+    ``limits.params`` stored numbers. ``what`` names the file in the messages (``"checkpoint"``,
+    ``"latent"``, ...).
+
+    Returns:
+        ``({name: (dtype, shape)}, metadata)``: the declared tensors and the header's metadata dict.
+
+    Raises:
+        CheckpointError: missing, unreadable, not a regular file, a pickle, truncated or corrupt.
+        LimitError: more stored numbers than ``limits.params``.
     """
     from . import limits
 
     p = Path(path)
     label = repr(os.fspath(path))
-    st = regular_input_file(p, CheckpointError, "checkpoint not found: {label}", "cannot read {label}: {reason}",
-                            "checkpoint is not a file: {label}")
+    st = regular_input_file(p, CheckpointError, what + " not found: {label}", "cannot read {label}: {reason}",
+                            what + " is not a file: {label}")
     size = st.st_size
     try:
         with open(p, "rb") as fh:
             head = fh.read(9)
             kind = _describe_pickle(head, size)
             if kind is not None:
-                raise CheckpointError(f"{label} is {kind}, not an injcert safetensors checkpoint; refusing to unpickle it")
+                raise CheckpointError(f"{label} is {kind}, not an injcert safetensors {what}; refusing to unpickle it")
             head = head[:8]
             fh.seek(len(head))
             if len(head) < 8:
-                raise CheckpointError(f"{label} is truncated ({size} bytes): not a safetensors checkpoint")
+                raise CheckpointError(f"{label} is truncated ({size} bytes): not a safetensors {what}")
             n = int.from_bytes(head, "little")
             if n <= 0 or n > _MAX_HEADER or 8 + n > size:
                 raise CheckpointError(f"{label} is truncated or corrupt (header length {n}, file size {size})")
@@ -608,23 +640,8 @@ def _read_header(path: PathLike, expected_format: str) -> tuple[dict[str, tuple[
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict):
         raise CheckpointError(f"{label} is corrupt: its metadata is not an object")
-    fmt = meta.get("format")
-    if fmt != expected_format:
-        raise CheckpointError(f"{label} is not an injcert {expected_format.split('-')[1]} file (format={fmt!r})")
-    try:
-        version = int(meta.get("version", "-1"))
-    except (TypeError, ValueError):
-        version = -1
-    if version < 1 or version > FORMAT_VERSION:
-        raise CheckpointError(f"{label} has format version {meta.get('version')!r}; this injcert reads 1..{FORMAT_VERSION}")
-    cfg_text = meta.get("config", "{}")
-    if not isinstance(cfg_text, str):
-        raise CheckpointError(f"{label} is corrupt: its config is not a string")
-    config = _json_loads(cfg_text, f"{label} config")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{label} has a config that is a JSON {type(config).__name__}, not an object")
     # every tensor's entry well formed and its byte range inside the file, before reading
-    declared: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+    declared: TensorSpecs = {}
     end = 0
     total = 0
     for key, info in header.items():
@@ -647,6 +664,54 @@ def _read_header(path: PathLike, expected_format: str) -> tuple[dict[str, tuple[
     if 8 + n + end > size:
         raise CheckpointError(f"{label} is truncated: expected {8 + n + end} bytes, found {size}")
     limits.check("params", total, f"numbers stored in {label}")
+    return declared, meta
+
+
+def read_safetensors(path: PathLike, what: str = "file", *,
+                     validate: Optional[Callable[[TensorSpecs, dict[str, Any]], None]] = None,
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors file whose header :func:`read_safetensors_header` accepts (never unpickles).
+
+    ``validate(declared, metadata)``, if given, runs after the header check and before any tensor
+    is read (check the metadata, names, shapes, limits there; raise to refuse the file).
+
+    Returns:
+        ``(tensors, metadata)`` (tensors on the CPU).
+
+    Raises:
+        CheckpointError: see :func:`read_safetensors_header`; or the tensors cannot be read.
+        LimitError: more stored numbers than ``limits.params``.
+    """
+    declared, meta = read_safetensors_header(path, what)
+    if validate is not None:
+        validate(declared, meta)
+    return _load_tensors(path), meta
+
+
+def _read_header(path: PathLike, expected_format: str) -> tuple[TensorSpecs, dict[str, Any]]:
+    """Validate a checkpoint's or state's header without reading a tensor (see
+    :func:`read_safetensors_header`), then its ``format``, ``version`` and JSON ``config``.
+
+    Returns ``({name: (dtype, shape)}, config)``. Raises :class:`CheckpointError` on anything wrong
+    and :class:`~injcert.errors.LimitError` when it stores more numbers than ``limits.params``.
+    """
+    declared, meta = read_safetensors_header(path, "checkpoint")
+    label = repr(os.fspath(path))
+    fmt = meta.get("format")
+    if fmt != expected_format:
+        raise CheckpointError(f"{label} is not an injcert {expected_format.split('-')[1]} file (format={fmt!r})")
+    try:
+        version = int(meta.get("version", "-1"))
+    except (TypeError, ValueError):
+        version = -1
+    if version < 1 or version > FORMAT_VERSION:
+        raise CheckpointError(f"{label} has format version {meta.get('version')!r}; this injcert reads 1..{FORMAT_VERSION}")
+    cfg_text = meta.get("config", "{}")
+    if not isinstance(cfg_text, str):
+        raise CheckpointError(f"{label} is corrupt: its config is not a string")
+    config = _json_loads(cfg_text, f"{label} config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{label} has a config that is a JSON {type(config).__name__}, not an object")
     return declared, config
 
 
@@ -755,7 +820,7 @@ def save_checkpoint(model: nn.Module, path: PathLike, *, metadata: dict[str, Any
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"config or metadata of {type(model).__name__} is not JSON-able: {exc}") from None
     header = {"format": _MODEL_FORMAT, "version": str(FORMAT_VERSION), "config": cfg}
-    return _save_tensors(path, dict(model.state_dict()), header, inputs)
+    return write_safetensors(path, dict(model.state_dict()), header, inputs=inputs)
 
 
 def read_checkpoint_header(path: PathLike) -> dict[str, Any]:
@@ -849,7 +914,7 @@ def save_state(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict[str,
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"state metadata is not JSON-able: {exc}") from None
     header = {"format": _STATE_FORMAT, "version": str(FORMAT_VERSION), "config": cfg}
-    return _save_tensors(path, tensors, header, inputs)
+    return write_safetensors(path, tensors, header, inputs=inputs)
 
 
 def load_state(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -39,7 +39,7 @@ def _peak() -> float:
 
 
 def _model():
-    from injcert.tasks.compare import bench_model
+    from injcert.cli.compare import bench_model
 
     model, _ = bench_model()
     return model.to(DEV).eval()

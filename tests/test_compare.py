@@ -7,7 +7,7 @@ import math
 import torch
 
 from injcert.cli import main
-from injcert.tasks import compare
+from injcert.cli import compare
 from injcert.testing import AnalyticMixtureScore, flow_map
 
 

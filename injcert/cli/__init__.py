@@ -1,7 +1,15 @@
-"""Thin argparse front end: ``python -m injcert <command> ...``.
+"""The command line: ``python -m injcert <command> ...`` (the ``injcert`` script).
 
-Every sub-command lives in the module that implements it and registers its arguments here;
-this file wires them together and enforces the command-line contract in one place:
+This package holds the command line and its applications; the library operations they call stay
+in the package (:mod:`injcert.tasks`, :mod:`injcert.certify`, ...):
+
+* :mod:`injcert.cli.commands`: ``invert``, ``decode``, ``reconstruct``, ``edit``;
+* :mod:`injcert.cli.demo`: ``demo``, the whole pipeline on the bundled images;
+* :mod:`injcert.cli.compare`: ``bench``, the comparison against the baselines;
+* ``train`` (:mod:`injcert.tasks.train`) and ``certify`` (:mod:`injcert.certify.command`)
+  register their arguments from their own modules.
+
+This module wires them together and enforces the command-line contract in one place:
 
 * exit 0: done; exit 1: only ``certify``'s "a property fails";
 * exit 2 with exactly one line on stderr (no traceback) for every unusable input or environment
@@ -24,7 +32,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from . import __version__
+from .. import __version__
 
 __all__ = ["main", "build_parser", "HelpFormatter", "add_threads_argument"]
 
@@ -32,12 +40,12 @@ __all__ = ["main", "build_parser", "HelpFormatter", "add_threads_argument"]
 _COMMANDS: list[tuple[str, str, str, str, str]] = [
     ("train", "train a conditional score network on the bundled images", "injcert.tasks.train", "add_train_arguments", "run_train"),
     ("certify", "certify a checkpoint: Lipschitz bounds, injectivity, stability, log-determinants", "injcert.certify.command", "add_arguments", "run"),
-    ("invert", "encode an image to its latent (image -> noise), exactly invertible", "injcert.tasks.commands", "add_invert_arguments", "run_invert"),
-    ("decode", "decode a latent back to an image (noise -> image)", "injcert.tasks.commands", "add_decode_arguments", "run_decode"),
-    ("reconstruct", "corrupt an image (or read a corrupted one) and reconstruct it", "injcert.tasks.commands", "add_reconstruct_arguments", "run_reconstruct"),
-    ("edit", "edit an image inside a mask, leaving every pixel outside it identical", "injcert.tasks.commands", "add_edit_arguments", "run_edit"),
-    ("demo", "run the whole pipeline on the bundled images and write a report folder", "injcert.tasks.demo", "add_arguments", "run"),
-    ("bench", "side-by-side comparison against the baselines (Markdown table and figures)", "injcert.tasks.compare", "add_arguments", "run"),
+    ("invert", "encode an image to its latent (image -> noise), exactly invertible", "injcert.cli.commands", "add_invert_arguments", "run_invert"),
+    ("decode", "decode a latent back to an image (noise -> image)", "injcert.cli.commands", "add_decode_arguments", "run_decode"),
+    ("reconstruct", "corrupt an image (or read a corrupted one) and reconstruct it", "injcert.cli.commands", "add_reconstruct_arguments", "run_reconstruct"),
+    ("edit", "edit an image inside a mask, leaving every pixel outside it identical", "injcert.cli.commands", "add_edit_arguments", "run_edit"),
+    ("demo", "run the whole pipeline on the bundled images and write a report folder", "injcert.cli.demo", "add_arguments", "run"),
+    ("bench", "side-by-side comparison against the baselines (Markdown table and figures)", "injcert.cli.compare", "add_arguments", "run"),
 ]
 
 
@@ -127,9 +135,9 @@ def _option(dest: str) -> str:
 
 def _preflight(args: argparse.Namespace) -> None:
     """Check the options every command shares, before it runs (raises one-line InjcertErrors)."""
-    from . import limits
-    from .errors import ConfigError
-    from .io import check_device, check_output_path
+    from .. import limits
+    from ..errors import ConfigError
+    from ..io import check_device, check_output_path
 
     cmd = args.command
     for text in getattr(args, "limit", None) or []:
@@ -160,8 +168,8 @@ def _preflight(args: argparse.Namespace) -> None:
     if cmd in ("demo", "bench"):  # they load the model themselves: refuse NaN/overflowing weights here
         ckpt = getattr(args, "model", None) or getattr(args, "checkpoint", None)
         if isinstance(ckpt, str):
-            from .io import load_checkpoint
-            from .tasks.commands import check_finite_model
+            from ..io import load_checkpoint
+            from .commands import check_finite_model
 
             check_finite_model(load_checkpoint(ckpt), f"checkpoint {ckpt!r}")
     inputs = [v for v in (getattr(args, k, None) for k in _INPUTS) if isinstance(v, str) and v]
@@ -177,14 +185,14 @@ def _preflight(args: argparse.Namespace) -> None:
             continue
         check_output_path(value, inputs=inputs, what=_option(dest))
         if dest in _IMAGE_OUTPUTS.get(cmd, ()):
-            from .data.images import image_format
+            from ..data.images import image_format
 
             image_format(value)
 
 
 def _one_line(exc: BaseException) -> str:
     """The first line of an exception's message; an OSError as ``strerror: 'filename'``."""
-    from .errors import InjcertError
+    from ..errors import InjcertError
 
     if isinstance(exc, OSError) and not isinstance(exc, InjcertError) and exc.strerror:
         names = [repr(os.fspath(f)) if isinstance(f, (str, bytes, os.PathLike)) else str(f)
@@ -199,7 +207,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _is_environment_error(exc: BaseException) -> bool:
     """Unusable input or environment: injcert's own errors, I/O errors, running out of memory."""
-    from .errors import InjcertError
+    from ..errors import InjcertError
 
     if isinstance(exc, (InjcertError, OSError, MemoryError)):
         return True
@@ -210,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit status: 0 ok; 1 only for ``certify``'s "a property fails"; 2 with one
     line on stderr for every unusable input or environment error (``--debug`` or ``INJCERT_DEBUG=1``
     adds the traceback); 130 on Ctrl-C. Any other exception is a bug and shows its traceback."""
-    from . import limits
+    from .. import limits
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -219,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     debug = bool(getattr(args, "debug", False)) or os.environ.get("INJCERT_DEBUG", "") not in ("", "0")
     try:
-        from .threads import threads
+        from ..threads import threads
 
         # the default thread count applies to the command line; main([...]) called from Python
         # (tests, notebooks) keeps the caller's setting unless --threads is given
@@ -241,6 +249,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         limits.reset()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -58,7 +58,7 @@ def _common(p: argparse.ArgumentParser, *, steps: bool = True, method: bool = Tr
 def load_model_for_cli(path: Optional[str], device: str, dtype: torch.dtype, tile: int = 512) -> Any:
     """Load a checkpoint (default: the shipped one), move it, and wrap it for tiled evaluation."""
     from ..io import load_checkpoint
-    from .tiling import TiledModel
+    from ..tasks.tiling import TiledModel
 
     if path is None:
         from .. import DEFAULT_CHECKPOINT
@@ -229,7 +229,7 @@ def add_invert_arguments(p: argparse.ArgumentParser) -> None:
 def run_invert(args: argparse.Namespace) -> int:
     from ..errors import InputError, NonConvergenceError
     from ..solvers import SOLVERS
-    from .invert import check_decodable, decode, encode
+    from ..tasks.invert import check_decodable, decode, encode
 
     if args.method not in SOLVERS:
         from ..errors import ConfigError
@@ -286,7 +286,7 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    from .invert import Latent, decode
+    from ..tasks.invert import Latent, decode
 
     from ..errors import ConfigError, InputError
 
@@ -401,7 +401,7 @@ def _corruption_params(args: argparse.Namespace) -> dict:
 def run_reconstruct(args: argparse.Namespace) -> int:
     from ..data.corruptions import make_corruption
     from ..metrics import psnr, region_psnr
-    from .reconstruct import reconstruct_full
+    from ..tasks.reconstruct import reconstruct_full
 
     dt = _dtype(args.dtype)
     inputs = _inputs(args)
@@ -483,7 +483,7 @@ def add_edit_arguments(p: argparse.ArgumentParser) -> None:
 def run_edit(args: argparse.Namespace) -> int:
     from ..metrics import region_psnr, seam_energy
     from ..errors import ConfigError, InputError
-    from .edit import edit_full
+    from ..tasks.edit import edit_full
 
     if not (isinstance(args.strength, float) and 0.0 < args.strength <= 1.0):
         raise ConfigError(f"--strength must lie in (0, 1], got {args.strength!r}")

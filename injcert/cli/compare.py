@@ -8,7 +8,7 @@ One run, on the same held-out images and the same corruption masks for every met
   scheme, at 10/20/50/100 steps, in float32 and float64.
 * **Sampling accuracy** of each integrator against a tight dopri5 reference, with dopri5 itself at
   several tolerances so that methods can be compared at equal NFE — on the analytic mixture
-  problem (:class:`injcert.testing.AnalyticMixtureScore`, exact score) and on the model.
+  problem (:class:`injcert.model.analytic.AnalyticMixtureScore`, exact score) and on the model.
 * **Reconstruction** PSNR/SSIM overall and PSNR inside the corrupted region, per corruption type,
   against the classical baselines of :data:`BASELINES` (:mod:`injcert.tasks.classical`):
   ``inpaint_biharmonic`` for missing pixels, ``richardson_lucy`` and ``wiener`` (true PSF) for the
@@ -168,7 +168,7 @@ def round_trip(model: nn.Module, x: Tensor, method: str, steps: int, dtype: torc
     """
     from ..errors import NonConvergenceError
     from ..solvers import get_solver, make_grid, probability_flow_field
-    from ..solvers._dopri5 import Dopri5
+    from ..solvers import Dopri5
 
     net = _as(model, dtype)
     xx = x.to(dtype)
@@ -192,7 +192,7 @@ def round_trip(model: nn.Module, x: Tensor, method: str, steps: int, dtype: torc
 def _sample(model: nn.Module, z: Tensor, method: str, steps: int, rtol: float = 1e-6) -> Tuple[Tensor, int]:
     from ..errors import NonConvergenceError
     from ..solvers import get_solver, make_grid, probability_flow_field
-    from ..solvers._dopri5 import Dopri5
+    from ..solvers import Dopri5
 
     field = probability_flow_field(model)
     alpha = float(field.schedule.alpha(field.schedule.t_max))
@@ -243,7 +243,7 @@ the noise methods are given the true sigma, the deblurring ones the true PSF).""
 
 def classical_baselines(name: str, y: Tensor, m: Tensor, sigma_blur: float = 2.0) -> List[Tuple[str, Tensor]]:
     """Every classical baseline of corruption ``name`` on one batch: ``[(method, x_hat), ...]``."""
-    from .classical import classical_estimate
+    from ..tasks.classical import classical_estimate
 
     if name not in BASELINES:
         raise ArgumentError(f"no classical baseline for corruption {name!r}; choices: {sorted(BASELINES)}")
@@ -279,8 +279,8 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
     """
     from ..data.corruptions import make_corruption
     from ..metrics import psnr, region_psnr, ssim
-    from .classical import classical_estimate
-    from .reconstruct import reconstruct_full
+    from ..tasks.classical import classical_estimate
+    from ..tasks.reconstruct import reconstruct_full
 
     rows: List[ReconRow] = []
     for name in corruptions:
@@ -376,7 +376,7 @@ def editing_rows(model: nn.Module, batches: Sequence[Tensor], steps: int, streng
                  keep: Optional[dict] = None) -> List[EditRow]:
     """Ours (bit-exact, reset outside) vs naive DDIM inversion on a "recolor" edit of a centred box."""
     from ..metrics import background_preservation, region_mse, region_psnr, seam_energy
-    from .edit import edit_full, make_target
+    from ..tasks.edit import edit_full, make_target
 
     acc: Dict[str, List[Tuple[float, float, float, float, int, float]]] = {}
     for bi, x in enumerate(batches):
@@ -534,7 +534,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison, print the tables and write ``results.md`` and figures into ``--out``."""
     from .._progress import Stages, bar, summary
     from ..errors import ConfigError
-    from ..testing import AnalyticMixtureScore, flow_map
+    from ..model.analytic import AnalyticMixtureScore, flow_map
 
     if torch.device(getattr(args, "device", "cpu") or "cpu").type != "cpu":
         raise ConfigError(f"bench runs on the CPU only, got --device {args.device!r} (GPU numbers: make gpu-check)")

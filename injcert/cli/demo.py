@@ -53,7 +53,7 @@ def _log_line(msg: str) -> None:
 
 def _best_baseline(kind: str, y: torch.Tensor, m: torch.Tensor, x: torch.Tensor) -> tuple[str, torch.Tensor]:
     """The best (by PSNR against the clean image) of the classical baselines of ``kind``
-    (:data:`injcert.tasks.compare.BASELINES`: biharmonic; Richardson–Lucy or Wiener; nl-means, TV or
+    (:data:`injcert.cli.compare.BASELINES`: biharmonic; Richardson–Lucy or Wiener; nl-means, TV or
     BM3D given the true sigma) — never the corrupted input itself."""
     from ..metrics import psnr
     from .compare import classical_baselines
@@ -94,9 +94,9 @@ def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: A
     from ..metrics import grain_ratio, latent_statistics, psnr, region_psnr, seam_energy, ssim
     from ..theory.lipschitz import lipschitz_bound
     from .commands import side_by_side
-    from .edit import edit_full
-    from .invert import decode, encode
-    from .reconstruct import reconstruct_full
+    from ..tasks.edit import edit_full
+    from ..tasks.invert import decode, encode
+    from ..tasks.reconstruct import reconstruct_full
 
     def stage(detail: str) -> None:
         stages._bar.set_postfix_str(detail)
@@ -108,7 +108,7 @@ def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: A
 
     stage("training" if train_steps > 0 else "model")
     if train_steps > 0:
-        from .train import TrainConfig, train
+        from ..tasks.train import TrainConfig, train
 
         cfg = TrainConfig.from_dict({"steps": train_steps, "checkpoint_every": train_steps})
         ckpt = train(cfg, out / "model.ckpt", device=device, progress=False)

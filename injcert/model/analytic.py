@@ -1,4 +1,7 @@
-r"""An analytic-score test problem: a per-pixel Gaussian mixture with a closed-form $\varepsilon$.
+r"""An analytic-score problem: a per-pixel Gaussian mixture with a closed-form $\varepsilon$.
+
+The exact-score reference of ``bench`` (:mod:`injcert.cli.compare`), the benchmarks and the tests;
+re-exported by :mod:`injcert.testing` for users' CI.
 
 Data: every pixel is drawn independently from $p_0 = \sum_k w_k\,\mathcal N(\mu_k, s^2)$ (one
 common standard deviation $s$). Under the VP forward process $x_t = \alpha_t x_0 + \sigma_t\varepsilon$,
@@ -37,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ArgumentError
-from ..model.schedule import VPSchedule, get_schedule
+from .schedule import VPSchedule, get_schedule
 
 __all__ = ["AnalyticMixtureScore", "flow_map"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .analytic import AnalyticMixtureScore as AnalyticMixtureScore
-from .analytic import flow_map as flow_map
+from injcert.model.analytic import AnalyticMixtureScore as AnalyticMixtureScore
+from injcert.model.analytic import flow_map as flow_map
 from .assertions import assert_bound_sound as assert_bound_sound
 from .assertions import assert_certified as assert_certified
 from .assertions import assert_round_trip_exact as assert_round_trip_exact

@@ -91,7 +91,7 @@ def assert_bound_sound(layer_or_net: nn.Module, input_shape: Sequence[int], *, p
     """
     import copy
 
-    from ..theory.lipschitz import lipschitz_bound
+    from injcert import lipschitz_bound
 
     native = copy.deepcopy(layer_or_net).eval()
     for p in native.parameters():
@@ -121,7 +121,7 @@ def assert_round_trip_exact(model: Any, x: Tensor, steps: int = 20, method: str 
     Raises:
         AssertionError: some element differs (the message gives how many and the largest error).
     """
-    from ..tasks.invert import decode, encode
+    from injcert import decode, encode
 
     with torch.no_grad():
         latent = encode(model, x, cond, steps=steps, method=method)
@@ -145,7 +145,7 @@ def assert_certified(checkpoint: Union[str, "os.PathLike[str]", nn.Module], **kw
     Raises:
         AssertionError: listing every failing property with its summary (soundness failures first).
     """
-    from ..certify import certify
+    from injcert import certify
 
     cert = certify(checkpoint, **kwargs)
     if cert.verdict != "PASS":
