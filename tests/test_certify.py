@@ -25,8 +25,6 @@ from injcert.model.schedule import get_schedule
 from injcert.solvers import make_grid
 from injcert.theory.lipschitz import register_lipschitz_rule
 
-from helpers import tiny_unet
-
 FAST = ["--steps", "8", "--samples", "2"]
 
 
@@ -89,7 +87,10 @@ def ortho_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def unet_ckpt(tmp_path_factory) -> Path:
-    model = tiny_unet(lipschitz_budget=2.0)
+    from injcert.model.unet import CondUNet
+
+    torch.manual_seed(0)
+    model = CondUNet(in_channels=3, base_channels=8, channel_mults=[1, 2], emb_dim=16, lipschitz_budget=2.0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny_unet.ckpt"
     save_checkpoint(model, path, metadata={"note": "untrained test model"})
     return path
@@ -283,10 +284,10 @@ def test_planted_soundness_violation_is_caught(ortho_ckpt, tmp_path, capsys, mon
         lb = real(module, shape, size_independent=size_independent)
         return lipmod.LipschitzBound(lb.value * 0.5, lb.layers, lb.input_shape, lb.size_independent)
 
-    from injcert.certify import lipschitz as certify_lipschitz
+    from injcert.certify import checks as checks_mod
 
     monkeypatch.setattr(lipmod, "lipschitz_bound", too_small)
-    monkeypatch.setattr(certify_lipschitz, "lipschitz_bound", too_small)  # the name the certificate calls
+    monkeypatch.setattr(checks_mod, "lipschitz_bound", too_small)  # the name the certificate's checks call
     out = tmp_path / "unsound.json"
     rc, stdout, _ = _run([ortho_ckpt, "--json", out, "--steps", "12", "--samples", "4"], capsys)
     assert rc == 1
@@ -350,7 +351,11 @@ def test_adaptive_budget_certifies_fixed_point_at_50_steps_with_finite_logdet_lo
     50-step geometric grid: the Euler steps are certified injective, the fixed-point inverse runs,
     and the log-det interval has a finite lower end (shared/DESIGN.md)."""
     from injcert.theory.flow import LipschitzProfile
-    model = tiny_unet(lipschitz_budget=400.0, lipschitz_kappa=3.0, skip_max=0.5, data_variance=0.25)
+    from injcert.model.unet import CondUNet
+
+    torch.manual_seed(0)
+    model = CondUNet(in_channels=3, base_channels=8, channel_mults=[1, 2], emb_dim=16, lipschitz_budget=400.0,
+                     lipschitz_kappa=3.0, skip_max=0.5, data_variance=0.25)
     cert = certify(model, steps=50, samples=2, patch_size=16, logdet_size=4, hutchpp_steps=3,
                    hutchpp_queries=4, lipschitz_iters=3, round_trip_study=False, method="fixed_point")
     props = {p.name: p for p in cert.properties}

@@ -30,10 +30,10 @@ from injcert import limits
 from injcert.cli import main
 from injcert.data.images import load_image, save_image
 from injcert.io import atomic_write_bytes, clean_orphan_temps, load_state, save_checkpoint, save_state
+from injcert.model.unet import CondUNet
 
-from helpers import ROOT, tiny_config, tiny_unet
-
-TINY = tiny_config()
+ROOT = Path(__file__).resolve().parents[1]
+TINY = json.loads((ROOT / "configs" / "tiny.json").read_text())
 
 
 # ============================================================================ helpers
@@ -85,8 +85,9 @@ def _payload_bytes(marker: Path, kind: str) -> bytes:
     return pickle.dumps({"w": _Payload()}, protocol=int(kind[1:]))
 
 
-def _tiny_model(seed: int):
-    return tiny_unet(seed, lipschitz_budget=5.0, data_variance=0.25)
+def _tiny_model(seed: int) -> CondUNet:
+    torch.manual_seed(seed)
+    return CondUNet(base_channels=8, channel_mults=(1, 2), emb_dim=16, lipschitz_budget=5.0, data_variance=0.25)
 
 
 def _safetensors_ckpt(path: Path, config, tensors: dict) -> Path:

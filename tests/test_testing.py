@@ -22,8 +22,6 @@ from injcert.testing.strategies import (
     networks,
 )
 
-from helpers import tiny_unet
-
 
 @given(images(batch=(1, 2), size=(4, 12)))
 def test_images_in_range(x):
@@ -97,7 +95,10 @@ def test_assert_round_trip_exact_catches_ddim():
 
 def test_assert_certified(tmp_path):
     from injcert.io import save_checkpoint
-    model = tiny_unet(in_channels=1, base_channels=4, emb_dim=8, lipschitz_budget=1.0)
+    from injcert.model.unet import CondUNet
+
+    torch.manual_seed(0)
+    model = CondUNet(in_channels=1, base_channels=4, channel_mults=[1, 2], emb_dim=8, lipschitz_budget=1.0)
     path = tmp_path / "m.ckpt"
     save_checkpoint(model, path)
     cert = assert_certified(path, steps=6, samples=2)
