@@ -31,9 +31,12 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .. import limits
 from ..errors import ArgumentError, ArgumentTypeError, CheckpointError, ConfigError, InjcertError, InputError
+from ..io import read_safetensors, weights_fingerprint, write_safetensors
 from ..model.schedule import get_schedule
-from ..solvers import GRIDS, Grid, Solver, SolverState, get_solver, integrate, make_grid, probability_flow_field
+from ..solvers import GRIDS, SOLVERS, Grid, Solver, SolverState, get_solver, integrate, make_grid, \
+    probability_flow_field
 
 __all__ = ["Latent", "encode", "decode", "encode_state", "decode_full", "check_decodable"]
 
@@ -106,107 +109,49 @@ class Latent:
                 "scale": self.scale, "model_sha256": self.model_sha256, "execution": self.execution}
 
     def save(self, path: Union[str, os.PathLike], *, inputs: Any = ()) -> None:
-        """Write a safetensors file (metadata JSON in its header) through :func:`injcert.io.atomic_write`
-        (temp file, fsync, rename; a symlink, device node or one of ``inputs`` is refused)."""
-        from safetensors.torch import save
-
-        from ..io import atomic_write
-
-        tensors = {"state": self.state.detach().cpu().contiguous()}
+        """Write a safetensors file (metadata JSON in its header) through
+        :func:`injcert.io.write_safetensors` (temp file, fsync, rename; a symlink, device node or one of
+        ``inputs`` is refused) — the writer of every safetensors file injcert makes."""
+        tensors = {"state": self.state}
         if self.aux is not None:
-            tensors["aux"] = self.aux.detach().cpu().contiguous()
+            tensors["aux"] = self.aux
         if self.remainder is not None:
-            tensors["remainder"] = self.remainder.detach().cpu().contiguous()
-        atomic_write(path, save(tensors, metadata={"injcert_latent": json.dumps(self._metadata(), allow_nan=False)}),
-                     inputs=inputs)
+            tensors["remainder"] = self.remainder
+        write_safetensors(path, tensors, {"injcert_latent": json.dumps(self._metadata(), allow_nan=False)},
+                          inputs=inputs)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Latent":
-        """Read a file written by :meth:`save` (never unpickles) and validate it.
+        """Read a file written by :meth:`save` through :func:`injcert.io.read_safetensors` (header checked
+        before any tensor is read, never unpickles) and validate it.
 
         Raises:
             CheckpointError: missing, corrupt or not an injcert latent (bad method, grid, dtype, shapes,
                 non-finite values, ...).
             LimitError: ``steps`` or the number of pixels above :mod:`injcert.limits`.
         """
-        from safetensors import safe_open
-
-        from .. import limits
-        from ..io import regular_input_file
-        from ..solvers import SOLVERS
-
         label = repr(os.fspath(path))
-        st = regular_input_file(path, CheckpointError, "latent file {label} does not exist",
-                                "cannot read latent {label}: {reason}", "latent {label} is not a regular file")
-        try:
-            from ..io import _describe_pickle
+        found: Dict[str, Any] = {}
 
-            with open(path, "rb") as fh:
-                head = fh.read(9)
-            if _describe_pickle(head, st.st_size) is not None:
-                raise CheckpointError(f"{label} is a pickle, not an injcert latent; refusing to unpickle it")
-            with safe_open(os.fspath(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["injcert_latent"])
-                if not isinstance(meta, dict):
-                    raise _Invalid("its metadata is not an object")
-                if meta.get("format") not in _READABLE:
-                    raise _Invalid(f"unknown format {meta.get('format')!r}")
-                steps = meta["steps"]
-                if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-                    raise _Invalid(f"steps must be an int >= 1, got {steps!r}")
-                limits.check("steps", steps, f"steps of latent {label}")
-                keys = set(f.keys())
-                if not keys <= {"state", "aux", "remainder"} or "state" not in keys:
-                    raise _Invalid(f"unexpected tensors {sorted(keys)}")
-                shape = tuple(f.get_slice("state").get_shape())
-                if len(shape) != 4:
-                    raise _Invalid(f"state must be N×C×H×W, got shape {list(shape)}")
-                limits.check("pixels", shape[0] * shape[2] * shape[3], f"pixels of latent {label}")
-                for k in keys:
-                    if tuple(f.get_slice(k).get_shape()) != shape:
-                        raise _Invalid(f"tensor {k!r} has another shape than the state")
-                tensors = {k: f.get_tensor(k) for k in keys}
-            method, grid = str(meta["method"]), str(meta["grid"])
-            if method not in SOLVERS:
-                raise _Invalid(f"unknown method {method!r}")
-            if grid not in ("geometric", "uniform"):
-                raise _Invalid(f"unknown grid {grid!r}")
-            if meta["dtype"] not in ("float32", "float64"):
-                raise _Invalid(f"dtype must be float32 or float64, got {meta['dtype']!r}")
-            t_max, t_min, scale = float(meta["t_max"]), float(meta["t_min"]), float(meta["scale"])
-            if not (0.0 <= t_min < t_max < 1.0) or not (math.isfinite(scale) and scale > 0):
-                raise _Invalid(f"bad times or scale (t_min={t_min}, t_max={t_max}, scale={scale})")
-            get_schedule(dict(meta["schedule"]))
+        def validate(declared: Dict[str, Any], header: Dict[str, Any]) -> None:
+            found["meta"] = _validated_metadata(header, declared, label)
+
+        try:
+            tensors, _ = read_safetensors(path, "latent file", validate=validate)
+            meta = found["meta"]
             fb = meta["frac_bits"]
-            if fb is not None and (isinstance(fb, bool) or not isinstance(fb, int) or not 0 < fb < 63):
-                raise _Invalid(f"frac_bits must be an int in (0, 63) or null, got {fb!r}")
-            fp = meta.get("model_sha256")
-            if fp is not None and not (isinstance(fp, str) and len(fp) == 64):
-                raise _Invalid(f"model_sha256 must be a hex SHA-256, got {fp!r}")
-            ex = meta.get("execution")
-            if ex is not None and not (isinstance(ex, dict) and ex.get("device") in ("cpu", "cuda")
-                                       and isinstance(ex.get("threads"), int) and not isinstance(ex.get("threads"), bool)
-                                       and 0 < ex["threads"] <= 4096 and isinstance(ex.get("torch"), str)):
-                raise _Invalid(f"execution must be {{device, threads, torch}}, got {ex!r}")
             for k, t in tensors.items():
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                     raise _Invalid(f"tensor {k!r} holds NaN or infinite values")
             if fb is not None and tensors["state"].dtype != torch.int64:
                 raise _Invalid(f"a lattice state must be int64, got {tensors['state'].dtype}")
-            return cls(state=tensors["state"], aux=tensors.get("aux"), remainder=tensors.get("remainder"),
-                       method=method, steps=steps, grid=grid,
-                       schedule=dict(meta["schedule"]), dtype=_DTYPES[meta["dtype"]], t_max=t_max,
-                       frac_bits=None if fb is None else int(fb),
-                       nfe=int(meta["nfe"]), t_min=t_min, scale=scale, model_sha256=fp, execution=ex)
         except _Invalid as exc:
             raise CheckpointError(f"{label} is not a valid injcert latent: {exc}") from None
-        except InjcertError:
-            raise
-        except RecursionError:
-            raise CheckpointError(f"{label} is not a valid injcert latent: its metadata is nested too deeply") from None
-        except Exception as exc:  # noqa: BLE001 - corrupt header, missing keys, wrong types
-            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CheckpointError(f"{label} is not a valid injcert latent: {msg}") from None
+        return cls(state=tensors["state"], aux=tensors.get("aux"), remainder=tensors.get("remainder"),
+                   method=str(meta["method"]), steps=meta["steps"], grid=str(meta["grid"]),
+                   schedule=dict(meta["schedule"]), dtype=_DTYPES[meta["dtype"]], t_max=float(meta["t_max"]),
+                   frac_bits=None if fb is None else int(fb), nfe=int(meta["nfe"]), t_min=float(meta["t_min"]),
+                   scale=float(meta["scale"]), model_sha256=meta.get("model_sha256"), execution=meta.get("execution"))
 
     def check_execution(self, device: torch.device, *, force: bool = False) -> Optional[int]:
         """Refuse (one :class:`~injcert.errors.InputError` line) to decode an exact latent on another
@@ -229,12 +174,71 @@ class Latent:
         latent (its weights' fingerprint differs). ``force=True`` skips the check."""
         if force or self.model_sha256 is None or not isinstance(model, torch.nn.Module):
             return
-        from ..io import weights_fingerprint
-
         fp = weights_fingerprint(model)
         if fp != self.model_sha256:
             raise InputError(f"this latent was made by the model with weights sha256 {self.model_sha256[:12]}…, "
                              f"not by this one ({fp[:12]}…); decoding it would give garbage (--force to do it anyway)")
+
+
+def _validated_metadata(header: Dict[str, Any], declared: Dict[str, Any], label: str) -> Dict[str, Any]:
+    """The latent's metadata, checked against its declared tensors before any tensor is read.
+
+    Raises :class:`_Invalid` (made one :class:`CheckpointError` line by :meth:`Latent.load`) or
+    :class:`~injcert.errors.LimitError`."""
+    try:
+        meta = json.loads(header["injcert_latent"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _Invalid(f"no injcert_latent metadata ({type(exc).__name__})") from None
+    if not isinstance(meta, dict):
+        raise _Invalid("its metadata is not an object")
+    if meta.get("format") not in _READABLE:
+        raise _Invalid(f"unknown format {meta.get('format')!r}")
+    try:
+        _check_metadata_fields(meta, label)
+    except (KeyError, TypeError, ValueError) as exc:  # a missing key or a value of the wrong type
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise _Invalid(f"bad metadata ({type(exc).__name__}: {msg})") from None
+    keys = set(declared)
+    if not keys <= {"state", "aux", "remainder"} or "state" not in keys:
+        raise _Invalid(f"unexpected tensors {sorted(keys)}")
+    shape = tuple(declared["state"][1])
+    if len(shape) != 4:
+        raise _Invalid(f"state must be N×C×H×W, got shape {list(shape)}")
+    limits.check("pixels", shape[0] * shape[2] * shape[3], f"pixels of latent {label}")
+    for k in keys:
+        if tuple(declared[k][1]) != shape:
+            raise _Invalid(f"tensor {k!r} has another shape than the state")
+    return meta
+
+
+def _check_metadata_fields(meta: Dict[str, Any], label: str) -> None:
+    steps = meta["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise _Invalid(f"steps must be an int >= 1, got {steps!r}")
+    limits.check("steps", steps, f"steps of latent {label}")
+    method, grid = str(meta["method"]), str(meta["grid"])
+    if method not in SOLVERS:
+        raise _Invalid(f"unknown method {method!r}")
+    if grid not in GRIDS:
+        raise _Invalid(f"unknown grid {grid!r}")
+    if meta["dtype"] not in ("float32", "float64"):
+        raise _Invalid(f"dtype must be float32 or float64, got {meta['dtype']!r}")
+    t_max, t_min, scale = float(meta["t_max"]), float(meta["t_min"]), float(meta["scale"])
+    if not (0.0 <= t_min < t_max < 1.0) or not (math.isfinite(scale) and scale > 0):
+        raise _Invalid(f"bad times or scale (t_min={t_min}, t_max={t_max}, scale={scale})")
+    get_schedule(dict(meta["schedule"]))
+    fb = meta["frac_bits"]
+    if fb is not None and (isinstance(fb, bool) or not isinstance(fb, int) or not 0 < fb < 63):
+        raise _Invalid(f"frac_bits must be an int in (0, 63) or null, got {fb!r}")
+    fp = meta.get("model_sha256")
+    if fp is not None and not (isinstance(fp, str) and len(fp) == 64):
+        raise _Invalid(f"model_sha256 must be a hex SHA-256, got {fp!r}")
+    ex = meta.get("execution")
+    if ex is not None and not (isinstance(ex, dict) and ex.get("device") in ("cpu", "cuda")
+                               and isinstance(ex.get("threads"), int) and not isinstance(ex.get("threads"), bool)
+                               and 0 < ex["threads"] <= 4096 and isinstance(ex.get("torch"), str)):
+        raise _Invalid(f"execution must be {{device, threads, torch}}, got {ex!r}")
+    int(meta["nfe"])
 
 
 def check_decodable(model: Any, method: str, steps: int, grid: str = "geometric", t_min: float = 1e-3) -> None:
@@ -254,7 +258,6 @@ def check_decodable(model: Any, method: str, steps: int, grid: str = "geometric"
     k, q = worst(steps)
     if q < 1:
         return
-    from .. import limits
 
     hi, cap = steps, limits.get("steps")
     while hi < cap and worst(hi)[1] >= 1:
@@ -314,8 +317,6 @@ def encode_state(model: Any, state: Union[Tensor, SolverState], cond: Cond = Non
     out = integrate(solver, field, g, state, _check_cond(cond, shape, dtype), direction="encode", progress=progress)
     fp = None
     if isinstance(model, torch.nn.Module):
-        from ..io import weights_fingerprint
-
         fp = weights_fingerprint(model)
     dev = out.x.device
     execution = {"device": dev.type, "threads": int(torch.get_num_threads()) if dev.type == "cpu" else 1,
