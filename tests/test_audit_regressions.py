@@ -13,7 +13,7 @@ from fractions import Fraction
 import mpmath
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -32,14 +32,15 @@ from injcert.theory.spectral import (
     power_iteration_lower_bound,
 )
 
+from helpers import dense_jacobian
+
 mpmath.mp.dps = 60
 
 
 def _dense_norm(fn, shape: tuple, dtype=torch.float64) -> float:
-    """Largest singular value of the Jacobian of ``fn`` at 0 (``fn`` linear), in float64."""
-    x = torch.zeros((1, *shape), dtype=dtype)
-    jac = torch.func.jacrev(lambda z: fn(z.reshape(1, *shape)).reshape(-1))(x.reshape(-1))
-    return float(torch.linalg.matrix_norm(jac.detach().to(torch.float64), ord=2)) if jac.numel() else 0.0
+    """Largest singular value (in float64) of the Jacobian of ``fn`` at 0 (``fn`` linear), evaluated in ``dtype``."""
+    jac = dense_jacobian(fn, torch.zeros((1, *shape), dtype=dtype))
+    return float(torch.linalg.matrix_norm(jac.to(torch.float64), ord=2)) if jac.numel() else 0.0
 
 
 # ----------------------------------------------------------------------------- 1. complex weights
@@ -85,7 +86,7 @@ def test_upsample_non_integer_scale_factor_reproducer():
     assert lipschitz_bound(up, (1, 2, 3), size_independent=True).value >= truth
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(deadline=None, derandomize=True)
 @given(st.integers(1, 9), st.integers(1, 9),
        st.one_of(st.floats(0.3, 5.0), st.sampled_from([1.5, 2.5, 3.2, 1 / 3, 2 / 3, 5.2, 6 + 1 / 3, 1.2])),
        st.one_of(st.none(), st.floats(0.3, 5.0)), st.sampled_from([None, False, True]),
@@ -94,8 +95,7 @@ def test_upsample_bound_matches_the_dense_jacobian(h, w, sf_h, sf_w, recompute, 
     sf = sf_h if sf_w is None else (sf_h, sf_w)
     up = nn.Upsample(scale_factor=sf, mode="nearest", recompute_scale_factor=recompute)
     sfs = (sf_h, sf_h) if sf_w is None else (sf_h, sf_w)
-    if math.floor(h * sfs[0]) < 1 or math.floor(w * sfs[1]) < 1:
-        return
+    assume(math.floor(h * sfs[0]) >= 1 and math.floor(w * sfs[1]) >= 1)  # a non-empty output
     truth = _dense_norm(up, (1, h, w), dtype)
     bound = lipschitz_bound(up, (1, h, w)).value
     assert truth <= bound
@@ -105,7 +105,7 @@ def test_upsample_bound_matches_the_dense_jacobian(h, w, sf_h, sf_w, recompute, 
         assert truth <= lipschitz_bound(up, (1, h, w), size_independent=True).value
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(deadline=None, derandomize=True)
 @given(st.integers(1, 200), st.one_of(st.floats(0.1, 8.0), st.sampled_from([3.0, 5.2, 6 + 1 / 3, 1.2, 2.5])),
        st.sampled_from([None, False, True]))
 def test_upsample_index_formula_is_the_kernels(n, sf, recompute):
@@ -114,8 +114,7 @@ def test_upsample_index_formula_is_the_kernels(n, sf, recompute):
     from injcert.theory.lipschitz import _INDEX_MODES, _nearest_sources
 
     up = nn.Upsample(scale_factor=sf, mode="nearest", recompute_scale_factor=recompute)
-    if math.floor(n * sf) < 1:
-        return
+    assume(math.floor(n * sf) >= 1)  # a non-empty output
     for dtype, mode in zip((torch.float32, torch.float64), _INDEX_MODES):
         src = up(torch.arange(n, dtype=dtype).view(1, 1, n)).view(-1).long()
         out = src.numel()
@@ -227,13 +226,12 @@ def test_step_logdet_interval_reproducer_near_q_one():
     assert hi >= _exact_log1m(h, lip, 1, +1)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+@settings(deadline=None, derandomize=True)
 @given(st.floats(0.05, 20.0), st.floats(1e-15, 1e-6), st.integers(1, 10**6))
 def test_step_logdet_interval_contains_the_exact_value_as_q_tends_to_one(h, gap, d):
     lip = (1.0 - gap) / h
     q = Fraction(h) * Fraction(lip)
-    if q >= 1:
-        return
+    assume(q < 1)  # the rounding of (1 - gap) / h may land on or above 1
     lo, hi = step_logdet_interval(h, lip, d)
     assert lo <= _exact_log1m(h, lip, d)
     assert hi >= _exact_log1m(h, lip, d, +1)

@@ -25,6 +25,8 @@ from injcert.model.schedule import get_schedule
 from injcert.solvers import make_grid
 from injcert.theory.lipschitz import register_lipschitz_rule
 
+from helpers import tiny_unet
+
 FAST = ["--steps", "8", "--samples", "2"]
 
 
@@ -87,10 +89,7 @@ def ortho_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def unet_ckpt(tmp_path_factory) -> Path:
-    from injcert.model.unet import CondUNet
-
-    torch.manual_seed(0)
-    model = CondUNet(in_channels=3, base_channels=8, channel_mults=[1, 2], emb_dim=16, lipschitz_budget=2.0)
+    model = tiny_unet(lipschitz_budget=2.0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny_unet.ckpt"
     save_checkpoint(model, path, metadata={"note": "untrained test model"})
     return path
@@ -351,11 +350,7 @@ def test_adaptive_budget_certifies_fixed_point_at_50_steps_with_finite_logdet_lo
     50-step geometric grid: the Euler steps are certified injective, the fixed-point inverse runs,
     and the log-det interval has a finite lower end (shared/DESIGN.md)."""
     from injcert.theory.flow import LipschitzProfile
-    from injcert.model.unet import CondUNet
-
-    torch.manual_seed(0)
-    model = CondUNet(in_channels=3, base_channels=8, channel_mults=[1, 2], emb_dim=16, lipschitz_budget=400.0,
-                     lipschitz_kappa=3.0, skip_max=0.5, data_variance=0.25)
+    model = tiny_unet(lipschitz_budget=400.0, lipschitz_kappa=3.0, skip_max=0.5, data_variance=0.25)
     cert = certify(model, steps=50, samples=2, patch_size=16, logdet_size=4, hutchpp_steps=3,
                    hutchpp_queries=4, lipschitz_iters=3, round_trip_study=False, method="fixed_point")
     props = {p.name: p for p in cert.properties}

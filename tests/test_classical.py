@@ -14,7 +14,7 @@ from injcert.tasks.classical import METHODS, classical_estimate, default_method
 
 
 @given(n=st.integers(4, 20), method=st.sampled_from(sorted(METHODS)), seed=st.integers(0, 1000))
-@settings(max_examples=12)
+@settings(max_examples=12)  # slow: every baseline method runs per example (~1 s an example)
 def test_every_method_keeps_the_shape_at_any_size(n, method, seed):
     """Tiny and odd sizes included (BM3D crashes below its block size unless padded; deconvolution
     needs the PSF to fit)."""

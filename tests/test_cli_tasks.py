@@ -11,14 +11,14 @@ import torch
 from injcert.cli import main
 from injcert.data.images import load_image, save_image
 from injcert.io import save_checkpoint
-from injcert.model.unet import CondUNet
+
+from helpers import tiny_unet
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    model = CondUNet(base_channels=8, channel_mults=(1, 2), emb_dim=16, lipschitz_budget=5.0, data_variance=0.25)
+    model = tiny_unet(lipschitz_budget=5.0, data_variance=0.25)
     save_checkpoint(model, d / "m.ckpt")
     img = torch.rand(3, 20, 24) * 2 - 1
     save_image(img, d / "img.png")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from injcert.data.corruptions import (
@@ -55,7 +55,6 @@ shapes = st.tuples(st.integers(1, 3), st.sampled_from([1, 3]), st.integers(1, 24
 
 
 @given(corruption=corruptions(), shape=shapes, dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31))
-@settings(max_examples=60)
 def test_observed_pixels_unchanged_and_map_ranges(corruption, shape, dtype, seed):
     x = images(*shape, dtype, seed)
     obs = corruption.sample(x, seed)
@@ -79,7 +78,6 @@ def test_observed_pixels_unchanged_and_map_ranges(corruption, shape, dtype, seed
 
 
 @given(corruption=corruptions(), seed=st.integers(0, 2**31), dtype=st.sampled_from(DTYPES))
-@settings(max_examples=30)
 def test_same_seed_same_corruption(corruption, seed, dtype):
     x = images(2, 3, 16, 20, dtype, seed)
     y1, m1 = corruption(x, seed)
@@ -119,7 +117,6 @@ def test_global_seed_makes_none_reproducible():
     dtype=st.sampled_from(DTYPES),
     seed=st.integers(0, 2**31),
 )
-@settings(max_examples=30)
 def test_blur_changes_nothing_outside_region(sigma, frac, shape, dtype, seed):
     x = images(*shape, dtype, seed)
     y, m = BlurRegion(sigma, *frac)(x, seed)
@@ -259,7 +256,6 @@ def test_invalid_parameters_raise_value_error(factory, value):
 
 
 @given(bad=st.floats(allow_nan=False).filter(lambda v: v < 0 or v > 1))
-@settings(max_examples=20)
 def test_ratio_outside_unit_interval_rejected(bad):
     with pytest.raises(ValueError, match=re_escape(repr(bad))):
         RandomPixelMask(bad)

@@ -27,7 +27,8 @@ import torch
 import injcert
 from injcert.cli import build_parser, main
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, tiny_unet
+
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 
@@ -89,10 +90,7 @@ def readme_commands() -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    from injcert.model.unet import CondUNet
-
-    torch.manual_seed(0)
-    model = CondUNet(base_channels=8, channel_mults=(1, 2), emb_dim=16, lipschitz_budget=5.0, data_variance=0.25)
+    model = tiny_unet(lipschitz_budget=5.0, data_variance=0.25)
     path = tmp_path_factory.mktemp("docs_ckpt") / "tiny.ckpt"
     injcert.save_checkpoint(model, path)
     return path

@@ -30,10 +30,10 @@ from injcert import limits
 from injcert.cli import main
 from injcert.data.images import load_image, save_image
 from injcert.io import atomic_write_bytes, clean_orphan_temps, load_state, save_checkpoint, save_state
-from injcert.model.unet import CondUNet
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = json.loads((ROOT / "configs" / "tiny.json").read_text())
+from helpers import subprocess_env, tiny_config, tiny_unet
+
+TINY = tiny_config()
 
 
 # ============================================================================ helpers
@@ -85,9 +85,8 @@ def _payload_bytes(marker: Path, kind: str) -> bytes:
     return pickle.dumps({"w": _Payload()}, protocol=int(kind[1:]))
 
 
-def _tiny_model(seed: int) -> CondUNet:
-    torch.manual_seed(seed)
-    return CondUNet(base_channels=8, channel_mults=(1, 2), emb_dim=16, lipschitz_budget=5.0, data_variance=0.25)
+def _tiny_model(seed: int):
+    return tiny_unet(seed, lipschitz_budget=5.0, data_variance=0.25)
 
 
 def _safetensors_ckpt(path: Path, config, tensors: dict) -> Path:
@@ -768,17 +767,11 @@ def test_a_copied_state_never_writes_the_original_log(env, tmp_path, capsys) -> 
     assert steps == [1, 2]  # the copied run's lines up to the resumed step, then this run's
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def _start_training(tmp_path: Path, out: Path, log: Path) -> subprocess.Popen:
     cfg = dict(TINY, steps=100_000, checkpoint_every=100_000, val_every=100_000, log=str(log))
     (tmp_path / "long.json").write_text(json.dumps(cfg))
     return subprocess.Popen([sys.executable, "-m", "injcert", "train", "--config", str(tmp_path / "long.json"),
-                             "--out", str(out), "--quiet"], env=_env(), cwd=tmp_path,
+                             "--out", str(out), "--quiet"], env=subprocess_env(), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -819,7 +812,7 @@ def test_concurrent_decodes_to_one_path_give_one_complete_image(env, tmp_path) -
         refs.append((tmp_path / f"ref{i}.png").read_bytes())
     target = tmp_path / "race.png"
     procs = [subprocess.Popen([sys.executable, "-m", "injcert", "decode", str(lat), "--out", str(target), "--model",
-                               str(env["m"]), "--quiet"], env=_env(), stdout=subprocess.DEVNULL,
+                               str(env["m"]), "--quiet"], env=subprocess_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE) for lat in (env["lat"], env["lat2"])]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]

@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from injcert.data import images as images_mod
@@ -91,7 +91,6 @@ def test_unknown_name_and_missing_file(tmp_path):
     seed=st.integers(0, 1000),
     batched=st.booleans(),
 )
-@settings(max_examples=15)
 def test_png_round_trip(tmp_path_factory, c, h, w, seed, batched):
     path = tmp_path_factory.mktemp("png") / "x.png"
     g = torch.Generator().manual_seed(seed)

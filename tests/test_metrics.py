@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from injcert.metrics import background_preservation, psnr, region_mse, region_psnr, seam_energy, ssim
@@ -84,7 +84,6 @@ def test_region_mse_matches_formula():
     w=st.integers(2, 10),
     delta=st.floats(-5, 5, allow_nan=False),
 )
-@settings(max_examples=30)
 def test_region_metrics_use_only_region_pixels(seed, h, w, delta):
     x, ref = rand(2, 3, h, w, seed=seed), rand(2, 3, h, w, seed=seed + 1)
     g = torch.Generator().manual_seed(seed)
@@ -112,7 +111,6 @@ def test_seam_energy_formula():
 
 
 @given(seed=st.integers(0, 10_000))
-@settings(max_examples=20)
 def test_seam_energy_brute_force(seed):
     x = rand(2, 2, 6, 7, seed=seed)
     g = torch.Generator().manual_seed(seed)
@@ -132,7 +130,6 @@ def test_seam_energy_brute_force(seed):
 
 
 @given(seed=st.integers(0, 10**6), n=st.integers(32, 64))
-@settings(max_examples=10)
 def test_latent_statistics_tell_white_noise_from_an_image(seed, n):
     from injcert.metrics import latent_statistics
 

@@ -13,21 +13,11 @@ from injcert.errors import ConfigError
 from injcert.model.layers import LipConv2d, ResBlock
 from injcert.model.objective import denoising_loss
 from injcert.model.unet import CondUNet
+from injcert.testing import exact_jacobian_norm
 from injcert.theory.lipschitz import lipschitz_bound, lipschitz_lower_bound
 from injcert.theory.spectral import operator_norm_bound
 
-TINY = dict(in_channels=3, base_channels=8, channel_mults=[1, 2], blocks_per_level=1, emb_dim=16,
-            lipschitz_budget=10.0)
-
-
-def tiny(**kw) -> CondUNet:
-    torch.manual_seed(0)
-    return CondUNet(**dict(TINY, **kw))
-
-
-def _dense_jacobian_norm(fn, x: torch.Tensor) -> float:
-    jac = torch.autograd.functional.jacobian(fn, x)
-    return float(torch.linalg.matrix_norm(jac.reshape(-1, x.numel()), ord=2))
+from helpers import dense_jacobian, tiny_config, tiny_unet
 
 
 # ----------------------------------------------------------------------------- LipConv2d
@@ -37,7 +27,6 @@ def _dense_jacobian_norm(fn, x: torch.Tensor) -> float:
     cin=st.integers(1, 4), cout=st.integers(1, 4), k=st.sampled_from([1, 3]),
     scale=st.floats(0.1, 20.0), cap=st.floats(0.2, 3.0), seed=st.integers(0, 10**6),
 )
-@settings(max_examples=15)
 def test_lipconv_effective_norm_below_cap(cin, cout, k, scale, cap, seed):
     torch.manual_seed(seed)
     conv = LipConv2d(cin, cout, k, cap=cap)
@@ -50,7 +39,7 @@ def test_lipconv_effective_norm_below_cap(cin, cout, k, scale, cap, seed):
     # the truth on a small input, from the dense Jacobian of the actual forward (float64)
     conv64 = conv
     x = torch.randn(1, cin, 6, 6, dtype=torch.float64)
-    truth = _dense_jacobian_norm(conv64, x)  # the bias does not change the Jacobian
+    truth = exact_jacobian_norm(conv64, x)  # the bias does not change the Jacobian
     assert truth <= bound * (1 + 1e-9) + 1e-12
     rule = lipschitz_bound(conv64, (cin, 6, 6), size_independent=True).value
     assert truth <= rule * (1 + 1e-9) + 1e-12 and rule <= cap * (1 + 1e-6)
@@ -76,7 +65,7 @@ def test_unconstrained_lipconv_is_plain_conv():
 
 
 def test_forward_odd_sizes_batches_and_conditions():
-    model = tiny().eval()
+    model = tiny_unet().eval()
     x = torch.randn(3, 3, 17, 23)
     t = torch.tensor([0.01, 0.5, 0.9])
     with torch.no_grad():
@@ -91,7 +80,7 @@ def test_forward_odd_sizes_batches_and_conditions():
 
 
 def test_float64():
-    model = tiny().double().eval()
+    model = tiny_unet().double().eval()
     x = torch.randn(2, 3, 9, 12, dtype=torch.float64)
     with torch.no_grad():
         out = model(x, torch.tensor([0.2, 0.7], dtype=torch.float64))
@@ -99,7 +88,7 @@ def test_float64():
 
 
 def test_receptive_field_radius_bounds_dependence():
-    model = tiny().double().eval()
+    model = tiny_unet().double().eval()
     f = model.downsampling_factor
     r = model.receptive_field_radius
     n = 2 * r + 4 * f  # large enough to see the whole receptive field
@@ -116,7 +105,7 @@ def test_receptive_field_radius_bounds_dependence():
 
 
 def test_config_roundtrip_and_errors():
-    model = tiny()
+    model = tiny_unet()
     again = CondUNet.from_config(model.config)
     assert again.config == model.config and float(again.gain) == float(model.gain)
     for bad in ({"lipschitz_budget": 0.0}, {"lipschitz_budget": -1}, {"base_channels": -3},
@@ -145,7 +134,7 @@ def _train_a_little(model: CondUNet, steps: int = 4, lr: float = 0.05) -> None:
 
 @pytest.mark.parametrize("budget", [10.0, 0.5])
 def test_certified_bound_after_training_is_sound(budget):
-    model = tiny(lipschitz_budget=budget)
+    model = tiny_unet(lipschitz_budget=budget)
     _train_a_little(model)
     model.eval()
     lb = lipschitz_bound(model, (3, 16, 16), size_independent=True)
@@ -167,7 +156,7 @@ def test_certified_bound_after_training_is_sound(budget):
 
 
 def test_dense_jacobian_below_bound_on_tiny_input():
-    model = tiny(lipschitz_budget=2.0)
+    model = tiny_unet(lipschitz_budget=2.0)
     _train_a_little(model, steps=2)
     model = model.double().eval()
     bound = lipschitz_bound(model, (3, 4, 6), size_independent=False).value
@@ -176,12 +165,12 @@ def test_dense_jacobian_below_bound_on_tiny_input():
     x = torch.randn(1, 3, 4, 6, dtype=torch.float64)
     y = torch.randn_like(x)
     for t in (0.1, 0.8):
-        truth = _dense_jacobian_norm(lambda v: model(v, t, y, None), x)
+        truth = exact_jacobian_norm(lambda v: model(v, t, y, None), x)
         assert truth <= min(bound, bound_si) * (1 + 1e-9)
 
 
 def test_conditioning_does_not_enter_the_bound():
-    model = tiny()
+    model = tiny_unet()
     _train_a_little(model, steps=2)
     model.eval()
     b1 = lipschitz_bound(model, (3, 16, 16), size_independent=True).value
@@ -197,7 +186,7 @@ def test_conditioning_does_not_enter_the_bound():
 
 
 def test_unconstrained_model_is_certified_too():
-    model = tiny(lipschitz_budget=None)
+    model = tiny_unet(lipschitz_budget=None)
     assert float(model.gain) == 1.0 and model.lipschitz_budget == math.inf
     lb = lipschitz_bound(model, (3, 16, 16), size_independent=True).value
     assert math.isfinite(lb) and lb > 0
@@ -206,7 +195,7 @@ def test_unconstrained_model_is_certified_too():
 def test_checkpoint_roundtrip(tmp_path):
     from injcert.io import load_checkpoint, save_checkpoint
 
-    model = tiny()
+    model = tiny_unet()
     _train_a_little(model, steps=1)
     model.eval()
     path = save_checkpoint(model, tmp_path / "m.safetensors", metadata={"step": 1})
@@ -229,15 +218,13 @@ def test_gaussian_skip_is_charged_and_sound() -> None:
         s = torch.linspace(0, 1, 100001, dtype=torch.float64)
         dense = float((s / (v + (1 - v) * s * s)).max())
         assert dense <= gaussian_skip_sup(v) <= dense * (1 + 1e-5)
-    torch.manual_seed(0)
-    net = CondUNet(base_channels=8, channel_mults=(1, 2), emb_dim=16, lipschitz_budget=4.0, data_variance=0.25).double()
+    net = tiny_unet(lipschitz_budget=4.0, data_variance=0.25).double()
     bound = lipschitz_bound(net, (3, 6, 6), size_independent=True).value
     assert bound <= 4.0
-    x = torch.randn(3 * 36, dtype=torch.float64)
+    x = torch.randn(3 * 36, dtype=torch.float64).view(1, 3, 6, 6)
     for t in (0.0, 0.2, 0.5, 0.9, net.schedule.t_max):
         tt = torch.full((1,), t, dtype=torch.float64)
-        jac = torch.autograd.functional.jacobian(lambda v: net(v.view(1, 3, 6, 6), tt).flatten(), x)
-        assert float(torch.linalg.matrix_norm(jac, 2)) <= bound
+        assert exact_jacobian_norm(lambda v: net(v, tt), x) <= bound
     with pytest.raises(ConfigError, match="data_variance"):
         CondUNet(data_variance=-1.0)
     with pytest.raises(ConfigError, match="no room"):
@@ -255,7 +242,7 @@ DENOISER_WIENER = dict(DENOISER, data_variance=0.25, lipschitz_kappa=3.5, skip_m
 
 @pytest.mark.parametrize("kw", [ADAPTIVE, DENOISER, DENOISER_WIENER], ids=["eps", "denoiser", "denoiser+wiener"])
 def test_adaptive_budget_is_non_increasing_and_follows_kappa_over_sigma(kw):
-    model = tiny(**kw)
+    model = tiny_unet(**kw)
     ts = [0.0, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.3, 0.6, 0.9, model.schedule.t_max]
     budgets = [model.lipschitz_budget_at(t) for t in ts]
     certified = [model.certified_lipschitz_at(t) for t in ts]
@@ -273,13 +260,12 @@ def test_adaptive_budget_is_non_increasing_and_follows_kappa_over_sigma(kw):
 
 @given(seed=st.integers(0, 10**6), t=st.floats(1e-4, 0.99), h=st.integers(3, 6), w=st.integers(3, 6),
        scale=st.floats(0.5, 4.0), kind=st.sampled_from(["eps", "denoiser", "denoiser+wiener"]))
-@settings(max_examples=10)
+@settings(max_examples=10)  # slow: three dense Jacobians of a U-Net per example (~3 s an example)
 def test_adaptive_bound_is_sound_against_the_dense_jacobian(seed, t, h, w, scale, kind):
     """L(t) bounds the spectral norm of the dense Jacobian at every t' >= t (float64, trained-like weights),
     and the part without the exact linear term (the log-norm's l(t)) bounds J - s(t) I."""
-    torch.manual_seed(seed)
     kw = {"eps": ADAPTIVE, "denoiser": DENOISER, "denoiser+wiener": DENOISER_WIENER}[kind]
-    model = CondUNet(**dict(TINY, **kw))
+    model = tiny_unet(seed, **kw)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "weight" in name and p.dim() == 4:
@@ -294,7 +280,7 @@ def test_adaptive_bound_is_sound_against_the_dense_jacobian(seed, t, h, w, scale
     rest = model.nonlinear_lipschitz_at(t)
     for tt in (t, 0.5 * (t + 0.99), 0.99):
         tt64 = torch.tensor([tt], dtype=torch.float64)
-        jac = torch.autograd.functional.jacobian(lambda v: model(v, tt64, y, m), x).reshape(x.numel(), x.numel())
+        jac = dense_jacobian(lambda v: model(v, tt64, y, m), x)
         norm = float(torch.linalg.matrix_norm(jac, ord=2))
         assert norm <= bound * (1 + 1e-9), (tt, norm, bound)
         # exact linear part of eps in x: c(t) (Gaussian skip) or w(t) (denoiser)
@@ -309,7 +295,7 @@ def test_adaptive_bound_is_sound_against_the_dense_jacobian(seed, t, h, w, scale
 def test_adaptive_forward_gain_never_exceeds_the_charged_gain():
     """The float32 forward multiplies by fl(gain) * fl(r(t32)); the certificate charges
     gain * min(1, r(t) * (1 + 1e-6)) in float64 — never smaller."""
-    model = tiny(**ADAPTIVE)
+    model = tiny_unet(**ADAPTIVE)
     t64 = torch.linspace(0.0, float(model.schedule.t_max), 2001, dtype=torch.float64)
     t32 = t64.to(torch.float32)
     used = model.gain.to(torch.float32) * model.gain_scale(t32).to(torch.float32)
@@ -318,35 +304,30 @@ def test_adaptive_forward_gain_never_exceeds_the_charged_gain():
 
 
 def test_adaptive_config_round_trips_and_rejects_bad_kappa():
-    model = tiny(**ADAPTIVE)
+    model = tiny_unet(**ADAPTIVE)
     again = CondUNet.from_config(model.config)
     assert again.config == model.config and again.lipschitz_kappa == 3.0
     with pytest.raises(ConfigError, match="lipschitz_kappa"):
-        tiny(lipschitz_budget=10.0, lipschitz_kappa=-1.0)
+        tiny_unet(lipschitz_budget=10.0, lipschitz_kappa=-1.0)
     with pytest.raises(ConfigError, match="lipschitz_kappa"):
-        tiny(lipschitz_budget=None, lipschitz_kappa=3.0)
+        tiny_unet(lipschitz_budget=None, lipschitz_kappa=3.0)
     with pytest.raises(ConfigError, match="no room at t_max"):
-        tiny(lipschitz_budget=10.0, lipschitz_kappa=1.0, skip_max=0.5, data_variance=0.25)
+        tiny_unet(lipschitz_budget=10.0, lipschitz_kappa=1.0, skip_max=0.5, data_variance=0.25)
     with pytest.raises(ConfigError, match="parameterization"):
-        tiny(parameterization="x0")
+        tiny_unet(parameterization="x0")
     with pytest.raises(ConfigError, match="needs lipschitz_kappa"):
-        tiny(parameterization="denoiser")
+        tiny_unet(parameterization="denoiser")
     with pytest.raises(ConfigError, match="no room for the denoiser"):
-        tiny(**dict(DENOISER, lipschitz_kappa=2.0, data_variance=0.25))
+        tiny_unet(**dict(DENOISER, lipschitz_kappa=2.0, data_variance=0.25))
 
 
 def test_batched_normalisation_equals_the_per_layer_effective_weights():
     """One batched Gram pass per training step gives each LipConv2d the effective weight its own
     forward computes (the rule re-certifies whatever it runs, but training must match eval)."""
-    import json
-    from pathlib import Path
-
     from injcert.model.layers import LipConv2d, batched_effective_weights, batched_normalisation
-    from injcert.model.unet import CondUNet
 
-    cfg = json.loads((Path(__file__).resolve().parents[1] / "configs" / "tiny.json").read_text())["model"]
-    torch.manual_seed(0)
-    model = CondUNet.from_config(dict(cfg, lipschitz_budget=cfg.get("lipschitz_budget") or 30.0))
+    cfg = tiny_config()["model"]
+    model = tiny_unet(**dict(cfg, lipschitz_budget=cfg.get("lipschitz_budget") or 30.0))
     layers = [m for m in model.modules() if isinstance(m, LipConv2d)]
     with torch.no_grad():
         for k, layer in enumerate(layers):

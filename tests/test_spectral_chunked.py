@@ -17,7 +17,6 @@ from torch import nn
 
 import injcert.theory.spectral as spectral
 from injcert.testing import conv_layers
-from injcert.testing.assertions import exact_jacobian_norm
 from injcert.theory.spectral import (
     GRAM_TOL,
     ROUNDING_SLACK,
@@ -30,17 +29,9 @@ from injcert.theory.spectral import (
     operator_norm_bound,
 )
 
+from helpers import linear_norm
+
 _U = 2.0**-53
-
-
-def _dense_norm(layer: nn.Module, shape: tuple[int, int, int]) -> float:
-    """Operator norm (bias removed) from the dense float64 Jacobian and its SVD."""
-    layer = layer.to(torch.float64)
-    params = {k: v.detach() for k, v in layer.named_parameters()}
-    if params.get("bias") is not None:
-        params["bias"] = torch.zeros_like(params["bias"])
-    fn = lambda x: torch.func.functional_call(layer, params, (x,))  # noqa: E731
-    return exact_jacobian_norm(fn, torch.zeros((1, *shape), dtype=torch.float64))
 
 
 def _rfft_reference(w64: torch.Tensor, grid: tuple[int, int], dilation: tuple[int, int]) -> float:
@@ -105,7 +96,7 @@ def test_chunks_respect_the_memory_budget(monkeypatch):
     n_freq = 21 * (21 // 2 + 1)  # grid M = 20 + 1 per axis
     assert max(seen) <= budget and sum(seen) == n_freq * 8 * 8 * 16 and len(seen) == math.ceil(n_freq / 7)
     assert chunked == pytest.approx(whole, rel=1e-13)
-    assert chunked >= _dense_norm(conv, (8, 20, 20))
+    assert chunked >= linear_norm(conv, (8, 20, 20))
 
 
 def test_method_choice():
@@ -207,7 +198,7 @@ def test_gram_conv_bound_dominates_dense_truth(case, log_scale, size_independent
         assume(min((shape[1] - 1) * s - 2 * p + d * (k - 1) + 1 for k in layer.kernel_size) >= 1)
     with torch.no_grad():
         layer.weight.mul_(10.0**log_scale)
-    truth = _dense_norm(layer, shape)
+    truth = linear_norm(layer, shape)
     geo = _conv_geometry(layer, shape)
     gram = _conv_bound(geo, size_independent, method="gram")
     svd = _conv_bound(geo, size_independent, method="svd")
@@ -252,7 +243,7 @@ def test_cuda_matches_cpu(idx, size_independent):
     assert cpu * (1 - 1e-12) <= gpu <= cpu * (1 + ROUNDING_SLACK)
     assert via_kw == pytest.approx(gpu, rel=1e-13)
     if math.prod(shape) <= 1024:
-        assert gpu >= _dense_norm(layer.cpu(), shape)
+        assert gpu >= linear_norm(layer.cpu(), shape)
 
 
 @pytest.mark.cuda

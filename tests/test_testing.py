@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from torch import nn
 
 from injcert.testing.assertions import (
@@ -22,6 +22,8 @@ from injcert.testing.strategies import (
     networks,
 )
 
+from helpers import tiny_unet
+
 
 @given(images(batch=(1, 2), size=(4, 12)))
 def test_images_in_range(x):
@@ -29,7 +31,6 @@ def test_images_in_range(x):
     assert float(x.min()) >= -1 and float(x.max()) <= 1
 
 
-@settings(max_examples=10)
 @given(corruptions(size=16), images(batch=1, channels=3, size=16))
 def test_corruptions_apply(corruption, x):
     y, m = corruption(x, 0)
@@ -42,7 +43,6 @@ def test_masks_are_binary_boxes(mask):
     assert bool((mask.flatten(1).sum(1) > 0).all())
 
 
-@settings(max_examples=15)
 @given(conv_layers(max_channels=3, max_size=7))
 def test_conv_bounds_sound(case):
     layer, shape = case
@@ -50,7 +50,6 @@ def test_conv_bounds_sound(case):
     assert truth <= bound * (1 + 1e-9)
 
 
-@settings(max_examples=8)
 @given(networks(max_depth=2, max_channels=3))
 def test_network_bounds_sound(case):
     net, shape = case
@@ -78,7 +77,6 @@ def test_exact_jacobian_norm_of_a_matrix():
     assert exact_jacobian_norm(lambda x: x @ w.T, torch.zeros(1, 2, dtype=torch.float64)) == pytest.approx(3.0)
 
 
-@settings(max_examples=3)
 @given(analytic_problems(), images(batch=1, channels=1, size=8, dtype=torch.float32))
 def test_round_trip_exact_on_analytic_problems(model, x):
     z = assert_round_trip_exact(model, x, steps=6)
@@ -95,10 +93,7 @@ def test_assert_round_trip_exact_catches_ddim():
 
 def test_assert_certified(tmp_path):
     from injcert.io import save_checkpoint
-    from injcert.model.unet import CondUNet
-
-    torch.manual_seed(0)
-    model = CondUNet(in_channels=1, base_channels=4, channel_mults=[1, 2], emb_dim=8, lipschitz_budget=1.0)
+    model = tiny_unet(in_channels=1, base_channels=4, emb_dim=8, lipschitz_budget=1.0)
     path = tmp_path / "m.ckpt"
     save_checkpoint(model, path)
     cert = assert_certified(path, steps=6, samples=2)

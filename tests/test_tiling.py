@@ -9,6 +9,8 @@ from torch import nn
 
 from injcert.tasks.tiling import TiledModel, shape_stable_convolutions, tile_windows, tiled_apply
 
+from helpers import tiny_config, tiny_unet
+
 
 class _PoolNet(nn.Module):
     """A tiny fully convolutional net with one down/up level: receptive-field radius 1+2*(1+1)+... ."""
@@ -72,18 +74,11 @@ def test_too_small_halo_is_refused_and_would_differ() -> None:
         assert not torch.equal(bad, net(x, t))
 
 
-@settings(max_examples=4)
+@settings(max_examples=4)  # slow: a CondUNet evaluated whole and tiled per example (~3 s an example)
 @given(h=st.integers(108, 120), w=st.integers(108, 120), tile=st.integers(24, 40), seed=st.integers(0, 50))
 def test_tiled_cond_unet_equals_whole(h: int, w: int, tile: int, seed: int) -> None:
     """The real network: receptive-field radius and alignment are declared by the model itself."""
-    import json
-    from pathlib import Path
-
-    from injcert.model.unet import CondUNet
-
-    cfg = json.loads((Path(__file__).resolve().parents[1] / "configs" / "tiny.json").read_text())["model"]
-    torch.manual_seed(seed)
-    net = CondUNet.from_config(cfg).eval()
+    net = tiny_unet(seed, **tiny_config()["model"]).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.1)

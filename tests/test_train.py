@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -19,8 +18,9 @@ from injcert.io import load_checkpoint, load_state
 from injcert.tasks.train import TrainConfig, train
 from injcert.theory.lipschitz import lipschitz_bound
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = json.loads((ROOT / "configs" / "tiny.json").read_text())
+from helpers import subprocess_env, tiny_config
+
+TINY = tiny_config()
 
 
 def _cfg(tmp_path: Path, name: str, **kw) -> TrainConfig:
@@ -32,10 +32,18 @@ def _losses(path: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in map(json.loads, path.read_text().splitlines())]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+def _config_file(tmp_path: Path, cfg: dict) -> Path:
+    """``cfg`` written to ``tmp_path / "cfg.json"``."""
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _train_process(config: Path, out: Path) -> subprocess.Popen:
+    """``python -m injcert.tasks.train`` on ``config`` in a child process, in the config's folder (stderr piped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "injcert.tasks.train", "--config", str(config), "--out", str(out), "--no-progress"],
+        env=subprocess_env(), cwd=config.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 @pytest.mark.parametrize(
@@ -72,12 +80,10 @@ def test_resume_is_bit_exact(tmp_path):
 
 def test_resume_after_sigkill(tmp_path):
     cfg = dict(TINY, steps=400, checkpoint_every=2, val_every=1000, log=str(tmp_path / "killed.jsonl"))
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    config = _config_file(tmp_path, cfg)
     out = tmp_path / "killed.ckpt"
     state = Path(str(out) + ".state")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "injcert.tasks.train", "--config", str(tmp_path / "cfg.json"), "--out", str(out),
-         "--no-progress"], env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _train_process(config, out)
     try:
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:
@@ -115,14 +121,13 @@ def _free_port() -> int:
 
 
 def test_ddp_two_processes_identical_replicas(tmp_path):
-    cfg = dict(TINY, steps=3, checkpoint_every=3, val_batches=0, log=str(tmp_path / "ddp.jsonl"))
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    config = _config_file(tmp_path, dict(TINY, steps=3, checkpoint_every=3, val_batches=0, log=str(tmp_path / "ddp.jsonl")))
     out = tmp_path / "ddp.ckpt"
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-         f"--master_port={_free_port()}", "-m", "injcert.tasks.train", "--config", str(tmp_path / "cfg.json"),
+         f"--master_port={_free_port()}", "-m", "injcert.tasks.train", "--config", str(config),
          "--out", str(out), "--no-progress"],
-        env=_env(), cwd=tmp_path, capture_output=True, timeout=120)
+        env=subprocess_env(), cwd=tmp_path, capture_output=True, timeout=120)
     assert res.returncode == 0, res.stderr.decode()[-3000:]
     model = load_checkpoint(out)
     md = model.checkpoint_metadata
@@ -169,11 +174,9 @@ def test_time_limit_stops_saves_and_resumes_exactly(tmp_path):
 
 def test_sigterm_saves_before_exit(tmp_path):
     cfg = dict(TINY, steps=100000, checkpoint_every=100000, val_every=100000, log=str(tmp_path / "term.jsonl"))
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    config = _config_file(tmp_path, cfg)
     out = tmp_path / "term.ckpt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "injcert.tasks.train", "--config", str(tmp_path / "cfg.json"), "--out", str(out),
-         "--no-progress"], env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _train_process(config, out)
     log = tmp_path / "term.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
