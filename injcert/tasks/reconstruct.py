@@ -151,7 +151,7 @@ def reconstruct_full(
         steps: integration steps (from the start level to 0).
         seed: seed of the noise (a CPU generator, so results agree across devices).
         method: integrator name (``"reversible"`` keeps the observed pixels on their trajectory).
-        grid: the kind of $\varsigma$ grid from the start level to 0 (``"geometric"`` or ``"uniform"``).
+        grid: the kind of $\\varsigma$ grid from the start level to 0 (``"geometric"`` or ``"uniform"``).
         operator: the realised forward operator $A$ (e.g. ``Observation.operator``) for the residual.
         start: ``"auto"`` = ``"estimate"`` (from the classical estimate at $\\varsigma_e$: biharmonic,
             Richardson–Lucy or BM3D by corruption), ``"observation"`` (additive noise only: from
