@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from injcert.metrics import background_preservation, psnr, region_mse, region_psnr, seam_energy, ssim
@@ -129,6 +129,9 @@ def test_seam_energy_brute_force(seed):
     assert seam_energy(x, m) == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
+# statistical thresholds: about 2% of white-noise draws at n = 32 reach a flatness above 2.0 (seed=10490),
+# so the examples are a fixed sequence (as in the ci profile), not new random seeds every run
+@settings(derandomize=True)
 @given(seed=st.integers(0, 10**6), n=st.integers(32, 64))
 def test_latent_statistics_tell_white_noise_from_an_image(seed, n):
     from injcert.metrics import latent_statistics
