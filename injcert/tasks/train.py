@@ -44,20 +44,30 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
+from .. import limits
+from .._progress import summary
+from ..data.images import PatchDataset
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..io import load_state, save_checkpoint, save_state
+from ..io import (atomic_write_bytes, check_output_path, clean_orphan_temps, is_state_file, load_state, notice,
+                  open_append, output_lock, probe_writable, read_json_file, save_checkpoint, save_state)
 from ..model.objective import T_MIN, draw_training_batch, loss_on_batch
 from ..model.layers import batched_normalisation
 from ..model.unet import DEFAULT_MODEL_CONFIG, CondUNet
+from ..threads import apply_threads
 
 __all__ = ["TrainConfig", "train", "add_train_arguments", "run_train", "step_seed", "VAL_SEED"]
 
@@ -163,8 +173,6 @@ class TrainConfig:
 
         integer("steps", 0)
         integer("batch_size", 1)
-        from .. import limits
-
         limits.check("batch_size", self.batch_size, "training option batch_size")
         integer("seed", 0)
         integer("patch_size", 1)
@@ -224,8 +232,6 @@ def _init_distributed(device: str) -> tuple[_Dist, torch.device]:
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         return _Dist(), dev
-    import torch.distributed as dist
-
     local = int(os.environ.get("LOCAL_RANK", "0"))
     is_cuda = torch.device(device).type == "cuda"
     if is_cuda:
@@ -298,8 +304,6 @@ def _truncate_log(path: Path, last_step: int) -> None:
             continue  # a line cut by kill -9
         if int(rec.get("step", 0)) <= last_step:
             keep.append(line)
-    from ..io import atomic_write_bytes
-
     atomic_write_bytes(path, ("\n".join(keep) + ("\n" if keep else "")).encode())
 
 
@@ -370,8 +374,6 @@ def validation_loss(model: nn.Module, batches: list[dict[str, Tensor]]) -> float
 
 def validation_batches(config: "TrainConfig", schedule: Any, device: torch.device) -> list[dict[str, Tensor]]:
     """The held-out batches with their fixed noise and corruptions (seed :data:`VAL_SEED`)."""
-    from ..data.images import PatchDataset
-
     if config.val_batches <= 0:
         return []
     vds = PatchDataset(None, patch_size=config.patch_size, channels=config.channels,
@@ -393,8 +395,6 @@ RESUME_OVERRIDABLE: tuple[str, ...] = ("steps", "batch_size", "lr", "log")
 def resolve_resume(path: PathLike) -> Path:
     """The training state to resume from: ``path`` itself if it is one, else ``path + ".state"``
     (so the model path that ``--out`` printed works too)."""
-    from ..io import is_state_file
-
     p = Path(path)
     if is_state_file(p):
         return p
@@ -451,8 +451,6 @@ def _config_changes(path: PathLike, saved: "TrainConfig", config: "TrainConfig")
 
 def _copy_log(src: Path, dst: Path, last_step: int) -> None:
     """Start ``dst`` with the lines of ``src`` up to ``last_step`` (``src`` is only read)."""
-    from ..io import atomic_write_bytes
-
     keep = []
     if src.is_file():
         for line in src.read_text().splitlines():
@@ -482,12 +480,14 @@ def train(
     also by ``kill -9``) and a second run on the same ``out`` is refused with one line. See
     :func:`_train` for the arguments.
     """
-    from ..io import output_lock
-
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    with output_lock(out, "training run") if main_rank else contextlib.nullcontext():
+    with output_lock(out, "training run") if _env_rank0() else contextlib.nullcontext():
         return _train(config, out, resume, device, progress, workers=workers, time_limit=time_limit,
                       compile_model=compile_model)
+
+
+def _env_rank0() -> bool:
+    """Whether this process is rank 0 of its launch (``RANK`` unset: a single process)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _train(config: Optional[TrainConfig], out: PathLike, resume: Optional[PathLike], device: str, progress: bool, *,
@@ -520,58 +520,106 @@ def _train(config: Optional[TrainConfig], out: PathLike, resume: Optional[PathLi
         OutputPathError: an output that cannot be written (found before training starts).
         TrainingError: the loss became non-finite (the last checkpoint is kept).
     """
-    from tqdm.auto import tqdm
-
-    from ..data.images import PatchDataset
-
     t_start = time.perf_counter()
     out = Path(out)
-    state_path = Path(str(out) + ".state")
-    tensors: dict[str, Tensor] = {}
-    meta: dict[str, Any] = {}
-    changes: dict[str, list[Any]] = {}
-    if resume is not None:
-        resume = resolve_resume(resume)
-        tensors, meta = load_state(resume)
-        saved = _validated_state(resume, tensors, meta)
-        if config is None:
-            config = saved
-        config.validate()
-        changes = _config_changes(resume, saved, config)
-        prev_out = meta.get("out")
-        if (config.log and config.log == saved.log and isinstance(prev_out, str)
-                and os.path.abspath(prev_out) != os.path.abspath(out)):
-            # a copied state: never write into (or truncate) the other run's log
-            new_log = str(out) + ".log.jsonl"
-            from ..io import notice
-
-            notice(f"resuming a state written for {prev_out!r}: logging to {new_log!r}, not to its log {config.log!r}")
-            if int(os.environ.get("RANK", "0")) == 0:
-                _copy_log(Path(config.log), Path(new_log), int(meta["step"]))
-            changes["log"] = [config.log, new_log]
-            config.log = new_log
-    if config is None:
-        raise ConfigError("train() needs a config or a resume state")
-    config.validate()
-    if int(os.environ.get("RANK", "0")) == 0:  # every output checked, the folder test-written, before any work
-        from ..io import check_output_path, clean_orphan_temps, probe_writable
-
-        ins = [p for p in (resume,) if p is not None]
-        check_output_path(out, inputs=ins, what="--out")
-        check_output_path(state_path, what="state")
-        if config.log:
-            check_output_path(config.log, inputs=ins + [out, state_path], what="log")
-        probe_writable(out.parent if str(out.parent) else Path("."))
-        clean_orphan_temps(out.parent)
-    history = list(meta.get("resumed", [])) if isinstance(meta.get("resumed", []), list) else []
-    if changes:
-        history.append({"step": int(meta["step"]), "changes": changes})
+    config, resume, tensors, meta, changes = _resume_config(config, out, resume)
+    if _env_rank0():  # every output checked, the folder test-written, before any work
+        _check_outputs(config, out, resume)
+    history = _resume_history(meta, changes)
 
     dist_info, dev = _init_distributed(device)
     if config.batch_size % dist_info.world:
         raise ConfigError(f"batch_size={config.batch_size} is not divisible by the world size {dist_info.world}")
     local_b = config.batch_size // dist_info.world
+    model, ema, opt = _build_model(config, dev)
+    start, wall_before, val_loss = 0, 0.0, None
+    if resume is not None:
+        start, wall_before, val_loss = _load_resume(resume, tensors, meta, model, ema, opt)
+    del tensors
 
+    net: nn.Module = model
+    if dist_info.world > 1:
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    loader, val_batches, sync_every = _make_loader(config, model, dist_info, dev, local_b, start, workers)
+    step_fn: Any = torch.compile(net) if compile_model else net
+    log_path = _prepare_log(config, dist_info, resume, start)
+    run = _Run(config=config, out=out, dist_info=dist_info, dev=dev, model=model, ema=ema, opt=opt,
+               step_fn=step_fn, compile_model=compile_model, val_batches=val_batches, sync_every=sync_every,
+               history=history, command=_train_command(), t_start=t_start, time_limit=time_limit,
+               wall_before=wall_before, val_loss=val_loss)
+    run.open(progress, start, log_path)
+    try:
+        run.train(loader, start)
+    finally:
+        run.close()
+    return out
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def _resume_config(config: Optional[TrainConfig], out: Path, resume: Optional[PathLike]
+                   ) -> tuple[TrainConfig, Optional[Path], dict[str, Tensor], dict[str, Any], dict[str, list[Any]]]:
+    """The run's validated config, the resolved ``resume`` path, the resume state's tensors and
+    metadata (empty without ``resume``) and the changed options (``{option: [saved, new]}``)."""
+    tensors: dict[str, Tensor] = {}
+    meta: dict[str, Any] = {}
+    changes: dict[str, list[Any]] = {}
+    path: Optional[Path] = None
+    if resume is not None:
+        path = resolve_resume(resume)
+        tensors, meta = load_state(path)
+        saved = _validated_state(path, tensors, meta)
+        if config is None:
+            config = saved
+        config.validate()
+        changes = _config_changes(path, saved, config)
+        _redirect_copied_log(config, saved, meta, out, changes)
+    if config is None:
+        raise ConfigError("train() needs a config or a resume state")
+    config.validate()
+    return config, path, tensors, meta, changes
+
+
+def _redirect_copied_log(config: TrainConfig, saved: TrainConfig, meta: dict[str, Any], out: Path,
+                         changes: dict[str, list[Any]]) -> None:
+    """A state written for another ``out`` (a copied state) whose log was not changed: log to
+    ``out + ".log.jsonl"`` (started with that run's lines up to the resumed step) instead, never
+    into (or truncating) the other run's log. Updates ``config.log`` and ``changes``."""
+    prev_out = meta.get("out")
+    if not (config.log and config.log == saved.log and isinstance(prev_out, str)
+            and os.path.abspath(prev_out) != os.path.abspath(out)):
+        return
+    new_log = str(out) + ".log.jsonl"
+    notice(f"resuming a state written for {prev_out!r}: logging to {new_log!r}, not to its log {config.log!r}")
+    if _env_rank0():
+        _copy_log(Path(config.log), Path(new_log), int(meta["step"]))
+    changes["log"] = [config.log, new_log]
+    config.log = new_log
+
+
+def _check_outputs(config: TrainConfig, out: Path, resume: Optional[Path]) -> None:
+    """Check every output (checkpoint, state, log) and test-write the folder (rank 0, before any work)."""
+    state_path = Path(str(out) + ".state")
+    ins = [p for p in (resume,) if p is not None]
+    check_output_path(out, inputs=ins, what="--out")
+    check_output_path(state_path, what="state")
+    if config.log:
+        check_output_path(config.log, inputs=ins + [out, state_path], what="log")
+    probe_writable(out.parent if str(out.parent) else Path("."))
+    clean_orphan_temps(out.parent)
+
+
+def _resume_history(meta: dict[str, Any], changes: dict[str, list[Any]]) -> list[Any]:
+    """The ``resumed`` metadata: the resume state's entries, plus this resume's changes if any."""
+    history = list(meta.get("resumed", [])) if isinstance(meta.get("resumed", []), list) else []
+    if changes:
+        history.append({"step": int(meta["step"]), "changes": changes})
+    return history
+
+
+def _build_model(config: TrainConfig, dev: torch.device) -> tuple[CondUNet, CondUNet, torch.optim.Adam]:
+    """The model (initialised from ``torch.manual_seed(config.seed)``), its frozen EMA copy and Adam."""
     torch.manual_seed(config.seed)
     model = CondUNet.from_config(config.model).to(dev)
     ema = copy.deepcopy(model)
@@ -579,30 +627,29 @@ def _train(config: Optional[TrainConfig], out: PathLike, resume: Optional[PathLi
         p.requires_grad_(False)
     ema.eval()
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    start = 0
-    wall_before = 0.0
-    val_loss: Optional[float] = None
-    if resume is not None:
-        try:
-            model.load_state_dict(_prefixed(tensors, "model/"), strict=True)
-            ema.load_state_dict(_prefixed(tensors, "ema/"), strict=True)
-            _restore_optimizer(opt, tensors, meta["param_groups"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])
-            raise CheckpointError(f"resume state {str(resume)!r} does not fit this model or optimizer: "
-                                  f"{first[1].strip() if len(first) > 1 else first[0]}") from None
-        torch.set_rng_state(tensors["rng/torch"])
-        start = int(meta["step"])
-        wall_before = float(meta.get("wall_time", 0.0))
-        val_loss = meta.get("val_loss")
-    del tensors
+    return model, ema, opt
 
-    net: nn.Module = model
-    if dist_info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+def _load_resume(resume: Path, tensors: dict[str, Tensor], meta: dict[str, Any], model: nn.Module, ema: nn.Module,
+                 opt: torch.optim.Optimizer) -> tuple[int, float, Optional[float]]:
+    """Load a (validated) resume state into the model, EMA, optimizer and the torch RNG; returns
+    ``(start step, wall time before, val_loss)``. A state that does not fit: one CheckpointError line."""
+    try:
+        model.load_state_dict(_prefixed(tensors, "model/"), strict=True)
+        ema.load_state_dict(_prefixed(tensors, "ema/"), strict=True)
+        _restore_optimizer(opt, tensors, meta["param_groups"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])
+        raise CheckpointError(f"resume state {str(resume)!r} does not fit this model or optimizer: "
+                              f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+    torch.set_rng_state(tensors["rng/torch"])
+    return int(meta["step"]), float(meta.get("wall_time", 0.0)), meta.get("val_loss")
 
+
+def _make_loader(config: TrainConfig, model: CondUNet, dist_info: _Dist, dev: torch.device, local_b: int,
+                 start: int, workers: Optional[int]) -> tuple[torch.utils.data.DataLoader, list[dict[str, Tensor]], int]:
+    """The ``DataLoader`` of steps ``start..steps-1`` (:class:`StepBatches`), the validation
+    batches (rank 0) and ``sync_every`` (steps between loss read-backs)."""
     dataset = PatchDataset(config.images, patch_size=config.patch_size, channels=config.channels,
                            length=_DATASET_LENGTH, seed=config.seed, split="train")
     val_batches = validation_batches(config, model.schedule, dev) if dist_info.main else []
@@ -619,10 +666,12 @@ def _train(config: Optional[TrainConfig], out: PathLike, resume: Optional[PathLi
         steps_ds, batch_size=None, sampler=range(start, config.steps), num_workers=workers,
         pin_memory=dev.type == "cuda", worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False)
-    step_fn: Any = net
-    if compile_model:
-        step_fn = torch.compile(net)
+    return loader, val_batches, sync_every
 
+
+def _prepare_log(config: TrainConfig, dist_info: _Dist, resume: Optional[Path], start: int) -> Optional[Path]:
+    """The log path (rank 0 with a ``log``, else ``None``): its folder made, and the lines after
+    ``start`` dropped on resume, the old file removed otherwise."""
     log_path = Path(config.log) if (config.log and dist_info.main) else None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -630,149 +679,207 @@ def _train(config: Optional[TrainConfig], out: PathLike, resume: Optional[PathLi
             _truncate_log(log_path, start)
         elif log_path.is_file():
             log_path.unlink()
-    command = " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else ""
+    return log_path
 
-    def save(step: int) -> None:
-        hashes = None
-        if dist_info.world > 1:
-            import torch.distributed as dist
 
-            hashes = [None] * dist_info.world
-            dist.all_gather_object(hashes, _replica_hash(model))
-            if len(set(hashes)) != 1:
-                raise RuntimeError(f"DDP replicas diverged at step {step}: {hashes}")
-        if not dist_info.main:
-            return
-        wall = wall_before + time.perf_counter() - t_start
-        st = {f"model/{k}": v for k, v in model.state_dict().items()}
-        st.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
-        opt_t, groups = _flatten_optimizer(opt)
-        st.update(opt_t)
-        st["rng/torch"] = torch.get_rng_state()
-        save_state(state_path, st, {
-            "step": step, "config": config.to_dict(), "param_groups": groups, "wall_time": wall,
-            "val_loss": val_loss, "world_size": dist_info.world, "out": os.path.abspath(out),
-            "resumed": history,
-        })
-        md = {"step": step, "val_loss": val_loss, "train_command": command, "wall_time": wall,
-              "seed": config.seed, "world_size": dist_info.world, "batch_size": config.batch_size,
-              "lipschitz_budget": model.config["lipschitz_budget"], "training_config": config.to_dict(),
-              "resumed": history}
-        if hashes is not None:
-            md["replica_sha256"] = hashes
-        save_checkpoint(ema, out, metadata=md)
+def _train_command() -> str:
+    """This process's command line (the checkpoint's ``train_command``)."""
+    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else ""
 
-    bar = tqdm(total=config.steps, initial=start, disable=not (progress and dist_info.main),
-               desc="train", unit="step", dynamic_ncols=True)
-    from ..io import open_append
 
-    logf = open_append(log_path) if log_path is not None else None
-    pending: list[tuple[dict[str, Any], Tensor]] = []
-    window_start = time.perf_counter()
-    stop_requested = []
-    old_handler = None
-    import signal
-    import threading
+# ---------------------------------------------------------------------------- the run
 
-    old_int = None
-    if threading.current_thread() is threading.main_thread():
-        def _on_term(signum: int, frame: Any) -> None:
-            if signum == signal.SIGINT and stop_requested:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now (the last checkpoint stays)
-            stop_requested.append(signum)
 
-        old_handler = signal.signal(signal.SIGTERM, _on_term)
-        old_int = signal.signal(signal.SIGINT, _on_term)
+@dataclass
+class _Run:
+    """One training run from its first step to its end: the model, EMA, optimizer and what the
+    steps, the checkpoints and the log share (the validation loss, the losses not yet read back,
+    the progress bar, the log file, the stop requests and the signal handlers to restore)."""
 
-    def flush() -> None:
+    config: TrainConfig
+    out: Path
+    dist_info: _Dist
+    dev: torch.device
+    model: CondUNet
+    ema: CondUNet
+    opt: torch.optim.Optimizer
+    step_fn: Any
+    compile_model: bool
+    val_batches: list[dict[str, Tensor]]
+    sync_every: int
+    history: list[Any]
+    command: str
+    t_start: float
+    time_limit: Optional[float]
+    wall_before: float = 0.0
+    val_loss: Optional[float] = None
+    bar: Any = None
+    logf: Any = None
+    pending: list[tuple[dict[str, Any], Tensor]] = field(default_factory=list)
+    window_start: float = 0.0
+    stop_requested: list[int] = field(default_factory=list)
+    old_term: Any = None
+    old_int: Any = None
+
+    @property
+    def state_path(self) -> Path:
+        return Path(str(self.out) + ".state")
+
+    def open(self, progress: bool, start: int, log_path: Optional[Path]) -> None:
+        """The progress bar, the log file, the throughput clock; SIGTERM/SIGINT handlers (main thread)."""
+        self.bar = tqdm(total=self.config.steps, initial=start, disable=not (progress and self.dist_info.main),
+                        desc="train", unit="step", dynamic_ncols=True)
+        self.logf = open_append(log_path) if log_path is not None else None
+        self.window_start = time.perf_counter()
+        if threading.current_thread() is threading.main_thread():
+            self.old_term = signal.signal(signal.SIGTERM, self._on_signal)
+            self.old_int = signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: stop at the next step boundary (with a checkpoint); a second Ctrl-C: now."""
+        if signum == signal.SIGINT and self.stop_requested:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now (the last checkpoint stays)
+        self.stop_requested.append(signum)
+
+    def train(self, loader: Any, start: int) -> None:
+        """Steps ``start..steps-1`` (until a stop); an already finished state without a checkpoint gets one."""
+        self.model.train()
+        for step, batch in zip(range(start, self.config.steps), loader):
+            lr, loss_val = self.step(step, batch)
+            if self.record(step + 1, lr, loss_val):
+                break
+        self.flush()
+        if start >= self.config.steps and not self.out.exists():
+            self.save(start)
+
+    def step(self, step: int, batch: dict[str, Tensor]) -> tuple[float, Tensor]:
+        """One optimisation step (warm-up lr, clipped gradients, Adam, EMA); returns the lr and the
+        loss (a device tensor, averaged over the ranks)."""
+        config = self.config
+        lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        batch = _to_device(batch, self.dev)
+        with contextlib.nullcontext() if self.compile_model else batched_normalisation(self.model):
+            loss = loss_on_batch(self.step_fn, batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.opt.step()
+        decay = min(config.ema_decay, (1.0 + step) / (10.0 + step))
+        _ema_update(self.ema, self.model, decay)
+        loss_val = loss.detach()
+        if self.dist_info.world > 1:
+            loss_val = loss_val.clone()
+            dist.all_reduce(loss_val)
+            loss_val /= self.dist_info.world
+        return lr, loss_val
+
+    def record(self, done: int, lr: float, loss_val: Tensor) -> bool:
+        """After step ``done``: validate, log (read the losses back when due), checkpoint; returns
+        whether to stop here."""
+        config = self.config
+        rec: dict[str, Any] = {"step": done, "lr": lr}
+        is_ckpt = done % config.checkpoint_every == 0 or done == config.steps
+        stop = self._stop_now()
+        is_val = self.dist_info.main and config.val_batches > 0 and (
+            done % config.val_every == 0 or done == config.steps or stop)
+        if is_val or is_ckpt or stop or len(self.pending) + 1 >= self.sync_every:
+            if is_val:
+                self.val_loss = validation_loss(self.ema, self.val_batches)
+                rec["val_loss"] = self.val_loss
+            self.pending.append((rec, loss_val))
+            self.flush()
+        else:
+            self.pending.append((rec, loss_val))
+        if is_ckpt or stop:
+            self.save(done)
+        return stop
+
+    def _stop_now(self) -> bool:
+        """A signal came or the time limit passed, on any rank (all ranks stop at the same step:
+        the save gathers from all of them)."""
+        stop = bool(self.stop_requested) or (
+            self.time_limit is not None and time.perf_counter() - self.t_start >= self.time_limit)
+        if self.dist_info.world > 1:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.dev if self.dev.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def flush(self) -> None:
         """Read back the pending losses (one host sync), check them, log them."""
-        nonlocal window_start
-        if not pending:
+        if not self.pending:
             return
-        values = torch.stack([lv for _, lv in pending]).tolist()
+        values = torch.stack([lv for _, lv in self.pending]).tolist()
         now = time.perf_counter()
-        sps = config.batch_size * len(pending) / max(now - window_start, 1e-9)
-        window_start = now
-        for (rec, _), v in zip(pending, values):
+        sps = self.config.batch_size * len(self.pending) / max(now - self.window_start, 1e-9)
+        self.window_start = now
+        for (rec, _), v in zip(self.pending, values):
             if not math.isfinite(v):
-                pending.clear()
+                self.pending.clear()
                 raise TrainingError(f"training loss became {v} at step {rec['step']}; the last checkpoint is "
                                     "kept (lower lr or check the data)")
             rec["loss"] = v
             rec["samples_per_s"] = sps
-            if logf is not None:
-                logf.write(json.dumps(rec) + "\n")
-        if logf is not None:
-            logf.flush()
-        bar.set_postfix(loss=f"{values[-1]:.4f}", samples_s=f"{sps:.1f}", refresh=False)
-        bar.update(len(pending))
-        pending.clear()
+            if self.logf is not None:
+                self.logf.write(json.dumps(rec) + "\n")
+        if self.logf is not None:
+            self.logf.flush()
+        self.bar.set_postfix(loss=f"{values[-1]:.4f}", samples_s=f"{sps:.1f}", refresh=False)
+        self.bar.update(len(self.pending))
+        self.pending.clear()
 
-    done = start
-    try:
-        model.train()
-        for step, batch in zip(range(start, config.steps), loader):
-            lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
-            for g in opt.param_groups:
-                g["lr"] = lr
-            batch = _to_device(batch, dev)
-            with contextlib.nullcontext() if compile_model else batched_normalisation(model):
-                loss = loss_on_batch(step_fn, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            decay = min(config.ema_decay, (1.0 + step) / (10.0 + step))
-            _ema_update(ema, model, decay)
-            loss_val = loss.detach()
-            if dist_info.world > 1:
-                import torch.distributed as dist
+    def save(self, step: int) -> None:
+        """Write the training state and the (EMA) checkpoint at ``step`` (rank 0; every rank's
+        replica hash is gathered first and must agree)."""
+        hashes = self._replica_hashes(step)
+        if not self.dist_info.main:
+            return
+        config, world = self.config, self.dist_info.world
+        wall = self.wall_before + time.perf_counter() - self.t_start
+        st = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        st.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
+        opt_t, groups = _flatten_optimizer(self.opt)
+        st.update(opt_t)
+        st["rng/torch"] = torch.get_rng_state()
+        save_state(self.state_path, st, {
+            "step": step, "config": config.to_dict(), "param_groups": groups, "wall_time": wall,
+            "val_loss": self.val_loss, "world_size": world, "out": os.path.abspath(self.out),
+            "resumed": self.history,
+        })
+        md = {"step": step, "val_loss": self.val_loss, "train_command": self.command, "wall_time": wall,
+              "seed": config.seed, "world_size": world, "batch_size": config.batch_size,
+              "lipschitz_budget": self.model.config["lipschitz_budget"], "training_config": config.to_dict(),
+              "resumed": self.history}
+        if hashes is not None:
+            md["replica_sha256"] = hashes
+        save_checkpoint(self.ema, self.out, metadata=md)
 
-                loss_val = loss_val.clone()
-                dist.all_reduce(loss_val)
-                loss_val /= dist_info.world
-            done = step + 1
-            rec: dict[str, Any] = {"step": done, "lr": lr}
-            is_ckpt = done % config.checkpoint_every == 0 or done == config.steps
-            stop = bool(stop_requested) or (time_limit is not None and time.perf_counter() - t_start >= time_limit)
-            if dist_info.world > 1:
-                # every rank must stop at the same step (the save gathers from all of them)
-                import torch.distributed as dist
+    def _replica_hashes(self, step: int) -> Optional[list[Any]]:
+        """Every rank's :func:`_replica_hash` (``None`` on one process); differing replicas raise."""
+        if self.dist_info.world <= 1:
+            return None
+        hashes: list[Any] = [None] * self.dist_info.world
+        dist.all_gather_object(hashes, _replica_hash(self.model))
+        if len(set(hashes)) != 1:
+            raise RuntimeError(f"DDP replicas diverged at step {step}: {hashes}")
+        return hashes
 
-                flag = torch.tensor([1.0 if stop else 0.0], device=dev if dev.type == "cuda" else "cpu")
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop = bool(flag.item())
-            is_val = dist_info.main and config.val_batches > 0 and (done % config.val_every == 0 or done == config.steps or stop)
-            if is_val or is_ckpt or stop or len(pending) + 1 >= sync_every:
-                if is_val:
-                    val_loss = validation_loss(ema, val_batches)
-                    rec["val_loss"] = val_loss
-                pending.append((rec, loss_val))
-                flush()
-            else:
-                pending.append((rec, loss_val))
-            if is_ckpt or stop:
-                save(done)
-            if stop:
-                break
-        flush()
-        if start >= config.steps and not out.exists():
-            save(start)
-    finally:
-        pending.clear()
-        bar.close()
-        if logf is not None:
-            logf.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-        if old_int is not None:
-            signal.signal(signal.SIGINT, old_int)
-        if dist_info.initialised_here:
-            import torch.distributed as dist
-
+    def close(self) -> None:
+        """Drop unread losses, close the bar and the log, restore the signal handlers, and end the
+        process group if this run started it."""
+        self.pending.clear()
+        self.bar.close()
+        if self.logf is not None:
+            self.logf.close()
+        if self.old_term is not None:
+            signal.signal(signal.SIGTERM, self.old_term)
+        if self.old_int is not None:
+            signal.signal(signal.SIGINT, self.old_int)
+        if self.dist_info.initialised_here:
             dist.destroy_process_group()
-    return out
 
 
 # ============================================================================ command line
@@ -804,8 +911,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``train`` from parsed arguments; returns the exit status (0)."""
-    from ..io import read_json_file
-
     cfg: dict[str, Any] = {}
     if args.resume:  # the model path that --out printed works as well as PATH.state
         args.resume = str(resolve_resume(args.resume))
@@ -829,12 +934,10 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--time-limit must be a number of seconds > 0, got {args.time_limit!r}")
     path = train(config, out, resume=args.resume, device=args.device, progress=not args.no_progress,
                  workers=args.workers, time_limit=args.time_limit, compile_model=args.compile)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _env_rank0():
         _, meta = load_state(str(path) + ".state")
         val = meta.get("val_loss")
         val_s = "n/a" if val is None else f"{val:.4f}"
-        from .._progress import summary
-
         summary("train", f"wrote {path} (step {meta['step']}/{config.steps}, validation loss {val_s}, "
                 f"{meta.get('wall_time', 0.0):.0f} s of training)")
     return 0
@@ -842,8 +945,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m injcert.tasks.train`` (also the torchrun entry point)."""
+    # injcert.cli imports this module (its sub-command table); the library layer (tasks/) does not
+    # import the command-line layer at import time, only this `python -m` entry point uses it.
     from ..cli import HelpFormatter, add_threads_argument
-    from ..threads import apply_threads
 
     parser = argparse.ArgumentParser(prog="python -m injcert.tasks.train", description="train a CondUNet",
                                      formatter_class=HelpFormatter)
