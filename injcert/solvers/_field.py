@@ -12,6 +12,7 @@ and an Euler step in $\varsigma$ is a DDIM step (Song, Meng, Ermon 2021, eq. 14)
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Protocol, Tuple, Union
 
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor
 from ..errors import ArgumentError
 from ..model.schedule import VPSchedule
 
-__all__ = ["Field", "Cond", "ProbabilityFlowField", "probability_flow_field"]
+__all__ = ["Field", "Cond", "ProbabilityFlowField", "probability_flow_field", "unit_roundoff"]
 
 Cond = Optional[Tuple[Tensor, Tensor]]
 
@@ -68,7 +69,9 @@ class ProbabilityFlowField:
         Raises:
             ArgumentError: the model has no ``lipschitz_budget`` attribute.
         """
+        # the field multiplies xbar by fl(alpha) in the network's dtype: charge alpha (1 + u), u its unit roundoff
         alpha = float(self.schedule.alpha_of_varsigma(torch.as_tensor(s, dtype=torch.float64)))
+        alpha = math.nextafter(alpha * (1.0 + unit_roundoff(self.model)), math.inf)
         per_t = getattr(self.model, "certified_lipschitz_at", None)
         if callable(per_t) and getattr(self.model, "lipschitz_kappa", None) is not None:
             # noise-adaptive budget: L(t) of the actual weights, valid for every t' >= t(s)
@@ -84,6 +87,16 @@ class ProbabilityFlowField:
                 "the fixed_point inverse needs a certified Lipschitz bound"
             )
         return alpha * float(budget)
+
+
+def unit_roundoff(model: Any) -> float:
+    """The unit roundoff of ``model``'s floating dtype (its first floating parameter; float32 if none):
+    the relative error of the field's multiplication by $\\alpha$ in that dtype."""
+    params = model.parameters() if callable(getattr(model, "parameters", None)) else ()
+    for p in params:
+        if p.is_floating_point():
+            return float(torch.finfo(p.dtype).eps) / 2.0
+    return float(torch.finfo(torch.float32).eps) / 2.0
 
 
 def probability_flow_field(model: Any, schedule: Optional[VPSchedule] = None) -> ProbabilityFlowField:

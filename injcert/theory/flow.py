@@ -202,18 +202,23 @@ def lognorm_exponents(rest: float | LipschitzProfile, linear: object, schedule: 
 
 
 def step_margins(grid: Sequence[float] | Tensor, lipschitz: float | LipschitzProfile,
-                 schedule: object) -> tuple[list[float], list[float], list[float]]:
+                 schedule: object, alpha_rel: float = 0.0) -> tuple[list[float], list[float], list[float]]:
     r"""Per-step ``(h_k, L_k, q_k)`` of an Euler/DDIM grid in $\varsigma$, all rounded up.
 
     $h_k = \varsigma_{k+1}-\varsigma_k$, $L_k = \alpha(\varsigma_k)L(t(\varsigma_k))$ (the drift's constant
     at the left end, its maximum over the step since $\alpha$ and the profile $L$ do not increase),
     $q_k = h_kL_k$ (:func:`margin_products`). Both the encode step (evaluated at $\varsigma_k$) and
     the decode step (at $\varsigma_{k+1}$) are $q_k$-perturbations of the identity.
+
+    ``alpha_rel``: the relative rounding of $\alpha$ in the network's dtype (the field multiplies
+    $\bar x$ by $\mathrm{fl}(\alpha) \le \alpha(1 + u)$, $u = 2^{-24}$ in float32; ``proofs/08``):
+    $\alpha$ is charged $\alpha(1 + $ ``alpha_rel``$)$.
     """
     g = [float(v) for v in grid]
     hs, ls = [], []
     for a, b in zip(g, g[1:]):
-        alpha = round_up(float(schedule.alpha_of_varsigma(torch.tensor(a, dtype=torch.float64))))  # type: ignore[attr-defined]
+        alpha = round_up(float(schedule.alpha_of_varsigma(torch.tensor(a, dtype=torch.float64)))  # type: ignore[attr-defined]
+                         * (1.0 + float(alpha_rel)))
         hs.append(round_up(b - a))
         ls.append(round_up(alpha * round_up(lipschitz_at(lipschitz, schedule, a))))
     qs = [float(q) for q in margin_products(hs, ls)] if hs else []
