@@ -6,16 +6,16 @@
 
 from __future__ import annotations
 
-from .certificate import FAIL as FAIL
-from .certificate import INFO as INFO
-from .certificate import PASS as PASS
-from .certificate import SKIPPED as SKIPPED
-from .certificate import Certificate as Certificate
-from .certificate import CertifyConfig as CertifyConfig
-from .certificate import Property as Property
 from .certificate import certify as certify
 from .report import schema as schema
 from .report import validate as validate
+from .result import FAIL as FAIL
+from .result import INFO as INFO
+from .result import PASS as PASS
+from .result import SKIPPED as SKIPPED
+from .result import Certificate as Certificate
+from .result import CertifyConfig as CertifyConfig
+from .result import Property as Property
 
 __all__ = ["certify", "Certificate", "CertifyConfig", "Property", "PASS", "FAIL", "INFO", "SKIPPED",
            "schema", "validate"]

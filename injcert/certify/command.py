@@ -15,13 +15,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import DEFAULT_CHECKPOINT
+from .._progress import summary
+from ..errors import ConfigError
+from .certificate import certify
+from .result import METHODS, Certificate, CertifyConfig
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``certify`` options on ``parser``."""
-    from .certificate import METHODS, CertifyConfig
-
     d = CertifyConfig()
     parser.add_argument("checkpoint", metavar="CKPT", nargs="?", default=None,
                         help="checkpoint file (.ckpt/.safetensors written by injcert); the same as --model")
@@ -50,18 +54,12 @@ def run(args: argparse.Namespace) -> int:
         CheckpointError: unusable input (the CLI turns it into exit status 2).
         ConfigError: a bad option value (also exit status 2).
     """
-    from .._progress import summary
-    from ..errors import ConfigError
-    from .certificate import certify
-
     path = args.checkpoint
     model_opt = getattr(args, "model", None)
     if path is not None and model_opt is not None and path != model_opt:
         raise ConfigError(f"two checkpoints given: {path!r} and --model {model_opt!r}")
     path = path if path is not None else model_opt
     if path is None:
-        from .. import DEFAULT_CHECKPOINT
-
         path = str(DEFAULT_CHECKPOINT)
     cert = certify(
         path,
@@ -91,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     return cert.exit_code
 
 
-def _summary_text(cert, wrote: list) -> str:
+def _summary_text(cert: Certificate, wrote: list) -> str:
     """``VERDICT: PASS (14 properties) in 22.1 s; L = 369.5 (budget 400); wrote a, b``."""
     n = len(cert.properties)
     total = cert.timings.get("total")
