@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import ArgumentTypeError
+
 __all__ = ["DEFAULT_FRAC_BITS", "quantize", "dequantize", "split_remainder"]
 
 DEFAULT_FRAC_BITS = 40
@@ -46,7 +48,7 @@ def quantize(v: Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> Tensor:
 def dequantize(q: Tensor, dtype: torch.dtype = torch.float64, frac_bits: int = DEFAULT_FRAC_BITS) -> Tensor:
     """The float value $q\\,2^{-b}$ (exact in float64 while $|q| < 2^{53}$), cast to ``dtype``."""
     if q.dtype != torch.int64:
-        raise TypeError(f"expected an int64 lattice tensor, got dtype {q.dtype}")
+        raise ArgumentTypeError(f"expected an int64 lattice tensor, got dtype {q.dtype}")
     v = torch.ldexp(q.to(torch.float64), torch.tensor(-frac_bits, dtype=torch.float64))
     return v.to(dtype)
 
