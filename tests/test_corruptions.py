@@ -321,3 +321,22 @@ def test_compose_keeps_tiny_noise_sigmas():
     assert float(obs.m[0, 2, 0, 0]) == 5.745716697392825e-226 and float(obs.m[0, 0, 0, 0]) == 0.0
     obs = Compose([GaussianNoise(3e-200), GaussianNoise(4e-200)]).sample(x, 0)
     assert abs(float(obs.m[0, 2, 0, 0]) - 5e-200) <= 1e-214
+
+
+def test_noise_carried_through_a_later_blur_is_on_the_map():
+    """Compose(noise, blur): the blur spreads the noise to pixels outside the noise box; the map says so
+    (the reproducer hypothesis found: the map claimed sigma 0 where y differed from A(x) by 5e-3), and
+    channel 2 is the std of the blurred noise (sum_j A_ij^2 sigma_j^2), checked by sampling."""
+    from injcert.data.corruptions import BlurRegion, Compose, GaussianNoise, _blur_variance, gaussian_blur, random_corruption
+
+    x = torch.rand(1, 1, 2, 2, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    obs = Compose([GaussianNoise(0.5, 0.0, 1.0), random_corruption(528)]).sample(x, 0)
+    noiseless = (obs.m[:, 2:3] == 0).expand_as(x)
+    assert torch.allclose(obs.operator(x)[noiseless], obs.y[noiseless], atol=1e-6)
+    assert not ((obs.m[:, 0] == 1) & (obs.m[:, 2] > 0)).any()
+    # the propagated variance is the variance of the blurred noise
+    e = torch.randn(4000, 1, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.3
+    ratio = gaussian_blur(e, 1.5).var(0) / _blur_variance(torch.full((1, 1, 12, 12), 0.09, dtype=torch.float64), 1.5)[0]
+    assert 0.85 < float(ratio.min()) and float(ratio.max()) < 1.15
+    obs = Compose([GaussianNoise(0.3), BlurRegion(1.5, 1.0, 1.0)]).sample(torch.zeros(1, 1, 12, 12, dtype=torch.float64), 1)
+    assert torch.allclose(obs.m[:, 2:3] ** 2, _blur_variance(torch.full((1, 1, 12, 12), 0.09, dtype=torch.float64), 1.5))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal, Sequence, Union
+from typing import Callable, ClassVar, Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -273,6 +273,26 @@ def gaussian_blur(x: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     return z.reshape(n, c, h, w)
 
 
+def _blur_matrix(size: int, sigma: float, radius: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The ``size×size`` matrix of :func:`gaussian_blur` along one axis (reflect padding included)."""
+    k = _gaussian_kernel(sigma, radius, dtype, device)
+    eye = torch.eye(size, dtype=dtype, device=device).view(size, 1, size)
+    cols = F.conv1d(F.pad(eye, (radius, radius), mode="reflect"), k.view(1, 1, -1)).view(size, size)
+    return cols.T  # row i: the weights of every input pixel in output pixel i
+
+
+def _blur_variance(v: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
+    r"""$\sum_j A_{ij}^2 v_j$ for the blur $A$ of :func:`gaussian_blur` (separable: $A = B_H \otimes B_W$, so
+    $A^{\circ 2} = B_H^{\circ 2} \otimes B_W^{\circ 2}$), i.e. the variance of the blurred noise."""
+    n, c, h, w = v.shape
+    radius = min(int(math.ceil(truncate * sigma)), h - 1, w - 1)
+    if sigma == 0.0 or radius <= 0 or v.numel() == 0:
+        return v.clone()
+    bh = _blur_matrix(h, sigma, radius, v.dtype, v.device) ** 2
+    bw = _blur_matrix(w, sigma, radius, v.dtype, v.device) ** 2
+    return bh @ v @ bw.T
+
+
 # --------------------------------------------------------------------------------------------
 # observation and base class
 
@@ -291,6 +311,11 @@ class Observation:
     y: Tensor
     m: Tensor
     operator: Callable[[Tensor], Tensor]
+    #: ``variance(v) -> v'``: the per-pixel variance (``N×1×H×W``) of ``operator(x + e)`` for independent
+    #: noise ``e`` of per-pixel variance ``v`` in its input, $v'_i = \sum_j A_{ij}^2 v_j$ (``None``: the
+    #: operator keeps or zeroes pixels, so ``v' = v`` where kept). :class:`Compose` uses it to carry an
+    #: earlier step's noise through a later blur.
+    variance: Optional[Callable[[Tensor], Tensor]] = None
 
     def residual(self, x_hat: Tensor) -> Tensor:
         """Per-example Euclidean norm $\\lVert A(\\hat x) - y\\rVert_2$, shape ``N``."""
@@ -525,9 +550,12 @@ class BlurRegion(Corruption):
         def operator(z: Tensor) -> Tensor:
             return torch.where(region, gaussian_blur(z, sigma), z)
 
+        def variance(v: Tensor) -> Tensor:
+            return torch.where(region, _blur_variance(v, sigma), v)
+
         inside = region.to(x.dtype)
         m = torch.cat([1 - inside, inside, torch.zeros_like(inside)], dim=1)
-        return Observation(y=operator(x), m=m, operator=operator)
+        return Observation(y=operator(x), m=m, operator=operator, variance=variance)
 
 
 class GaussianNoise(Corruption):
@@ -565,7 +593,9 @@ class Compose(Corruption):
     """Apply corruptions in order, each to the previous one's output.
 
     Maps combine as: channel 0 = product (observed as is only if no step touched the pixel),
-    channel 1 = max, channel 2 = $\\sqrt{\\sum_k \\sigma_k^2}$. A pixel made missing by any step
+    channel 1 = max, channel 2 = the std of the accumulated noise: $\\sqrt{\\sum_k \\sigma_k^2}$ where
+    the steps are pointwise, with an earlier step's noise carried through a later blur
+    (:attr:`Observation.variance`). A pixel made missing by any step
     stays missing: it is 0 in ``y`` and ``(0, 0, 0)`` in ``m``. The forward operator is
     ``A = M ∘ A_k ∘ … ∘ A_1`` with ``M`` zeroing those pixels.
 
@@ -600,6 +630,9 @@ class Compose(Corruption):
             missing = missing | (obs.m == 0).all(dim=1, keepdim=True)
             m0 = m0 * obs.m[:, 0:1]
             m1 = torch.maximum(m1, obs.m[:, 1:2])
+            if obs.variance is not None:  # the earlier noise, carried through this step's operator
+                sig = obs.variance(sig * sig).clamp_min(0).sqrt()
+                m0 = m0 * (sig == 0).to(m0.dtype)  # a pixel that received noise is not observed as is
             sig = torch.hypot(sig, obs.m[:, 2:3])  # sqrt(a^2 + b^2) without underflow of tiny sigmas
         keep = (~missing).to(x.dtype)
         m = torch.cat([m0 * keep, m1 * keep, sig * keep], dim=1)
