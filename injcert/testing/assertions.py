@@ -30,7 +30,7 @@ def exact_jacobian_norm(fn: Any, x: Tensor) -> float:
         def flat(v: Tensor) -> Tensor:
             return fn(v.view(shape)).reshape(-1)
 
-        jac = torch.func.jacrev(flat)(xi.reshape(-1))
+        jac = torch.func.jacrev(flat)(xi.reshape(-1)).detach()
         best = max(best, float(torch.linalg.matrix_norm(jac, ord=2)))
     return best
 
