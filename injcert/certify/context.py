@@ -24,6 +24,7 @@ from ..errors import CheckpointError, ConfigError
 from ..io import load_checkpoint
 from ..model.schedule import get_schedule
 from ..solvers import make_grid
+from ..solvers import unit_roundoff
 from ..theory.flow import LipschitzProfile, step_margins
 from ..theory.flow import steps_needed as _steps_needed
 from . import lipschitz
@@ -144,8 +145,9 @@ class CertContext:
 
     @cached_property
     def margins(self) -> Margins:
-        """$(h_k, L_k, q_k)$ on :attr:`grid` with :attr:`L`."""
-        return Margins(*step_margins(self.grid, self.L, self.schedule))
+        """$(h_k, L_k, q_k)$ on :attr:`grid` with :attr:`L`, for the model as it runs: the field multiplies
+        by $\\mathrm{fl}(\\alpha)$ in the model's dtype, so $\\alpha$ is charged $(1 + u)$ (``proofs/08``)."""
+        return Margins(*step_margins(self.grid, self.L, self.schedule, alpha_rel=unit_roundoff(self.model)))
 
     @cached_property
     def steps_needed(self) -> Optional[int]:
@@ -175,8 +177,9 @@ class CertContext:
 
     @cached_property
     def margins64(self) -> Margins:
-        """$(h_k, L_k, q_k)$ on :attr:`grid` with :attr:`L64_profile` (for the float64 comparisons)."""
-        return Margins(*step_margins(self.grid, self.L64_profile, self.schedule))
+        """$(h_k, L_k, q_k)$ on :attr:`grid` with :attr:`L64_profile`: the constants of :attr:`model64`, the
+        network every float64 comparison (empirical, log-determinants) evaluates."""
+        return Margins(*step_margins(self.grid, self.L64_profile, self.schedule, alpha_rel=2.0**-53))
 
     @cached_property
     def heldout(self) -> Heldout:

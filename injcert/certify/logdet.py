@@ -68,7 +68,7 @@ def _exact(ctx: CertContext) -> Exact:
     c, s = ctx.channels, cfg.logdet_size
     d = c * s * s
     hs = [b - a for a, b in zip(g, g[1:])]
-    lo_k, hi_k = intervals(hs, ctx.margins.q, d)
+    lo_k, hi_k = intervals(hs, ctx.margins64.q, d)  # the constants of model64, whose log-dets are computed
     try:
         x = heldout_patches(1, c, s, cfg.seed + 1, torch.float64, ctx.device)
     except InjcertError:
@@ -119,7 +119,7 @@ def _liouville(ctx: CertContext, ex: Exact) -> Property:
     d, tol = ex.d, FLOAT64_TOLERANCE
     exact, trace_sum = math.fsum(ex.exact), math.fsum(ex.trace)
     diffs = [e - t for e, t in zip(ex.exact, ex.trace)]
-    gaps = [round_up(d * q * q / (2 * (1 - q))) if q < 1 else math.inf for q in ctx.margins.q]
+    gaps = [round_up(d * q * q / (2 * (1 - q))) if q < 1 else math.inf for q in ctx.margins64.q]
     viol = [k for k, (df, gp) in enumerate(zip(diffs, gaps)) if abs(df) > gp + tol * (1 + abs(df))]
     total_gap = math.fsum(gaps) if all(math.isfinite(v) for v in gaps) else math.inf
     ld = {"trace_integral": trace_sum, "exact": exact, "difference": exact - trace_sum,
@@ -149,7 +149,7 @@ def _hutchpp_trace(ctx: CertContext) -> tuple[list[float], float, float, list[fl
     field = probability_flow_field(ctx.model64, schedule)
     gc = make_grid(schedule, min(cfg.steps, cfg.hutchpp_steps), cfg.grid).tolist()
     hc = [b - a for a, b in zip(gc, gc[1:])]
-    qc = step_margins(gc, ctx.L, schedule)[2]
+    qc = step_margins(gc, ctx.L64_profile, schedule, alpha_rel=2.0**-53)[2]
     est_k, var = [], 0.0
     keptf: list = []
     euler_flow(ctx.model64, xf, condf, schedule, gc, keep=keptf)

@@ -29,6 +29,7 @@ from ._dopri5 import Dopri5 as Dopri5
 from ._field import Field as Field
 from ._field import ProbabilityFlowField as ProbabilityFlowField
 from ._field import probability_flow_field as probability_flow_field
+from ._field import unit_roundoff as unit_roundoff
 from ._grid import GRIDS as GRIDS
 from ._grid import Grid as Grid
 from ._grid import make_grid as make_grid
@@ -41,6 +42,6 @@ from ._reversible import ReversibleHeun as ReversibleHeun
 __all__ = [
     "integrate", "DIRECTIONS", "Reset", "Grid", "euler_step",
     "SOLVERS", "Solver", "SolverState", "get_solver", "DDIM", "Dopri5", "Field", "ProbabilityFlowField",
-    "probability_flow_field", "GRIDS", "make_grid", "DEFAULT_FRAC_BITS", "dequantize", "quantize",
+    "probability_flow_field", "unit_roundoff", "GRIDS", "make_grid", "DEFAULT_FRAC_BITS", "dequantize", "quantize",
     "Leapfrog", "ReversibleHeun", "FixedPoint",
 ]
