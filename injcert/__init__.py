@@ -63,10 +63,10 @@ from .theory.logdet import logdet as logdet  # noqa: E402
 from .theory.logdet import trace as trace  # noqa: E402
 from .theory.spectral import operator_norm_bound as operator_norm_bound  # noqa: E402
 from .theory.spectral import operator_norm_interval as operator_norm_interval  # noqa: E402
-from . import testing as testing  # noqa: E402
 from .certify import Certificate as Certificate  # noqa: E402
 from .certify import CertifyConfig as CertifyConfig  # noqa: E402
 from .certify import certify as certify  # noqa: E402
+from . import testing as testing  # noqa: E402  (last: it imports the public names above)
 
 __all__ = [
     "__version__",

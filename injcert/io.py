@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from .errors import ArgumentError, CheckpointError, ConfigError, InputError, OutputPathError, TrainingError
+from . import limits
 
 __all__ = [
     "FORMAT_VERSION",
@@ -611,7 +612,6 @@ def read_safetensors_header(path: PathLike, what: str = "file") -> tuple[TensorS
         CheckpointError: missing, unreadable, not a regular file, a pickle, truncated or corrupt.
         LimitError: more stored numbers than ``limits.params``.
     """
-    from . import limits
 
     p = Path(path)
     label = repr(os.fspath(path))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from typing import Iterator, Optional
+from .errors import ConfigError
 
 __all__ = ["default_threads", "apply_threads", "threads", "set_passive_wait_policy"]
 
@@ -57,8 +58,6 @@ def apply_threads(threads: Optional[int] = None) -> int:
     """
     n = default_threads() if threads is None else int(threads)
     if n < 1:
-        from .errors import ConfigError
-
         raise ConfigError(f"--threads must be >= 1, got {threads!r}")
     import torch
 

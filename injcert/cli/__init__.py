@@ -33,6 +33,7 @@ import sys
 from typing import Callable, Sequence
 
 from .. import __version__
+from ..errors import ConfigError, InjcertError
 
 __all__ = ["main", "build_parser", "HelpFormatter", "add_threads_argument"]
 
@@ -83,7 +84,6 @@ def add_threads_argument(p: argparse.ArgumentParser) -> None:
 
 class _Parser(argparse.ArgumentParser):
     """An argument error is one line on stderr and exit status 2 (the usage is in ``--help``)."""
-
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
@@ -136,7 +136,6 @@ def _option(dest: str) -> str:
 def _preflight(args: argparse.Namespace) -> None:
     """Check the options every command shares, before it runs (raises one-line InjcertErrors)."""
     from .. import limits
-    from ..errors import ConfigError
     from ..io import check_device, check_output_path
 
     cmd = args.command
@@ -192,8 +191,6 @@ def _preflight(args: argparse.Namespace) -> None:
 
 def _one_line(exc: BaseException) -> str:
     """The first line of an exception's message; an OSError as ``strerror: 'filename'``."""
-    from ..errors import InjcertError
-
     if isinstance(exc, OSError) and not isinstance(exc, InjcertError) and exc.strerror:
         names = [repr(os.fspath(f)) if isinstance(f, (str, bytes, os.PathLike)) else str(f)
                  for f in (exc.filename, exc.filename2) if f is not None]
@@ -207,8 +204,6 @@ def _one_line(exc: BaseException) -> str:
 
 def _is_environment_error(exc: BaseException) -> bool:
     """Unusable input or environment: injcert's own errors, I/O errors, running out of memory."""
-    from ..errors import InjcertError
-
     if isinstance(exc, (InjcertError, OSError, MemoryError)):
         return True
     return type(exc).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError (a RuntimeError)

@@ -19,6 +19,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError, InputError, NonConvergenceError
+
 __all__ = [
     "add_invert_arguments", "run_invert", "add_decode_arguments", "run_decode",
     "add_reconstruct_arguments", "run_reconstruct", "add_edit_arguments", "run_edit",
@@ -81,15 +83,12 @@ def _check_device(device: str) -> None:
 
 
 def _check_tile(tile: Any) -> None:
-    from ..errors import ConfigError
-
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
         raise ConfigError(f"--tile must be an int >= 0 (0: no tiling), got {tile!r}")
 
 
 def check_finite_model(model: Any, what: str = "checkpoint") -> None:
     """Refuse (one line) a model whose weights are NaN/inf, or so large that they overflow."""
-    from ..errors import InputError
     from ..io import check_finite_model as _finite
 
     _finite(model, what)
@@ -110,8 +109,6 @@ def _inputs(args: argparse.Namespace) -> list:
 
 
 def _finite(t: Tensor, what: str) -> None:
-    from ..errors import InputError
-
     if not bool(torch.isfinite(t).all()):
         raise InputError(f"the model produced NaN or infinite values in {what}; its weights are unusable")
 
@@ -209,7 +206,6 @@ def _load_mask(path: str, x: Tensor, dt: torch.dtype) -> Tensor:
     """A mask file as N×1×H×W in {0, 1}: a pixel is set where **any** channel is brighter than 50 %
     (white, but also pure red (255, 0, 0) or any saturated colour); gray masks are unchanged."""
     from ..data.images import load_image
-    from ..errors import InputError
 
     mk = load_image(path, dtype=dt).unsqueeze(0).to(x.device)
     if mk.shape[-2:] != x.shape[-2:]:
@@ -227,13 +223,10 @@ def add_invert_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_invert(args: argparse.Namespace) -> int:
-    from ..errors import InputError, NonConvergenceError
     from ..solvers import SOLVERS
     from ..tasks.invert import check_decodable, decode, encode
 
     if args.method not in SOLVERS:
-        from ..errors import ConfigError
-
         raise ConfigError(f"unknown --method {args.method!r}; choices: {sorted(SOLVERS)}")
     dt = _dtype(args.dtype)
     inputs = _inputs(args)
@@ -288,7 +281,6 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
 def run_decode(args: argparse.Namespace) -> int:
     from ..tasks.invert import Latent, decode
 
-    from ..errors import ConfigError, InputError
 
     inputs = _inputs(args)
     lat = Latent.load(args.latent)
@@ -361,7 +353,6 @@ def add_reconstruct_arguments(p: argparse.ArgumentParser) -> None:
 def _levels(v: str) -> Union[int, str]:
     if v == "auto":
         return v
-    from ..errors import ConfigError
 
     try:
         n = int(v)
@@ -376,7 +367,6 @@ def _check_reconstruct_options(args: argparse.Namespace) -> None:
     """Options the reconstruction would reject deep inside (or overflow on), checked first."""
     import math
 
-    from ..errors import ConfigError
 
     s0 = args.sigma_start
     if s0 is not None and not (math.isfinite(s0) and s0 > 0):
@@ -420,8 +410,6 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     else:
         clean = x
         if args.corruption == "blur" and args.sigma is not None and args.sigma > max(x.shape[-2:]):
-            from ..errors import ConfigError
-
             raise ConfigError(f"--sigma {args.sigma:g} of a blur exceeds the image size {tuple(x.shape[-2:])}")
         obs = corruption.sample(x.cpu(), args.seed)
         y, m, operator = obs.y.to(args.device), obs.m.to(args.device), obs.operator
@@ -482,7 +470,6 @@ def add_edit_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_edit(args: argparse.Namespace) -> int:
     from ..metrics import region_psnr, seam_energy
-    from ..errors import ConfigError, InputError
     from ..tasks.edit import edit_full
 
     if not (isinstance(args.strength, float) and 0.0 < args.strength <= 1.0):

@@ -13,6 +13,7 @@ from torch import Tensor
 from ..errors import ArgumentError
 from .corruptions import CORRUPTIONS, BlurRegion, BoxMask, Compose, GaussianNoise, make_corruption
 from .images import load_image
+from ..io import save_figure
 
 __all__ = ["corruption_grid", "square_image"]
 
@@ -98,7 +99,6 @@ def corruption_grid(
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from ..io import save_figure
 
     save_figure(fig, out, format="png")
     return out

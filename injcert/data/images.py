@@ -39,6 +39,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ArgumentError, ArgumentTypeError, ConfigError, InputError, OutputPathError
+from ..io import atomic_write, check_output_path, notice
+from .. import limits
 
 __all__ = [
     "ImageInfo",
@@ -139,7 +141,6 @@ def _to_unit_hwc(arr: np.ndarray, source: str) -> np.ndarray:
         raise InputError(f"image {source!r} has shape {arr.shape}; expected H×W or H×W×C")
     c = u.shape[2]
     if c in (2, 4):  # gray + alpha, RGBA: drop alpha, and say so
-        from ..io import notice
 
         notice(f"image {source!r} has an alpha channel; it is dropped (transparent pixels keep their colour)")
         u = u[:, :, : c - 1]
@@ -157,7 +158,6 @@ def _lfw_mosaic(path: Path) -> np.ndarray:
 def _check_pixels(path: Path) -> None:
     """Read an image file's size from its header and compare it with ``limits.pixels``, before
     anything is decoded (a 186 KB PNG can hold 8000×8000 pixels)."""
-    from .. import limits
 
     size = None
     try:
@@ -206,8 +206,6 @@ def _read_png16(path: Path) -> "np.ndarray | None":
         if depth != 16 or ctype not in (2, 4, 6):
             return None
         if interlace:
-            from ..io import notice
-
             notice(f"image {str(path)!r} is an interlaced 16-bit PNG; read as 8-bit")
             return None
         fh.seek(8)
@@ -300,7 +298,6 @@ def _decode(key: str, mtime_ns: int) -> Tensor:
         arr = np.asarray(arr)
     u = _to_unit_hwc(np.asarray(arr), key)
     if key not in IMAGES and arr.dtype not in (np.uint8, np.bool_):  # after the checks: an error stays one line
-        from ..io import notice
 
         depth = f"{arr.dtype.itemsize * 8}-bit" if arr.dtype.kind in "ui" else f"{arr.dtype} (floating point)"
         notice(f"image {key!r} is {depth}; read at full precision (images are written as 8-bit PNG)")
@@ -419,7 +416,6 @@ def save_image(image: Tensor, path: PathLike, *, inputs: Sequence[PathLike] = ()
         x = x[0]
     if x.dim() != 3 or x.shape[0] not in (1, 3):
         raise InputError(f"image must be C×H×W or 1×C×H×W with C in {{1, 3}}, got shape {tuple(image.shape)}")
-    from ..io import atomic_write, check_output_path
 
     fmt = image_format(path)
     check_output_path(path, inputs=inputs)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..errors import ArgumentError
 from .schedule import VPSchedule, get_schedule
+from ..solvers import probability_flow_field
 
 __all__ = ["AnalyticMixtureScore", "flow_map"]
 
@@ -123,7 +124,6 @@ def flow_map(model: nn.Module, x: Tensor, t_from: float, t_to: float, *, rtol: f
     """
     from torchdiffeq import odeint
 
-    from ..solvers import probability_flow_field
 
     field = probability_flow_field(model)
     sched = field.schedule

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, UnsupportedModuleError
 from ..theory.lipschitz import product_bound, register_lipschitz_rule, residual_bound, sum_bound
 from ..theory.spectral import conv_size_independent_bound, fantastic_four_matrices, gram_iteration_bound
 
@@ -60,8 +60,6 @@ class MaxMin(nn.Module):
 @register_lipschitz_rule(MaxMin)
 def _maxmin_rule(module: MaxMin, input_shape: tuple, ctx: Any) -> tuple[float, tuple]:
     if input_shape[0] % 2:
-        from ..errors import UnsupportedModuleError
-
         raise UnsupportedModuleError(f"MaxMin on an odd number of channels ({input_shape[0]})")
     return 1.0, tuple(input_shape)
 
@@ -218,8 +216,6 @@ class LipConv2d(nn.Module):
     def as_conv2d(self) -> nn.Conv2d:
         """A plain :class:`torch.nn.Conv2d` in float64 holding exactly :meth:`effective_weight`."""
         if self.weight.is_complex():
-            from ..errors import UnsupportedModuleError
-
             raise UnsupportedModuleError(
                 f"LipConv2d with a complex weight ({self.weight.dtype}): certified bounds are derived for real "
                 "weights only (a cast to float64 would drop the imaginary part)"

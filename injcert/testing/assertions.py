@@ -13,6 +13,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+import injcert  # the public API, looked up at call time (injcert imports this package last)
+
 __all__ = ["assert_bound_sound", "assert_round_trip_exact", "assert_certified", "exact_jacobian_norm"]
 
 
@@ -91,12 +93,10 @@ def assert_bound_sound(layer_or_net: nn.Module, input_shape: Sequence[int], *, p
     """
     import copy
 
-    from injcert import lipschitz_bound
-
     native = copy.deepcopy(layer_or_net).eval()
     for p in native.parameters():
         p.requires_grad_(False)
-    bound = float(lipschitz_bound(native, tuple(input_shape), size_independent=size_independent).value)
+    bound = float(injcert.lipschitz_bound(native, tuple(input_shape), size_independent=size_independent).value)
     module = _to_float64_keeping_complex(copy.deepcopy(native))
     shape = (1, *(int(v) for v in input_shape))
     if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
@@ -121,11 +121,9 @@ def assert_round_trip_exact(model: Any, x: Tensor, steps: int = 20, method: str 
     Raises:
         AssertionError: some element differs (the message gives how many and the largest error).
     """
-    from injcert import decode, encode
-
     with torch.no_grad():
-        latent = encode(model, x, cond, steps=steps, method=method)
-        back = decode(model, latent, cond)
+        latent = injcert.encode(model, x, cond, steps=steps, method=method)
+        back = injcert.decode(model, latent, cond)
     if not torch.equal(back, x):
         diff = (back.to(torch.float64) - x.to(torch.float64)).abs()
         raise AssertionError(
@@ -145,9 +143,7 @@ def assert_certified(checkpoint: Union[str, "os.PathLike[str]", nn.Module], **kw
     Raises:
         AssertionError: listing every failing property with its summary (soundness failures first).
     """
-    from injcert import certify
-
-    cert = certify(checkpoint, **kwargs)
+    cert = injcert.certify(checkpoint, **kwargs)
     if cert.verdict != "PASS":
         fails = sorted(cert.failures, key=lambda p: not p.soundness_failure)
         lines = [f"  - {p.name}{' (SOUNDNESS FAILURE)' if p.soundness_failure else ''}: {p.summary}" for p in fails]

@@ -21,6 +21,8 @@ from typing import Any, Optional, Sequence
 import torch
 from hypothesis import strategies as st
 from torch import Tensor, nn
+from injcert.data import make_corruption, random_corruption
+from injcert.testing import AnalyticMixtureScore
 
 __all__ = ["images", "corruptions", "masks", "conv_layers", "networks", "analytic_problems", "seeds"]
 
@@ -72,7 +74,6 @@ def corruptions(size: int = 32, names: Optional[Sequence[str]] = None) -> st.Sea
         names: restrict to these registered names (default: every type, via
             :func:`injcert.data.random_corruption`).
     """
-    from injcert.data import make_corruption, random_corruption
 
     if names is None:
         return seeds().map(lambda s: random_corruption(s, size=size))
@@ -164,8 +165,6 @@ def networks(draw: st.DrawFn, max_depth: int = 3, max_channels: int = 4, size: A
 @st.composite
 def analytic_problems(draw: st.DrawFn, max_components: int = 3) -> Any:
     """:class:`~injcert.testing.AnalyticMixtureScore` instances (a score with a certified budget)."""
-    from injcert.testing import AnalyticMixtureScore
-
     k = draw(st.integers(1, max_components))
     means = draw(st.lists(st.floats(-0.9, 0.9, allow_nan=False), min_size=k, max_size=k))
     std = draw(st.floats(0.2, 0.7))

@@ -34,6 +34,7 @@ from injcert.theory.spectral import (
     operator_norm_bound,
     real_float64,
 )
+from .._compat import quiet_jvp_decompositions
 
 __all__ = [
     "LayerBound",
@@ -62,7 +63,6 @@ __all__ = [
 @dataclasses.dataclass(frozen=True)
 class LayerBound:
     """One row of a Lipschitz certificate: a leaf layer's dotted name, type and bound."""
-
     name: str
     type: str
     bound: float
@@ -71,7 +71,6 @@ class LayerBound:
 @dataclasses.dataclass
 class LipschitzBound:
     """A certified upper bound on the $\\ell_2$ Lipschitz constant of a module in ``x``."""
-
     value: float
     layers: list[LayerBound]
     input_shape: tuple
@@ -227,7 +226,6 @@ def get_lipschitz_rule(module: nn.Module) -> Rule:
 
 class BoundContext:
     """State passed to rules: the size-independence flag and the per-layer rows."""
-
     def __init__(self, size_independent: bool = False, t: Optional[float] = None) -> None:
         self.size_independent = bool(size_independent)
         #: the noise level: rules of time-dependent modules bound the map for every t' >= t
@@ -757,7 +755,6 @@ def lipschitz_lower_bound(
     This is an empirical lower bound (like the power iteration of Miyato et al. 2018); it is never
     a certificate of an upper bound.
     """
-    from .._compat import quiet_jvp_decompositions
 
     quiet_jvp_decompositions()
     x = points.detach().clone()

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from injcert.errors import ArgumentError
+from .._compat import quiet_jvp_decompositions
 
 __all__ = [
     "TraceEstimate",
@@ -64,7 +65,6 @@ def per_example_jacobian(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_size: 
     shape = x.shape[1:]
     d = int(math.prod(shape))
 
-    from .._compat import quiet_jvp_decompositions
 
     quiet_jvp_decompositions()
 
@@ -139,7 +139,6 @@ def trace_estimate(
     n, shape = x.shape[0], tuple(x.shape[1:])
     d = int(math.prod(shape))
 
-    from .._compat import quiet_jvp_decompositions
 
     quiet_jvp_decompositions()
 
