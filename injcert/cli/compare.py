@@ -36,8 +36,20 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..errors import ArgumentError, ConfigError
-from ..io import atomic_write, save_figure
+from .._progress import Stages, bar, summary
+from ..data.corruptions import make_corruption
+from ..data.grid import square_image
+from ..data.images import HELDOUT_IMAGES, load_image
+from ..errors import ArgumentError, ConfigError, NonConvergenceError
+from ..io import atomic_write, load_checkpoint, save_figure
+from ..metrics import background_preservation, psnr, region_mse, region_psnr, seam_energy, ssim
+from ..model.analytic import AnalyticMixtureScore, flow_map
+from ..model.unet import CondUNet
+from ..solvers import Dopri5, get_solver, make_grid, probability_flow_field
+from ..tasks.classical import classical_estimate
+from ..tasks.edit import edit_full, make_target
+from ..tasks.reconstruct import reconstruct_full
+from .commands import add_model_argument, add_quiet_argument
 
 __all__ = [
     "ROUND_TRIP_METHODS",
@@ -88,8 +100,6 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def fallback_model(seed: int = 0) -> nn.Module:
     """A small freshly initialised :class:`~injcert.model.unet.CondUNet` (untrained), in eval mode."""
-    from ..model.unet import CondUNet
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CondUNet(in_channels=3, base_channels=16, channel_mults=(1, 2), blocks_per_level=1,
@@ -98,6 +108,8 @@ def fallback_model(seed: int = 0) -> nn.Module:
 
 
 def _default_checkpoint() -> Path:
+    # imported at call time, not at module level: read injcert.DEFAULT_CHECKPOINT as it is now
+    # (tests and callers may point it elsewhere after this module was imported)
     from .. import DEFAULT_CHECKPOINT
 
     return DEFAULT_CHECKPOINT
@@ -116,8 +128,6 @@ def bench_model(checkpoint: Optional[str] = None, *, allow_fallback: bool = True
             explicitly named checkpoint is missing.
         CheckpointError: the checkpoint exists but cannot be loaded.
     """
-    from ..io import load_checkpoint
-
     path = Path(checkpoint) if checkpoint is not None else _default_checkpoint()
     if path.is_file():
         return load_checkpoint(path).eval(), f"checkpoint {path.name}"
@@ -139,9 +149,6 @@ def load_batch(names: Sequence[str], size: Optional[int]) -> List[Tensor]:
     ``size`` given: one batch of centre crops resized to ``size × size``; ``None``: full
     resolution, one batch per image.
     """
-    from ..data.grid import square_image
-    from ..data.images import load_image
-
     if not names:
         raise ArgumentError("need at least one image name")
     if size is not None:
@@ -166,10 +173,6 @@ def round_trip(model: nn.Module, x: Tensor, method: str, steps: int, dtype: torc
     A ``fixed_point`` decode that cannot certify a step (``NonConvergenceError``) gives
     ``max_abs = mse = nan`` and ``failed = 1.0`` — reported, never hidden.
     """
-    from ..errors import NonConvergenceError
-    from ..solvers import get_solver, make_grid, probability_flow_field
-    from ..solvers import Dopri5
-
     net = _as(model, dtype)
     xx = x.to(dtype)
     field = probability_flow_field(net)
@@ -190,10 +193,6 @@ def round_trip(model: nn.Module, x: Tensor, method: str, steps: int, dtype: torc
 
 
 def _sample(model: nn.Module, z: Tensor, method: str, steps: int, rtol: float = 1e-6) -> Tuple[Tensor, int]:
-    from ..errors import NonConvergenceError
-    from ..solvers import get_solver, make_grid, probability_flow_field
-    from ..solvers import Dopri5
-
     field = probability_flow_field(model)
     alpha = float(field.schedule.alpha(field.schedule.t_max))
     method, _, kind = method.partition("/")
@@ -243,8 +242,6 @@ the noise methods are given the true sigma, the deblurring ones the true PSF).""
 
 def classical_baselines(name: str, y: Tensor, m: Tensor, sigma_blur: float = 2.0) -> List[Tuple[str, Tensor]]:
     """Every classical baseline of corruption ``name`` on one batch: ``[(method, x_hat), ...]``."""
-    from ..tasks.classical import classical_estimate
-
     if name not in BASELINES:
         raise ArgumentError(f"no classical baseline for corruption {name!r}; choices: {sorted(BASELINES)}")
     return [classical_estimate(y, m, method, blur_sigma=sigma_blur) for method in BASELINES[name]]
@@ -277,11 +274,6 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
     Metrics are averaged over the batches (image-wise PSNR/SSIM; region PSNR pooled per batch).
     ``keep``, if given, receives ``{corruption: (x, y, baseline, ours, m)}`` of the first batch.
     """
-    from ..data.corruptions import make_corruption
-    from ..metrics import psnr, region_psnr, ssim
-    from ..tasks.classical import classical_estimate
-    from ..tasks.reconstruct import reconstruct_full
-
     rows: List[ReconRow] = []
     for name in corruptions:
         params = dict(CORRUPTION_SETTINGS[name])
@@ -321,8 +313,6 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
 
 
 def _edit_grid(sched: Any, steps: int, strength: float) -> Tuple[Tensor, float]:
-    from ..solvers import make_grid
-
     grid = make_grid(sched, steps, "geometric", t_end=float(strength) * sched.t_max)  # the grid edit_full uses
     return grid, float(grid[-1])
 
@@ -334,8 +324,6 @@ def naive_ddim_edit(model: nn.Module, x0: Tensor, mask: Tensor, target: Tensor, 
 
     Uses the same grid and the same context condition as ``edit_full``; returns ``(image, nfe)``.
     """
-    from ..solvers import get_solver, probability_flow_field
-
     field = probability_flow_field(model)
     grid, s_e = _edit_grid(field.schedule, steps, strength)
     m = (mask > 0.5).to(x0.dtype)
@@ -375,9 +363,6 @@ def edit_mask(x: Tensor, frac: float = 0.4) -> Tensor:
 def editing_rows(model: nn.Module, batches: Sequence[Tensor], steps: int, strength: float = 0.5,
                  keep: Optional[dict] = None) -> List[EditRow]:
     """Ours (bit-exact, reset outside) vs naive DDIM inversion on a "recolor" edit of a centred box."""
-    from ..metrics import background_preservation, region_mse, region_psnr, seam_energy
-    from ..tasks.edit import edit_full, make_target
-
     acc: Dict[str, List[Tuple[float, float, float, float, int, float]]] = {}
     for bi, x in enumerate(batches):
         mask = edit_mask(x)
@@ -435,6 +420,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 def _canvas(w: float, h: float):
+    # matplotlib is imported lazily: it is heavy, and only the figures need it (not the parser, not
+    # the library functions above)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -501,8 +488,6 @@ def _figure_edit(keep: dict, path: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``python -m injcert bench``."""
-    from .commands import add_model_argument, add_quiet_argument
-
     parser.add_argument("--out", default="bench_out", help="output folder (default: bench_out)")
     add_model_argument(parser)
     parser.add_argument("--device", default="cpu",
@@ -530,18 +515,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_quiet_argument(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the comparison, print the tables and write ``results.md`` and figures into ``--out``."""
-    from .._progress import Stages, bar, summary
-    from ..errors import ConfigError
-    from ..model.analytic import AnalyticMixtureScore, flow_map
+@dataclass
+class _Bench:
+    """Settings and shared state of one ``bench`` run (what the sections below read and append to)."""
 
-    if torch.device(getattr(args, "device", "cpu") or "cpu").type != "cpu":
-        raise ConfigError(f"bench runs on the CPU only, got --device {args.device!r} (GPU numbers: make gpu-check)")
-    quiet = bool(getattr(args, "quiet", False))
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    from ..data.images import HELDOUT_IMAGES
+    model: nn.Module
+    batches: List[Tensor]
+    out: Path
+    quiet: bool
+    seed: int
+    steps: List[int]
+    rsteps: int
+    dtol: float
+    methods: List[str]
+    md: List[str]
+    key: List[str]
 
+    def emit(self, title: str, table: str, note: str = "") -> None:
+        """Print (unless quiet) and record one section of ``results.md``."""
+        block = f"## {title}\n\n{table}\n" + (f"\n{note}\n" if note else "")
+        if not self.quiet:
+            print(block)
+        self.md.append(block)
+
+
+def _options(args: argparse.Namespace) -> Tuple[List[str], int, List[int], int, float, List[str]]:
+    """``(images, size, steps, recon_steps, dopri5_tol, methods)`` from the arguments and --quick, checked."""
     q = bool(args.quick)
     images = list(args.images) if args.images else list(HELDOUT_IMAGES[:2] if q else HELDOUT_IMAGES)
     size = args.size if args.size is not None else (16 if q else 32)
@@ -553,6 +552,133 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"steps must be >= 1, got {steps} and --recon-steps {rsteps}")
     if not args.full and size < 8:
         raise ConfigError(f"--size must be at least 8, got {size}")
+    return images, size, steps, rsteps, dtol, methods
+
+
+def _round_trip_table(b: _Bench) -> Tuple[Dict[Tuple[str, str, int], Dict[str, float]], List[list], Any]:
+    """Every round trip of ``b.methods`` × dtypes × ``b.steps``: ``(results by key, table rows, bar)``;
+    the caller closes the progress bar (after printing the table)."""
+    rt: Dict[Tuple[str, str, int], Dict[str, float]] = {}
+    rows = []
+    inner = bar(desc="bench: round trips", total=len(_DTYPES) * len(b.methods) * len(b.steps), enabled=not b.quiet)
+    for dt_name, dt in _DTYPES.items():
+        for m in b.methods:
+            for n in b.steps:
+                inner.update(1)
+                if m == "dopri5" and n != b.steps[0]:
+                    rt[(m, dt_name, n)] = rt[(m, dt_name, b.steps[0])]
+                    continue
+                agg = [round_trip(b.model, x, m, n, dt, dopri5_tol=b.dtol) for x in b.batches]
+                r = {"max_abs": max(a["max_abs"] for a in agg), "mse": sum(a["mse"] for a in agg) / len(agg),
+                     "nfe": sum(a["nfe"] for a in agg) / len(agg), "seconds": sum(a["seconds"] for a in agg)}
+                rt[(m, dt_name, n)] = r
+                rows.append([m, "adaptive" if m == "dopri5" else n, dt_name, r["max_abs"], r["mse"],
+                             int(r["nfe"]), r["seconds"]])
+    return rt, rows, inner
+
+
+def _section_round_trip(b: _Bench) -> None:
+    """The round-trip table, its figure and its key line."""
+    rt, rows, inner = _round_trip_table(b)
+    b.emit("Round trip decode(encode(x)) vs x",
+           markdown_table(["method", "steps", "dtype", "max-abs err", "MSE", "NFE", "time [s]"], rows),
+           "`ddim` = naive DDIM inversion; `dopri5` = torchdiffeq backward integration (rtol = atol = "
+           f"{b.dtol:g}, adaptive steps); `failed` = the fixed-point inverse could not certify a step "
+           "(h·L ≥ 1, Theorem 2) and raised instead of returning an unverified iterate. "
+           "0 = bit-exact.")
+    inner.close()  # after the table is printed, as before the split
+    _figure_round_trip(rt, b.steps, b.out / "round_trip.png", b.methods)
+    b.md.append("![round trip](round_trip.png)\n")
+    rev = [v["max_abs"] for (m, _, _), v in rt.items() if m == "reversible"]
+    if rev:
+        b.key.append(f"reversible round trip max |error| {max(rev):.3g} over {len(rev)} runs")
+
+
+def _section_sampling(b: _Bench) -> None:
+    """Sampling accuracy vs dopri5 on the analytic mixture and on the model (float64)."""
+    gen = torch.Generator().manual_seed(b.seed)
+    analytic = AnalyticMixtureScore()
+    za = torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64)
+    ref_a = flow_map(analytic, za, analytic.schedule.t_max, 0.0)
+    rows_a = sampling_accuracy(analytic, za, b.steps, ref_a)
+    net = _as(b.model, torch.float64)
+    x = b.batches[0][:1].to(torch.float64)
+    zm = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        ref_m, _ = _sample(net, zm, "dopri5", 1, rtol=1e-5)
+    rows_m = sampling_accuracy(net, zm, b.steps, ref_m)
+    rows = [[a[0], a[1], a[2], c[1], c[2]] for a, c in zip(rows_a, rows_m)]
+    b.emit("Sampling accuracy vs dopri5 (float64)",
+           markdown_table(["method", "NFE (analytic)", "RMS err (analytic)", "NFE (model)", "RMS err (model)"],
+                          [[r[0], "failed" if r[1] < 0 else r[1], r[2], "failed" if r[3] < 0 else r[3], r[4]]
+                           for r in rows]),
+           "Reference: dopri5 at rtol = atol = 1e-10 (analytic: the exact score of a 3-component mixture, "
+           "4×1×8×8) and 1e-5 (model, 1 image). Compare rows at equal NFE; dopri5 rows sweep its tolerance.")
+
+
+def _recon_verdict(rows_r: Sequence[ReconRow]) -> List[str]:
+    """Per corruption, whether ours or the first baseline has the higher PSNR (one phrase each)."""
+    verdict = []
+    for name in CORRUPTION_SETTINGS:
+        ours = next((r for r in rows_r if r.corruption == name and r.method == "ours"), None)
+        base = next((r for r in rows_r if r.corruption == name and r.method != "ours"), None)
+        if ours and base:
+            verdict.append(f"{name}: {'ours' if ours.psnr > base.psnr else base.method} higher PSNR "
+                           f"({ours.psnr:.2f} vs {base.psnr:.2f} dB)")
+    return verdict
+
+
+def _section_reconstruction(b: _Bench) -> None:
+    """The reconstruction table (ours vs the classical baselines), its figure and its key line."""
+    keep: dict = {}
+    rows_r = reconstruction_rows(b.model, b.batches, b.rsteps, b.seed, keep=keep)
+    table = [[r.corruption, r.method, r.psnr, r.ssim, r.psnr_region, r.seconds] for r in rows_r]
+    verdict = _recon_verdict(rows_r)
+    b.emit(f"Reconstruction ({b.rsteps} steps)",
+           markdown_table(["corruption", "method", "PSNR [dB]", "SSIM", "PSNR in region [dB]", "time [s]"], table),
+           "Region = the pixels not observed as is (m[0] = 0). PSNR and SSIM are the mean of the per-image "
+           "values; PSNR in region pools the region pixels of all images of a batch into one MSE (then the "
+           "mean over batches). Verdict per corruption (honest, whichever is higher): " + "; ".join(verdict) + ".")
+    _figure_recon(keep, b.out / "reconstruction.png")
+    b.md.append("![reconstruction](reconstruction.png)\n")
+    wins = sum(1 for v in verdict if v.split(": ", 1)[1].startswith("ours"))
+    b.key.append(f"reconstruction: ours higher PSNR on {wins} of {len(verdict)} corruptions")
+
+
+def _section_editing(b: _Bench) -> None:
+    """The background-preservation table of the edit (ours vs naive DDIM), its figure and its key line."""
+    keep: dict = {}
+    rows_e = editing_rows(b.model, b.batches, b.rsteps, keep=keep)
+    b.emit(f"Editing: background preservation ({b.rsteps} steps, strength 0.5, recolor a centred box)",
+           markdown_table(["method", "outside max-abs", "outside MSE", "outside PSNR [dB]", "seam energy", "NFE",
+                           "time [s]"],
+                          [[r.method, r.outside_max_abs, r.outside_mse, r.outside_psnr, r.seam, r.nfe, r.seconds]
+                           for r in rows_e]),
+           "Ours resets the state outside the mask to the stored bit-exact trajectory (Theorem 7): "
+           "outside error exactly 0, PSNR inf.")
+    _figure_edit(keep, b.out / "editing.png")
+    b.md.append("![editing](editing.png)\n")
+    ours = [r for r in rows_e if r.method.startswith("ours")]
+    if ours:
+        b.key.append(f"edit outside-mask max |change| {max(r.outside_max_abs for r in ours):g}")
+
+
+_SECTIONS: Tuple[Tuple[str, str, Callable[[_Bench], None]], ...] = (
+    ("roundtrip", "round trip", _section_round_trip),
+    ("sampling", "sampling accuracy", _section_sampling),
+    ("reconstruction", "reconstruction", _section_reconstruction),
+    ("editing", "editing", _section_editing),
+)
+"""The sections of ``bench`` in order: ``(--skip name, progress label, function)``."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison, print the tables and write ``results.md`` and figures into ``--out``."""
+    if torch.device(getattr(args, "device", "cpu") or "cpu").type != "cpu":
+        raise ConfigError(f"bench runs on the CPU only, got --device {args.device!r} (GPU numbers: make gpu-check)")
+    quiet = bool(getattr(args, "quiet", False))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    images, size, steps, rsteps, dtol, methods = _options(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, origin = bench_model(getattr(args, "model", None))
@@ -565,112 +691,20 @@ def run(args: argparse.Namespace) -> int:
         f"Threads: {torch.get_num_threads()}. All methods run on the same images and the same masks.",
         "",
     ]
-
-    def emit(title: str, table: str, note: str = "") -> None:
-        block = f"## {title}\n\n{table}\n" + (f"\n{note}\n" if note else "")
-        if not quiet:
-            print(block)
-        md.append(block)
-
+    b = _Bench(model, batches, out, quiet, args.seed, steps, rsteps, dtol, methods, md, [])
     if not quiet:
         print(md[2] + "\n")
     skip = set(args.skip)
-    sections = [s for s in ("roundtrip", "sampling", "reconstruction", "editing") if s not in skip]
+    sections = [s for s, _, _ in _SECTIONS if s not in skip]
     stages = Stages("bench", sections, enabled=not quiet)
-    key: List[str] = []
-    if "roundtrip" not in skip:
-        stages._bar.set_postfix_str("round trip")
-        rt: Dict[Tuple[str, str, int], Dict[str, float]] = {}
-        rows = []
-        inner = bar(desc="bench: round trips", total=len(_DTYPES) * len(methods) * len(steps), enabled=not quiet)
-        for dt_name, dt in _DTYPES.items():
-            for m in methods:
-                for n in steps:
-                    inner.update(1)
-                    if m == "dopri5" and n != steps[0]:
-                        rt[(m, dt_name, n)] = rt[(m, dt_name, steps[0])]
-                        continue
-                    agg = [round_trip(model, x, m, n, dt, dopri5_tol=dtol) for x in batches]
-                    r = {"max_abs": max(a["max_abs"] for a in agg), "mse": sum(a["mse"] for a in agg) / len(agg),
-                         "nfe": sum(a["nfe"] for a in agg) / len(agg), "seconds": sum(a["seconds"] for a in agg)}
-                    rt[(m, dt_name, n)] = r
-                    rows.append([m, "adaptive" if m == "dopri5" else n, dt_name, r["max_abs"], r["mse"],
-                                 int(r["nfe"]), r["seconds"]])
-        emit("Round trip decode(encode(x)) vs x",
-             markdown_table(["method", "steps", "dtype", "max-abs err", "MSE", "NFE", "time [s]"], rows),
-             "`ddim` = naive DDIM inversion; `dopri5` = torchdiffeq backward integration (rtol = atol = "
-             f"{dtol:g}, adaptive steps); `failed` = the fixed-point inverse could not certify a step "
-             "(h·L ≥ 1, Theorem 2) and raised instead of returning an unverified iterate. "
-             "0 = bit-exact.")
-        inner.close()
-        _figure_round_trip(rt, steps, out / "round_trip.png", methods)
-        md.append("![round trip](round_trip.png)\n")
-        rev = [v["max_abs"] for (m, _, _), v in rt.items() if m == "reversible"]
-        if rev:
-            key.append(f"reversible round trip max |error| {max(rev):.3g} over {len(rev)} runs")
-        stages._bar.update(1)
-    if "sampling" not in skip:
-        stages._bar.set_postfix_str("sampling accuracy")
-        gen = torch.Generator().manual_seed(args.seed)
-        analytic = AnalyticMixtureScore()
-        za = torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64)
-        ref_a = flow_map(analytic, za, analytic.schedule.t_max, 0.0)
-        rows_a = sampling_accuracy(analytic, za, steps, ref_a)
-        net = _as(model, torch.float64)
-        x = batches[0][:1].to(torch.float64)
-        zm = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-        with torch.no_grad():
-            ref_m, _ = _sample(net, zm, "dopri5", 1, rtol=1e-5)
-        rows_m = sampling_accuracy(net, zm, steps, ref_m)
-        rows = [[a[0], a[1], a[2], b[1], b[2]] for a, b in zip(rows_a, rows_m)]
-        emit("Sampling accuracy vs dopri5 (float64)",
-             markdown_table(["method", "NFE (analytic)", "RMS err (analytic)", "NFE (model)", "RMS err (model)"],
-                            [[r[0], "failed" if r[1] < 0 else r[1], r[2], "failed" if r[3] < 0 else r[3], r[4]]
-                             for r in rows]),
-             "Reference: dopri5 at rtol = atol = 1e-10 (analytic: the exact score of a 3-component mixture, "
-             "4×1×8×8) and 1e-5 (model, 1 image). Compare rows at equal NFE; dopri5 rows sweep its tolerance.")
-        stages._bar.update(1)
-    if "reconstruction" not in skip:
-        stages._bar.set_postfix_str("reconstruction")
-        keep: dict = {}
-        rows_r = reconstruction_rows(model, batches, rsteps, args.seed, keep=keep)
-        table = [[r.corruption, r.method, r.psnr, r.ssim, r.psnr_region, r.seconds] for r in rows_r]
-        verdict = []
-        for name in CORRUPTION_SETTINGS:
-            ours = next((r for r in rows_r if r.corruption == name and r.method == "ours"), None)
-            base = next((r for r in rows_r if r.corruption == name and r.method != "ours"), None)
-            if ours and base:
-                verdict.append(f"{name}: {'ours' if ours.psnr > base.psnr else base.method} higher PSNR "
-                               f"({ours.psnr:.2f} vs {base.psnr:.2f} dB)")
-        emit(f"Reconstruction ({rsteps} steps)",
-             markdown_table(["corruption", "method", "PSNR [dB]", "SSIM", "PSNR in region [dB]", "time [s]"], table),
-             "Region = the pixels not observed as is (m[0] = 0). PSNR and SSIM are the mean of the per-image "
-             "values; PSNR in region pools the region pixels of all images of a batch into one MSE (then the "
-             "mean over batches). Verdict per corruption (honest, whichever is higher): " + "; ".join(verdict) + ".")
-        _figure_recon(keep, out / "reconstruction.png")
-        md.append("![reconstruction](reconstruction.png)\n")
-        wins = sum(1 for v in verdict if v.split(": ", 1)[1].startswith("ours"))
-        key.append(f"reconstruction: ours higher PSNR on {wins} of {len(verdict)} corruptions")
-        stages._bar.update(1)
-    if "editing" not in skip:
-        stages._bar.set_postfix_str("editing")
-        keep = {}
-        rows_e = editing_rows(model, batches, rsteps, keep=keep)
-        emit(f"Editing: background preservation ({rsteps} steps, strength 0.5, recolor a centred box)",
-             markdown_table(["method", "outside max-abs", "outside MSE", "outside PSNR [dB]", "seam energy", "NFE",
-                             "time [s]"],
-                            [[r.method, r.outside_max_abs, r.outside_mse, r.outside_psnr, r.seam, r.nfe, r.seconds]
-                             for r in rows_e]),
-             "Ours resets the state outside the mask to the stored bit-exact trajectory (Theorem 7): "
-             "outside error exactly 0, PSNR inf.")
-        _figure_edit(keep, out / "editing.png")
-        md.append("![editing](editing.png)\n")
-        ours = [r for r in rows_e if r.method.startswith("ours")]
-        if ours:
-            key.append(f"edit outside-mask max |change| {max(r.outside_max_abs for r in ours):g}")
+    for name, label, section in _SECTIONS:
+        if name in skip:
+            continue
+        stages._bar.set_postfix_str(label)
+        section(b)
         stages._bar.update(1)
     stages.close()
     atomic_write(out / "results.md", "\n".join(md).encode())
     summary("bench", f"wrote {out / 'results.md'} and its figures ({len(images)} images, {res_txt})"
-            + ("; " + "; ".join(key) if key else ""))
+            + ("; " + "; ".join(b.key) if b.key else ""))
     return 0

@@ -20,14 +20,24 @@ from typing import Any
 
 import torch
 
-from ..io import atomic_write
+from .._progress import Stages
+from .._progress import summary as say
+from ..certify import certify as run_certify
+from ..data.corruptions import make_corruption
+from ..data.grid import corruption_grid, square_image
+from ..io import atomic_write, load_checkpoint
+from ..metrics import grain_ratio, latent_statistics, psnr, region_psnr, seam_energy, ssim
+from ..tasks.edit import edit_full
+from ..tasks.invert import decode, encode
+from ..tasks.reconstruct import reconstruct_full
+from ..theory.lipschitz import lipschitz_bound
+from .commands import add_model_argument, add_quiet_argument, side_by_side
+from .compare import classical_baselines
 
 __all__ = ["add_arguments", "run", "run_demo"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .commands import add_model_argument, add_quiet_argument
-
     p.add_argument("--out", default="demo_out", help="report folder")
     add_model_argument(p)
     p.add_argument("--train-steps", type=int, default=0,
@@ -55,9 +65,6 @@ def _best_baseline(kind: str, y: torch.Tensor, m: torch.Tensor, x: torch.Tensor)
     """The best (by PSNR against the clean image) of the classical baselines of ``kind``
     (:data:`injcert.cli.compare.BASELINES`: biharmonic; Richardson–Lucy or Wiener; nl-means, TV or
     BM3D given the true sigma) — never the corrupted input itself."""
-    from ..metrics import psnr
-    from .compare import classical_baselines
-
     cands = classical_baselines(kind, y.cpu(), m.cpu(), 2.0)
     name, img = max(cands, key=lambda c: float(psnr(c[1], x.cpu())))
     return name, img.to(y.device)
@@ -69,8 +76,6 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
     """Run the demo and return its summary (also written to ``out/summary.json``).
 
     ``log`` receives one line per stage; ``progress`` shows a bar over the stages on stderr."""
-    from .._progress import Stages
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
@@ -88,25 +93,39 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
 def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: Any, progress: bool, *,
               model_path: str | None, train_steps: int, size: int, steps: int, device: str, certify: bool,
               reconstruct_steps: int) -> dict[str, Any]:
-    from .. import DEFAULT_CHECKPOINT, load_checkpoint
-    from ..data.corruptions import make_corruption
-    from ..data.grid import corruption_grid, square_image
-    from ..metrics import grain_ratio, latent_statistics, psnr, region_psnr, seam_energy, ssim
-    from ..theory.lipschitz import lipschitz_bound
-    from .commands import side_by_side
-    from ..tasks.edit import edit_full
-    from ..tasks.invert import decode, encode
-    from ..tasks.reconstruct import reconstruct_full
+    """The stages of :func:`run_demo` in order (numbered as in the module docstring); fills ``summary``."""
+    _stage_corruptions(out, stages, log)
+    model = _stage_model(out, summary, stages, log, model_path=model_path, train_steps=train_steps, steps=steps,
+                         device=device, certify=certify)
+    x = _stage_round_trip(out, summary, stages, log, model, size=size, steps=steps, device=device)
+    _stage_reconstruction(out, summary, stages, log, model, size=size, reconstruct_steps=reconstruct_steps,
+                          device=device)
+    _stage_editing(out, summary, stages, log, model, x, size=size, steps=steps, device=device)
+    _write_report(out, summary, t0, log)
+    return summary
 
-    def stage(detail: str) -> None:
-        stages._bar.set_postfix_str(detail)
 
-    stage("corruption grid")
+def _stage(stages: Any, detail: str) -> None:
+    """Show ``detail`` next to the stage bar."""
+    stages._bar.set_postfix_str(detail)
+
+
+def _stage_corruptions(out: Path, stages: Any, log: Any) -> None:
+    """Stage 1: every corruption type on three bundled images."""
+    _stage(stages, "corruption grid")
     corruption_grid(out / "corruptions.png")
     stages._bar.update(1)
     log(f"[1/5] corruption grid -> {out / 'corruptions.png'}")
 
-    stage("training" if train_steps > 0 else "model")
+
+def _stage_model(out: Path, summary: dict[str, Any], stages: Any, log: Any, *, model_path: str | None,
+                 train_steps: int, steps: int, device: str, certify: bool) -> Any:
+    """Stage 2: load (or train) the model, its certified Lipschitz bound and, unless skipped, the certificate."""
+    # imported here, not at module level: DEFAULT_CHECKPOINT is read as it is now (callers and tests may
+    # point it elsewhere), and tasks.train (torch.distributed, DDP) is needed only with --train-steps
+    from .. import DEFAULT_CHECKPOINT
+
+    _stage(stages, "training" if train_steps > 0 else "model")
     if train_steps > 0:
         from ..tasks.train import TrainConfig, train
 
@@ -122,22 +141,25 @@ def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: A
                         "val_loss": getattr(model, "checkpoint_metadata", {}).get("val_loss")}
     log(f"[2/5] model {ckpt}: certified Lip_x(eps) <= {lb.value:.4g} (budget {model.lipschitz_budget:g})")
     if certify:
-        from ..certify import certify as run_certify
-
-        stage("certificate")
+        _stage(stages, "certificate")
         cert = run_certify(model, steps=steps)
         cert.to_markdown(out / "certificate.md")  # links to the proof pages relative to out/
         atomic_write(out / "certificate.json", cert.to_json().encode())
         summary["certificate"] = cert.verdict
         log(f"      certificate: {cert.verdict} -> {out / 'certificate.md'}")
-
     stages._bar.update(1)
+    return model
+
+
+def _stage_round_trip(out: Path, summary: dict[str, Any], stages: Any, log: Any, model: Any, *, size: int,
+                      steps: int, device: str) -> torch.Tensor:
+    """Stage 3: exact round trip of the held-out astronaut next to naive DDIM inversion; returns the image."""
     x = square_image("astronaut", size).unsqueeze(0).to(device)
     with torch.no_grad():
-        stage("round trip: reversible")
+        _stage(stages, "round trip: reversible")
         lat = encode(model, x, steps=steps, method="reversible")
         back = decode(model, lat)
-        stage("round trip: naive DDIM")
+        _stage(stages, "round trip: naive DDIM")
         lat_d = encode(model, x, steps=steps, method="ddim")
         back_d = decode(model, lat_d)
     # the latent of a held-out image should look like white noise: x-space state at t_max over sigma(t_max)
@@ -157,29 +179,41 @@ def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: A
     log(f"[3/5] round trip (astronaut {size}², {steps} steps): reversible max|err| = "
         f"{summary['round_trip']['reversible_max_abs']:.3g} (bit-exact: {summary['round_trip']['reversible_bit_exact']}),"
         f" naive DDIM max|err| = {summary['round_trip']['ddim_max_abs']:.3g}")
+    return x
 
+
+def _reconstruction_row(model: Any, xr: torch.Tensor, kind: str, *, reconstruct_steps: int,
+                        device: str) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Reconstruct ``xr`` under corruption ``kind``: ``(summary row, observed, ours)``."""
+    obs = make_corruption(kind).sample(xr.cpu(), 0)
+    y, m = obs.y.to(device), obs.m.to(device)
+    with torch.no_grad():
+        rec = reconstruct_full(model, y, m, steps=reconstruct_steps, seed=0,
+                               operator=lambda v: obs.operator(v.cpu()).to(v.device))
+    base_name, base = _best_baseline(kind, y, m, xr)
+    region = (m[:, :1] < 1).to(xr.dtype)
+    has_region = 0 < float(region.sum()) < region.numel()
+    row = {"corruption": kind, "baseline": base_name,
+           "psnr_ours": float(psnr(rec.image, xr)), "psnr_baseline": float(psnr(base, xr)),
+           "ssim_ours": float(ssim(rec.image, xr)), "ssim_baseline": float(ssim(base, xr)),
+           "psnr_region_ours": float(region_psnr(rec.image, xr, region)) if has_region else None,
+           "psnr_region_baseline": float(region_psnr(base, xr, region)) if has_region else None,
+           "known_pixels_exact": bool(torch.equal(rec.image[(m[:, :1] == 1).expand_as(y)], y[(m[:, :1] == 1).expand_as(y)])),
+           "forward_residual": float(rec.residual[0]) if rec.residual is not None else None}
+    return row, y, rec.image
+
+
+def _stage_reconstruction(out: Path, summary: dict[str, Any], stages: Any, log: Any, model: Any, *, size: int,
+                          reconstruct_steps: int, device: str) -> None:
+    """Stage 4: every corruption type on the held-out chelsea, next to the best classical baseline."""
     xr = square_image("chelsea", size).unsqueeze(0).to(device)
     rows = []
     panels = [("clean", xr)]
     for kind in ("box", "freeform", "random", "gaps", "blur", "noise"):
-        stage(f"reconstruction: {kind}")
-        obs = make_corruption(kind).sample(xr.cpu(), 0)
-        y, m = obs.y.to(device), obs.m.to(device)
-        with torch.no_grad():
-            rec = reconstruct_full(model, y, m, steps=reconstruct_steps, seed=0,
-                                   operator=lambda v: obs.operator(v.cpu()).to(v.device))
-        base_name, base = _best_baseline(kind, y, m, xr)
-        region = (m[:, :1] < 1).to(xr.dtype)
-        has_region = 0 < float(region.sum()) < region.numel()
-        row = {"corruption": kind, "baseline": base_name,
-               "psnr_ours": float(psnr(rec.image, xr)), "psnr_baseline": float(psnr(base, xr)),
-               "ssim_ours": float(ssim(rec.image, xr)), "ssim_baseline": float(ssim(base, xr)),
-               "psnr_region_ours": float(region_psnr(rec.image, xr, region)) if has_region else None,
-               "psnr_region_baseline": float(region_psnr(base, xr, region)) if has_region else None,
-               "known_pixels_exact": bool(torch.equal(rec.image[(m[:, :1] == 1).expand_as(y)], y[(m[:, :1] == 1).expand_as(y)])),
-               "forward_residual": float(rec.residual[0]) if rec.residual is not None else None}
+        _stage(stages, f"reconstruction: {kind}")
+        row, y, ours = _reconstruction_row(model, xr, kind, reconstruct_steps=reconstruct_steps, device=device)
         rows.append(row)
-        panels += [(f"{kind}: observed", y), (f"{kind}: ours", rec.image)]
+        panels += [(f"{kind}: observed", y), (f"{kind}: ours", ours)]
     summary["reconstruction"] = rows
     side_by_side(panels[:7], out / "reconstruction_1.png")
     side_by_side([panels[0]] + panels[7:], out / "reconstruction_2.png")
@@ -187,11 +221,15 @@ def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: A
     log("[4/5] reconstruction (chelsea): " + ", ".join(
         f"{r['corruption']} {r['psnr_ours']:.1f} dB ({r['baseline']} {r['psnr_baseline']:.1f})" for r in rows))
 
+
+def _stage_editing(out: Path, summary: dict[str, Any], stages: Any, log: Any, model: Any, x: torch.Tensor, *,
+                   size: int, steps: int, device: str) -> None:
+    """Stage 5: localized edits (recolor, remove) of ``x`` with the outside-mask error and the seam energy."""
     mask = torch.zeros(1, 1, size, size, device=device)
     mask[..., size // 4 : size // 2, size // 3 : 2 * size // 3] = 1
     edits = []
     for op in ("recolor", "remove"):
-        stage(f"editing: {op}")
+        _stage(stages, f"editing: {op}")
         with torch.no_grad():
             res = edit_full(model, x, mask, op, strength=0.6, steps=steps)
         edits.append({"operation": op, "outside_max_abs": res.outside_max_abs,
@@ -204,11 +242,13 @@ def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: A
     stages._bar.update(1)
     log("[5/5] editing: " + ", ".join(f"{e['operation']}: outside max|err| = {e['outside_max_abs']:g}" for e in edits))
 
+
+def _write_report(out: Path, summary: dict[str, Any], t0: float, log: Any) -> None:
+    """Stage 6: ``summary.json`` and ``report.md``."""
     summary["wall_seconds"] = time.perf_counter() - t0
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
     atomic_write(out / "report.md", _report(summary).encode())
     log(f"report: {out / 'report.md'} ({summary['wall_seconds']:.0f} s)")
-    return summary
 
 
 def _fmt(v: Any) -> str:
@@ -244,8 +284,6 @@ def _report(s: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._progress import summary as say
-
     quiet = bool(getattr(args, "quiet", False))
     s = run_demo(args.out, model_path=args.model, train_steps=args.train_steps, size=args.size, steps=args.steps,
                  device=args.device, certify=not args.skip_certify, reconstruct_steps=args.reconstruct_steps,
