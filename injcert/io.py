@@ -1,5 +1,9 @@
 """Checkpoints, training states and every other file injcert writes; never unpickles.
 
+Long because it is the one safe file layer: atomic writes, output-path checks, safetensors reading
+without unpickling, checkpoints, states and run locks all share the same checks; no other module
+opens a file for writing.
+
 A checkpoint is **one** ``.safetensors`` file. Its header metadata holds
 
 ``format``

@@ -1,5 +1,8 @@
 r"""Side-by-side comparison against the baselines: ``python -m injcert bench``.
 
+Long because ``bench`` is one report: its sections (round trip, sampling, reconstruction, editing)
+share the images, the masks and the table writer; each section is its own function.
+
 One run, on the same held-out images and the same corruption masks for every method:
 
 * **Round trip** $\lVert \mathrm{decode}(\mathrm{encode}(x)) - x\rVert$ (max-abs and MSE), network

@@ -1,5 +1,8 @@
 r"""Real images bundled with scikit-image, patch sampling and PNG input/output.
 
+Long because it is the one home of image input and output: the bundled registry, the train/held-out
+split, patch sampling, and safe PNG/JPEG reading and writing; every function is short.
+
 Nothing is downloaded at run time: every registry entry is read straight from a file inside the
 installed scikit-image wheel (``skimage/data/``), never through ``skimage.data``'s fetchers (some
 of which need ``pooch`` and the network).

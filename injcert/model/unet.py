@@ -1,5 +1,8 @@
 r"""The conditional score network: a U-Net that is certifiably $L_{\max}$-Lipschitz in $x$.
 
+Long because the network and its certified bound belong together: the layers, the noise-adaptive
+gain and the Lipschitz rule that reads them (proofs/05) must change in one place.
+
 ``CondUNet(x, t, y=None, m=None) -> eps`` predicts the noise $\varepsilon_\theta(x, t, c)$ with
 $c = (y, m)$ (observation and corruption map, ``shared/DESIGN.md``).
 

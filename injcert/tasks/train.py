@@ -1,5 +1,8 @@
 r"""Training: Adam + EMA on bundled-image patches, resumable bit for bit, DDP under ``torchrun``.
 
+Long because a resumable training run is one contract (bit-exact resume, DDP, signals, validation):
+its configuration, state files and loop are kept together; every function is at most ~50 lines.
+
 Determinism
 -----------
 Every random draw of step $k$ (which patches, $t$, $\varepsilon$, the corruption) comes from a

@@ -1,5 +1,9 @@
 r"""Certified compositional Lipschitz bounds and sound empirical lower bounds (Theorem 5).
 
+Long because it is the one home of Theorem 5: the rule registry, every rule for a PyTorch layer and
+the sound lower bounds (proofs/05); splitting the rules from their registry would give the theorem
+two homes.
+
 ``lipschitz_bound(module, input_shape)`` walks a module tree through a registry of rules,
 one per module type (looked up along the type's MRO; a subclass inherits its parent's rule only
 if it does not change the parent's forward path, :func:`get_lipschitz_rule`). Modules with complex

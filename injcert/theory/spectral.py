@@ -1,5 +1,9 @@
 """Certified operator norms of linear layers (Theorem 4, ``proofs/04-operator-norms.md``).
 
+Long because it is the one home of Theorem 4 (proofs/04): the geometry of every convolution padding
+mode, the chunked symbol blocks, Gram iteration and the rounding slack that makes each number a
+bound.
+
 Three kinds of numbers come out of this module, and they are never mixed up:
 
 * **certified upper bounds** (:func:`operator_norm_bound`): computed in float64 and inflated by
