@@ -1,8 +1,9 @@
 r"""Fixed-point integer lattice used by the bit-exact reversible integrators.
 
 A real number $v$ is held as the int64 $q = \operatorname{round}(v\,2^{b})$ with $b$ fractional
-bits (default $b = 40$, resolution $2^{-40} \approx 9.1\times 10^{-13}$). The representable range
-is $|v| < 2^{62-b}$ ($\approx 4.2\times 10^{6}$ at $b = 40$), far above the $\approx 130\,|x|$ that
+bits (default $b = 40$, resolution $2^{-40} \approx 9.1\times 10^{-13}$). The int64 range is
+$|v| < 2^{62-b}$; :func:`quantize` refuses every value from a quarter of it, $2^{60-b}$ ($2^{20}
+\approx 1.05\times 10^{6}$ at $b = 40$), so sums of a few quantised values cannot overflow; far above the $\approx 130\,|x|$ that
 $\bar x = x/\alpha_{t_{\max}}$ reaches with the default cosine schedule at $t_{\max} = 0.995$.
 Integer additions are exact, so every update of the form ``state += Q(g(other state))`` is undone
 exactly by ``state -= Q(g(other state))``.

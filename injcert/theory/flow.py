@@ -371,9 +371,11 @@ def fixed_point_inverse(
 
     The reported bound is the maximum over the batch of the per-example minimum of the two, and
     is never 0 unless $r = 0$ and $\delta_r = 0$ exactly. Iteration stops at the first iterate
-    whose certified bound is $\le$ ``tol``. $x^*$ is the exact solution for $f$ **as
-    evaluated** (the floating-point field, assumed $L$-Lipschitz); the rounding of the
-    iteration itself is charged. $f$ must act on examples independently.
+    whose certified bound is $\le$ ``tol``. $x^*$ is the exact solution of $y = x + h\tilde f(x)$ for
+    the field **as evaluated**, $\tilde f = f + e$; the rounding of the iteration itself is charged,
+    the evaluation error $e$ of the floating-point network is not: with $\|e\| \le \delta$ the exact-
+    arithmetic inverse is within a further $|h|\delta/(1-q)$ (``proofs/02``, "Floating point").
+    $f$ must act on examples independently.
 
     Arguments:
         step_fn: the drift $f$ (batch to batch).

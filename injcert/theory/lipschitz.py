@@ -460,7 +460,8 @@ _GELU_TANH_ARGMAX = _bisect(_gelu_tanh_d2, 1.0, 2.0)
 SILU_LIPSCHITZ: float = _silu_d1(_SILU_ARGMAX) * (1.0 + 1e-12)
 #: Certified sup ``|GELU'|`` = Φ(√2) + √2 φ(√2) (≈ 1.1289), rounded up (proofs/05).
 GELU_LIPSCHITZ: float = _gelu_d1(math.sqrt(2.0)) * (1.0 + 1e-12)
-#: Certified sup ``|GELU'|`` for ``approximate="tanh"`` (≈ 1.1295), rounded up.
+#: Certified sup ``|GELU'|`` for ``approximate="tanh"`` (≈ 1.12899), rounded up (interval-arithmetic
+#: proof in proofs/05).
 GELU_TANH_LIPSCHITZ: float = _gelu_tanh_d1(_GELU_TANH_ARGMAX) * (1.0 + 1e-12)
 
 

@@ -59,9 +59,11 @@ __all__ = [
 ]
 
 #: Relative slack added to every certified float64 bound. It covers the rounding errors of the
-#: float64 FFT, matrix products and LAPACK SVD, which are at most ``c * n**1.5 * 2**-53``
-#: relative to the bound for matrices of dimension ``n`` (see proofs/04, "Rounding"); with
-#: ``c = 16`` that is below ``1e-9`` for ``n <= 6814``. Larger dimensions use :func:`rounding_slack`.
+#: matrix products and of LAPACK's SVD, assumed at most ``c * n**1.5 * 2**-53`` relative to the bound
+#: for matrices of dimension ``n`` (assumption (A) of proofs/04, "Rounding": LAPACK states no explicit
+#: constant); with ``c = 16`` that is below ``1e-9`` for ``n <= 6817``. Larger dimensions use
+#: :func:`rounding_slack`. No certified number goes through an FFT; the direct DFT of the symbol
+#: blocks is charged absolutely (:func:`symbol_abs_error`).
 ROUNDING_SLACK: float = 1e-9
 #: Absolute slack added on top (covers underflow of tiny weights; irrelevant otherwise).
 ABSOLUTE_SLACK: float = 1e-30
