@@ -1,7 +1,7 @@
 """Command-line front ends of ``invert``, ``decode``, ``reconstruct`` and ``edit``.
 
 One module for the four image commands: they share their argument vocabulary, input/output checks
-and summaries; each command is an add_/run_ pair of short functions.
+and summaries; each command is an ``add_*``/``run_*`` pair of short functions.
 
 Images are read and written as ordinary files (PNG/JPEG in, PNG out) or by bundled-image name;
 latents as safetensors. Every command takes ``--model CKPT`` (alias ``--checkpoint``; default: the
