@@ -53,6 +53,8 @@ class SolverState:
     nfe: int = 0
     error_bounds: List[float] = dc_field(default_factory=list)
     error_bound: Optional[float] = None
+    #: the certified margins $q_n = h_nL_n$ of those steps, in the same order (``fixed_point`` decode only).
+    margins: List[float] = dc_field(default_factory=list)
     #: a value a scheme carries from one step to the next within one run (reversible Heun's drift at
     #: ``aux``); the driver clears it before and after every run, so it never outlives the state it
     #: was computed from.
@@ -251,7 +253,7 @@ def integrate(solver: Union[str, Solver], field: Field, grid: Any, state: Union[
         state = solver.initial_state(state) if encode else solver.noise_state(counter, state, grid, cond)
     plan = solver.prepare(g)
     solver.check_state(state, plan, g[0] if encode else g[-1])
-    state = dataclasses.replace(state, carry=None, nfe=0, error_bounds=[], error_bound=None)
+    state = dataclasses.replace(state, carry=None, nfe=0, error_bounds=[], error_bound=None, margins=[])
     if keep is not None:
         keep.append(state)
     n = solver.n_steps(plan, g)

@@ -64,14 +64,12 @@ class FixedPoint(_EulerEncode):
         res = fixed_point_inverse(lambda z: field(s, z, c), x, h=h, lipschitz=L, tol=tol, max_iter=self.max_iter)
         # bounds and margins collected in decode order (n = N-1, ..., 0); finish() puts them in grid order
         return SolverState(x=res.x, dtype=state.dtype, error_bounds=state.error_bounds + [float(res.error_bound)],
-                           carry=torch.tensor((state.carry.tolist() if state.carry is not None else []) + [q],
-                                              dtype=torch.float64))
+                           margins=state.margins + [q])
 
     def finish(self, state: SolverState, plan: List[float], direction: str) -> SolverState:
         if direction == "encode":
             return SolverState(x=state.x, dtype=state.dtype)
-        bounds = state.error_bounds[::-1]
-        margins = [] if state.carry is None else state.carry.tolist()[::-1]
-        out = SolverState(x=state.x, dtype=state.dtype, error_bounds=bounds)
+        bounds, margins = state.error_bounds[::-1], state.margins[::-1]
+        out = SolverState(x=state.x, dtype=state.dtype, error_bounds=bounds, margins=margins)
         out.error_bound = fixed_point_error_bound(bounds, margins)
         return out

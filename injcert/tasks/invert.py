@@ -34,6 +34,7 @@ from torch import Tensor
 from .. import limits
 from ..errors import ArgumentError, ArgumentTypeError, CheckpointError, ConfigError, InjcertError, InputError
 from ..io import read_safetensors, weights_fingerprint, write_safetensors
+from ..theory.flow import margin_products
 from ..model.schedule import get_schedule
 from ..solvers import GRIDS, SOLVERS, Grid, Solver, SolverState, get_solver, integrate, make_grid, \
     probability_flow_field
@@ -251,7 +252,7 @@ def check_decodable(model: Any, method: str, steps: int, grid: str = "geometric"
 
     def worst(n: int) -> tuple[int, float]:
         g = make_grid(field.schedule, n, grid, t_min=t_min)
-        qs = [(g[k + 1] - g[k]) * float(field.lipschitz(g[k])) for k in range(len(g) - 1)]
+        qs = margin_products(g[1:] - g[:-1], [float(field.lipschitz(float(s))) for s in g[:-1]]).tolist()
         k = max(range(len(qs)), key=lambda i: qs[i])
         return k, qs[k]
 
