@@ -106,6 +106,45 @@ class ExactLogdet:
         logdet(lambda z: z + torch.tanh(z @ self.a.T), self.x)
 
 
+class BoundSpeed:
+    """asv: time of the certified bound of a 128->128 3x3 convolution against the exact spectrum
+    (full fft2 + per-frequency SVD, Sedghi et al.) of the same layer, one run, as a ratio; 64^2 on
+    the CPU, 256^2 on a GPU (where the bound runs batched Gram iteration on the device)."""
+
+    params = [["cpu", "cuda"]]
+    param_names = ["device"]
+    timeout = 900
+
+    def setup_cache(self) -> dict[str, dict[str, float]]:
+        out = {}
+        layer = _layer(128, "circular")
+        for dev in self.params[0]:
+            if dev == "cuda" and not torch.cuda.is_available():
+                continue
+            n = 64 if dev == "cpu" else 256
+            operator_norm_bound(layer, (128, 8, 8), device=dev)  # warm-up (CUDA context, kernels)
+            bound = _timeit(lambda: operator_norm_bound(layer, (128, n, n), device=dev), repeat=1)
+            exact = _timeit(lambda: exact_circular_norm(layer.weight, 64), repeat=1) if dev == "cpu" else math.nan
+            out[dev] = {"bound_s": bound, "exact_s": exact, "side": n}
+        return out
+
+    def setup(self, cache: dict, device: str) -> None:
+        if device not in cache:
+            raise NotImplementedError(f"no {device} device here")
+
+    def track_bound_seconds(self, cache: dict, device: str) -> float:
+        return cache[device]["bound_s"]
+
+    track_bound_seconds.unit = "seconds"  # type: ignore[attr-defined]
+
+    def track_bound_over_exact_fft_svd(self, cache: dict, device: str) -> float:
+        if math.isnan(cache[device]["exact_s"]):
+            raise NotImplementedError("the exact spectrum is timed on the CPU only")
+        return cache[device]["bound_s"] / cache[device]["exact_s"]
+
+    track_bound_over_exact_fft_svd.unit = "ratio"  # type: ignore[attr-defined]
+
+
 def _timeit(fn, repeat: int = 3) -> float:
     best = math.inf
     for _ in range(repeat):

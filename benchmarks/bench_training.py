@@ -91,6 +91,48 @@ class TrainingTradeoff:
     track_samples_per_second.unit = "samples/s"  # type: ignore[attr-defined]
 
 
+class TrainingStep:
+    """asv: the default model's training step, certified and unconstrained alternating steps in one
+    run (``benchmarks/training_step_profile.py``), on each available device: the overhead of the
+    certified normalisation as a ratio, the throughput, and the data share of a step."""
+
+    params = [["cpu", "cuda"]]
+    param_names = ["device"]
+    timeout = 900
+
+    def setup_cache(self) -> dict[str, dict]:
+        from .training_step_profile import default_variants, profile_side_by_side
+
+        torch.set_num_threads(2)
+        out = {}
+        for dev in self.params[0]:
+            if dev == "cuda" and not torch.cuda.is_available():
+                continue
+            batch = 256 if dev == "cuda" else 16
+            out[dev] = profile_side_by_side(default_variants(), batch, 10, torch.device(dev))
+        return out
+
+    def setup(self, cache: dict, device: str) -> None:
+        if device not in cache:
+            raise NotImplementedError(f"no {device} device here")
+
+    def track_certified_over_unconstrained(self, cache: dict, device: str) -> float:
+        return cache[device]["certified"]["step"] / cache[device]["unconstrained"]["step"]
+
+    track_certified_over_unconstrained.unit = "ratio"  # type: ignore[attr-defined]
+
+    def track_certified_samples_per_second(self, cache: dict, device: str) -> float:
+        return cache[device]["certified"]["samples_per_s"]
+
+    track_certified_samples_per_second.unit = "samples/s"  # type: ignore[attr-defined]
+
+    def track_data_over_step(self, cache: dict, device: str) -> float:
+        r = cache[device]["certified"]
+        return r["data"] / r["step"]
+
+    track_data_over_step.unit = "ratio"  # type: ignore[attr-defined]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=BENCH_CONFIG["steps"])

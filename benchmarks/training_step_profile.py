@@ -39,50 +39,82 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def profile(model_cfg: dict, batch: int, steps: int, dev: torch.device, compile_model: bool = False) -> dict:
-    torch.manual_seed(0)
-    model = CondUNet.from_config(model_cfg).to(dev)
-    ema = copy.deepcopy(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    ds = PatchDataset(None, patch_size=32, channels=3, length=2**40, seed=0, split="train")
-    sb = StepBatches(ds, model.schedule, 0, 0, batch, batch, 0.1, 1e-3)
-    fn = torch.compile(model) if compile_model else model
-    lips = [m for m in model.modules() if isinstance(m, LipConv2d) and m.constrained]
-    rows: dict[str, list] = {k: [] for k in ("data", "normalisation", "forward", "backward", "optimiser", "step")}
-    for k in range(steps + 3):
+class Stepper:
+    """One model's training loop, one timed step at a time (so two models can alternate steps)."""
+
+    def __init__(self, model_cfg: dict, batch: int, dev: torch.device, compile_model: bool = False) -> None:
+        torch.manual_seed(0)
+        self.dev = dev
+        self.model = CondUNet.from_config(model_cfg).to(dev)
+        self.ema = copy.deepcopy(self.model)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        ds = PatchDataset(None, patch_size=32, channels=3, length=2**40, seed=0, split="train")
+        self.sb = StepBatches(ds, self.model.schedule, 0, 0, batch, batch, 0.1, 1e-3)
+        self.fn = torch.compile(self.model) if compile_model else self.model
+        self.lips = [m for m in self.model.modules() if isinstance(m, LipConv2d) and m.constrained]
+        self.rows: dict[str, list] = {k: [] for k in ("data", "normalisation", "forward", "backward", "optimiser", "step")}
+
+    def step(self, k: int, record: bool) -> None:
+        dev, opt = self.dev, self.opt
         t0 = time.perf_counter()
-        b = sb[k]
+        b = self.sb[k]
         t1 = time.perf_counter()
         b = _to_device(b, dev)
         _sync(dev)
         t2 = time.perf_counter()
-        if lips:
-            tot = sum(w.sum() for w in batched_effective_weights(lips))
+        if self.lips:
+            tot = sum(w.sum() for w in batched_effective_weights(self.lips))
             tot.backward()
             opt.zero_grad(set_to_none=True)
         _sync(dev)
         t3 = time.perf_counter()
-        with batched_normalisation(model):
-            loss = loss_on_batch(fn, b)
+        with batched_normalisation(self.model):
+            loss = loss_on_batch(self.fn, b)
         _sync(dev)
         t4 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         _sync(dev)
         t5 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         opt.step()
-        _ema_update(ema, model, 0.999)
+        _ema_update(self.ema, self.model, 0.999)
         _sync(dev)
         t6 = time.perf_counter()
-        if k >= 3:
+        if record:
             for key, v in (("data", t1 - t0), ("normalisation", t3 - t2), ("forward", t4 - t3),
                            ("backward", t5 - t4), ("optimiser", t6 - t5), ("step", t6 - t3)):
-                rows[key].append(v)
-    med = {k: statistics.median(v) for k, v in rows.items()}
-    med["samples_per_s"] = batch / med["step"]
-    med["samples_per_s_with_data"] = batch / (med["step"] + med["data"])
-    return med
+                self.rows[key].append(v)
+
+    def medians(self, batch: int) -> dict:
+        med = {k: statistics.median(v) for k, v in self.rows.items()}
+        med["samples_per_s"] = batch / med["step"]
+        med["samples_per_s_with_data"] = batch / (med["step"] + med["data"])
+        return med
+
+
+def profile_side_by_side(configs: dict[str, dict], batch: int, steps: int, dev: torch.device,
+                         compile_model: bool = False) -> dict[str, dict]:
+    """Median step profile of each config; the models **alternate steps** in one loop, so load on a
+    shared machine hits both alike and their ratio is stable (back-to-back runs drift by 20-30 %)."""
+    steppers = {name: Stepper(c, batch, dev, compile_model) for name, c in configs.items()}
+    for k in range(steps + 3):
+        for st in steppers.values():
+            st.step(k, record=k >= 3)
+    return {name: st.medians(batch) for name, st in steppers.items()}
+
+
+def profile(model_cfg: dict, batch: int, steps: int, dev: torch.device, compile_model: bool = False) -> dict:
+    """Median step profile of one model (the asv benchmarks call this)."""
+    return profile_side_by_side({"m": model_cfg}, batch, steps, dev, compile_model)["m"]
+
+
+def default_variants(config: str | Path = ROOT / "configs" / "default.json") -> dict[str, dict]:
+    """The shipped training config's model, and the same network unconstrained (plain convolutions,
+    no per-step normalisation, eps-parameterised)."""
+    cfg = TrainConfig.from_dict(json.loads(Path(config).read_text())).model
+    free = dict(cfg, lipschitz_budget=None, lipschitz_kappa=None, parameterization="eps", data_variance=None)
+    return {"certified": cfg, "unconstrained": free}
 
 
 def main() -> None:
@@ -95,11 +127,12 @@ def main() -> None:
     ap.add_argument("--only-certified", action="store_true")
     args = ap.parse_args()
     dev = torch.device(args.device)
-    cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text())).model
-    free = dict(cfg, lipschitz_budget=None, lipschitz_kappa=None, parameterization="eps", data_variance=None)
-    variants = [("certified", cfg)] + ([] if args.only_certified else [("unconstrained", free)])
-    res = {name: profile(c, args.batch, args.steps, dev, args.compile) for name, c in variants}
-    print(f"training step profile: device {dev}, batch {args.batch}, 32x32 patches, median of {args.steps} steps"
+    variants = default_variants(args.config)
+    if args.only_certified:
+        del variants["unconstrained"]
+    res = profile_side_by_side(variants, args.batch, args.steps, dev, args.compile)
+    print(f"training step profile: device {dev}, batch {args.batch}, 32x32 patches, median of {args.steps} "
+          "steps, the models alternating steps"
           f"{', torch.compile' if args.compile else ''} (ms)\n")
     print("| model | data (CPU) | normalisation | forward | backward | optimiser+EMA | step | samples/s | data/step |")
     print("|---|---|---|---|---|---|---|---|---|")

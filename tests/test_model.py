@@ -332,12 +332,22 @@ def test_batched_normalisation_equals_the_per_layer_effective_weights():
     with torch.no_grad():
         for k, layer in enumerate(layers):
             layer.weight.mul_(10.0 ** ((k % 5) - 2))  # some layers capped, some not
+    gen = torch.Generator().manual_seed(0)
+    probes = [torch.randn(layer.weight.shape, generator=gen) for layer in layers]
     ref = [layer._compute_effective_weight() for layer in layers]
+    sum((r * p).sum() for r, p in zip(ref, probes)).backward()
+    ref_grads = [layer.weight.grad.clone() for layer in layers]
+    model.zero_grad(set_to_none=True)
     got = batched_effective_weights(layers)
     for r, g in zip(ref, got):
         assert torch.allclose(g, r, rtol=1e-6, atol=0)
-    sum(g.sum() for g in got).backward()
-    assert all(layer.weight.grad is not None for layer in layers)
+    capped = [bool((r.detach() != layer.weight.detach()).any()) for r, layer in zip(ref, layers)]
+    assert any(capped) and not all(capped)  # both branches (scale < 1 and scale = 1) are exercised
+    # the gradient too: min() sends it to the minimising reshape only, clamp(., max=1) none where
+    # the cap is inactive, so differentiating only those must give the per-layer gradient
+    sum((g * p).sum() for g, p in zip(got, probes)).backward()
+    for layer, rg in zip(layers, ref_grads):
+        assert torch.allclose(layer.weight.grad, rg, rtol=1e-5, atol=1e-7 * rg.abs().max().item())
     with batched_normalisation(model):
         assert all(layer.effective_weight() is layer._batched for layer in layers)
     assert all(layer._batched is None for layer in layers)
