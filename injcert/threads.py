@@ -11,6 +11,15 @@ instead of about twice. Two settings avoid that:
   sets it (unless the environment already does) before anything imports ``torch``;
 - a bounded number of threads (``--threads``, default :func:`default_threads`), applied with
   :func:`torch.set_num_threads`.
+
+Passive waiting costs time on an idle machine (each parallel region wakes its threads through the
+kernel). The middle ground, libgomp's bounded spinning (``GOMP_SPINCOUNT``; about 100 000 spins
+per ms), was measured and rejected: ``invert`` at 64² (2 threads, 2 cores; seconds, alone then
+next to a competing ``a @ a`` PyTorch loop, two runs each, one script) gave PASSIVE 6.7-9.5 alone
+and 9.1-12.9 contended; ACTIVE 5.2-5.4 and 25.8-151; spin count 10 000: 7.1-8.6 and 26-28; 3 000:
+7.7 and 17.9; 1 000: 5.5-8.2 and 10.0-14.0. Only PASSIVE keeps the contended run within 2x of the
+quiet one in every repeat; ``OMP_WAIT_POLICY=ACTIVE`` (or ``GOMP_SPINCOUNT``) in the environment
+wins on a machine known to be idle.
 """
 
 from __future__ import annotations
