@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PIP     := $(VPY) -m pip install --disable-pip-version-check -q -c constraints.txt
 JOBS    ?= 2
 
-.PHONY: install test demo docs bench gpu-check clean
+.PHONY: install test test-deep demo docs bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest -n $(JOBS) -q tests
+
+# Nightly-style: the randomized hypothesis profile (300 fresh cases per property, new ones each run);
+# a failure prints the seed blob that reproduces it.
+test-deep: $(STAMP)
+	env -u CI HYPOTHESIS_PROFILE=deep $(VPY) -m pytest -n $(JOBS) -q -p no:cacheprovider tests
 
 demo: $(STAMP)
 	$(VPY) -m injcert demo --out demo_out

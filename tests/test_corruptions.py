@@ -150,6 +150,22 @@ def test_noise_map_and_statistics():
     assert torch.equal(y0, x) and torch.all(m0[:, 0] == 1)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sigma", [2.4e-63, 1e-46, 1e-40, 1e-310, 5e-324, 1e-30])
+def test_noise_sigma_below_the_dtype_range_is_consistent(sigma, dtype):
+    """A sigma the image's dtype rounds to 0 (the randomized hypothesis profile found 2.4e-63 in
+    float32) is 0 in y and in the map alike: never a zero-sigma map entry next to a perturbed y, and
+    never a noisy pixel marked missing (0, 0, 0)."""
+    x = images(2, 3, 8, 8, dtype, 0)
+    obs = GaussianNoise(sigma).sample(x, 0)
+    y, m = obs.y, obs.m
+    noiseless = (m[:, 2:3] == 0).expand_as(x)
+    assert torch.equal(y[noiseless], x[noiseless])
+    assert not (m == 0).all(dim=1).any()
+    s = torch.tensor(sigma, dtype=dtype)
+    assert torch.equal(m[:, 2].unique(), s.reshape(1))
+
+
 def test_random_pixel_ratio():
     x = torch.ones(1, 1, 100, 100)
     _, m = RandomPixelMask(0.3)(x, 0)

@@ -586,9 +586,13 @@ class GaussianNoise(Corruption):
         n, _, h, w = x.shape
         region = _boxes(n, h, w, self.min_frac, self.max_frac, g, x.device).to(x.dtype)
         eps = torch.randn(x.shape, generator=g, dtype=x.dtype, device=g.device).to(x.device)
-        y = x + self.sigma * region * eps
-        noisy = region if self.sigma > 0 else torch.zeros_like(region)
-        m = torch.cat([1 - noisy, torch.zeros_like(region), self.sigma * noisy], dim=1)
+        # sigma as the image's dtype holds it, in y and in the map alike: a sigma that underflows
+        # there (2.4e-63 in float32) is 0 in both (y = x, observed as is), never a zero map entry
+        # next to a perturbed y
+        sigma = torch.tensor(self.sigma, dtype=x.dtype, device=x.device)
+        y = x + sigma * region * eps
+        noisy = region if bool(sigma > 0) else torch.zeros_like(region)
+        m = torch.cat([1 - noisy, torch.zeros_like(region), sigma * noisy], dim=1)
         return Observation(y=y, m=m, operator=lambda z: z)
 
 
