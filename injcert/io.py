@@ -63,6 +63,7 @@ from .errors import ArgumentError, CheckpointError, ConfigError, InputError, Out
 from . import limits
 
 __all__ = [
+    "atomic_directory",
     "FORMAT_VERSION",
     "register_model",
     "MODEL_REGISTRY",
@@ -326,6 +327,50 @@ def atomic_write(path: PathLike, data: Union[bytes, bytearray, memoryview, Calla
         raise
     _fsync_dir(p.parent)
     return p
+
+
+@contextlib.contextmanager
+def atomic_directory(target: PathLike, *, what: str = "output folder") -> Iterator[Path]:
+    """Build the files of a folder in a temporary sibling; they reach ``target`` only if the block
+    ends without an exception.
+
+    Yields the temporary folder (``.injcert-<pid>-<hex>.tmpdir`` next to ``target``, so relative
+    links inside it stay valid). On success every file in it is renamed into ``target`` (created if
+    missing; each rename atomic; files of ``target`` that the block did not write are left alone) and
+    the temporary folder removed; on any exception (Ctrl-C included) it is removed and ``target`` is
+    as it was. Temporary folders of dead processes next to ``target`` are removed first.
+
+    Raises:
+        OutputPathError: as :func:`check_output_path` with ``directory=True``, or ``target`` is a
+            symbolic link.
+    """
+    import shutil
+
+    target = check_output_path(target, directory=True, what=what)
+    if target.is_symlink():
+        raise OutputPathError(f"{what} {os.fspath(target)!r} is a symbolic link; refusing to write through it")
+    parent = Path(os.path.abspath(target)).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for e in list(os.scandir(parent)):
+        pid_s = e.name[len(_TMP_PREFIX):].partition("-")[0]
+        if (e.name.startswith(_TMP_PREFIX) and e.name.endswith(".tmpdir") and pid_s.isdigit()
+                and not _pid_alive(int(pid_s)) and e.is_dir(follow_symlinks=False)):
+            shutil.rmtree(e.path, ignore_errors=True)
+    build = parent / (_tmp_name()[: -len(_TMP_SUFFIX)] + ".tmpdir")
+    os.mkdir(build)
+    try:
+        yield build
+        target.mkdir(exist_ok=True)
+        for root, dirs, files in os.walk(build):
+            rel = Path(root).relative_to(build)
+            for d in dirs:
+                (target / rel / d).mkdir(exist_ok=True)
+            for f in files:
+                check_output_path(target / rel / f, what=what)  # never replace a link or a non-file
+                os.replace(Path(root) / f, target / rel / f)
+        _fsync_dir(target)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, *, inputs: Iterable[Any] = ()) -> Path:

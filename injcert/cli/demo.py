@@ -25,7 +25,7 @@ from .._progress import summary as say
 from ..certify import certify as run_certify
 from ..data.corruptions import make_corruption
 from ..data.grid import corruption_grid, square_image
-from ..io import atomic_write, load_checkpoint
+from ..io import atomic_directory, atomic_write, load_checkpoint
 from ..metrics import grain_ratio, latent_statistics, psnr, region_psnr, seam_energy, ssim
 from ..tasks.edit import edit_full
 from ..tasks.invert import decode, encode
@@ -77,22 +77,29 @@ def run_demo(out: str | Path, *, model_path: str | None = None, train_steps: int
 
     ``log`` receives one line per stage; ``progress`` shows a bar over the stages on stderr."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
     t0 = time.perf_counter()
     names = ["corruption grid", "model" + (" and certificate" if certify else ""), "round trip", "reconstruction",
              "editing"]
     stages = Stages("demo", names, enabled=progress)
+    # the report is built in a temporary sibling folder and moved into `out` only when complete: a
+    # failing demo leaves no partial report, and an earlier report in `out` stays as it was
     try:
-        return _run_demo(out, summary, t0, stages, log, progress, model_path=model_path, train_steps=train_steps,
-                         size=size, steps=steps, device=device, certify=certify, reconstruct_steps=reconstruct_steps)
+        with atomic_directory(out, what="--out") as build:
+            def shown(text: str) -> str:
+                return text.replace(str(build), str(out))
+
+            result = _run_demo(build, summary, t0, stages, lambda msg: log(shown(msg)), progress,
+                               model_path=model_path, train_steps=train_steps, size=size, steps=steps,
+                               device=device, certify=certify, reconstruct_steps=reconstruct_steps, shown=shown)
+        return result
     finally:
         stages.close()
 
 
 def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: Any, progress: bool, *,
               model_path: str | None, train_steps: int, size: int, steps: int, device: str, certify: bool,
-              reconstruct_steps: int) -> dict[str, Any]:
+              reconstruct_steps: int, shown: Any = str) -> dict[str, Any]:
     """The stages of :func:`run_demo` in order (numbered as in the module docstring); fills ``summary``."""
     _stage_corruptions(out, stages, log)
     model = _stage_model(out, summary, stages, log, model_path=model_path, train_steps=train_steps, steps=steps,
@@ -101,6 +108,7 @@ def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: A
     _stage_reconstruction(out, summary, stages, log, model, size=size, reconstruct_steps=reconstruct_steps,
                           device=device)
     _stage_editing(out, summary, stages, log, model, x, size=size, steps=steps, device=device)
+    summary.update(json.loads(shown(json.dumps(summary))))  # paths as they will be, not the build folder's
     _write_report(out, summary, t0, log)
     return summary
 
