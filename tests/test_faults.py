@@ -27,7 +27,7 @@ from injcert.tasks.train import TrainConfig, train
 
 from helpers import subprocess_env, tiny_config
 
-STEPS = 24
+STEPS = 48
 KILLS = ("KILL", "INT", "KILL", "INT", "KILL")
 
 
@@ -89,11 +89,19 @@ def test_repeated_kills_and_interrupts_then_resume_equal_an_uninterrupted_run(tm
             before = _step_on_disk(state)
             proc = _start(config, out, resume=k > 0)
             try:
+                # Wait for two checkpoints and time the interval between them, then strike somewhere
+                # in the next one (a step, a save or a log write): the moment scales with the machine,
+                # so a fast one does not run to the end before the signal lands.
                 deadline = time.time() + 120
-                while time.time() < deadline and proc.poll() is None and _step_on_disk(state) < before + 2:
-                    time.sleep(0.02)
+                marks: dict[int, float] = {}
+                while time.time() < deadline and proc.poll() is None and len(marks) < 2:
+                    step = _step_on_disk(state)
+                    if step > before and step not in marks:
+                        marks[step] = time.perf_counter()
+                    time.sleep(0.005)
                 assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                time.sleep(rng.uniform(0.0, 0.3))  # somewhere in a step, a save or a log write
+                t0, t1 = sorted(marks.values())
+                time.sleep(rng.uniform(0.0, 1.0) * (t1 - t0))
                 proc.send_signal(signal.SIGKILL if sig == "KILL" else signal.SIGINT)
                 rc = proc.wait(timeout=120)
             finally:
