@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from injcert.errors import ConfigError
 from injcert.io import load_checkpoint, load_state
-from injcert.tasks.train import TrainConfig, train
+from injcert.tasks.train import TrainConfig, learning_rate, train
 from injcert.theory.lipschitz import lipschitz_bound
 
 from helpers import subprocess_env, tiny_config
@@ -50,7 +52,8 @@ def _train_process(config: Path, out: Path) -> subprocess.Popen:
     "bad",
     [{"nonsense": 1}, {"batch_size": -4}, {"steps": -1}, {"patch_size": 0}, {"lr": 0.0},
      {"model": {"lipschitz_budget": 0}}, {"model": {"lipschitz_budget": -2.0}}, {"model": {"foo": 1}},
-     {"ema_decay": 1.5}, {"channels": 2}],
+     {"ema_decay": 1.5}, {"channels": 2}, {"lr_schedule": "linear"}, {"lr_final": -1e-6},
+     {"lr": 1e-3, "lr_final": 2e-3}, {"init": ""}, {"init": 3}],
 )
 def test_config_errors_are_one_line(bad):
     with pytest.raises(ConfigError) as err:
@@ -187,3 +190,52 @@ def test_sigterm_saves_before_exit(tmp_path):
     steps = [s for s, _ in _losses(log)]
     assert meta["step"] == steps[-1] >= 2 and steps == list(range(1, steps[-1] + 1))
     assert load_checkpoint(out).checkpoint_metadata["step"] == meta["step"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.integers(1, 400), warmup=st.integers(0, 50), lr=st.floats(1e-6, 1e-1),
+       frac=st.floats(0.0, 1.0), schedule=st.sampled_from(["constant", "cosine"]))
+def test_learning_rate_schedule(steps, warmup, lr, frac, schedule):
+    cfg = TrainConfig.from_dict(dict(TINY, steps=steps, warmup_steps=warmup, lr=lr, lr_final=lr * frac,
+                                     lr_schedule=schedule))
+    rates = [learning_rate(cfg, k) for k in range(steps)]
+    assert all(0.0 < r <= lr * (1 + 1e-12) for r in rates)
+    for k in range(min(warmup - 1, steps)):  # the linear warm-up, as before
+        assert rates[k] == pytest.approx(lr * (k + 1) / warmup)
+    after = rates[max(warmup - 1, 0):]
+    if schedule == "constant":
+        assert all(r == lr for r in after)
+    elif steps > warmup:  # non-increasing after the warm-up, from lr down to lr_final at the last step
+        assert all(a >= b - 1e-15 for a, b in zip(after, after[1:]))
+        assert rates[-1] == pytest.approx(lr * frac, rel=1e-9, abs=1e-15)
+        assert after[0] == pytest.approx(lr, rel=1e-9) or warmup == 0
+
+
+def test_init_starts_from_a_checkpoint_and_records_it(tmp_path):
+    base = train(_cfg(tmp_path, "base", steps=3, checkpoint_every=3), tmp_path / "base.ckpt", progress=False)
+    src = load_checkpoint(base)
+    # zero steps from init: the written model is the init checkpoint's weights, bit for bit
+    same = train(_cfg(tmp_path, "same", steps=0, init=str(base)), tmp_path / "same.ckpt", progress=False)
+    for (ka, va), (kb, vb) in zip(src.state_dict().items(), load_checkpoint(same).state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    # a fine-tuning run starts from those weights, not from random ones: its first loss is the
+    # base run's model on the first batch, and it differs from a fresh run's
+    tuned = train(_cfg(tmp_path, "tuned", steps=2, init=str(base), lr_schedule="cosine"), tmp_path / "t.ckpt",
+                  progress=False)
+    fresh = train(_cfg(tmp_path, "fresh", steps=2), tmp_path / "f.ckpt", progress=False)
+    assert _losses(tmp_path / "tuned.jsonl")[0] != _losses(tmp_path / "fresh.jsonl")[0]
+    md = load_checkpoint(tuned).checkpoint_metadata
+    rec = md["resumed"][0]["init"]
+    assert rec["path"] == str(base) and rec["step"] == 3 and len(rec["weights_sha256"]) == 64
+    assert md["training_config"]["init"] == str(base)
+    assert fresh.exists()
+
+
+def test_init_refuses_other_model_options_and_its_own_path(tmp_path):
+    base = train(_cfg(tmp_path, "base", steps=1), tmp_path / "base.ckpt", progress=False)
+    other = dict(TINY["model"], base_channels=TINY["model"].get("base_channels", 8) * 2)
+    with pytest.raises(ConfigError, match="other model options.*base_channels"):
+        train(_cfg(tmp_path, "x", steps=1, init=str(base), model=other), tmp_path / "x.ckpt", progress=False)
+    with pytest.raises(Exception, match="--out"):
+        train(_cfg(tmp_path, "y", steps=1, init=str(base)), base, progress=False)
+    assert load_checkpoint(base).checkpoint_metadata["step"] == 1  # untouched

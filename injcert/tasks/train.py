@@ -65,8 +65,9 @@ from .. import limits
 from .._progress import summary
 from ..data.images import PatchDataset
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..io import (atomic_write_bytes, check_output_path, clean_orphan_temps, is_state_file, load_state, notice,
-                  open_append, output_lock, probe_writable, read_json_file, save_checkpoint, save_state)
+from ..io import (atomic_write_bytes, check_finite_model, check_output_path, clean_orphan_temps, is_state_file,
+                  load_checkpoint, load_state, notice, open_append, output_lock, probe_writable, read_json_file,
+                  save_checkpoint, save_state, weights_fingerprint)
 from ..model.objective import T_MIN, draw_training_batch, loss_on_batch
 from ..model.layers import batched_normalisation
 from ..model.unet import DEFAULT_MODEL_CONFIG, CondUNet
@@ -79,6 +80,23 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: Seed of the held-out validation patches and their noise (fixed: val losses are comparable).
 VAL_SEED: int = 20240917
 _DATASET_LENGTH = 2**62
+
+
+#: The learning-rate schedules after the warm-up (:func:`learning_rate`).
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
+
+def learning_rate(config: "TrainConfig", step: int) -> float:
+    """The learning rate of (0-based) ``step``: linear warm-up to ``lr`` over ``warmup_steps``, then
+    ``lr`` (``constant``) or $\\ell_f + (\\ell - \\ell_f)\\,(1 + \\cos \\pi u)/2$ with
+    $u = (k + 1 - w)/(K - w)$ (``cosine``: ``lr`` right after the warm-up, ``lr_final`` at the last step)."""
+    k, w, total = step + 1, config.warmup_steps, config.steps
+    if w and k < w:
+        return config.lr * k / w
+    if config.lr_schedule == "constant" or total <= w:
+        return config.lr
+    u = min(1.0, max(0.0, (k - w) / (total - w)))
+    return config.lr_final + (config.lr - config.lr_final) * 0.5 * (1.0 + math.cos(math.pi * u))
 
 
 def _mix(*values: int) -> int:
@@ -107,7 +125,7 @@ class TrainConfig:
     Attributes:
         steps: total optimisation steps (a resumed run continues up to this number).
         batch_size: global batch (split evenly over ranks).
-        lr: Adam learning rate (linear warm-up over ``warmup_steps``, then constant).
+        lr: Adam learning rate (linear warm-up over ``warmup_steps``, then ``lr_schedule``).
         seed: seed of the weights' initialisation and of every random draw.
         patch_size: side of the square training patches (pixels).
         channels: image channels (1 or 3); the model's ``in_channels``.
@@ -122,6 +140,12 @@ class TrainConfig:
         grad_clip: gradient-norm clip (0: none).
         warmup_steps: learning-rate warm-up steps (0: none).
         images: training image names (``None``: all of ``TRAIN_IMAGES``).
+        lr_schedule: ``"constant"`` (``lr`` after the warm-up) or ``"cosine"`` (from ``lr`` at the end
+            of the warm-up down to ``lr_final`` at step ``steps``; see :func:`learning_rate`).
+        lr_final: the cosine schedule's last learning rate, ``0 <= lr_final <= lr``.
+        init: a model checkpoint whose weights start the run (model and EMA; the optimizer starts
+            fresh at step 0): fine-tuning or continuing a shipped model. Its model options must be
+            this config's. Read once, at the start; a resumed run takes its weights from the state.
     """
 
     steps: int = 2000
@@ -141,6 +165,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 50
     images: Optional[list] = None
+    lr_schedule: str = "constant"
+    lr_final: float = 0.0
+    init: Optional[str] = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -194,6 +221,11 @@ class TrainConfig:
             raise ConfigError(f"training option log must be a path string or null, got {self.log!r}")
         if self.images is not None and (not isinstance(self.images, list) or not self.images):
             raise ConfigError(f"training option images must be a non-empty list of names or null, got {self.images!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"training option lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        number("lr_final", 0.0, self.lr)
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise ConfigError(f"training option init must be a checkpoint path or null, got {self.init!r}")
         if not isinstance(self.model, dict):
             raise ConfigError(f"training option model must be an object, got {type(self.model).__name__}")
         unknown = sorted(set(self.model) - set(DEFAULT_MODEL_CONFIG))
@@ -538,6 +570,8 @@ def _train(config: Optional[TrainConfig], out: PathLike, resume: Optional[PathLi
     start, wall_before, val_loss = 0, 0.0, None
     if resume is not None:
         start, wall_before, val_loss = _load_resume(resume, tensors, meta, model, ema, opt)
+    elif config.init is not None:
+        history = [{"init": _load_init(config.init, model, ema)}]
     del tensors
 
     net: nn.Module = model
@@ -604,9 +638,10 @@ def _redirect_copied_log(config: TrainConfig, saved: TrainConfig, meta: dict[str
 def _check_outputs(config: TrainConfig, out: Path, resume: Optional[Path]) -> None:
     """Check every output (checkpoint, state, log) and test-write the folder (rank 0, before any work)."""
     state_path = Path(str(out) + ".state")
-    ins = [p for p in (resume,) if p is not None]
+    init = [config.init] if resume is None and config.init is not None else []
+    ins = [p for p in (resume,) if p is not None] + init
     check_output_path(out, inputs=ins, what="--out")
-    check_output_path(state_path, what="state")
+    check_output_path(state_path, inputs=init, what="state")  # a resume rewrites its own state
     if config.log:
         check_output_path(config.log, inputs=ins + [out, state_path], what="log")
     probe_writable(out.parent if str(out.parent) else Path("."))
@@ -631,6 +666,25 @@ def _build_model(config: TrainConfig, dev: torch.device) -> tuple[CondUNet, Cond
     ema.eval()
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     return model, ema, opt
+
+
+def _load_init(path: str, model: CondUNet, ema: CondUNet) -> dict[str, Any]:
+    """Start ``model`` and ``ema`` from the weights of the checkpoint at ``path`` (read safely, never
+    unpickled); returns what the run records about it (path, weights fingerprint, its step and
+    samples seen). A checkpoint with other model options: one ConfigError line."""
+    src = load_checkpoint(path)
+    theirs, ours = getattr(src, "config", None), model.config
+    if theirs != ours:
+        keys = sorted(k for k in set(ours) | set(theirs or {}) if (theirs or {}).get(k) != ours.get(k))
+        raise ConfigError(f"init checkpoint {path!r} was built with other model options ({', '.join(keys)}); "
+                          "use its training config (the checkpoint's metadata 'training_config')")
+    with torch.no_grad():
+        model.load_state_dict(src.state_dict(), strict=True)
+        ema.load_state_dict(src.state_dict(), strict=True)
+    check_finite_model(src, f"init checkpoint {path!r}")
+    md = dict(getattr(src, "checkpoint_metadata", {}) or {})
+    return {"path": str(path), "weights_sha256": weights_fingerprint(src), "step": md.get("step"),
+            "batch_size": md.get("batch_size"), "val_loss": md.get("val_loss")}
 
 
 def _load_resume(resume: Path, tensors: dict[str, Tensor], meta: dict[str, Any], model: nn.Module, ema: nn.Module,
@@ -759,7 +813,7 @@ class _Run:
         """One optimisation step (warm-up lr, clipped gradients, Adam, EMA); returns the lr and the
         loss (a device tensor, averaged over the ranks)."""
         config = self.config
-        lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+        lr = learning_rate(config, step)
         for g in self.opt.param_groups:
             g["lr"] = lr
         batch = _to_device(batch, self.dev)
@@ -903,6 +957,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model checkpoint to write (the training state goes to CKPT.state); "
                         "default: the --resume path without .state, else model.ckpt")
     parser.add_argument("--resume", metavar="CKPT.state", help="continue from a training state")
+    parser.add_argument("--init", metavar="CKPT",
+                        help="start from this model checkpoint's weights (fresh optimizer, step 0; its model "
+                             "options must be the config's); default: the config's init, else random weights")
     parser.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
                         help="no progress bar; print only the one-line summary")
     parser.add_argument("--workers", type=int, metavar="N",
@@ -924,7 +981,7 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = dict(_validated_state(args.resume, tensors, meta).to_dict())
         del tensors
     for key, val in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                     ("seed", args.seed), ("log", args.log)):
+                     ("seed", args.seed), ("log", args.log), ("init", getattr(args, "init", None))):
         if val is not None:
             cfg[key] = val
     config = TrainConfig.from_dict(cfg)
