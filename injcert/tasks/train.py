@@ -89,13 +89,14 @@ LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 def learning_rate(config: "TrainConfig", step: int) -> float:
     """The learning rate of (0-based) ``step``: linear warm-up to ``lr`` over ``warmup_steps``, then
     ``lr`` (``constant``) or $\\ell_f + (\\ell - \\ell_f)\\,(1 + \\cos \\pi u)/2$ with
-    $u = (k + 1 - w)/(K - w)$ (``cosine``: ``lr`` right after the warm-up, ``lr_final`` at the last step)."""
+    $u = (k + 1 - w)/(K - w + 1)$ (``cosine``, $K$ = ``steps``, $w$ = ``warmup_steps``): it reaches
+    ``lr_final`` one step after the last, so every step has a positive rate even at ``lr_final = 0``."""
     k, w, total = step + 1, config.warmup_steps, config.steps
     if w and k < w:
         return config.lr * k / w
     if config.lr_schedule == "constant" or total <= w:
         return config.lr
-    u = min(1.0, max(0.0, (k - w) / (total - w)))
+    u = min(1.0, max(0.0, (k - w) / (total - w + 1)))
     return config.lr_final + (config.lr - config.lr_final) * 0.5 * (1.0 + math.cos(math.pi * u))
 
 
