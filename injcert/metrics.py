@@ -28,6 +28,7 @@ from .errors import ArgumentError, InputError
 __all__ = [
     "psnr",
     "grain_ratio",
+    "colour_grain_ratio",
     "latent_statistics",
     "ssim",
     "region_mse",
@@ -285,6 +286,24 @@ def grain_ratio(x: Tensor, mask: Tensor, ring: int = 4) -> float:
     if int(ins.sum()) < 2 or int(rng.sum()) < 2:
         return float("nan")
     return float(lap[ins].std() / lap[rng].std().clamp_min(1e-12))
+
+
+def colour_grain_ratio(x: Tensor, mask: Tensor, ring: int = 4) -> float:
+    r""":func:`grain_ratio` of the chroma $x - \bar x$ ($\bar x$ the mean over the channels): the
+    colour grain of an edited region against its surroundings.
+
+    :func:`grain_ratio` cannot tell texture from noise: a region filled with coloured noise of the
+    right amplitude scores like a textured one. Natural images carry their fine detail mostly in
+    the luminance, so colour noise shows in the chroma's Laplacian, where texture hardly does: a
+    coherent fill is near (or below) 1, coloured grain well above it.
+
+    Returns:
+        The ratio (``nan`` for one-channel images or when the inside or the ring holds no interior pixel).
+    """
+    a = _batch(x, "x").to(torch.float64)
+    if a.shape[1] < 2:
+        return float("nan")
+    return grain_ratio(a - a.mean(dim=1, keepdim=True), mask, ring)
 
 
 def latent_statistics(z: Tensor) -> dict[str, float]:

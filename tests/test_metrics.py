@@ -157,3 +157,22 @@ def test_grain_ratio_flags_noise_inside_a_region():
     grainy = base + 0.3 * torch.randn(1, 3, 40, 40, generator=g) * m
     assert grain_ratio(grainy, m) > 3.0
     assert math.isnan(grain_ratio(base, torch.zeros(1, 1, 40, 40)))
+
+
+def test_colour_grain_ratio_sees_coloured_noise_that_grain_ratio_takes_for_texture():
+    from injcert.metrics import colour_grain_ratio, grain_ratio
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.zeros(1, 1, 40, 40)
+    m[..., 12:28, 12:28] = 1
+    lum = torch.randn(1, 1, 40, 40, generator=g) * 0.2  # grey texture everywhere
+    tint = torch.tensor([0.3, -0.1, -0.2]).view(1, 3, 1, 1)
+    base = lum.expand(1, 3, 40, 40) + tint + 0.01 * torch.randn(1, 3, 40, 40, generator=g)
+    # inside: the texture replaced by coloured noise of the same per-channel amplitude
+    noisy = torch.where(m.bool().expand(1, 3, 40, 40), 0.2 * torch.randn(1, 3, 40, 40, generator=g) + tint, base)
+    assert 0.6 < grain_ratio(noisy, m) < 1.6  # the Laplacian statistic calls it texture ...
+    assert 0.6 < colour_grain_ratio(base, m) < 1.6
+    assert colour_grain_ratio(noisy, m) > 5.0  # ... the chroma's sees the grain
+    smooth = torch.where(m.bool().expand(1, 3, 40, 40), tint.expand(1, 3, 40, 40), base)
+    assert colour_grain_ratio(smooth, m) < 0.2
+    assert math.isnan(colour_grain_ratio(base[:, :1], m))

@@ -131,6 +131,22 @@ def test_named_operations(net, op: str) -> None:
     assert t.shape == x0.shape
 
 
+def test_remove_target_is_the_biharmonic_fill_of_the_region() -> None:
+    from skimage.restoration import inpaint_biharmonic
+
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    x0 = torch.stack([0.5 * xx, 0.3 * yy, 0.2 * xx * yy])[None]  # smooth: the fill continues it
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:10, 5:11] = 1
+    t = make_target(x0, mask, "remove")
+    out = (mask == 0).expand_as(x0)
+    assert torch.equal(t[out], x0[out])
+    ref = inpaint_biharmonic((x0 * (1 - mask))[0].permute(1, 2, 0).double().numpy(), mask[0, 0].bool().numpy(),
+                             channel_axis=-1)
+    assert torch.allclose(t[0].permute(1, 2, 0).double(), torch.from_numpy(ref), atol=1e-5)
+    assert float((t - x0)[~out].abs().max()) < 0.05  # a smooth continuation, not a flat box
+
+
 def test_edit_rejects_bad_input(net) -> None:
     x0 = torch.zeros(1, 3, 8, 8)
     with pytest.raises(ValueError, match="unknown edit operation"):

@@ -321,7 +321,7 @@ def _edit_grid(sched: Any, steps: int, strength: float) -> Tuple[Tensor, float]:
 
 
 def naive_ddim_edit(model: nn.Module, x0: Tensor, mask: Tensor, target: Tensor, strength: float = 0.5,
-                    steps: int = 20, seed: int = 0, noise_scale: float = 0.5) -> Tuple[Tensor, int]:
+                    steps: int = 20, seed: int = 0, noise_scale: float = 0.0) -> Tuple[Tensor, int]:
     """The baseline edit: DDIM-encode to $t_e$, replace the inside by the noised target (the same
     noise as :func:`~injcert.tasks.edit.edit_full`), DDIM-decode, **no reset** outside.
 

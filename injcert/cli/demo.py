@@ -26,7 +26,7 @@ from ..certify import certify as run_certify
 from ..data.corruptions import make_corruption
 from ..data.grid import corruption_grid, square_image
 from ..io import atomic_directory, atomic_write, load_checkpoint
-from ..metrics import grain_ratio, latent_statistics, psnr, region_psnr, seam_energy, ssim
+from ..metrics import colour_grain_ratio, grain_ratio, latent_statistics, psnr, region_psnr, seam_energy, ssim
 from ..tasks.edit import edit_full
 from ..tasks.invert import decode, encode
 from ..tasks.reconstruct import reconstruct_full
@@ -244,6 +244,8 @@ def _stage_editing(out: Path, summary: dict[str, Any], stages: Any, log: Any, mo
                       "outside_identical": bool(torch.equal(res.image[(mask == 0).expand_as(x)], x[(mask == 0).expand_as(x)])),
                       "seam_energy": float(seam_energy(res.image, mask)), "seam_energy_input": float(seam_energy(x, mask)),
                       "grain_ratio": grain_ratio(res.image, mask), "grain_ratio_input": grain_ratio(x, mask),
+                      "colour_grain_ratio": colour_grain_ratio(res.image, mask),
+                      "colour_grain_ratio_input": colour_grain_ratio(x, mask),
                       "psnr_inside_vs_target": float(region_psnr(res.image, res.target, mask)), "nfe": res.nfe})
         side_by_side([("image", x), ("target", res.target), ("edited", res.image)], out / f"edit_{op}.png")
     summary["editing"] = edits
