@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .._progress import Stages, bar, summary
-from ..data.corruptions import make_corruption
+from ..data.corruptions import expand_map, make_corruption
 from ..data.grid import square_image
 from ..data.images import HELDOUT_IMAGES, load_image
 from ..errors import ArgumentError, ConfigError, NonConvergenceError
@@ -331,7 +331,7 @@ def naive_ddim_edit(model: nn.Module, x0: Tensor, mask: Tensor, target: Tensor, 
     grid, s_e = _edit_grid(field.schedule, steps, strength)
     m = (mask > 0.5).to(x0.dtype)
     outside = 1 - m
-    cond = (x0 * outside, torch.cat([outside, torch.zeros_like(outside), torch.zeros_like(outside)], 1))
+    cond = (x0 * outside, expand_map(outside))
     solver = get_solver("ddim")
     gen = torch.Generator().manual_seed(int(seed))
     eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64) * float(noise_scale)  # as edit_full

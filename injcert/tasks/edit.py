@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..data.corruptions import expand_map
 from ..errors import ArgumentError
 from ..solvers import DEFAULT_FRAC_BITS, GRIDS
 from .classical import classical_estimate
@@ -88,8 +89,7 @@ def inpaint_region(x0: Tensor, mask: Tensor) -> Tensor:
     """``x0`` with the region ``mask`` (N×1×H×W, 1 inside) filled from its outside by biharmonic
     inpainting (:func:`~injcert.tasks.classical.classical_estimate`); the outside is ``x0`` exactly."""
     inside = (mask > 0.5).to(x0.dtype)
-    cmap = torch.cat([1 - inside, torch.zeros_like(inside), torch.zeros_like(inside)], 1)
-    _, filled = classical_estimate(x0 * (1 - inside), cmap, "inpaint_biharmonic")
+    _, filled = classical_estimate(x0 * (1 - inside), expand_map(1 - inside), "inpaint_biharmonic")
     return torch.where(inside.bool().expand_as(x0), filled.to(x0), x0)
 
 
@@ -168,8 +168,7 @@ def edit_full(
     cond = None
     if context:
         outside = 1 - m
-        cmap = torch.cat([outside, torch.zeros_like(outside), torch.zeros_like(outside)], 1)
-        cond = (x0 * outside, cmap)
+        cond = (x0 * outside, expand_map(outside))
     if not (0.0 <= float(noise_scale) <= 1.0):
         raise ArgumentError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)

@@ -671,18 +671,18 @@ def _build_model(config: TrainConfig, dev: torch.device) -> tuple[CondUNet, Cond
 
 def _load_init(path: str, model: CondUNet, ema: CondUNet) -> dict[str, Any]:
     """Start ``model`` and ``ema`` from the weights of the checkpoint at ``path`` (read safely, never
-    unpickled); returns what the run records about it (path, weights fingerprint, its step and
-    samples seen). A checkpoint with other model options: one ConfigError line."""
+    unpickled); returns what the run records about it (path, weights fingerprint, and the step, batch
+    size and validation loss its metadata names). A checkpoint with other model options or non-finite
+    weights: one error line, before any weight is copied."""
     src = load_checkpoint(path)
     theirs, ours = getattr(src, "config", None), model.config
     if theirs != ours:
         keys = sorted(k for k in set(ours) | set(theirs or {}) if (theirs or {}).get(k) != ours.get(k))
         raise ConfigError(f"init checkpoint {path!r} was built with other model options ({', '.join(keys)}); "
                           "use its training config (the checkpoint's metadata 'training_config')")
-    with torch.no_grad():
-        model.load_state_dict(src.state_dict(), strict=True)
-        ema.load_state_dict(src.state_dict(), strict=True)
     check_finite_model(src, f"init checkpoint {path!r}")
+    model.load_state_dict(src.state_dict(), strict=True)
+    ema.load_state_dict(src.state_dict(), strict=True)
     md = dict(getattr(src, "checkpoint_metadata", {}) or {})
     return {"path": str(path), "weights_sha256": weights_fingerprint(src), "step": md.get("step"),
             "batch_size": md.get("batch_size"), "val_loss": md.get("val_loss")}
@@ -982,7 +982,7 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = dict(_validated_state(args.resume, tensors, meta).to_dict())
         del tensors
     for key, val in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                     ("seed", args.seed), ("log", args.log), ("init", getattr(args, "init", None))):
+                     ("seed", args.seed), ("log", args.log), ("init", args.init)):
         if val is not None:
             cfg[key] = val
     config = TrainConfig.from_dict(cfg)
