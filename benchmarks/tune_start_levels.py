@@ -1,6 +1,6 @@
 """How the start level of reconstruction was chosen: on the TRAINING images (coffee, camera).
 
-``python benchmarks/tune_start_levels.py [CKPT]`` prints, per corruption, the PSNR of every
+``python benchmarks/tune_start_levels.py [CKPT] [KIND ...]`` prints (for the named kinds only, if given), per corruption, the PSNR of every
 classical baseline and of ``reconstruct_full(..., sigma_start=s)`` for a few start levels ``s``
 (64² and 128²), and for noise the start from a classical denoiser's estimate (BM3D, nl-means) at
 ``s`` = 0.01, 0.02, 0.05 against BM3D itself (64²). The defaults in
@@ -33,10 +33,12 @@ def _mean(res: dict) -> dict:
     return {k: round(sum(v) / len(v), 2) for k, v in sorted(res.items())}
 
 
-def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT)) -> None:
+def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT), *kinds: str) -> None:
     model = injcert.load_checkpoint(ckpt)
-    grid = {"box": [0.02, 0.05, 0.1, 0.2], "random": [0.02, 0.05, 0.1], "blur": [0.1, 0.2, 0.4]}
+    grid = {"box": [0.02, 0.05, 0.1, 0.2], "random": [0.02, 0.05, 0.1], "blur": [0.01, 0.02, 0.05, 0.1, 0.2]}
     for kind, sigmas in grid.items():
+        if kinds and kind not in kinds:
+            continue
         res: dict = {}
         for size in (64, 128):
             for name in TRAIN:
@@ -48,6 +50,8 @@ def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT)) -> None:
                     r = reconstruct_full(model, obs.y, obs.m, 20, 0, sigma_start=s)
                     res.setdefault(f"s={s}@{size}", []).append(psnr(r.image, x))
         print(kind, _mean(res), flush=True)
+    if kinds and "noise" not in kinds:
+        return
     res = {}
     for name in TRAIN:
         x = _image(name, 64)

@@ -5,7 +5,7 @@ The observation is used **during the whole trajectory**, not only at $t = 0$
 
 **Missing pixels or a blurred region** (``start="estimate"``, the default): a classical estimate
 $\hat x_{\mathrm{cl}}$ (:func:`~injcert.tasks.classical.classical_estimate`: biharmonic inpainting,
-Richardson–Lucy) gives the starting point at an intermediate noise level $\varsigma_e$: inside
+Richardson–Lucy for the local blur operator) gives the starting point at an intermediate noise level $\varsigma_e$: inside
 the region to restore, the hidden state is $\hat x_{\mathrm{cl}} + \varsigma_e\varepsilon$ (seeded);
 outside, the observed pixels follow **their own encoded trajectory** — after every sub-update of
 the bit-exact decode they are reset to it (the mechanism of Theorem 7,
@@ -106,8 +106,10 @@ def _distance_to_known(known: Tensor) -> float:
 
 #: Default start levels (varsigma) from the classical estimate, chosen on the *training* images
 #: (coffee, camera at 64² and 128², the shipped model): missing pixels near observed ones (random
-#: pixels, thin gaps: at most ``near`` pixels away), larger holes, and a blurred region.
-START_SIGMA = {"near": 3, "missing_near": 0.02, "missing_far": 0.1, "blur": 0.1, "noise": 0.05}
+#: pixels, thin gaps: at most ``near`` pixels away), larger holes, and a blurred region. Blur: from
+#: ``richardson_lucy_local``, 0.02 measured best (``python benchmarks/tune_start_levels.py CKPT blur``:
+#: 29.03 / 30.80 dB at 64² / 128² against 28.90 / 30.66 at 0.1 and the estimate's own 29.02 / 30.79).
+START_SIGMA = {"near": 3, "missing_near": 0.02, "missing_far": 0.1, "blur": 0.02, "noise": 0.05}
 
 
 def start_sigma(m: Tensor) -> float:
