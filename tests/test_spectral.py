@@ -17,6 +17,7 @@ from injcert.theory.spectral import (
     conv_symbol_grid_bound,
     fantastic_four_bound,
     gram_iteration_bound,
+    gram_iteration_bound_closed_form_grad,
     operator_norm_bound,
     operator_norm_interval,
 )
@@ -117,6 +118,38 @@ def test_gram_iteration_differentiable_float32():
     gram_iteration_bound(w, 6).backward()
     assert w.grad is not None and torch.isfinite(w.grad).all()
     torch.autograd.gradcheck(lambda m: gram_iteration_bound(m, 3), (torch.randn(4, 3, dtype=torch.float64, requires_grad=True),))
+
+
+@given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 6), st.integers(0, 6), st.integers(-3, 3),
+       st.lists(st.sampled_from([0.0, 1.0, -2.5]), min_size=1, max_size=4), st.integers(0, 999))
+def test_gram_closed_form_gradient_equals_autograd(batch, m, n, n_iter, log_scale, weights, seed):
+    """Same values as gram_iteration_bound (bit for bit: the same operations) and, for every shape,
+    orientation, scale and number of steps, the gradient autograd computes through the iteration;
+    items whose incoming gradient is zero get exactly zero."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, m, n, dtype=torch.float64, generator=gen) * 10.0**log_scale
+    probe = torch.tensor((weights * batch)[:batch], dtype=torch.float64)
+    a1, a2 = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    ref = gram_iteration_bound(a1, n_iter)
+    got = gram_iteration_bound_closed_form_grad(a2, n_iter)
+    assert torch.equal(ref.detach(), got.detach())
+    (ref * probe).sum().backward()
+    (got * probe).sum().backward()
+    assert torch.allclose(a2.grad, a1.grad, rtol=1e-7, atol=1e-10 * a1.grad.abs().max().item())
+    assert bool((a2.grad[probe == 0] == 0).all())
+    with torch.no_grad():  # no grad wanted: the plain iteration
+        assert torch.equal(gram_iteration_bound_closed_form_grad(a, n_iter), gram_iteration_bound(a, n_iter))
+
+
+def test_gram_closed_form_gradient_zero_matrix_and_float32():
+    z = torch.zeros(2, 3, 4, requires_grad=True)
+    gram_iteration_bound_closed_form_grad(z, 4).sum().backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))
+    w = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    w1, w2 = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    gram_iteration_bound(w1, 6).backward()
+    gram_iteration_bound_closed_form_grad(w2, 6).backward()
+    assert torch.allclose(w2.grad, w1.grad, rtol=1e-4, atol=1e-6)
 
 
 @given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 2), st.sampled_from([1, 2]), st.integers(0, 999))

@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, InputError, UnsupportedModuleError
 from ..theory.lipschitz import product_bound, register_lipschitz_rule, residual_bound, sum_bound
-from ..theory.spectral import conv_size_independent_bound, fantastic_four_matrices, gram_iteration_bound
+from ..theory.spectral import (conv_size_independent_bound, fantastic_four_matrices, gram_iteration_bound,
+                               gram_iteration_bound_closed_form_grad)
 
 __all__ = ["LipConv2d", "batched_normalisation", "batched_effective_weights", "ResBlock", "MaxMin", "make_activation", "ACTIVATIONS", "conv_output_shape"]
 
@@ -259,49 +260,44 @@ def batched_effective_weights(layers: list[LipConv2d]) -> list[Tensor]:
             out[li] = layer._compute_effective_weight()
         else:
             mats[li] = [m.mH if m.shape[0] < m.shape[1] else m for m in (r[0] for r in fantastic_four_matrices(layer.weight))]
-    # Pass 1, without grad: the four bounds of every layer, to find each layer's minimising reshape
-    # and whether its cap is active. Pass 2, with grad: only the minimising reshape of the layers whose
-    # scale is below 1. The values are those of the one-pass computation (min of the four, the same
-    # batched Gram iteration) and so is the gradient: min() sends it to the argmin only, and
-    # clamp(·, max=1) sends none where the cap is inactive — without building the backward graph of
-    # the other three reshapes or of inactive layers (about 4x fewer Gram iterations differentiated).
-    with torch.no_grad():
-        norms = _bucketed_gram_bounds([(li, j, m.detach()) for li, ms in mats.items() for j, m in enumerate(ms)],
-                                      {li: layers[li].n_iter for li in mats})
-    # one host read for all layers (argmin and active flag), not one per layer
+    # One batched pass over every reshape of every layer, with grad through
+    # gram_iteration_bound_closed_form_grad: its forward is the plain Gram iteration (no backward graph
+    # of the squarings is built) and its backward is the closed-form Schatten-norm gradient, computed
+    # only for the items that receive one. The scale of a layer is clamp(target / (c * min_j B_j), max=1),
+    # whose gradient goes to the minimising reshape only (indexed below, read from the host once for all
+    # layers) and to nothing where the cap is inactive; so of the ~4 * layers Gram iterations in the
+    # forward, only one per active layer is differentiated.
+    norms = _bucketed_gram_bounds([(li, j, m) for li, ms in mats.items() for j, m in enumerate(ms)],
+                                  {li: layers[li].n_iter for li in mats}, gram_iteration_bound_closed_form_grad)
     order = list(mats)
     stats = []
     for li in order:
         layer = layers[li]
-        vals = torch.stack([norms[(li, j)] for j in range(len(mats[li]))])
+        vals = torch.stack([norms[(li, j)].detach() for j in range(len(mats[li]))])
         b = math.sqrt(layer.weight.shape[2] * layer.weight.shape[3]) * vals.min()
         target = layer.cap * (1.0 - layer.margin)
         stats.append(torch.stack([vals.argmin().to(vals.dtype), (target / b.to(layer.weight.dtype) < 1.0).to(vals.dtype)]))
-    active: list[tuple[int, int, Tensor]] = []
     for li, (j, on) in zip(order, torch.stack(stats).tolist() if stats else []):
-        w = layers[li].weight
-        if on:
-            active.append((li, int(j), mats[li][int(j)]))
-        else:  # cap inactive: the scale is clamp(., max=1) = 1 and passes the gradient of w unchanged
-            out[li] = w * torch.ones((), dtype=w.dtype, device=w.device)
-    grad_norms = _bucketed_gram_bounds(active, {li: layers[li].n_iter for li, _, _ in active})
-    for li, j, _ in active:
         layer = layers[li]
         w = layer.weight
-        b = math.sqrt(w.shape[2] * w.shape[3]) * grad_norms[(li, j)]
-        target = layer.cap * (1.0 - layer.margin)
-        out[li] = w * torch.clamp(target / b.to(w.dtype), max=1.0)
+        if on:
+            b = math.sqrt(w.shape[2] * w.shape[3]) * norms[(li, int(j))]
+            target = layer.cap * (1.0 - layer.margin)
+            out[li] = w * torch.clamp(target / b.to(w.dtype), max=1.0)
+        else:  # cap inactive: the scale is clamp(., max=1) = 1 and passes the gradient of w unchanged
+            out[li] = w * torch.ones((), dtype=w.dtype, device=w.device)
     return out  # type: ignore[return-value]
 
 
-def _bucketed_gram_bounds(items: list[tuple[int, int, Tensor]], n_iter: dict[int, int]) -> dict[tuple[int, int], Tensor]:
-    """Gram-iteration bounds of ``(layer, reshape, matrix)`` items, one batched call per matrix shape."""
+def _bucketed_gram_bounds(items: list[tuple[int, int, Tensor]], n_iter: dict[int, int],
+                          bound: Callable[[Tensor, int], Tensor] = gram_iteration_bound) -> dict[tuple[int, int], Tensor]:
+    """Gram-iteration bounds of ``(layer, reshape, matrix)`` items, one batched ``bound`` call per matrix shape."""
     buckets: dict[tuple, list[tuple[int, int, Tensor]]] = {}
     for li, j, m in items:
         buckets.setdefault((tuple(m.shape), m.dtype, m.device, n_iter[li]), []).append((li, j, m))
     res: dict[tuple[int, int], Tensor] = {}
     for key, group in buckets.items():
-        vals = gram_iteration_bound(torch.stack([m for _, _, m in group]), key[3])
+        vals = bound(torch.stack([m for _, _, m in group]), key[3])
         for (li, j, _), v in zip(group, vals.unbind(0)):
             res[(li, j)] = v
     return res
