@@ -54,12 +54,43 @@ def _train_process(config: Path, out: Path) -> subprocess.Popen:
     [{"nonsense": 1}, {"batch_size": -4}, {"steps": -1}, {"patch_size": 0}, {"lr": 0.0},
      {"model": {"lipschitz_budget": 0}}, {"model": {"lipschitz_budget": -2.0}}, {"model": {"foo": 1}},
      {"ema_decay": 1.5}, {"channels": 2}, {"lr_schedule": "linear"}, {"lr_final": -1e-6},
-     {"lr": 1e-3, "lr_final": 2e-3}, {"init": ""}, {"init": 3}],
+     {"lr": 1e-3, "lr_final": 2e-3}, {"init": ""}, {"init": 3}, {"low_noise_fraction": 1.5},
+     {"low_noise_fraction": -0.1}, {"low_noise_varsigma": 0.0}],
 )
 def test_config_errors_are_one_line(bad):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_dict(dict(TINY, **bad))
     assert "\n" not in str(err.value) and str(err.value)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.floats(0.0, 1.0), st.sampled_from([0.05, 0.2, 1.0]), st.integers(0, 999))
+def test_low_noise_draws(fraction, low, seed):
+    """The low-noise mixture changes only t: the noise and corruption are those of the uniform draw,
+    a redrawn t lies in [t_min, t(low)], about the asked fraction is redrawn, and log varsigma of the
+    redrawn ones is uniform (its mean is the interval's midpoint)."""
+    from injcert.model.objective import draw_training_batch
+    from injcert.model.schedule import CosineSchedule
+
+    sched = CosineSchedule(t_max=0.995)
+    x0 = torch.rand(1000, 1, 2, 2, generator=torch.Generator().manual_seed(seed))
+    base = draw_training_batch(x0, torch.Generator().manual_seed(seed), sched, t_min=1e-3)
+    mix = draw_training_batch(x0, torch.Generator().manual_seed(seed), sched, t_min=1e-3,
+                              low_noise_fraction=fraction, low_noise_varsigma=low)
+    for k in ("x0", "eps", "y", "m"):
+        assert torch.equal(base[k], mix[k])
+    assert mix["t"].dtype == torch.float64 and bool(((mix["t"] >= 1e-3) & (mix["t"] <= 0.995)).all())
+    changed = mix["t"] != base["t"]
+    n, p = changed.numel(), float(changed.double().mean())
+    assert abs(p - fraction) <= 5 * math.sqrt(fraction * (1 - fraction) / n) + 1e-9
+    if fraction == 0.0:
+        assert torch.equal(base["t"], mix["t"])
+    if int(changed.sum()) > 50:
+        lv = torch.log(sched.varsigma(mix["t"][changed]))
+        lo, hi = math.log(float(sched.varsigma(1e-3))), math.log(low)
+        assert float(lv.max()) <= hi + 1e-9 and float(lv.min()) >= lo - 1e-9
+        sd = (hi - lo) / math.sqrt(12 * int(changed.sum()))
+        assert abs(float(lv.mean()) - (lo + hi) / 2) <= 5 * sd
 
 
 def test_resume_is_bit_exact(tmp_path):

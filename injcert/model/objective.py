@@ -9,6 +9,8 @@ in classifier-free guidance, Ho & Salimans 2022).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -68,8 +70,16 @@ def draw_training_batch(
     schedule,
     p_uncond: float = 0.1,
     t_min: float = T_MIN,
+    low_noise_fraction: float = 0.0,
+    low_noise_varsigma: float = 0.2,
 ) -> dict[str, Tensor]:
     r"""Every random draw of one training batch, in a fixed order: $t$, $\varepsilon$, the corruption.
+
+    With ``low_noise_fraction`` $= f > 0$, each example's $t$ is then redrawn with probability $f$ so that
+    $\log\varsigma_t$ is uniform on $[\log\varsigma(t_{\min}), \log\varsigma_{\text{low}}]$ (two more draws,
+    after the corruption: the batch at $f = 0$ is unchanged). Uniform $t$ puts about 2 % of the examples at
+    $\varsigma \le 0.03$, where reconstruction and editing run their last steps; the mixture samples the
+    same objective with more weight there.
 
     The draws are those :func:`denoising_loss` makes (it is ``loss_on_batch(model,
     draw_training_batch(...))``), so a batch can be drawn ahead of time — in a ``DataLoader``
@@ -92,6 +102,18 @@ def draw_training_batch(
     t = (t_min + (t_max - t_min) * u).to(x0.device)
     eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32, device=gdev).to(x0.device, x0.dtype)
     y, m = corrupt_batch(x0, generator, p_uncond=p_uncond)
+    if not 0.0 <= low_noise_fraction <= 1.0:
+        raise ArgumentError(f"low_noise_fraction must lie in [0, 1], got {low_noise_fraction!r}")
+    if low_noise_fraction > 0:
+        lo = float(schedule.varsigma(max(t_min, 1e-6)))
+        if not lo < low_noise_varsigma < float(schedule.varsigma(t_max)):
+            raise ArgumentError(f"low_noise_varsigma must lie in (varsigma(t_min)={lo:.3g}, varsigma(t_max)), "
+                                f"got {low_noise_varsigma!r}")
+        pick = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev) < low_noise_fraction
+        v = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
+        vs = torch.exp(math.log(lo) + (math.log(low_noise_varsigma) - math.log(lo)) * v)
+        t_low = schedule.t_of_varsigma(vs).clamp(t_min, t_max)
+        t = torch.where(pick, t_low.to(torch.float64), t.to(gdev, torch.float64)).to(x0.device)
     return {"x0": x0, "t": t, "eps": eps, "y": y, "m": m}
 
 

@@ -138,6 +138,10 @@ class TrainConfig:
         log: JSON-lines log path (``None``: none).
         p_uncond: fraction of unconditional examples.
         t_min: smallest training time.
+        low_noise_fraction: fraction of each batch whose $t$ is drawn log-uniform in $\\varsigma$ on
+            $[\\varsigma(t_{\\min}), \\varsigma_{\\text{low}}]$ instead of uniform in $t$ (0: none; see
+            :func:`~injcert.model.objective.draw_training_batch`). Validation always draws uniform $t$.
+        low_noise_varsigma: $\\varsigma_{\\text{low}}$.
         grad_clip: gradient-norm clip (0: none).
         warmup_steps: learning-rate warm-up steps (0: none).
         images: training image names (``None``: all of ``TRAIN_IMAGES``).
@@ -163,6 +167,8 @@ class TrainConfig:
     log: Optional[str] = None
     p_uncond: float = 0.1
     t_min: float = T_MIN
+    low_noise_fraction: float = 0.0
+    low_noise_varsigma: float = 0.2
     grad_clip: float = 1.0
     warmup_steps: int = 50
     images: Optional[list] = None
@@ -216,6 +222,8 @@ class TrainConfig:
         number("p_uncond", 0.0, 1.0)
         number("grad_clip", 0.0, math.inf, hi_open=True)
         number("t_min", 0.0, 1.0, hi_open=True)
+        number("low_noise_fraction", 0.0, 1.0)
+        number("low_noise_varsigma", 0.0, math.inf, lo_open=True, hi_open=True)
         if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise ConfigError(f"training option channels must be 1 or 3, got {self.channels!r}")
         if self.log is not None and not isinstance(self.log, str):
@@ -360,11 +368,13 @@ class StepBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: Any, schedule: Any, seed: int, rank: int, global_batch: int,
-                 local_batch: int, p_uncond: float, t_min: float) -> None:
+                 local_batch: int, p_uncond: float, t_min: float, low_noise_fraction: float = 0.0,
+                 low_noise_varsigma: float = 0.2) -> None:
         self.dataset, self.schedule = dataset, schedule
         self.seed, self.rank = seed, rank
         self.global_batch, self.local_batch = global_batch, local_batch
         self.p_uncond, self.t_min = p_uncond, t_min
+        self.low_noise_fraction, self.low_noise_varsigma = low_noise_fraction, low_noise_varsigma
 
     def __len__(self) -> int:
         return _DATASET_LENGTH // max(1, self.global_batch)
@@ -373,7 +383,9 @@ class StepBatches(torch.utils.data.Dataset):
         x0 = _batch(self.dataset, step * self.global_batch + self.rank * self.local_batch, self.local_batch,
                     torch.device("cpu"))
         gen = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank))
-        return draw_training_batch(x0, gen, self.schedule, p_uncond=self.p_uncond, t_min=self.t_min)
+        return draw_training_batch(x0, gen, self.schedule, p_uncond=self.p_uncond, t_min=self.t_min,
+                                   low_noise_fraction=self.low_noise_fraction,
+                                   low_noise_varsigma=self.low_noise_varsigma)
 
 
 def _worker_init(_: int) -> None:
@@ -719,7 +731,7 @@ def _make_loader(config: TrainConfig, model: CondUNet, dist_info: _Dist, dev: to
     # per-step .item() stalls the launch queue. On the CPU there is nothing to overlap.
     sync_every = 1 if dev.type == "cpu" else 25
     steps_ds = StepBatches(dataset, model.schedule, config.seed, dist_info.rank, config.batch_size, local_b,
-                           config.p_uncond, config.t_min)
+                           config.p_uncond, config.t_min, config.low_noise_fraction, config.low_noise_varsigma)
     loader = torch.utils.data.DataLoader(
         steps_ds, batch_size=None, sampler=range(start, config.steps), num_workers=workers,
         pin_memory=dev.type == "cuda", worker_init_fn=_worker_init if workers else None,
