@@ -211,6 +211,37 @@ def test_reconstruction_start_options(net) -> None:
         reconstruct_full(net.float(), y, m, steps=2, sigma_start=-1.0)
 
 
+@given(st.integers(0, 99), st.sampled_from([0.0, 0.003, 0.05, 0.5]))
+def test_random_pixel_start_follows_the_estimates_cross_validated_error(seed, noise) -> None:
+    """Missing pixels near observed ones: the start level is the biharmonic estimate's error at hidden
+    observed pixels, within [missing_min, missing_near]; an exact estimate (a linear ramp, which
+    biharmonic nearly reproduces) starts below the tuned 0.02, a rough image at it; the measure is
+    seeded (deterministic); holes far from observed pixels keep their own level."""
+    from injcert.tasks.reconstruct import START_SIGMA, holdout_error, start_sigma
+
+    g = torch.Generator().manual_seed(seed)
+    ii, jj = torch.meshgrid(torch.linspace(-0.5, 0.5, 24, dtype=torch.float64),
+                            torch.linspace(-0.5, 0.5, 24, dtype=torch.float64), indexing="ij")
+    x = (ii + 0.5 * jj).expand(1, 3, 24, 24) + noise * torch.randn(1, 3, 24, 24, generator=g, dtype=torch.float64)
+    y, m = make_corruption("random")(x, seed)
+    err = holdout_error(y * m[:, :1], m, "inpaint_biharmonic", seed=seed)
+    assert err == holdout_error(y * m[:, :1], m, "inpaint_biharmonic", seed=seed)
+    s = start_sigma(m, err)
+    assert START_SIGMA["missing_min"] <= s <= START_SIGMA["missing_near"]
+    assert s == max(START_SIGMA["missing_min"], min(err, START_SIGMA["missing_near"]))
+    if noise == 0.0:  # a smooth image: biharmonic is accurate, the start is below the tuned 0.02
+        assert err < 0.01 and s < START_SIGMA["missing_near"]
+    if noise == 0.5:
+        assert err > 0.1 and s == START_SIGMA["missing_near"]
+    assert start_sigma(m, float("nan")) == start_sigma(m) == START_SIGMA["missing_near"]
+    # the reconstruction uses it (ZeroNet: the flow itself changes nothing)
+    r = reconstruct_full(ZeroNet(), y, m, steps=3, seed=seed)
+    assert abs(r.t_start - float(CosineSchedule().t_of_varsigma(s))) < 1e-12
+    # a box is not "near": its level does not depend on the error
+    _, mb = make_corruption("box")(torch.zeros(1, 3, 64, 64, dtype=torch.float64), seed)
+    assert start_sigma(mb, 1e-6) == start_sigma(mb) == START_SIGMA["missing_far"]
+
+
 def test_observation_start_refuses_other_corruptions(net) -> None:
     x = torch.rand(1, 3, 8, 8) * 2 - 1
     y, m = make_corruption("box")(x, 0)
