@@ -101,6 +101,18 @@ def tables(data: Dict[str, Any], meta: Dict[str, Any]) -> List[str]:
     return out
 
 
+#: The line below which ``docs/benchmarks/results.md`` holds hand-run measurements (restoration tables,
+#: profiles, training runs): regenerating the asv tables keeps them.
+KEEP_MARKER = "<!-- results_table.py replaces the asv tables above this line and keeps everything below it -->"
+
+
+def with_kept_sections(asv_text: str, old: str) -> str:
+    """``asv_text``, followed by the marker and whatever followed it in ``old`` (nothing if absent)."""
+    if KEEP_MARKER not in old:
+        return asv_text
+    return asv_text + "\n" + KEEP_MARKER + old.split(KEEP_MARKER, 1)[1]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=str(ROOT / ".asv" / "results"))
@@ -121,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out.write_text(with_kept_sections(text, out.read_text() if out.is_file() else ""))
     print(f"wrote {out}")
     return 0
 
