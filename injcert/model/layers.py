@@ -270,20 +270,20 @@ def batched_effective_weights(layers: list[LipConv2d]) -> list[Tensor]:
     norms = _bucketed_gram_bounds([(li, j, m) for li, ms in mats.items() for j, m in enumerate(ms)],
                                   {li: layers[li].n_iter for li in mats}, gram_iteration_bound_closed_form_grad)
     order = list(mats)
+    # per layer: sqrt(kh * kw) and the target cap * (1 - margin)
+    consts = {li: (math.sqrt(layers[li].weight.shape[2] * layers[li].weight.shape[3]),
+                   layers[li].cap * (1.0 - layers[li].margin)) for li in order}
     stats = []
     for li in order:
-        layer = layers[li]
+        c, target = consts[li]
         vals = torch.stack([norms[(li, j)].detach() for j in range(len(mats[li]))])
-        b = math.sqrt(layer.weight.shape[2] * layer.weight.shape[3]) * vals.min()
-        target = layer.cap * (1.0 - layer.margin)
-        stats.append(torch.stack([vals.argmin().to(vals.dtype), (target / b.to(layer.weight.dtype) < 1.0).to(vals.dtype)]))
+        b = c * vals.min()
+        stats.append(torch.stack([vals.argmin().to(vals.dtype), (target / b.to(layers[li].weight.dtype) < 1.0).to(vals.dtype)]))
     for li, (j, on) in zip(order, torch.stack(stats).tolist() if stats else []):
-        layer = layers[li]
-        w = layer.weight
+        w = layers[li].weight
         if on:
-            b = math.sqrt(w.shape[2] * w.shape[3]) * norms[(li, int(j))]
-            target = layer.cap * (1.0 - layer.margin)
-            out[li] = w * torch.clamp(target / b.to(w.dtype), max=1.0)
+            c, target = consts[li]
+            out[li] = w * torch.clamp(target / (c * norms[(li, int(j))]).to(w.dtype), max=1.0)
         else:  # cap inactive: the scale is clamp(., max=1) = 1 and passes the gradient of w unchanged
             out[li] = w * torch.ones((), dtype=w.dtype, device=w.device)
     return out  # type: ignore[return-value]

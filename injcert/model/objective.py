@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..data.corruptions import corrupt_batch
 from ..errors import ArgumentError
 
-__all__ = ["denoising_loss", "draw_training_batch", "loss_on_batch", "T_MIN"]
+__all__ = ["denoising_loss", "draw_training_batch", "loss_on_batch", "low_noise_range", "T_MIN"]
 
 #: Smallest training time (avoids $\sigma_t \to 0$, where ε is unidentifiable).
 T_MIN: float = 1e-3
@@ -99,22 +99,28 @@ def draw_training_batch(
     n = x0.shape[0]
     gdev = generator.device
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
-    t = (t_min + (t_max - t_min) * u).to(x0.device)
+    t = t_min + (t_max - t_min) * u
     eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32, device=gdev).to(x0.device, x0.dtype)
     y, m = corrupt_batch(x0, generator, p_uncond=p_uncond)
-    if not 0.0 <= low_noise_fraction <= 1.0:
-        raise ArgumentError(f"low_noise_fraction must lie in [0, 1], got {low_noise_fraction!r}")
+    lo = low_noise_range(schedule, t_min, low_noise_fraction, low_noise_varsigma)
     if low_noise_fraction > 0:
-        lo = float(schedule.varsigma(max(t_min, 1e-6)))
-        if not lo < low_noise_varsigma < float(schedule.varsigma(t_max)):
-            raise ArgumentError(f"low_noise_varsigma must lie in (varsigma(t_min)={lo:.3g}, varsigma(t_max)), "
-                                f"got {low_noise_varsigma!r}")
         pick = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev) < low_noise_fraction
         v = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
         vs = torch.exp(math.log(lo) + (math.log(low_noise_varsigma) - math.log(lo)) * v)
-        t_low = schedule.t_of_varsigma(vs).clamp(t_min, t_max)
-        t = torch.where(pick, t_low.to(torch.float64), t.to(gdev, torch.float64)).to(x0.device)
-    return {"x0": x0, "t": t, "eps": eps, "y": y, "m": m}
+        t = torch.where(pick, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
+    return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m}
+
+
+def low_noise_range(schedule, t_min: float, low_noise_fraction: float, low_noise_varsigma: float) -> float:
+    r"""Check the low-noise mixture of :func:`draw_training_batch` against ``schedule``; returns the
+    lower end $\varsigma(t_{\min})$ of its $\log\varsigma$ interval. One :class:`ArgumentError` line."""
+    if not 0.0 <= low_noise_fraction <= 1.0:
+        raise ArgumentError(f"low_noise_fraction must lie in [0, 1], got {low_noise_fraction!r}")
+    lo = float(schedule.varsigma(max(t_min, 1e-6)))
+    if low_noise_fraction > 0 and not lo < low_noise_varsigma < float(schedule.varsigma(schedule.t_max)):
+        raise ArgumentError(f"low_noise_varsigma must lie in (varsigma(t_min)={lo:.3g}, varsigma(t_max)), "
+                            f"got {low_noise_varsigma!r}")
+    return lo
 
 
 def loss_on_batch(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:

@@ -120,15 +120,6 @@ START_SIGMA = {"near": 3, "missing_near": 0.02, "missing_far": 0.1, "blur": 0.02
                "missing_min": 0.002}
 
 
-def _missing_near(m: Tensor) -> bool:
-    """Masks only, and every missing pixel within ``START_SIGMA["near"]`` pixels of an observed one."""
-    known = m[:, :1] == 1
-    missing = ~known & ~(m[:, 1:2] > 0.5) & ~(m[:, 2:3] > 0)
-    if not bool(missing.any()) or bool((m[:, 1:3] > 0).any()):
-        return False
-    return _distance_to_known(~missing) <= START_SIGMA["near"]
-
-
 def holdout_error(y: Tensor, m: Tensor, method: str = "auto", *, fraction: float = 0.1, seed: int = 0,
                   blur_sigma: float = 2.0) -> float:
     r"""Cross-validated RMS error of the classical estimate at missing pixels near observed ones.
@@ -146,7 +137,7 @@ def holdout_error(y: Tensor, m: Tensor, method: str = "auto", *, fraction: float
     if not bool(hide.any()):
         return float("nan")
     m2 = m.clone()
-    m2[:, :1] = torch.where(hide, torch.zeros_like(m2[:, :1]), m2[:, :1])
+    m2[:, :1].masked_fill_(hide, 0.0)
     _, est = classical_estimate(y * m2[:, :1], m2, method, blur_sigma=blur_sigma)
     diff = (est.to(torch.float64) - y.to(torch.float64))[hide.expand_as(y)]
     return float(diff.pow(2).mean().sqrt())
@@ -160,18 +151,24 @@ def start_sigma(m: Tensor, error: Optional[float] = None) -> float:
     error, :func:`holdout_error`) lowers the level to it, within ``[missing_min, missing_near]``: the
     flow then treats the estimate as an image noised at the level of its own error, so a 52 dB
     biharmonic fill of a 1024² image is not perturbed at 0.02 (34 dB)."""
+    return _level(_start_kind(m), error)
+
+
+def _start_kind(m: Tensor) -> str:
+    """The :data:`START_SIGMA` key of a map: ``missing_near``, ``missing_far``, ``blur`` or ``noise``."""
     known = m[:, :1] == 1
     blurred = m[:, 1:2] > 0.5
     noisy = m[:, 2:3] > 0
     missing = ~known & ~blurred & ~noisy
     if not bool(missing.any()):
-        return START_SIGMA["blur"] if bool(blurred.any()) else START_SIGMA["noise"]
-    near = _distance_to_known(~missing) <= START_SIGMA["near"]
-    if not near:
-        return START_SIGMA["missing_far"]
-    if error is not None and math.isfinite(error):
+        return "blur" if bool(blurred.any()) else "noise"
+    return "missing_near" if _distance_to_known(~missing) <= START_SIGMA["near"] else "missing_far"
+
+
+def _level(kind: str, error: Optional[float]) -> float:
+    if kind == "missing_near" and error is not None and math.isfinite(error):
         return min(START_SIGMA["missing_near"], max(START_SIGMA["missing_min"], float(error)))
-    return START_SIGMA["missing_near"]
+    return START_SIGMA[kind]
 
 
 @torch.no_grad()
@@ -273,10 +270,14 @@ def reconstruct_full(
         else:
             est_name, est = classical_estimate(y_obs, m, estimate, blur_sigma=blur_sigma)
             est = est.to(device=y.device, dtype=y.dtype)
-        err = None
-        if sigma_start is None and est_name in METHODS and _missing_near(m):
-            err = holdout_error(y_obs, m, est_name, seed=seed, blur_sigma=blur_sigma)
-        s_e = start_sigma(m, err) if sigma_start is None else float(sigma_start)
+        if sigma_start is None:
+            kind = _start_kind(m)
+            err = None
+            if kind == "missing_near" and masks_only and est_name in METHODS:
+                err = holdout_error(y_obs, m, est_name, seed=seed, blur_sigma=blur_sigma)
+            s_e = _level(kind, err)
+        else:
+            s_e = float(sigma_start)
         t_start = min(float(sched.t_of_varsigma(s_e)), float(sched.t_max))
         target = est
     if method != "reversible":

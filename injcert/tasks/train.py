@@ -68,7 +68,7 @@ from ..errors import CheckpointError, ConfigError, TrainingError
 from ..io import (atomic_write_bytes, check_finite_model, check_output_path, clean_orphan_temps, is_state_file,
                   load_checkpoint, load_state, notice, open_append, output_lock, probe_writable, read_json_file,
                   save_checkpoint, save_state, weights_fingerprint)
-from ..model.objective import T_MIN, draw_training_batch, loss_on_batch
+from ..model.objective import T_MIN, draw_training_batch, loss_on_batch, low_noise_range
 from ..model.layers import batched_normalisation
 from ..model.unet import DEFAULT_MODEL_CONFIG, CondUNet
 from ..threads import apply_threads
@@ -375,6 +375,8 @@ class StepBatches(torch.utils.data.Dataset):
         self.global_batch, self.local_batch = global_batch, local_batch
         self.p_uncond, self.t_min = p_uncond, t_min
         self.low_noise_fraction, self.low_noise_varsigma = low_noise_fraction, low_noise_varsigma
+        # here, in the training process: a bad value would otherwise surface inside a DataLoader worker
+        low_noise_range(schedule, t_min, low_noise_fraction, low_noise_varsigma)
 
     def __len__(self) -> int:
         return _DATASET_LENGTH // max(1, self.global_batch)

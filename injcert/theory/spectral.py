@@ -155,14 +155,18 @@ def gram_iteration_bound(mat: Tensor, n_iter: int = 6) -> Tensor:
     Raises:
         ValueError: if ``mat`` has fewer than 2 dimensions or ``n_iter < 0``.
     """
-    if mat.dim() < 2:
-        raise ArgumentError(f"gram_iteration_bound needs a (..., m, n) tensor, got shape {tuple(mat.shape)}")
-    if n_iter < 0:
-        raise ArgumentError(f"n_iter must be >= 0, got {n_iter!r}")
+    _check_gram_args(mat, n_iter)
     g = mat
     if g.shape[-2] < g.shape[-1]:
         g = g.mH  # same singular values, smaller Gram matrix
     return _gram_iterates(g, n_iter, keep=False)[0]
+
+
+def _check_gram_args(mat: Tensor, n_iter: int) -> None:
+    if mat.dim() < 2:
+        raise ArgumentError(f"gram_iteration_bound needs a (..., m, n) tensor, got shape {tuple(mat.shape)}")
+    if n_iter < 0:
+        raise ArgumentError(f"n_iter must be >= 0, got {n_iter!r}")
 
 
 def _gram_iterates(g: Tensor, n_iter: int, keep: bool) -> tuple[Tensor, list[Tensor]]:
@@ -203,20 +207,16 @@ class _GramBoundClosedFormGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_value: Tensor):  # type: ignore[override]
         mat, value, *iterates = ctx.saved_tensors
-        out = torch.zeros_like(mat)
+        shape = mat.shape
+        a = mat.reshape(-1, *shape[-2:])
+        its = [t.reshape(-1, *t.shape[-2:]) for t in iterates]
+        gv, val = grad_value.reshape(-1), value.reshape(-1)
         idx = None
-        if not grad_value.is_cuda and grad_value.dim() > 0:
+        if not grad_value.is_cuda:
             # only the items that receive a gradient (the batched normalisation stacks every reshape
             # of every layer and differentiates one per layer); a host read, free on the CPU
-            idx = torch.nonzero(grad_value.reshape(-1)).reshape(-1)
-            if idx.numel() == 0:
-                return out, None
-        a = mat.reshape(-1, *mat.shape[-2:]) if idx is not None else mat
-        its = [t.reshape(-1, *t.shape[-2:]) for t in iterates] if idx is not None else iterates
-        gv, val = grad_value, value
-        if idx is not None:
-            a, its = a[idx], [t[idx] for t in its]
-            gv, val = grad_value.reshape(-1)[idx], value.reshape(-1)[idx]
+            idx = torch.nonzero(gv).reshape(-1)
+            a, its, gv, val = a[idx], [t[idx] for t in its], gv[idx], val[idx]
         tiny = torch.finfo(a.dtype).tiny
         # P = G_1 G_2 ... G_T, a positive multiple of (A^T A)^(2^T - 1); renormalised as it grows
         prod = None
@@ -228,11 +228,9 @@ class _GramBoundClosedFormGrad(torch.autograd.Function):
         inner = (q * a).sum(dim=(-2, -1))
         coef = torch.where(inner > 0, gv * val / inner.clamp_min(tiny), torch.zeros_like(inner))
         g = q * coef[..., None, None]
-        if idx is None:
-            return g, None
-        flat = out.reshape(-1, *mat.shape[-2:])
-        flat[idx] = g
-        return flat.reshape(mat.shape), None
+        if idx is not None:
+            g = torch.zeros_like(mat).reshape(-1, *shape[-2:]).index_copy_(0, idx, g)
+        return g.reshape(shape), None
 
 
 def gram_iteration_bound_closed_form_grad(mat: Tensor, n_iter: int = 6) -> Tensor:
@@ -248,10 +246,7 @@ def gram_iteration_bound_closed_form_grad(mat: Tensor, n_iter: int = 6) -> Tenso
     incoming gradient is zero (on the CPU). Nothing certified depends on a gradient; it is tested
     against autograd's. Real matrices only (complex ones take :func:`gram_iteration_bound`).
     """
-    if mat.dim() < 2:
-        raise ArgumentError(f"gram_iteration_bound needs a (..., m, n) tensor, got shape {tuple(mat.shape)}")
-    if n_iter < 0:
-        raise ArgumentError(f"n_iter must be >= 0, got {n_iter!r}")
+    _check_gram_args(mat, n_iter)
     if mat.is_complex() or not (torch.is_grad_enabled() and mat.requires_grad):
         return gram_iteration_bound(mat, n_iter)
     g = mat.mH if mat.shape[-2] < mat.shape[-1] else mat
