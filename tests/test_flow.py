@@ -74,6 +74,24 @@ def test_fixed_point_inverse_meets_its_error_bound(q, n, seed):
     assert err <= res.error_bound + 1e-13
 
 
+@given(st.floats(0.05, 0.9), st.integers(1, 4), st.integers(0, 999), st.floats(0.0, 10.0))
+def test_fixed_point_inverse_from_any_start_meets_its_error_bound(q, n, seed, offset):
+    """The certified bound does not depend on the starting point ``x0`` (a decode's warm start):
+    from a start far from or near the solution, the returned iterate is within its bound, and
+    ``last_drift`` is the drift at an iterate of the run."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(5, 5, dtype=torch.float64, generator=g)
+    w = w / torch.linalg.matrix_norm(w, ord=2)
+    f = lambda x: torch.tanh(x @ w.T)  # noqa: E731  (Lipschitz 1)
+    x_true = torch.randn(n, 5, dtype=torch.float64, generator=g)
+    y = x_true + q * f(x_true)
+    x0 = x_true + offset * torch.randn(n, 5, dtype=torch.float64, generator=g)
+    res = fixed_point_inverse(f, y, h=q, lipschitz=1.0, tol=1e-9, max_iter=2000, x0=x0)
+    assert res.error_bound <= 1e-9
+    assert float((res.x - x_true).norm(dim=1).max()) <= res.error_bound + 1e-13
+    assert res.last_drift is not None and res.last_drift.shape == y.shape
+
+
 def test_fixed_point_inverse_raises():
     f = lambda x: torch.sin(x)  # noqa: E731
     y = torch.ones(2, 3, dtype=torch.float64)

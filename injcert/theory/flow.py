@@ -293,6 +293,9 @@ class FixedPointResult:
     x: Tensor
     error_bound: float
     iterations: int
+    #: the last evaluation of the drift, $f$ at ``x`` or at the iterate before it: a cheap
+    #: starting guess $y' - h'f$ for the next step of a decode (nothing certified rests on it).
+    last_drift: Tensor | None = None
 
 
 def _per_example_norm(v: Tensor) -> Tensor:
@@ -430,7 +433,7 @@ def fixed_point_inverse(
             err = float(bound_t.max()) if bound_t.numel() else 0.0
             best = min(best, err)
             if err <= tol:
-                return FixedPointResult(x, err, k)
+                return FixedPointResult(x, err, k, fx)
             # next iterate and its step bound
             x_new = y - h * fx
             delta = _per_example_norm(x_new.detach().to(torch.float64) - x.detach().to(torch.float64))
@@ -441,7 +444,7 @@ def fixed_point_inverse(
             err_new = float(new_step.max()) if new_step.numel() else 0.0
             best = min(best, err_new)
             if err_new <= tol:
-                return FixedPointResult(x_new, err_new, k)
+                return FixedPointResult(x_new, err_new, k, fx)
             if bool((delta == 0).all()):  # x_new == x: every later iterate and bound would repeat
                 raise NonConvergenceError(
                     f"fixed_point_inverse: tol={tol!r} is below the rounding floor of {x_new.dtype}: the iteration reached "
