@@ -2,8 +2,9 @@
 
     python benchmarks/edit_start_noise_sweep.py [CKPT] [--image coffee] [--size 64] [--out edit_grid.png] [--steps 30]
 
-The demo's edit (the box over the upper middle, ``recolor`` and ``remove``) for several
-``(noise_scale, strength)`` pairs; prints ``grain_ratio`` (Laplacian std inside / ring),
+The demo's edit (the box over the upper middle, ``recolor`` and ``remove``) with the encoded start
+(``start="encoded"``, the default) and, with ``start="noised"``, several ``(noise_scale, strength)``
+pairs; prints ``grain_ratio`` (Laplacian std inside / ring),
 ``colour_grain_ratio`` (the same on the chroma: coloured noise, which ``grain_ratio`` cannot tell
 from texture) and ``seam_energy`` next to the input's (choose on a training image, e.g. coffee), and writes one row of images per operation (input first) so
 the grain or blur can be seen, not only measured.
@@ -23,10 +24,13 @@ sys.path.insert(0, str(ROOT))
 import injcert  # noqa: E402
 from injcert.data.grid import square_image  # noqa: E402
 from injcert.data.images import save_image  # noqa: E402
-from injcert.metrics import colour_grain_ratio, grain_ratio, seam_energy  # noqa: E402
+from injcert.metrics import colour_grain_ratio, grain_ratio, region_psnr, seam_energy  # noqa: E402
 from injcert.tasks.edit import edit_full  # noqa: E402
 
-SETTINGS = [(0.0, 0.3), (0.0, 0.45), (0.0, 0.6), (0.1, 0.45), (0.1, 0.6), (0.25, 0.6), (0.5, 0.6)]
+#: ``(start, noise_scale, strength)``
+SETTINGS = [("encoded", 0.0, 0.3), ("encoded", 0.0, 0.6), ("noised", 0.0, 0.3), ("noised", 0.0, 0.45),
+            ("noised", 0.0, 0.6), ("noised", 0.1, 0.45), ("noised", 0.1, 0.6), ("noised", 0.25, 0.6),
+            ("noised", 0.5, 0.6)]
 
 
 def main() -> None:
@@ -44,16 +48,17 @@ def main() -> None:
     mask[..., size // 4: size // 2, size // 3: 2 * size // 3] = 1
     print(f"input: grain {grain_ratio(x, mask):.2f}, colour grain {colour_grain_ratio(x, mask):.2f}, "
           f"seam {seam_energy(x, mask):.4f}")
-    print("| op | noise_scale | strength | grain ratio | colour grain ratio | seam energy |\n|---|---|---|---|---|---|")
+    print("| op | start | noise_scale | strength | grain ratio | colour grain ratio | seam energy | PSNR vs target |\n"
+          "|---|---|---|---|---|---|---|---|")
     rows = []
     for op in ("recolor", "remove"):
         row = [x[0]]
-        for noise, strength in SETTINGS:
+        for start, noise, strength in SETTINGS:
             with torch.no_grad():
-                r = edit_full(model, x, mask, op, strength=strength, steps=args.steps, noise_scale=noise)
-            print(f"| {op} | {noise} | {strength} | {grain_ratio(r.image, mask):.2f} | "
-                  f"{colour_grain_ratio(r.image, mask):.2f} | {seam_energy(r.image, mask):.4f} |",
-                  flush=True)
+                r = edit_full(model, x, mask, op, strength=strength, steps=args.steps, noise_scale=noise, start=start)
+            print(f"| {op} | {start} | {noise} | {strength} | {grain_ratio(r.image, mask):.2f} | "
+                  f"{colour_grain_ratio(r.image, mask):.2f} | {seam_energy(r.image, mask):.4f} | "
+                  f"{float(region_psnr(r.image, r.target, mask)):.2f} |", flush=True)
             row.append(r.image[0])
         rows.append(torch.cat(row, dim=2))
     grid = torch.nn.functional.interpolate(torch.cat(rows, dim=1)[None], scale_factor=3, mode="nearest")[0]

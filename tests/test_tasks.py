@@ -103,20 +103,72 @@ def test_reconstruction_rejects_bad_shapes(net) -> None:
 
 @given(seed=st.integers(0, 1000), strength=st.floats(0.05, 1.0), steps=st.integers(1, 12),
        h=st.integers(6, 16), w=st.integers(6, 16), dtype=st.sampled_from([torch.float32, torch.float64]),
-       context=st.booleans())
-def test_edit_leaves_every_outside_pixel_identical(net, seed, strength, steps, h, w, dtype, context) -> None:
+       context=st.booleans(), start=st.sampled_from(["encoded", "noised"]))
+def test_edit_leaves_every_outside_pixel_identical(net, seed, strength, steps, h, w, dtype, context, start) -> None:
     g = torch.Generator().manual_seed(seed)
     x0 = torch.rand(1, 3, h, w, generator=g, dtype=dtype) * 2 - 1
     mask = torch.zeros(1, 1, h, w, dtype=dtype)
     mask[..., h // 4 : h // 2 + 1, w // 3 : w // 3 + 3] = 1
     target = torch.rand(1, 3, h, w, generator=g, dtype=dtype) * 2 - 1
     with torch.no_grad():
-        res = edit_full(net.to(dtype), x0, mask, target, strength, steps, seed=seed, context=context)
+        res = edit_full(net.to(dtype), x0, mask, target, strength, steps, seed=seed, context=context, start=start)
     outside = (mask == 0).expand_as(x0)
     assert torch.equal(res.image[outside], x0[outside])  # bit for bit
     assert res.outside_max_abs == 0.0
     assert not torch.equal(res.image, x0)  # the edit did something inside
-    assert res.nfe == 2 * steps + 2
+    # encode x0 and decode (steps + 1 evaluations each), plus the target's encode for the encoded start
+    assert res.nfe == (3 if start == "encoded" else 2) * (steps + 1)
+
+
+@given(seed=st.integers(0, 1000), strength=st.floats(0.05, 1.0), steps=st.integers(1, 8),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_encoded_start_edit_to_the_image_itself_is_the_identity(net, seed, strength, steps, dtype) -> None:
+    """With the encoded start, editing towards the image itself starts the inside from the image's
+    own hidden state, and the exact decode returns the image bit for bit; the guided decode stays
+    invertible (guided_encode recovers the start pair)."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(1, 3, 10, 12, generator=g, dtype=dtype) * 2 - 1
+    mask = torch.zeros(1, 1, 10, 12, dtype=dtype)
+    mask[..., 2:7, 3:9] = 1
+    with torch.no_grad():
+        res = edit_full(net.to(dtype), x0, mask, x0.clone(), strength, steps, seed=seed)
+        assert torch.equal(res.image, x0)
+        target = torch.rand(1, 3, 10, 12, generator=g, dtype=dtype) * 2 - 1
+        from injcert.tasks.guided import guided_decode
+        r = guided_decode(net.to(dtype), x0, mask, target, strength * float(net.schedule.t_max), steps,
+                          encode_target=True)
+        back = guided_encode(net.to(dtype), r)
+    assert torch.equal(back[0], r.start[0]) and torch.equal(back[1], r.start[1])
+
+
+def test_edit_start_options(net) -> None:
+    x0 = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    with pytest.raises(ValueError, match="unknown start"):
+        edit(net.float(), x0, mask, "remove", steps=2, start="sdedit")
+    with pytest.raises(ValueError, match="needs start='noised'"):
+        edit(net.float(), x0, mask, "remove", steps=2, noise_scale=0.5)
+    with torch.no_grad():
+        a = edit(net.float(), x0, mask, "remove", steps=2, start="noised", noise_scale=0.5)
+        b = edit(net.float(), x0, mask, "remove", steps=2)
+    assert not torch.equal(a, b)
+
+
+def test_recolor_target_fades_in_from_the_border() -> None:
+    from injcert.tasks.edit import RECOLOR_FEATHER, feather
+
+    mask = torch.zeros(1, 1, 24, 24)
+    mask[..., 4:20, 6:22] = 1
+    w = feather(mask, RECOLOR_FEATHER)
+    assert torch.equal(w[mask == 0], torch.zeros_like(w[mask == 0]))
+    assert float(w.min()) >= 0.0 and float(w.max()) == 1.0
+    assert float(w[0, 0, 4, 10]) == pytest.approx(1.0 / RECOLOR_FEATHER)  # the first row inside
+    assert float(w[0, 0, 12, 14]) == 1.0  # deep inside
+    x0 = torch.zeros(1, 3, 24, 24)
+    t = make_target(x0, mask, "recolor")
+    jump_edge = float((t[..., 4, 10] - t[..., 3, 10]).abs().max())
+    assert jump_edge < float((t[..., 12, 14] - x0[..., 12, 14]).abs().max()) / 2  # no hard edge
 
 
 @pytest.mark.parametrize("op", EDIT_OPERATIONS)

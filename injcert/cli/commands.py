@@ -465,7 +465,12 @@ def add_edit_arguments(p: argparse.ArgumentParser) -> None:
                         help="a named edit: remove (fill the region from its border colour), recolor (tint it "
                              "red), move (put the content 16 px to the left of the region into it)")
     p.add_argument("--strength", type=float, default=0.5, help="edit strength in (0, 1]")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise added to the target")
+    p.add_argument("--start", choices=("encoded", "noised"), default="encoded",
+                   help="the inside starts from the target's own hidden state (encoded, default: the target's "
+                        "detail is kept) or from the noised target (noised: SDEdit, regenerates the region)")
+    p.add_argument("--noise-scale", type=float, default=0.0, dest="noise_scale",
+                   help="with --start noised: the start noise, a fraction of the SDEdit start (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise added to the target (--start noised)")
     p.add_argument("--out", required=True, help="edited image (PNG)")
     p.add_argument("--figure", default=None, help="also write a PNG: image | mask | target | edited")
     _common(p, method=False)
@@ -490,7 +495,8 @@ def run_edit(args: argparse.Namespace) -> int:
         if target.shape != x.shape:
             raise InputError(f"target {tuple(target.shape)} and image {tuple(x.shape)} differ in shape")
     with torch.no_grad():
-        res = edit_full(model, x, mask, target, args.strength, args.steps, seed=args.seed, progress=not args.quiet)
+        res = edit_full(model, x, mask, target, args.strength, args.steps, seed=args.seed, progress=not args.quiet,
+                        start=args.start, noise_scale=args.noise_scale)
     _finite(res.image, "the edited image")
     info = {"image": args.image, "out": args.out, "outside_max_abs": res.outside_max_abs, "nfe": res.nfe,
             "seam_energy": float(seam_energy(res.image, mask)), "seam_energy_input": float(seam_energy(x, mask)),

@@ -322,9 +322,11 @@ def _edit_grid(sched: Any, steps: int, strength: float) -> Tuple[Tensor, float]:
 
 
 def naive_ddim_edit(model: nn.Module, x0: Tensor, mask: Tensor, target: Tensor, strength: float = 0.5,
-                    steps: int = 20, seed: int = 0, noise_scale: float = 0.0) -> Tuple[Tensor, int]:
-    """The baseline edit: DDIM-encode to $t_e$, replace the inside by the noised target (the same
-    noise as :func:`~injcert.tasks.edit.edit_full`), DDIM-decode, **no reset** outside.
+                    steps: int = 20, seed: int = 0, noise_scale: float = 0.0,
+                    start: str = "encoded") -> Tuple[Tensor, int]:
+    """The baseline edit: DDIM-encode to $t_e$, replace the inside by the target's DDIM encoding
+    (``start="encoded"``, as :func:`~injcert.tasks.edit.edit_full` by default) or by the noised
+    target (``start="noised"``, the same noise as ``edit_full``), DDIM-decode, **no reset** outside.
 
     Uses the same grid and the same context condition as ``edit_full``; returns ``(image, nfe)``.
     """
@@ -339,9 +341,14 @@ def naive_ddim_edit(model: nn.Module, x0: Tensor, mask: Tensor, target: Tensor, 
     with torch.no_grad():
         lat = solver.encode(field, x0, grid, cond)
         inside = m.bool().expand_as(x0)
-        start = torch.where(inside, (target.to(torch.float64) + s_e * eps).to(x0.dtype), lat.value())
-        out = solver.decode(field, start, grid, cond)
-    return out.value(), lat.nfe + out.nfe
+        if start == "encoded":
+            tenc = solver.encode(field, target.to(x0.dtype), grid, cond)
+            inner, extra = tenc.value(), tenc.nfe
+        else:
+            inner, extra = (target.to(torch.float64) + s_e * eps).to(x0.dtype), 0
+        begin = torch.where(inside, inner, lat.value())
+        out = solver.decode(field, begin, grid, cond)
+    return out.value(), lat.nfe + extra + out.nfe
 
 
 @dataclass

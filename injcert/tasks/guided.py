@@ -6,7 +6,9 @@ Given a reference image $x_{\text{ref}}$, a region $R$ (1 = free to change) and 
    $\varsigma_e = \varsigma(t_e)$, **storing** the two-state trajectory $(Y_n, \hat Y_n)$.
 2. Inside $R$, replace the hidden state at $\varsigma_e$ by the noised target
    $\bar x = x_{\text{target}} + \varsigma_e\,\varepsilon$ (seeded $\varepsilon$; the lattice holds
-   $x = \alpha_e\bar x$).
+   $x = \alpha_e\bar x$), or (``encode_target=True``) by the target's own hidden state: the
+   target encoded by the same flow from 0 to $\varsigma_e$ (both lattice states), so that a target
+   equal to $x_{\text{ref}}$ decodes back to $x_{\text{ref}}$ bit for bit.
 3. Decode back to $\varsigma = 0$ with the exact inverse steps; after every sub-update, reset the state
    **outside** $R$ to the stored trajectory. The network sees the whole image at every step, so the
    inside stays coherent with the outside across the border, and the outside pixels steer the
@@ -70,7 +72,8 @@ def _reset(region: Tensor, traj: List[Tuple[Tensor, Tensor]]):
 @torch.no_grad()
 def guided_decode(model: Any, x_ref: Tensor, region: Tensor, target: Tensor, t_e: float, steps: int,
                   cond: Optional[Tuple[Tensor, Tensor]] = None, *, seed: int = 0, frac_bits: int = DEFAULT_FRAC_BITS,
-                  progress: bool = False, noise: Optional[Tensor] = None, grid: str = "geometric") -> GuidedResult:
+                  progress: bool = False, noise: Optional[Tensor] = None, grid: str = "geometric",
+                  encode_target: bool = False) -> GuidedResult:
     """Run the guided flow (module docstring) and return the result with its inverse data.
 
     Arguments:
@@ -86,6 +89,9 @@ def guided_decode(model: Any, x_ref: Tensor, region: Tensor, target: Tensor, t_e
         progress: progress bars.
         noise: the standard normal $\\varepsilon$ to add inside (default: drawn from ``seed``).
         grid: the kind of $\\varsigma$ grid from $t_e$ to 0 (``"geometric"`` or ``"uniform"``).
+        encode_target: start the inside from the target's hidden state at $\\varsigma_e$ (the target
+            encoded with the same condition; ``noise`` and ``seed`` are then unused) instead of
+            the noised target.
 
     Raises:
         ValueError: shapes that do not fit, ``t_e`` outside $(0, t_{\\max}]$, ``steps < 1``.
@@ -104,18 +110,26 @@ def guided_decode(model: Any, x_ref: Tensor, region: Tensor, target: Tensor, t_e
     enc = integrate(solver, field, grid_, x_ref, cond, direction="encode", keep=kept, progress=progress)
     traj = [(st.x, st.aux) for st in kept]
     rem = enc.remainder
-    if noise is None:
-        gen = torch.Generator().manual_seed(int(seed))
-        noise = torch.randn(x_ref.shape, generator=gen, dtype=torch.float64)
-    eps = noise.to(device=x_ref.device, dtype=torch.float64)
-    tq = solver.lattice_noise(target.to(torch.float64) + s_e * eps, s_e)
-    start = (torch.where(inside, tq, traj[-1][0]), torch.where(inside, tq, traj[-1][1]))
+    if encode_target:
+        tenc = integrate(solver, field, grid_, target.to(x_ref.dtype), cond, direction="encode", progress=progress)
+        tq, tq_aux, inside_rem = tenc.x, tenc.aux, tenc.remainder
+    else:
+        inside_rem = None
+        if noise is None:
+            gen = torch.Generator().manual_seed(int(seed))
+            noise = torch.randn(x_ref.shape, generator=gen, dtype=torch.float64)
+        eps = noise.to(device=x_ref.device, dtype=torch.float64)
+        tq = tq_aux = solver.lattice_noise(target.to(torch.float64) + s_e * eps, s_e)
+    start = (torch.where(inside, tq, traj[-1][0]), torch.where(inside, tq_aux, traj[-1][1]))
     dec = integrate(solver, field, grid_, SolverState(x=start[0], aux=start[1], dtype=x_ref.dtype, frac_bits=frac_bits,
                                                      scale=solver.scale(s_e)),
                     cond, direction="decode", reset=_reset(inside, traj), progress=progress)
     yd, yhd = dec.x, dec.aux
     dt = x_ref.dtype
-    out64 = dequantize(yd, torch.float64, frac_bits) + torch.where(inside, torch.zeros_like(rem), rem)
+    # the input's remainder outside; inside, the target's when it was encoded (so that a target equal
+    # to x_ref comes back bit for bit), else none
+    out64 = dequantize(yd, torch.float64, frac_bits) + torch.where(
+        inside, torch.zeros_like(rem) if inside_rem is None else inside_rem, rem)
     return GuidedResult(image=out64.to(dt), start=start, final=(yd, yhd), trajectory=traj, grid=g,
                         region=inside, nfe=field.nfe, frac_bits=frac_bits, cond=cond)
 
