@@ -30,12 +30,13 @@ def _image(name: str, size: int) -> torch.Tensor:
 
 
 def _mean(res: dict) -> dict:
-    return {k: round(sum(v) / len(v), 2) for k, v in sorted(res.items())}
+    return {k: round(sum(v) / len(v), 3) for k, v in sorted(res.items())}
 
 
 def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT), *kinds: str) -> None:
     model = injcert.load_checkpoint(ckpt)
-    grid = {"box": [0.02, 0.05, 0.1, 0.2], "random": [0.02, 0.05, 0.1], "blur": [0.01, 0.02, 0.05, 0.1, 0.2]}
+    grid = {"box": [0.02, 0.05, 0.1, 0.2], "random": [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
+            "gaps": [0.001, 0.002, 0.005, 0.01, 0.02], "blur": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]}
     for kind, sigmas in grid.items():
         if kinds and kind not in kinds:
             continue
