@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -10,6 +12,7 @@ from torch import nn
 from injcert.data.corruptions import make_corruption
 from injcert.model.schedule import CosineSchedule
 from injcert.solvers import ReversibleHeun, quantize
+from injcert.tasks.classical import classical_estimate
 from injcert.tasks.edit import EDIT_OPERATIONS, edit, edit_full, make_target
 from injcert.tasks.invert import encode_state
 from injcert.tasks.guided import guided_encode
@@ -292,6 +295,34 @@ def test_random_pixel_start_follows_the_estimates_cross_validated_error(seed, no
     # a box is not "near": its level does not depend on the error
     _, mb = make_corruption("box")(torch.zeros(1, 3, 64, 64, dtype=torch.float64), seed)
     assert start_sigma(mb, 1e-6) == start_sigma(mb) == START_SIGMA["missing_far"]
+
+
+@given(st.integers(0, 99), st.sampled_from([0.0, 0.02, 0.5]))
+def test_blur_start_follows_the_estimates_bootstrap_error(seed, noise) -> None:
+    """A blurred region: the start level is the deblurring estimate's bootstrap error (blur the
+    estimate again, deblur it, RMS difference in the region), within [blur_min, blur]: a smooth image,
+    which Richardson-Lucy restores almost exactly, starts below the tuned 0.02, a rough one at it;
+    the reconstruction uses that level; a map without a blurred region has no bootstrap error."""
+    from injcert.tasks.reconstruct import START_SIGMA, blur_bootstrap_error, start_sigma
+
+    g = torch.Generator().manual_seed(seed)
+    ii, jj = torch.meshgrid(torch.linspace(-0.5, 0.5, 32, dtype=torch.float64),
+                            torch.linspace(-0.5, 0.5, 32, dtype=torch.float64), indexing="ij")
+    x = (0.3 * ii + 0.2 * jj).expand(1, 3, 32, 32) + noise * torch.randn(1, 3, 32, 32, generator=g, dtype=torch.float64)
+    x = x.clamp(-1, 1)
+    y, m = make_corruption("blur")(x, seed)
+    _, est = classical_estimate(y, m, "richardson_lucy_local")
+    err = blur_bootstrap_error(est, m)
+    assert err == blur_bootstrap_error(est, m) and err >= 0.0
+    s = start_sigma(m, err)
+    assert s == max(START_SIGMA["blur_min"], min(err, START_SIGMA["blur"]))
+    if noise == 0.0:
+        assert err < START_SIGMA["blur"] and s < START_SIGMA["blur"]
+    if noise == 0.5:
+        assert s == START_SIGMA["blur"]
+    r = reconstruct_full(ZeroNet(), y, m, steps=3, seed=seed)
+    assert abs(r.t_start - float(CosineSchedule().t_of_varsigma(s))) < 1e-12
+    assert math.isnan(blur_bootstrap_error(est, torch.zeros_like(m)))
 
 
 def test_observation_start_refuses_other_corruptions(net) -> None:
