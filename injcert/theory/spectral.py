@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
 
 from injcert.errors import ArgumentError, UnsupportedModuleError
 from injcert.theory.rounding import next_down
+from injcert.threads import threads
 
 __all__ = [
     "ROUNDING_SLACK",
@@ -679,33 +681,20 @@ def _max_block_norm(
     # The CPU's batched SVD of these small blocks gains nothing from a second thread and loses a
     # lot to waking it (3.1 s on 1 thread, 3.2 s on 2 spinning threads, 10.5 s on 2 passive
     # threads for the shipped model's 17 kernels): run the sweep on one thread.
-    one_thread = method == "svd" and w64.device.type == "cpu" and torch.get_num_threads() > 1
-    prev_threads = torch.get_num_threads()
-    if one_thread:
-        torch.set_num_threads(1)
-    try:
-        best = _sweep_block_norms(wc, grid, dilation, total, chunk, method, best)
-    finally:
-        if one_thread:
-            torch.set_num_threads(prev_threads)
+    one_thread = method == "svd" and w64.device.type == "cpu"
+    with threads(1) if one_thread else nullcontext():
+        for start in range(0, total, chunk):
+            blocks = _symbol_block_range(wc, grid, dilation, start, min(start + chunk, total))
+            if method == "svd":
+                s = torch.linalg.matrix_norm(blocks, ord=2)
+            else:
+                s = _gram_block_norms(blocks)
+            best = torch.maximum(best, s.max())  # propagates nan
+            del blocks, s
     val = float(best)
     if method == "gram":
         val *= 1.0 + gram_rounding_slack(o, i)
     return val
-
-
-def _sweep_block_norms(wc: Tensor, grid: tuple[int, int], dilation: tuple[int, int], total: int, chunk: int,
-                       method: str, best: Tensor) -> Tensor:
-    """The running maximum of the block norms over the frequencies ``0..total-1``, ``chunk`` at a time."""
-    for start in range(0, total, chunk):
-        blocks = _symbol_block_range(wc, grid, dilation, start, min(start + chunk, total))
-        if method == "svd":
-            s = torch.linalg.matrix_norm(blocks, ord=2)
-        else:
-            s = _gram_block_norms(blocks)
-        best = torch.maximum(best, s.max())  # propagates nan
-        del blocks, s
-    return best
 
 
 def _conv_bound(
