@@ -60,6 +60,7 @@ __all__ = [
     "corrupt_batch",
     "expand_map",
     "gaussian_blur",
+    "local_blur",
     "as_generator",
 ]
 
@@ -274,6 +275,13 @@ def gaussian_blur(x: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     z = F.conv2d(F.pad(z, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     z = F.conv2d(F.pad(z, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
     return z.reshape(n, c, h, w)
+
+
+def local_blur(x: Tensor, region: Tensor, sigma: float) -> Tensor:
+    r"""The operator of :class:`BlurRegion`: $A x = R \odot (k * x) + (1 - R) \odot x$ — the whole
+    image blurred by :func:`gaussian_blur` (so the region's edge mixes in outside pixels), kept
+    only inside the boolean ``region`` (broadcast against ``x``)."""
+    return torch.where(region, gaussian_blur(x, sigma), x)
 
 
 def _blur_matrix(size: int, sigma: float, radius: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -551,7 +559,7 @@ class BlurRegion(Corruption):
         sigma = self.sigma
 
         def operator(z: Tensor) -> Tensor:
-            return torch.where(region, gaussian_blur(z, sigma), z)
+            return local_blur(z, region, sigma)
 
         def variance(v: Tensor) -> Tensor:
             return torch.where(region, _blur_variance(v, sigma), v)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.corruptions import gaussian_blur
+from ..data.corruptions import local_blur
 from ..errors import ArgumentError
 
 __all__ = ["METHODS", "classical_estimate", "default_method", "gaussian_psf"]
@@ -92,7 +92,7 @@ def _richardson_lucy_local(yi: Tensor, mi: Tensor, blur_sigma: float = 2.0, num_
     reg = region[None].expand_as(y)
 
     def forward(z: Tensor) -> Tensor:
-        return torch.where(reg, gaussian_blur(z, blur_sigma), z)
+        return local_blur(z, reg, blur_sigma)
 
     _, adjoint = torch.func.vjp(forward, y)
     norm = adjoint(torch.ones_like(y))[0]

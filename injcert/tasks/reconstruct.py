@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from scipy.ndimage import distance_transform_cdt
 from torch import Tensor
 
-from ..data.corruptions import expand_map
+from ..data.corruptions import expand_map, local_blur
 from ..errors import ArgumentError
 from ..solvers import Grid, SolverState, integrate, probability_flow_field
 from .classical import METHODS, classical_estimate
@@ -162,10 +162,8 @@ def blur_bootstrap_error(estimate: Tensor, m: Tensor, method: str = "richardson_
     region = m[:, 1:2] > 0.5
     if not bool(region.any()):
         return float("nan")
-    from ..data.corruptions import gaussian_blur
-
     x = estimate.to(torch.float64)
-    y2 = torch.where(region.expand_as(x), gaussian_blur(x, float(blur_sigma)), x)
+    y2 = local_blur(x, region, float(blur_sigma))
     _, x2 = classical_estimate(y2.to(estimate.dtype), m, method, blur_sigma=blur_sigma)
     diff = (x2.to(torch.float64) - x)[region.expand_as(x)]
     return float(diff.pow(2).mean().sqrt())
