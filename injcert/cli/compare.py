@@ -51,7 +51,7 @@ from ..model.analytic import AnalyticMixtureScore, flow_map
 from ..model.unet import CondUNet
 from ..solvers import Dopri5, get_solver, make_grid, probability_flow_field
 from ..tasks.classical import classical_estimate
-from ..tasks.edit import edit_full, make_target
+from ..tasks.edit import EDIT_STARTS, edit_full, make_target
 from ..tasks.reconstruct import reconstruct_full
 from .commands import add_model_argument, add_quiet_argument
 
@@ -330,6 +330,8 @@ def naive_ddim_edit(model: nn.Module, x0: Tensor, mask: Tensor, target: Tensor, 
 
     Uses the same grid and the same context condition as ``edit_full``; returns ``(image, nfe)``.
     """
+    if start not in EDIT_STARTS:
+        raise ArgumentError(f"unknown start {start!r}; choices: {list(EDIT_STARTS)}")
     field = probability_flow_field(model)
     grid, s_e = _edit_grid(field.schedule, steps, strength)
     m = (mask > 0.5).to(x0.dtype)
