@@ -211,9 +211,12 @@ def edit_full(
         raise ArgumentError(f"unknown start {start!r}; choices: {list(EDIT_STARTS)}")
     if start == "encoded" and float(noise_scale) != 0.0:
         raise ArgumentError(f"noise_scale={noise_scale!r} needs start='noised' (the encoded start adds no noise)")
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+    noise = None  # the encoded start adds none
+    if start == "noised":
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+        noise = eps * float(noise_scale)
     res = guided_decode(model, x0, m, target, t_e, steps, cond, frac_bits=frac_bits, progress=progress,
-                        noise=eps * float(noise_scale), grid=grid, encode_target=start == "encoded")
+                        noise=noise, grid=grid, encode_target=start == "encoded")
     image = res.image
     inside = res.region
     outside_err = float((image - x0).abs().masked_fill(inside, 0).max()) if image.numel() else 0.0
