@@ -172,6 +172,12 @@ def test_recolor_target_fades_in_from_the_border() -> None:
     t = make_target(x0, mask, "recolor")
     jump_edge = float((t[..., 4, 10] - t[..., 3, 10]).abs().max())
     assert jump_edge < float((t[..., 12, 14] - x0[..., 12, 14]).abs().max()) / 2  # no hard edge
+    # above 128 px the ramp grows with the image: 8 px at 256², so the first row inside is at 1/8
+    big = torch.zeros(1, 1, 256, 256)
+    big[..., 64:192, 64:192] = 1
+    tb = make_target(torch.zeros(1, 3, 256, 256), big, "recolor")
+    full = tb[..., 128, 128]
+    assert torch.allclose(tb[..., 64, 128], full / (2 * RECOLOR_FEATHER), rtol=1e-5)
 
 
 @pytest.mark.parametrize("op", EDIT_OPERATIONS)

@@ -55,7 +55,10 @@ EDIT_OPERATIONS = ("remove", "recolor", "move")
 #: How the inside starts at $\varsigma_e$ (:func:`edit_full`'s ``start``).
 EDIT_STARTS = ("encoded", "noised")
 
-#: Width in pixels of the ramp over which a recolor target fades in from the mask's border.
+#: Width in pixels of the ramp over which a recolor target fades in from the mask's border, on
+#: images up to 128 px on the short side; it grows in proportion above (16 px at 512²): at 512² a
+#: 4-px ramp left a seam 1.33× the input's (the README's edit command), the ramp scaled with the
+#: image keeps it as it is at 128².
 RECOLOR_FEATHER = 4.0
 
 
@@ -86,8 +89,8 @@ def make_target(x0: Tensor, mask: Tensor, operation: str, *, offset: Sequence[in
         operation: ``"remove"`` (target = the region filled from its outside by
             :func:`skimage.restoration.inpaint_biharmonic`, a smooth continuation of the context that
             the flow then renders; a flat fill with the border's mean colour left a visible box), ``"recolor"`` (the region
-            tinted towards ``color``, the tint fading in over :data:`RECOLOR_FEATHER` pixels from the
-            mask's border: a tint with a hard edge is a seam the edit would reproduce), ``"move"`` (the
+            tinted towards ``color``, the tint fading in over :data:`RECOLOR_FEATHER` pixels (scaled
+            with the image above 128²) from the mask's border: a tint with a hard edge is a seam the edit would reproduce), ``"move"`` (the
             image shifted by ``offset`` = (dy, dx): the mask marks the destination).
 
     Raises:
@@ -99,7 +102,8 @@ def make_target(x0: Tensor, mask: Tensor, operation: str, *, offset: Sequence[in
         c = torch.tensor(list(color)[: x0.shape[1]] + [0.0] * max(0, x0.shape[1] - len(color)),
                          dtype=x0.dtype, device=x0.device).view(1, -1, 1, 1)
         lum = x0.mean(dim=1, keepdim=True)
-        w = feather(mask, RECOLOR_FEATHER).to(device=x0.device, dtype=x0.dtype)
+        width = RECOLOR_FEATHER * max(1.0, min(x0.shape[-2:]) / 128.0)
+        w = feather(mask, width).to(device=x0.device, dtype=x0.dtype)
         return (0.5 * lum + 0.5 * c).clamp(-1, 1).expand_as(x0) * w + x0 * (1 - w)
     if operation == "move":
         dy, dx = int(offset[0]), int(offset[1])
