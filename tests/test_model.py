@@ -238,9 +238,11 @@ ADAPTIVE = dict(lipschitz_budget=60.0, lipschitz_kappa=3.0, skip_max=0.5, data_v
 DENOISER = dict(lipschitz_budget=60.0, lipschitz_kappa=3.0, skip_max=0.0, data_variance=None,
                 parameterization="denoiser", alpha_max=0.5, alpha_init=0.4)
 DENOISER_WIENER = dict(DENOISER, data_variance=0.25, lipschitz_kappa=3.5, skip_max=0.2)
+DENOISER_BANDS = dict(DENOISER, skip_max=0.2, spectral_bands={"orders": [1, 3], "variances": [0.01, 0.3, 5.0]})
+KINDS = {"eps": ADAPTIVE, "denoiser": DENOISER, "denoiser+wiener": DENOISER_WIENER, "denoiser+bands": DENOISER_BANDS}
 
 
-@pytest.mark.parametrize("kw", [ADAPTIVE, DENOISER, DENOISER_WIENER], ids=["eps", "denoiser", "denoiser+wiener"])
+@pytest.mark.parametrize("kw", list(KINDS.values()), ids=list(KINDS))
 def test_adaptive_budget_is_non_increasing_and_follows_kappa_over_sigma(kw):
     model = tiny_unet(**kw)
     ts = [0.0, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.3, 0.6, 0.9, model.schedule.t_max]
@@ -259,12 +261,12 @@ def test_adaptive_budget_is_non_increasing_and_follows_kappa_over_sigma(kw):
 
 
 @given(seed=st.integers(0, 10**6), t=st.floats(1e-4, 0.99), h=st.integers(3, 6), w=st.integers(3, 6),
-       scale=st.floats(0.5, 4.0), kind=st.sampled_from(["eps", "denoiser", "denoiser+wiener"]))
-@settings(max_examples=10)  # slow: three dense Jacobians of a U-Net per example (~3 s an example)
+       scale=st.floats(0.5, 4.0), kind=st.sampled_from(sorted(KINDS)))
+@settings(max_examples=12)  # slow: three dense Jacobians of a U-Net per example (~3 s an example)
 def test_adaptive_bound_is_sound_against_the_dense_jacobian(seed, t, h, w, scale, kind):
     """L(t) bounds the spectral norm of the dense Jacobian at every t' >= t (float64, trained-like weights),
     and the part without the exact linear term (the log-norm's l(t)) bounds J - s(t) I."""
-    kw = {"eps": ADAPTIVE, "denoiser": DENOISER, "denoiser+wiener": DENOISER_WIENER}[kind]
+    kw = KINDS[kind]
     model = tiny_unet(seed, **kw)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -283,12 +285,15 @@ def test_adaptive_bound_is_sound_against_the_dense_jacobian(seed, t, h, w, scale
         jac = dense_jacobian(lambda v: model(v, tt64, y, m), x)
         norm = float(torch.linalg.matrix_norm(jac, ord=2))
         assert norm <= bound * (1 + 1e-9), (tt, norm, bound)
-        # exact linear part of eps in x: c(t) (Gaussian skip) or w(t) (denoiser)
-        if model.parameterization == "denoiser":
-            lin = float(model._denoiser_coefficients(tt64)[0])
+        # exact linear part of eps in x: c(t) (Gaussian skip), w(t) (denoiser) or w(I - alpha K_t) (bands)
+        if model.bands is not None:
+            wt, at = model._denoiser_coefficients(tt64)
+            lin = dense_jacobian(lambda v: wt * (v - at * model.band_skip(v, tt64)), x)
+        elif model.parameterization == "denoiser":
+            lin = float(model._denoiser_coefficients(tt64)[0]) * torch.eye(x.numel(), dtype=jac.dtype)
         else:
-            lin = float(model.gaussian_skip(tt64))
-        rest_norm = float(torch.linalg.matrix_norm(jac - lin * torch.eye(x.numel(), dtype=jac.dtype), ord=2))
+            lin = float(model.gaussian_skip(tt64)) * torch.eye(x.numel(), dtype=jac.dtype)
+        rest_norm = float(torch.linalg.matrix_norm(jac - lin, ord=2))
         assert rest_norm <= rest * (1 + 1e-9), (tt, rest_norm, rest)
 
 

@@ -51,8 +51,14 @@ def lognorm(model: Any, schedule: Any, s_max: float) -> Optional[dict[str, Any]]
         lo, hi = lognorm_exponents(prof, integral, schedule, s_max)
     except (UnsupportedModuleError, ValueError):
         return None
-    what = ("w(t) x of the denoiser parameterisation" if getattr(model, "parameterization", "eps") == "denoiser"
-            else f"the Gaussian-data skip (v = {getattr(model, 'data_variance', None)})")
+    bands = getattr(model, "bands", None)
+    if bands is not None:
+        what = (f"w(t)(I - alpha K_t) with the spectral band skip (orders {bands['orders']}, "
+                f"variances {min(bands['variances']):.4g}..{max(bands['variances']):.4g})")
+    elif getattr(model, "parameterization", "eps") == "denoiser":
+        what = "w(t) x of the denoiser parameterisation"
+    else:
+        what = f"the Gaussian-data skip (v = {getattr(model, 'data_variance', None)})"
     return {"Lambda_minus": lo, "Lambda_plus": hi, "lower_text": fmt_exp(lo), "upper_text": fmt_exp(hi),
             "linear_part": what,
             "formula": "Lambda+- = int s(varsigma) d varsigma +- int alpha l(t) d varsigma (logarithmic norm)"}

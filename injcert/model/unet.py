@@ -49,6 +49,7 @@ from ..data.corruptions import expand_map
 from ..errors import ConfigError, InputError
 from ..io import register_model
 from ..theory.lipschitz import concat_bound, lipschitz_bound, product_bound, register_lipschitz_rule, sum_bound
+from .bands import check_bands, lowpass
 from .layers import ACTIVATIONS, LipConv2d, ResBlock, make_activation
 from .schedule import VPSchedule, get_schedule
 
@@ -72,6 +73,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "data_variance": None,
     "lipschitz_kappa": None,
     "parameterization": "eps",
+    "spectral_bands": None,
 }
 
 PARAMETERIZATIONS = ("eps", "denoiser")
@@ -243,11 +245,16 @@ class CondUNet(nn.Module):
         data_variance: Optional[float] = None,
         lipschitz_kappa: Optional[float] = None,
         parameterization: str = "eps",
+        spectral_bands: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         in_channels, base_channels, blocks_per_level, emb_dim, mults = _check_options(
             in_channels, base_channels, channel_mults, blocks_per_level, lipschitz_budget, activation, alpha_max,
             modulation, skip_max, alpha_init, emb_dim, data_variance, lipschitz_kappa, parameterization)
+        self.bands = check_bands(spectral_bands)
+        if self.bands is not None and (parameterization != "denoiser" or data_variance is not None):
+            raise ConfigError("spectral_bands needs parameterization 'denoiser' and replaces data_variance "
+                              "(set data_variance to null)")
         self.schedule: VPSchedule = get_schedule(schedule)
         self.data_variance = None if data_variance is None else float(data_variance)
         self.gaussian_skip_max = 0.0 if data_variance is None else gaussian_skip_sup(float(data_variance))
@@ -267,6 +274,7 @@ class CondUNet(nn.Module):
             "data_variance": self.data_variance,
             "lipschitz_kappa": None if lipschitz_kappa is None else float(lipschitz_kappa),
             "parameterization": parameterization,
+            "spectral_bands": None if self.bands is None else {k: list(v) for k, v in self.bands.items()},
         }
         self.parameterization = parameterization
         self.wiener_max = 0.0 if data_variance is None else wiener_skip_sup(float(data_variance))
@@ -282,6 +290,11 @@ class CondUNet(nn.Module):
                     skip_max, lipschitz_budget)
         self._init_budget(parameterization, skip_max, lipschitz_budget)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
+        if self.bands is not None:  # the band skip reads x within its largest binomial radius
+            self.receptive_field_radius = max(self.receptive_field_radius, max(self.bands["orders"]))
+        # float32 rounding of the band skip's coefficients d_0, d_j - d_{j-1} and kernels (proofs/05 item 10)
+        self.band_charge = 0.0 if self.bands is None else \
+            4e-6 * math.fsum(wiener_skip_sup(v) for v in self.bands["variances"])
 
     def _build(self, chans: Sequence[int], emb_dim: int, activation: str, cap: Optional[float], alpha_max: float,
                modulation: float, alpha_init: float, blocks_per_level: int, skip_max: float,
@@ -464,6 +477,8 @@ class CondUNet(nn.Module):
         d = deep
         if self.data_variance is not None:
             d = d + self.wiener_skip(t).to(x.dtype)[:, None, None, None] * x
+        if self.bands is not None:
+            d = d + self.band_skip(x, t)
         if self.skip_max > 0:
             b = self.skip_max * torch.tanh(self.skip_head(emb)).to(x.dtype)
             d = d + b[:, :, None, None] * x
@@ -478,6 +493,23 @@ class CondUNet(nn.Module):
         a = self.schedule.alpha(t64)
         s = self.schedule.sigma(t64)
         return a * float(self.data_variance) / (a * a * float(self.data_variance) + s * s)
+
+    def band_slopes(self, t: Tensor) -> Tensor:
+        r"""$d_j(t) = \alpha_t P_j/(\alpha_t^2 P_j + \sigma_t^2)$ per band (float64, ``N×(J+1)``): the Wiener
+        slope of each band of ``spectral_bands`` (``injcert.model.bands``)."""
+        t64 = t.detach().to(torch.float64).reshape(-1, 1)
+        a, s = self.schedule.alpha(t64), self.schedule.sigma(t64)
+        p = torch.tensor(self.bands["variances"], dtype=torch.float64, device=t64.device).view(1, -1)
+        return a * p / (a * a * p + s * s)
+
+    def band_skip(self, x: Tensor, t: Tensor) -> Tensor:
+        r"""$K_t x = \sum_j d_j(t) B_j x = d_0 x + \sum_{j \ge 1}(d_j - d_{j-1}) G_{a_j} x$: the stationary
+        Gaussian-data denoiser, band by band (``injcert.model.bands``; zero-padded, so local)."""
+        d = self.band_slopes(t).to(x.dtype)
+        out = d[:, :1, None, None] * x
+        for j, a in enumerate(self.bands["orders"], start=1):
+            out = out + (d[:, j] - d[:, j - 1])[:, None, None, None] * lowpass(x, a)
+        return out
 
     def _weights_key(self) -> tuple:
         return tuple((p.data_ptr(), p._version) for p in list(self.parameters()) + list(self.buffers()))
@@ -640,7 +672,10 @@ class CondUNet(nn.Module):
         w, a = (float(v) for v in self._denoiser_coefficients(tt))
         w_up, wa_up = w * (1.0 + 1e-6), w * a * (1.0 + 1e-6) * (1.0 + 1e-6)
         deep_part = product_bound(deep, abs(float(self.gain.detach().to(torch.float64))))
-        lip_d = sum_bound(deep_part, self.wiener_max, self._skip_charge())
+        # with spectral_bands, K_t is part of the exact linear part w(I - alpha K_t), whose norm is <= w
+        # (its eigenvalues are convex combinations of w sigma^2/(alpha^2 P_j + sigma^2) in [0, w]); only
+        # its rounding is charged to D
+        lip_d = sum_bound(deep_part, self.wiener_max, self._skip_charge(), self.band_charge)
         if not nonlinear:
             return sum_bound(w_up, product_bound(wa_up, lip_d))
         # the exact linear part is w(t) x (linear_part_integral); w's float32 rounding costs 1e-6 w
@@ -659,6 +694,8 @@ class CondUNet(nn.Module):
             ValueError: the model has no exact linear part (ε-parameterisation without ``data_variance``).
         """
         lo_r, hi_r = 1.0 - 2.0**-40, 1.0 + 2.0**-40
+        if self.bands is not None:
+            return self._band_linear_integral(s0, s1, lo_r, hi_r)
         if self.parameterization == "denoiser":
             s_c = self.sigma_cap / math.sqrt(1.0 - self.sigma_cap**2)  # varsigma where sigma = sigma_c
             total_lo = total_hi = 0.0
@@ -676,6 +713,25 @@ class CondUNet(nn.Module):
         v = float(self.data_variance)
         val = 0.5 * (math.log1p(s1 * s1 / v) - math.log1p(s0 * s0 / v))
         return val * lo_r, val * hi_r
+
+    def _band_linear_integral(self, s0: float, s1: float, lo_r: float, hi_r: float) -> tuple[float, float]:
+        r"""The enclosure of :meth:`linear_part_integral` with ``spectral_bands``: the exact linear part
+        $w(I - \alpha K_t)$ has eigenvalues in $[\min_j c_j, \max_j c_j]$, $c_j = w\sigma^2/(\alpha^2P_j+\sigma^2)$,
+        and $\alpha c_j$ is $\varsigma/(P_j + \varsigma^2)$ where $\sigma \ge \sigma_c$ (decreasing in $P_j$:
+        $\int$ is $\tfrac12\log\frac{P + \varsigma_1^2}{P + \varsigma_0^2}$ at $P_{\min}$ for the upper end, at
+        $P_{\max}$ for the lower) and in $[0, \alpha/\sigma_c]$ below (upper end $(\operatorname{asinh}\varsigma_1 -
+        \operatorname{asinh}\varsigma_0)/\sigma_c$, lower end 0)."""
+        s_c = self.sigma_cap / math.sqrt(1.0 - self.sigma_cap**2)
+        p_min, p_max = min(self.bands["variances"]), max(self.bands["variances"])
+        lo = hi = 0.0
+        a, b = min(s0, s_c), min(s1, s_c)
+        if b > a:
+            hi += (math.asinh(b) - math.asinh(a)) / self.sigma_cap * hi_r
+        a, b = max(s0, s_c), max(s1, s_c)
+        if b > a:
+            hi += 0.5 * (math.log1p(b * b / p_min) - math.log1p(a * a / p_min)) * hi_r
+            lo += 0.5 * (math.log1p(b * b / p_max) - math.log1p(a * a / p_max)) * lo_r
+        return lo, hi
 
     def _structural_bound(self) -> float:
         """$S$: the composition with every conv charged its cap and every $|\\alpha|$ its max."""

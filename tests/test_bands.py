@@ -1,0 +1,168 @@
+"""The spectral Gaussian-data skip (``injcert.model.bands``, proofs/05 item 10): partition of unity,
+the eigenvalue enclosure its certificate uses, the log-norm integral, the fit and the options."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from injcert.errors import ConfigError
+from injcert.model import CondUNet
+from injcert.model.bands import band_symbols, binomial_kernel, check_bands, fit_band_variances, lowpass
+from tests.helpers import dense_jacobian, tiny_unet
+
+BANDS = {"orders": [1, 3], "variances": [0.01, 0.3, 5.0]}
+KW = dict(lipschitz_budget=60.0, lipschitz_kappa=3.0, skip_max=0.0, data_variance=None, parameterization="denoiser",
+          alpha_max=0.5, alpha_init=0.4, spectral_bands=BANDS)
+
+
+@given(orders=st.lists(st.integers(1, 40), min_size=1, max_size=5, unique=True).map(sorted),
+       wy=st.floats(-math.pi, math.pi), wx=st.floats(-math.pi, math.pi))
+def test_band_symbols_are_a_partition_of_unity(orders, wy, wx):
+    """Every band's symbol is >= 0 and they sum to 1 at every frequency (the convexity the
+    certificate rests on)."""
+    sym = band_symbols(orders, torch.tensor([wy]), torch.tensor([wx]))
+    assert bool((sym >= -1e-15).all())
+    assert math.isclose(float(sym.sum()), 1.0, rel_tol=0, abs_tol=1e-12)
+
+
+@given(order=st.integers(1, 30), n=st.integers(5, 40), w=st.floats(-math.pi, math.pi))
+def test_lowpass_has_the_binomial_symbol(order, n, w):
+    """The 1-D kernel sums to 1 and its DTFT is cos^(2a)(w/2); on a periodic signal far from the
+    border the blur multiplies a cosine by that symbol."""
+    k = binomial_kernel(order)
+    assert math.isclose(float(k.sum()), 1.0, rel_tol=1e-14)
+    taps = torch.arange(-order, order + 1, dtype=torch.float64)
+    assert math.isclose(float((k * torch.cos(w * taps)).sum()), math.cos(w / 2) ** (2 * order), abs_tol=1e-12)
+    size = 2 * order + n
+    x = torch.cos(w * torch.arange(size, dtype=torch.float64)).view(1, 1, 1, -1).expand(1, 1, 2 * order + 1, size)
+    out = lowpass(x.contiguous(), order)[0, 0, order, order:size - order]
+    expect = math.cos(w / 2) ** (2 * order) * x[0, 0, 0, order:size - order]
+    assert torch.allclose(out, expect, atol=1e-10)
+
+
+@given(seed=st.integers(0, 10**6), t=st.floats(1e-3, 0.99), h=st.integers(2, 9), w=st.integers(2, 9),
+       var=st.lists(st.floats(1e-3, 50.0), min_size=3, max_size=3))
+@settings(max_examples=25, deadline=None)
+def test_band_linear_part_eigenvalues_lie_in_the_certified_range(seed, t, h, w, var):
+    """The dense Jacobian of x -> w(x - alpha K_t x) (zero-padded, any size) is symmetric and its
+    eigenvalues lie in [min_j c_j, max_j c_j], c_j = w sigma^2/(alpha^2 P_j + sigma^2) (proofs/05 item 10)."""
+    model = tiny_unet(seed, **dict(KW, spectral_bands={"orders": [1, 3], "variances": var})).double()
+    tt = torch.tensor([t], dtype=torch.float64)
+    wt, at = model._denoiser_coefficients(tt)
+    x = torch.zeros(1, 3, h, w, dtype=torch.float64)
+    jac = dense_jacobian(lambda v: wt * (v - at * model.band_skip(v, tt)), x)
+    assert torch.allclose(jac, jac.T, atol=1e-12)
+    ev = torch.linalg.eigvalsh(jac)
+    s = model.schedule.sigma(tt)
+    c = wt * s * s / (at * at * torch.tensor(var, dtype=torch.float64) + s * s)
+    assert float(ev.min()) >= float(c.min()) * (1 - 1e-9) - 1e-12
+    assert float(ev.max()) <= float(c.max()) * (1 + 1e-9) + 1e-12
+    assert float(c.max()) <= float(wt) * (1 + 1e-12)  # the part of L(t) the bound charges
+
+
+@given(seed=st.integers(0, 100), s0=st.floats(0.0, 50.0), span=st.floats(1e-3, 100.0))
+@settings(max_examples=30, deadline=None)
+def test_band_linear_integral_encloses_the_eigenvalue_range(seed, s0, span):
+    """linear_part_integral's (lo, hi) enclose the integrals of min_j and max_j of alpha c_j(varsigma),
+    computed by dense quadrature (capped and uncapped regimes)."""
+    model = tiny_unet(seed, **KW)
+    s1 = s0 + span
+    lo, hi = model.linear_part_integral(s0, s1)
+    grid = torch.linspace(s0, s1, 20001, dtype=torch.float64)
+    a = 1 / torch.sqrt(1 + grid * grid)
+    sig = grid * a
+    wv = 1 / torch.clamp(sig, min=model.sigma_cap)
+    p = torch.tensor(KW["spectral_bands"]["variances"], dtype=torch.float64).view(1, -1)
+    ac = (a * wv).view(-1, 1) * (sig * sig).view(-1, 1) / ((a * a).view(-1, 1) * p + (sig * sig).view(-1, 1))
+    lo_true = float(torch.trapezoid(ac.min(dim=1).values, grid))
+    hi_true = float(torch.trapezoid(ac.max(dim=1).values, grid))
+    slack = 1e-6 * (1 + abs(hi_true))
+    assert lo <= lo_true + slack and hi_true <= hi + slack
+    assert lo <= hi
+
+
+def test_band_model_bound_is_tighter_than_charging_the_skip_to_the_denoiser():
+    """The band skip sits in the exact linear part: L(t) <= w(1 + alpha gain Lip F) + rounding, below
+    the bound that charges a Wiener skip of sup 1 to the denoiser, while being at least w."""
+    bands = tiny_unet(0, **KW)
+    wiener = tiny_unet(0, **dict(KW, spectral_bands=None, data_variance=0.25, lipschitz_kappa=4.0))
+    assert float(bands.gain) == pytest.approx(float(wiener.gain), rel=1e-5)
+    for t in (0.01, 0.2, 0.6, 0.95):
+        w = float(bands._denoiser_coefficients(torch.tensor(t, dtype=torch.float64))[0])
+        assert w <= bands.certified_lipschitz_at(t) < wiener.certified_lipschitz_at(t)
+
+
+def test_band_options_are_validated_and_round_trip():
+    model = tiny_unet(0, **KW)
+    again = CondUNet.from_config(model.config)
+    assert again.config == model.config and again.bands == BANDS
+    assert check_bands(None) is None
+    for bad in ({"orders": [3, 1], "variances": [1, 1, 1]}, {"orders": [1], "variances": [1.0]},
+                {"orders": [1], "variances": [1.0, -1.0]}, {"orders": [0], "variances": [1, 1]},
+                {"orders": [1], "variances": [1, float("nan")]}, [1, 2], {"orders": [1]}):
+        with pytest.raises(ConfigError, match="spectral_bands"):
+            tiny_unet(0, **dict(KW, spectral_bands=bad))
+    with pytest.raises(ConfigError, match="spectral_bands needs"):
+        tiny_unet(0, **dict(KW, data_variance=0.25))
+    with pytest.raises(ConfigError, match="spectral_bands needs"):
+        tiny_unet(0, lipschitz_budget=60.0, lipschitz_kappa=3.0, spectral_bands=BANDS)
+
+
+def test_band_model_receptive_field_covers_the_blur_and_tiles_exactly():
+    """A pixel of eps depends on x only within receptive_field_radius (the band blur included)."""
+    model = tiny_unet(0, **dict(KW, spectral_bands={"orders": [1, 40], "variances": [0.01, 0.3, 5.0]})).double()
+    assert model.receptive_field_radius >= 40
+    r = model.receptive_field_radius
+    n = 2 * r + 8
+    x = torch.randn(1, 3, n, n, dtype=torch.float64)
+    x2 = x.clone()
+    x2[..., :, r + 5:] += 1.0  # change only pixels farther than r from column 4
+    t = torch.tensor([0.4], dtype=torch.float64)
+    with torch.no_grad():
+        a, b = model(x, t), model(x2, t)
+    assert torch.equal(a[..., :, :5], b[..., :, :5])
+
+
+def test_fit_band_variances_is_deterministic_and_monotone():
+    p = fit_band_variances([1, 4, 16], images=["camera", "coffee"], size=64, crops=2, scales=(1, 2))
+    assert p == fit_band_variances([1, 4, 16], images=["camera", "coffee"], size=64, crops=2, scales=(1, 2))
+    assert len(p) == 4 and all(v > 0 for v in p)
+    assert all(a <= b * (1 + 1e-12) for a, b in zip(p, p[1:]))  # more power at lower frequencies
+    with pytest.raises(ConfigError, match="at least"):
+        fit_band_variances([1], images=["lfw_faces"], size=400, scales=(1,))
+
+
+def test_reskip_script_keeps_the_deep_path_and_moves_the_skip_into_the_linear_part(tmp_path):
+    """scripts/reskip_checkpoint.py: same weights, same deep gain, data_variance replaced by fitted bands;
+    the eps of the result differs from the source's only by the linear skip's change."""
+    import subprocess
+    import sys
+
+    from injcert.io import load_checkpoint, save_checkpoint
+
+    src = tiny_unet(0, **dict(KW, spectral_bands=None, data_variance=0.25, lipschitz_kappa=4.0))
+    save_checkpoint(src, tmp_path / "src.ckpt")
+    out = tmp_path / "out.ckpt"
+    run = subprocess.run([sys.executable, "scripts/reskip_checkpoint.py", str(tmp_path / "src.ckpt"), str(out),
+                          "--orders", "1", "4"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    new = load_checkpoint(out)
+    assert new.bands["orders"] == [1, 4] and len(new.bands["variances"]) == 3 and new.data_variance is None
+    assert float(new.gain) == float(src.gain)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), new.state_dict().values()))
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0.3], dtype=torch.float64)
+    src, new = src.double().eval(), new.double().eval()
+    w, a = new._denoiser_coefficients(t)
+    with torch.no_grad():
+        diff = new(x, t) - src(x, t)
+        expect = -w * a * (new.band_skip(x, t) - src.wiener_skip(t) * x)
+    assert torch.allclose(diff, expect, atol=1e-10)
+    bad = subprocess.run([sys.executable, "scripts/reskip_checkpoint.py", str(out), str(tmp_path / "x.ckpt")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "not a denoiser" in bad.stderr
