@@ -35,7 +35,7 @@ def _mean(res: dict) -> dict:
 
 def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT), *kinds: str) -> None:
     model = injcert.load_checkpoint(ckpt)
-    grid = {"box": [0.02, 0.05, 0.1, 0.2], "random": [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
+    grid = {"box": [0.02, 0.05, 0.1, 0.2, 0.5, 1.0], "random": [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
             "gaps": [0.001, 0.002, 0.005, 0.01, 0.02], "blur": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]}
     for kind, sigmas in grid.items():
         if kinds and kind not in kinds:
@@ -60,7 +60,7 @@ def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT), *kinds: str) -> None:
         res.setdefault("bm3d", []).append(psnr(classical_baselines("noise", obs.y, obs.m)[2][1], x))
         r = reconstruct_full(model, obs.y, obs.m, 20, 0, start="observation")
         res.setdefault("from the observation", []).append(psnr(r.image, x))
-        for s in (0.01, 0.02, 0.05):
+        for s in (0.01, 0.02, 0.05, 0.1):
             for est in ("bm3d", "denoise_nl_means"):
                 r = reconstruct_full(model, obs.y, obs.m, 20, 0, start="estimate", estimate=est, sigma_start=s)
                 res.setdefault(f"{est} s={s}", []).append(psnr(r.image, x))
