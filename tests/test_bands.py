@@ -166,3 +166,30 @@ def test_reskip_script_keeps_the_deep_path_and_moves_the_skip_into_the_linear_pa
     bad = subprocess.run([sys.executable, "scripts/reskip_checkpoint.py", str(out), str(tmp_path / "x.ckpt")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not a denoiser" in bad.stderr
+
+
+@pytest.mark.parametrize("orders", [[1, 4, 16, 64]], ids=["shipped orders"])
+@pytest.mark.parametrize("h,w", [(3, 70), (9, 11)])
+def test_shipped_orders_float32_linear_part_stays_in_range(orders, h, w):
+    """The kernels that run (float32, order 64 reaching across the image): the dense Jacobian of
+    w(x - alpha K_t x) in float32 has eigenvalues in [min_j c_j, max_j c_j] up to float32 rounding."""
+    var = [0.004, 0.28, 0.28, 2.0, 23.0]
+    model = tiny_unet(0, **dict(KW, spectral_bands={"orders": orders, "variances": var}))
+    for t in (0.02, 0.3, 0.8):
+        tt = torch.tensor([t])
+        wt, at = (v.to(torch.float32) for v in model._denoiser_coefficients(tt))
+        jac = dense_jacobian(lambda v: wt * (v - at * model.band_skip(v, tt)), torch.zeros(1, 3, h, w))
+        ev = torch.linalg.eigvalsh(((jac + jac.T) / 2).double())
+        s = model.schedule.sigma(tt.double())
+        c = wt.double() * s * s / (at.double() ** 2 * torch.tensor(var, dtype=torch.float64) + s * s)
+        tol = 1e-5 * float(wt)
+        assert float(ev.min()) >= float(c.min()) - tol and float(ev.max()) <= float(c.max()) + tol
+        assert float((jac - jac.T).abs().max()) <= tol
+
+
+def test_float32_kernels_are_within_the_charged_rounding():
+    """band_charge assumes each float32 kernel is within 2^-23 (in l1) of its exact binomial weights."""
+    for a in range(1, 129):
+        k64 = binomial_kernel(a)
+        k32 = binomial_kernel(a, torch.float32).to(torch.float64)
+        assert float((k32 - k64).abs().sum()) <= 2.0**-23
