@@ -29,10 +29,7 @@ from injcert.tasks.invert import encode  # noqa: E402
 def latent(model, x: torch.Tensor, steps: int) -> torch.Tensor:
     """The demo's latent: the reversible encode's x-space state at t_max over sigma(t_max)."""
     with torch.no_grad():
-        lat = encode(model, x, steps=steps, method="reversible")
-    xbar = (lat.state.to(torch.float64) * 2.0 ** -lat.frac_bits if lat.state.dtype == torch.int64
-            else lat.state.to(torch.float64)) / lat.scale
-    return xbar / float(model.schedule.varsigma(model.schedule.t_max))
+        return encode(model, x, steps=steps, method="reversible").standardized()
 
 
 def main() -> None:

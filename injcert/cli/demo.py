@@ -171,11 +171,7 @@ def _stage_round_trip(out: Path, summary: dict[str, Any], stages: Any, log: Any,
         lat_d = encode(model, x, steps=steps, method="ddim")
         back_d = decode(model, lat_d)
     # the latent of a held-out image should look like white noise: x-space state at t_max over sigma(t_max)
-    sched = model.schedule
-    xbar_t = (lat.state.to(torch.float64) * 2.0 ** -lat.frac_bits if lat.state.dtype == torch.int64
-              else lat.state.to(torch.float64)) / lat.scale
-    z = xbar_t / float(sched.varsigma(sched.t_max))  # = x / sigma(t_max): N(0, I) for a Gaussian latent
-    summary["latent"] = latent_statistics(z)
+    summary["latent"] = latent_statistics(lat.standardized())
     summary["round_trip"] = {"reversible_max_abs": float((back - x).abs().max()),
                              "reversible_bit_exact": bool(torch.equal(back, x)),
                              "ddim_max_abs": float((back_d - x).abs().max()),

@@ -98,6 +98,13 @@ class Latent:
         return SolverState(x=self.state, aux=self.aux, remainder=self.remainder, dtype=self.dtype,
                            frac_bits=self.frac_bits, scale=self.scale)
 
+    def standardized(self) -> Tensor:
+        r"""The $x$-space state at $t_{\max}$ over $\sigma(t_{\max})$ (float64): $\bar x/\varsigma(t_{\max})$, which
+        is $N(0, I)$ when the flow Gaussianises (``injcert.metrics.latent_statistics`` summarises it)."""
+        xbar = (self.state.to(torch.float64) * 2.0 ** -self.frac_bits if self.state.dtype == torch.int64
+                else self.state.to(torch.float64)) / self.scale
+        return xbar / float(get_schedule(self.schedule).varsigma(self.t_max))
+
     def to_tensor(self) -> Tensor:
         r"""The float latent $x_T = \alpha_{t_{\max}}\bar x_T$ (x-space, main state, in :attr:`dtype`)."""
         alpha = float(get_schedule(self.schedule).alpha(self.t_max))
