@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from injcert.errors import InjcertError  # noqa: E402
 from injcert.io import load_checkpoint, save_checkpoint  # noqa: E402
 from injcert.model import CondUNet  # noqa: E402
 from injcert.model.bands import fit_band_variances  # noqa: E402
@@ -27,6 +28,14 @@ def main() -> int:
     ap.add_argument("out")
     ap.add_argument("--orders", type=int, nargs="+", default=[1, 4, 16, 64])
     args = ap.parse_args()
+    try:
+        return _reskip(args)
+    except InjcertError as exc:  # a missing, corrupt or untrusted checkpoint, a bad output path: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _reskip(args: argparse.Namespace) -> int:
     src = load_checkpoint(args.src)
     cfg = src.config
     if cfg.get("parameterization") != "denoiser" or cfg.get("data_variance") is None:

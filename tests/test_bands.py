@@ -4,6 +4,7 @@ the eigenvalue enclosure its certificate uses, the log-norm integral, the fit an
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,6 +167,10 @@ def test_reskip_script_keeps_the_deep_path_and_moves_the_skip_into_the_linear_pa
     bad = subprocess.run([sys.executable, "scripts/reskip_checkpoint.py", str(out), str(tmp_path / "x.ckpt")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not a denoiser" in bad.stderr
+    for junk in (tmp_path / "missing.ckpt", Path("/etc/passwd")):
+        bad = subprocess.run([sys.executable, "scripts/reskip_checkpoint.py", str(junk), str(tmp_path / "y.ckpt")],
+                             capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("orders", [[1, 4, 16, 64]], ids=["shipped orders"])
