@@ -3,7 +3,7 @@
 Same images (``astronaut`` and ``chelsea``, 32×32 centre crops), same masks (one seed), one run:
 ``ours`` (:func:`injcert.tasks.reconstruct.reconstruct_full`) against the best (by PSNR) of the
 classical baselines of :data:`injcert.cli.compare.BASELINES`: ``inpaint_biharmonic`` (box,
-freeform, random, gaps), ``richardson_lucy`` / ``wiener`` / ``richardson_lucy_local`` (blur), ``denoise_nl_means`` /
+freeform, random, gaps), ``richardson_lucy`` / ``wiener`` / ``richardson_lucy_local`` / ``lsmr_local`` (blur), ``denoise_nl_means`` /
 ``denoise_tv_chambolle`` / ``bm3d`` given the true sigma (noise) — never the corrupted input. The
 model is the shipped checkpoint, or the *untrained* fallback while none exists — whose
 reconstructions are not meaningful (the table reports them as they are).

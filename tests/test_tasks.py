@@ -307,7 +307,7 @@ def test_random_pixel_start_follows_the_estimates_cross_validated_error(seed, no
 def test_blur_start_follows_the_estimates_bootstrap_error(seed, noise) -> None:
     """A blurred region: the start level is the deblurring estimate's bootstrap error (blur the
     estimate again, deblur it, RMS difference in the region), within [blur_min, blur]: a smooth image,
-    which Richardson-Lucy restores almost exactly, starts below the tuned 0.02, a rough one at it;
+    which least squares restores almost exactly, starts below the tuned 0.02, a rough one at it;
     the reconstruction uses that level; a map without a blurred region has no bootstrap error."""
     from injcert.tasks.reconstruct import START_SIGMA, blur_bootstrap_error, start_sigma
 
@@ -317,7 +317,7 @@ def test_blur_start_follows_the_estimates_bootstrap_error(seed, noise) -> None:
     x = (0.3 * ii + 0.2 * jj).expand(1, 3, 32, 32) + noise * torch.randn(1, 3, 32, 32, generator=g, dtype=torch.float64)
     x = x.clamp(-1, 1)
     y, m = make_corruption("blur")(x, seed)
-    _, est = classical_estimate(y, m, "richardson_lucy_local")
+    _, est = classical_estimate(y, m)  # the default: lsmr_local
     err = blur_bootstrap_error(est, m)
     assert err == blur_bootstrap_error(est, m) and err >= 0.0
     s = start_sigma(m, err)

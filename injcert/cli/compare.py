@@ -14,8 +14,9 @@ One run, on the same held-out images and the same corruption masks for every met
   problem (:class:`injcert.model.analytic.AnalyticMixtureScore`, exact score) and on the model.
 * **Reconstruction** PSNR/SSIM overall and PSNR inside the corrupted region, per corruption type,
   against the classical baselines of :data:`BASELINES` (:mod:`injcert.tasks.classical`):
-  ``inpaint_biharmonic`` for missing pixels, ``richardson_lucy``, ``wiener`` and
-  ``richardson_lucy_local`` (true PSF; the last for the local operator) for the blurred region,
+  ``inpaint_biharmonic`` for missing pixels, ``richardson_lucy``, ``wiener``,
+  ``richardson_lucy_local`` and ``lsmr_local`` (true PSF; the last two for the local operator) for
+  the blurred region,
   ``denoise_nl_means``, ``denoise_tv_chambolle`` and ``bm3d`` (true sigma) for noise.
 * **Editing**: outside-mask error of the bit-exact edit with trajectory reset
   (:func:`injcert.tasks.edit.edit_full`, Theorem 7) against the same edit done with naive DDIM
@@ -237,7 +238,7 @@ BASELINES: Dict[str, Tuple[str, ...]] = {
     "freeform": ("inpaint_biharmonic",),
     "random": ("inpaint_biharmonic",),
     "gaps": ("inpaint_biharmonic",),
-    "blur": ("richardson_lucy", "wiener", "richardson_lucy_local"),
+    "blur": ("richardson_lucy", "wiener", "richardson_lucy_local", "lsmr_local"),
     "noise": ("denoise_nl_means", "denoise_tv_chambolle", "bm3d"),
 }
 """The classical methods run side by side with ours per corruption (:mod:`injcert.tasks.classical`;

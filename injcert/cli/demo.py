@@ -63,7 +63,7 @@ def _log_line(msg: str) -> None:
 
 def _best_baseline(kind: str, y: torch.Tensor, m: torch.Tensor, x: torch.Tensor) -> tuple[str, torch.Tensor]:
     """The best (by PSNR against the clean image) of the classical baselines of ``kind``
-    (:data:`injcert.cli.compare.BASELINES`: biharmonic; Richardson–Lucy or Wiener; nl-means, TV or
+    (:data:`injcert.cli.compare.BASELINES`: biharmonic; Richardson–Lucy, Wiener or least squares; nl-means, TV or
     BM3D given the true sigma) — never the corrupted input itself."""
     cands = classical_baselines(kind, y.cpu(), m.cpu(), 2.0)
     name, img = max(cands, key=lambda c: float(psnr(c[1], x.cpu())))

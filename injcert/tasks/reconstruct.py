@@ -5,7 +5,7 @@ The observation is used **during the whole trajectory**, not only at $t = 0$
 
 **Missing pixels or a blurred region** (``start="estimate"``, the default): a classical estimate
 $\hat x_{\mathrm{cl}}$ (:func:`~injcert.tasks.classical.classical_estimate`: biharmonic inpainting,
-Richardson–Lucy for the local blur operator) gives the starting point at an intermediate noise level $\varsigma_e$: inside
+least squares for the local blur operator) gives the starting point at an intermediate noise level $\varsigma_e$: inside
 the region to restore, the hidden state is $\hat x_{\mathrm{cl}} + \varsigma_e\varepsilon$ (seeded);
 outside, the observed pixels follow **their own encoded trajectory** — after every sub-update of
 the bit-exact decode they are reset to it (the mechanism of Theorem 7,
@@ -18,8 +18,7 @@ also bounded by the estimate's own error, measured by hiding a seeded tenth of t
 and re-estimating them (:func:`holdout_error`): a fill that is already accurate (a 52 dB biharmonic
 fill of a 1024² image) is not perturbed at a level far above its error. A blurred region, where
 no pixel is seen sharp, bounds its level by a bootstrap of the deblurring method instead (blur the
-estimate again and deblur it: :func:`blur_bootstrap_error`; 1024² retina: 52.06 → 52.48 dB, the
-local Richardson–Lucy's own 52.48).
+estimate again and deblur it: :func:`blur_bootstrap_error`).
 
 **Additive noise only** (every pixel observed as is or with additive Gaussian noise of known
 $\sigma$, channel 2 of the map): by default the same start from a classical estimate (BM3D given
@@ -115,9 +114,11 @@ def _distance_to_known(known: Tensor) -> float:
 
 #: Default start levels (varsigma) from the classical estimate, chosen on the *training* images
 #: (coffee, camera at 64² and 128², the shipped model): missing pixels near observed ones (random
-#: pixels, thin gaps: at most ``near`` pixels away), larger holes, and a blurred region. Blur: from
-#: ``richardson_lucy_local``, 0.02 measured best (``python benchmarks/tune_start_levels.py CKPT blur``:
-#: 29.03 / 30.80 dB at 64² / 128² against 28.90 / 30.66 at 0.1 and the estimate's own 29.02 / 30.79).
+#: pixels, thin gaps: at most ``near`` pixels away), larger holes, and a blurred region. Blur: 0.02
+#: was measured best from ``richardson_lucy_local`` (``python benchmarks/tune_start_levels.py CKPT
+#: blur``: 29.03 / 30.80 dB at 64² / 128² against 28.90 / 30.66 at 0.1 and the estimate's own
+#: 29.02 / 30.79); from ``lsmr_local`` (the default since) the flow keeps the estimate at it
+#: (``benchmarks/deblur_iterations.py``: 34.38 / 36.34, the estimate's own 34.38 / 36.34).
 #: ``missing_min``: the lowest start for missing pixels near observed ones, used when the estimate's
 #: cross-validated error (:func:`holdout_error`) is below ``missing_near``.
 #: ``blur_min``: the lowest start for a blurred region, used when the estimate's bootstrap error
@@ -149,7 +150,7 @@ def holdout_error(y: Tensor, m: Tensor, method: str = "auto", *, fraction: float
     return float(diff.pow(2).mean().sqrt())
 
 
-def blur_bootstrap_error(estimate: Tensor, m: Tensor, method: str = "richardson_lucy_local", *,
+def blur_bootstrap_error(estimate: Tensor, m: Tensor, method: str = "lsmr_local", *,
                          blur_sigma: float = 2.0) -> float:
     r"""Bootstrap RMS error of a deblurring estimate in the blurred region (channel 1 of ``m``).
 
@@ -230,7 +231,7 @@ def reconstruct_full(
         grid: the kind of $\\varsigma$ grid from the start level to 0 (``"geometric"`` or ``"uniform"``).
         operator: the realised forward operator $A$ (e.g. ``Observation.operator``) for the residual.
         start: ``"auto"`` = ``"estimate"`` (from the classical estimate at $\\varsigma_e$: biharmonic,
-            Richardson–Lucy or BM3D by corruption), ``"observation"`` (additive noise only: from
+            least-squares deblurring or BM3D by corruption), ``"observation"`` (additive noise only: from
             $y$ itself at $\\varsigma = \\sigma$) or ``"noise"`` (from pure noise at $t_{\\max}$).
         sigma_start: $\\varsigma_e$ for ``"estimate"`` (default :func:`start_sigma`).
         noise_scale: the fresh noise added to the estimate is ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$:
