@@ -85,6 +85,7 @@ __all__ = [
     "output_lock",
     "read_json_file",
     "check_device",
+    "strict_float32",
     "weights_fingerprint",
     "check_finite_model",
     "has_nonfinite",
@@ -522,11 +523,23 @@ def read_json_file(path: PathLike, what: str = "config") -> dict[str, Any]:
     return obj
 
 
+def strict_float32() -> None:
+    """Turn TF32 off for CUDA matrix products and cuDNN convolutions (process-wide).
+
+    The certificate charges the network's float32 rounding at unit roundoff $2^{-24}$
+    (``proofs/05``); TF32 rounds the inputs of a product to a 10-bit mantissa ($2^{-11}$), which that
+    charge does not cover, and PyTorch enables it for cuDNN convolutions by default. Called by
+    :func:`check_device` and :func:`load_checkpoint` for a CUDA device; a no-op without CUDA."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def check_device(device: Any) -> torch.device:
     """Parse a device string and check this machine can run on it; one :class:`ConfigError` otherwise.
 
-    Accepted: ``cpu``; ``cuda``/``cuda:N`` where CUDA is available (and ``N`` exists); ``mps`` where
-    the MPS backend is available. ``meta`` (no data) and every other type are refused.
+    Accepted: ``cpu``; ``cuda``/``cuda:N`` where CUDA is available (and ``N`` exists; TF32 is then
+    turned off, :func:`strict_float32`); ``mps`` where the MPS backend is available. ``meta`` (no
+    data) and every other type are refused.
     """
     try:
         dev = torch.device(device)
@@ -539,6 +552,7 @@ def check_device(device: Any) -> torch.device:
             raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        strict_float32()
         return dev
     if dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
@@ -949,6 +963,8 @@ def load_checkpoint(path: PathLike, device: str | torch.device = "cpu") -> nn.Mo
         ) from None
     model.checkpoint_metadata = metadata  # type: ignore[attr-defined]
     model.checkpoint_path = os.fspath(path)  # type: ignore[attr-defined]
+    if torch.device(device).type == "cuda":
+        strict_float32()
     return model.to(device).eval()
 
 

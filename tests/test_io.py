@@ -164,3 +164,27 @@ def test_a_safetensors_header_length_is_not_taken_for_a_pickle():
     for proto in (2, 3, 4, 5):
         assert _describe_pickle(pickle.dumps({"a": 1}, protocol=proto)[:9], 10**6) == "a pickle"
     assert _describe_pickle(b"PK\x03\x04" + b"\0" * 5, 10**6) is not None
+
+
+def test_strict_float32_turns_tf32_off():
+    """The certificate's float32 rounding charge does not cover TF32: strict_float32 turns it off
+    for matmuls and cuDNN convolutions (the flags exist without CUDA too)."""
+    from injcert.io import strict_float32
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        strict_float32()
+        assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.cuda
+def test_a_cuda_device_runs_without_tf32():
+    from injcert.io import check_device
+
+    torch.backends.cudnn.allow_tf32 = True
+    check_device("cuda")
+    assert torch.backends.cudnn.allow_tf32 is False
