@@ -198,3 +198,19 @@ def test_float32_kernels_are_within_the_charged_rounding():
         k64 = binomial_kernel(a)
         k32 = binomial_kernel(a, torch.float32).to(torch.float64)
         assert float((k32 - k64).abs().sum()) <= 2.0**-23
+
+
+@given(seed=st.integers(0, 50), small=st.floats(1e-6, 1e-2))
+@settings(max_examples=10, deadline=None)
+def test_the_budget_reserves_the_band_skips_rounding_charge(seed, small):
+    """By construction (every conv at its cap, the structural bound S) the denoiser's Lip(D) charged
+    by the certificate, gain S + the band skip's rounding charge, stays within kappa - 1: the room
+    the output gain is set from reserves the charge (tiny variances make it large)."""
+    from injcert.theory.lipschitz import product_bound, sum_bound
+
+    var = [small, 0.3, 5.0]
+    model = tiny_unet(seed, **dict(KW, spectral_bands={"orders": [1, 3], "variances": var}))
+    assert model.band_charge > 0
+    deep = product_bound(model.structural_bound, float(model.gain))
+    lip_d = sum_bound(deep, model.wiener_max, model._skip_charge(), model.band_charge)
+    assert lip_d <= model.lipschitz_kappa - 1.0

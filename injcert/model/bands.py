@@ -29,6 +29,7 @@ $[\min_j c_j, \max_j c_j]$, on any image size.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional, Sequence
 
@@ -44,17 +45,27 @@ MAX_ORDER = 128
 """Largest binomial order allowed (support radius in pixels)."""
 
 
-def binomial_kernel(order: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    r"""The 1-D kernel $\binom{2a}{k}/4^a$, $k = 0..2a$ (sums to 1, symbol $\cos^{2a}(\omega/2)$)."""
+@functools.lru_cache(maxsize=None)
+def _binomial_values(order: int) -> tuple[float, ...]:
     a = int(order)
-    vals = [math.comb(2 * a, k) / 4.0**a for k in range(2 * a + 1)]
-    return torch.tensor(vals, dtype=torch.float64).to(dtype)
+    return tuple(math.comb(2 * a, k) / 4.0**a for k in range(2 * a + 1))
+
+
+def binomial_kernel(order: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    r"""The 1-D kernel $\binom{2a}{k}/4^a$, $k = 0..2a$ (sums to 1, symbol $\cos^{2a}(\omega/2)$); a new tensor."""
+    return torch.tensor(_binomial_values(int(order)), dtype=torch.float64).to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_kernel(order: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return binomial_kernel(order, dtype).to(device)
 
 
 def lowpass(x: Tensor, order: int) -> Tensor:
-    """$G_a x$: the separable binomial blur of order ``order``, zero-padded ("same" size), per channel."""
+    """$G_a x$: the separable binomial blur of order ``order``, zero-padded ("same" size), per channel
+    (the kernel is built once per order, dtype and device, not at every forward)."""
     c = x.shape[1]
-    k = binomial_kernel(order, x.dtype).to(x.device)
+    k = _cached_kernel(int(order), x.dtype, x.device)
     a = int(order)
     out = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, 2 * a + 1), padding=(0, a), groups=c)
     return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, 2 * a + 1, 1), padding=(a, 0), groups=c)

@@ -286,15 +286,16 @@ class CondUNet(nn.Module):
         self.num_levels = len(chans)
         self.downsampling_factor = 2 ** (self.num_levels - 1)
 
+        # float32 rounding of the band skip's coefficients d_0, d_j - d_{j-1} and kernels (proofs/05 item 10);
+        # set before the budget, which reserves it
+        self.band_charge = 0.0 if self.bands is None else \
+            4e-6 * math.fsum(wiener_skip_sup(v) for v in self.bands["variances"])
         self._build(chans, emb_dim, activation, cap, alpha_max, modulation, alpha_init, blocks_per_level,
                     skip_max, lipschitz_budget)
         self._init_budget(parameterization, skip_max, lipschitz_budget)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
         if self.bands is not None:  # the band skip reads x within its largest binomial radius
             self.receptive_field_radius = max(self.receptive_field_radius, max(self.bands["orders"]))
-        # float32 rounding of the band skip's coefficients d_0, d_j - d_{j-1} and kernels (proofs/05 item 10)
-        self.band_charge = 0.0 if self.bands is None else \
-            4e-6 * math.fsum(wiener_skip_sup(v) for v in self.bands["variances"])
 
     def _build(self, chans: Sequence[int], emb_dim: int, activation: str, cap: Optional[float], alpha_max: float,
                modulation: float, alpha_init: float, blocks_per_level: int, skip_max: float,
@@ -341,10 +342,12 @@ class CondUNet(nn.Module):
         if parameterization == "denoiser":
             # eps = w(t) (x - alpha_t D(x)), D = gain F + d(t) x + b(t) x, Lip(D) <= kappa - 1 (proofs/05 item 9)
             self.skip_max = float(skip_max)
-            room = self.lipschitz_kappa - 1.0 - self.wiener_max - self.skip_max
+            # D's charges beyond the deep path (lipschitz_at): wiener_max, skip_max and the band skip's rounding
+            room = self.lipschitz_kappa - 1.0 - self.wiener_max - self.skip_max - self.band_charge
             if not room > 0:
                 raise ConfigError(f"lipschitz_kappa {self.lipschitz_kappa!r} leaves no room for the denoiser beyond "
-                                  f"1 + its linear skips ({self.wiener_max!r} + {self.skip_max!r})")
+                                  f"1 + its linear skips ({self.wiener_max!r} + {self.skip_max!r} + "
+                                  f"{self.band_charge!r})")
             self.sigma_cap = self.lipschitz_kappa / self.lipschitz_budget
             self._set_gain(room)
         elif lipschitz_budget is not None:
@@ -697,15 +700,13 @@ class CondUNet(nn.Module):
         if self.bands is not None:
             return self._band_linear_integral(s0, s1, lo_r, hi_r)
         if self.parameterization == "denoiser":
-            s_c = self.sigma_cap / math.sqrt(1.0 - self.sigma_cap**2)  # varsigma where sigma = sigma_c
             total_lo = total_hi = 0.0
-            a, b = min(s0, s_c), min(s1, s_c)
-            if b > a:
-                v = (math.asinh(b) - math.asinh(a)) / self.sigma_cap
+            below, above = self._split_at_cap(s0, s1)
+            if below is not None:
+                v = (math.asinh(below[1]) - math.asinh(below[0])) / self.sigma_cap
                 total_lo, total_hi = total_lo + v * lo_r, total_hi + v * hi_r
-            a, b = max(s0, s_c), max(s1, s_c)
-            if b > a:
-                v = math.log(b / a)
+            if above is not None:
+                v = math.log(above[1] / above[0])
                 total_lo, total_hi = total_lo + v * lo_r, total_hi + v * hi_r
             return total_lo, total_hi
         if self.data_variance is None:
@@ -721,17 +722,23 @@ class CondUNet(nn.Module):
         $\int$ is $\tfrac12\log\frac{P + \varsigma_1^2}{P + \varsigma_0^2}$ at $P_{\min}$ for the upper end, at
         $P_{\max}$ for the lower) and in $[0, \alpha/\sigma_c]$ below (upper end $(\operatorname{asinh}\varsigma_1 -
         \operatorname{asinh}\varsigma_0)/\sigma_c$, lower end 0)."""
-        s_c = self.sigma_cap / math.sqrt(1.0 - self.sigma_cap**2)
         p_min, p_max = min(self.bands["variances"]), max(self.bands["variances"])
         lo = hi = 0.0
-        a, b = min(s0, s_c), min(s1, s_c)
-        if b > a:
-            hi += (math.asinh(b) - math.asinh(a)) / self.sigma_cap * hi_r
-        a, b = max(s0, s_c), max(s1, s_c)
-        if b > a:
+        below, above = self._split_at_cap(s0, s1)
+        if below is not None:
+            hi += (math.asinh(below[1]) - math.asinh(below[0])) / self.sigma_cap * hi_r
+        if above is not None:
+            a, b = above
             hi += 0.5 * (math.log1p(b * b / p_min) - math.log1p(a * a / p_min)) * hi_r
             lo += 0.5 * (math.log1p(b * b / p_max) - math.log1p(a * a / p_max)) * lo_r
         return lo, hi
+
+    def _split_at_cap(self, s0: float, s1: float) -> tuple[Optional[tuple[float, float]], Optional[tuple[float, float]]]:
+        r"""$[\varsigma_0, \varsigma_1]$ split at $\varsigma_c$ (where $\sigma = \sigma_c$, the denoiser
+        parameterisation's cap): the part below (capped gain) and the part above, each ``None`` where empty."""
+        s_c = self.sigma_cap / math.sqrt(1.0 - self.sigma_cap**2)
+        below, above = (min(s0, s_c), min(s1, s_c)), (max(s0, s_c), max(s1, s_c))
+        return (below if below[1] > below[0] else None), (above if above[1] > above[0] else None)
 
     def _structural_bound(self) -> float:
         """$S$: the composition with every conv charged its cap and every $|\\alpha|$ its max."""
