@@ -7,5 +7,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .cli import main  # noqa: E402
+from .threads import keep_freed_heap  # noqa: E402
 
+keep_freed_heap()  # reuse freed buffers instead of page-faulting them in at every evaluation
 sys.exit(main())

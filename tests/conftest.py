@@ -35,6 +35,11 @@ settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHES
 
 torch.set_num_threads(1)
 
+# the suite reuses freed buffers as `python -m injcert` does (injcert.threads.keep_freed_heap)
+from injcert.threads import keep_freed_heap  # noqa: E402
+
+keep_freed_heap()
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
