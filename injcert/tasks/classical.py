@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 import torch
@@ -130,8 +130,8 @@ class LocalBlurSystem:
     cols: slice
     y: np.ndarray  # the observation on the crop, C×h×w
     mask: np.ndarray  # M on the crop (0/1, broadcast to y)
-    bh: "object"  # scipy.sparse matrices
-    bw: "object"
+    bh: Any  # scipy.sparse.csr_matrix: the blur along H (rows), reflect padding included
+    bw: Any  # the same along W
 
     @classmethod
     def make(cls, yi: Tensor, region: Tensor, blur_sigma: float) -> "LocalBlurSystem":
