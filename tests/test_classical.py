@@ -122,3 +122,18 @@ def test_lsmr_deconvolution_is_the_strongest_blur_baseline_and_keeps_the_outside
     misfit = lambda est: float((obs.operator(est) - obs.y).norm())
     assert misfit(lsmr) < misfit(rl)
     assert default_method(obs.m) == "lsmr_local"
+
+
+def test_lsmr_with_a_zero_psf_returns_the_observation():
+    """sigma = 0 (and a 1-pixel-wide image, where the kernel is capped to nothing) blur nothing:
+    the observation is exact and comes back unchanged, not NaN."""
+    x = square_image("chelsea", 16).unsqueeze(0)
+    obs = make_corruption("blur", sigma=0.0).sample(x, 0)
+    _, out = classical_estimate(obs.y, obs.m, "lsmr_local", blur_sigma=0.0)
+    assert torch.equal(out, obs.y)
+    thin = torch.rand(1, 3, 1, 9) * 2 - 1
+    m = torch.zeros(1, 3, 1, 9)
+    m[:, 1, :, 2:5] = 1
+    m[:, 0] = 1 - m[:, 1]
+    _, out = classical_estimate(thin, m, "lsmr_local")
+    assert torch.equal(out, thin)

@@ -162,7 +162,7 @@ class LocalBlurSystem:
         return (m * self._blur(m * u.reshape(self.y.shape))).reshape(-1)
 
     def adjoint(self, v: np.ndarray) -> np.ndarray:
-        """$B^\top v$."""
+        r"""$B^\top v$."""
         m = self.mask
         return (m * self._blur(m * v.reshape(self.y.shape), transpose=True)).reshape(-1)
 
@@ -188,8 +188,9 @@ def _lsmr_local(yi: Tensor, mi: Tensor, blur_sigma: float = 2.0, num_iter: int =
     from scipy.sparse.linalg import LinearOperator, lsmr
 
     region = mi[1] > 0.5
-    if not bool(region.any()):
-        return yi.clone()
+    h, w = region.shape
+    if not bool(region.any()) or float(blur_sigma) == 0.0 or min(int(math.ceil(4.0 * blur_sigma)), h - 1, w - 1) <= 0:
+        return yi.clone()  # no blurred pixel, or gaussian_blur is the identity there: y is exact
     sys_ = LocalBlurSystem.make(yi, region, blur_sigma)
     n = sys_.y.size
     op = LinearOperator((n, n), matvec=sys_.forward, rmatvec=sys_.adjoint, dtype=np.float64)
