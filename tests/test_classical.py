@@ -8,10 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from injcert.data.corruptions import make_corruption
+from injcert.data.corruptions import local_blur, make_corruption
 from injcert.data.grid import square_image
 from injcert.metrics import psnr
-from injcert.data.corruptions import local_blur
 from injcert.tasks.classical import METHODS, LocalBlurSystem, classical_estimate, default_method
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "corrupt_batch",
     "expand_map",
     "gaussian_blur",
+    "blur_radius",
     "local_blur",
     "as_generator",
 ]
@@ -245,6 +246,12 @@ def _gaussian_kernel(sigma: float, radius: int, dtype: torch.dtype, device: torc
     return (k / k.sum()).to(dtype=dtype, device=device)
 
 
+def blur_radius(sigma: float, h: int, w: int, truncate: float = 4.0) -> int:
+    r"""The kernel half-width :func:`gaussian_blur` uses on an ``h × w`` image: $\lceil
+    \mathrm{truncate}\cdot\sigma\rceil$, capped at ``min(h, w) - 1``; ``<= 0`` means the blur is the identity."""
+    return min(int(math.ceil(truncate * sigma)), h - 1, w - 1)
+
+
 def gaussian_blur(x: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     r"""Separable Gaussian blur of every channel, reflect padding (``scipy.ndimage`` style).
 
@@ -267,7 +274,7 @@ def gaussian_blur(x: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     sigma = _nonnegative("sigma", sigma)
     truncate = _positive("truncate", truncate)
     n, c, h, w = x.shape
-    radius = min(int(math.ceil(truncate * sigma)), h - 1, w - 1)
+    radius = blur_radius(sigma, h, w, truncate)
     if sigma == 0.0 or radius <= 0 or x.numel() == 0:
         return x.clone()
     k = _gaussian_kernel(sigma, radius, x.dtype, x.device)
@@ -296,7 +303,7 @@ def _blur_variance(v: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     r"""$\sum_j A_{ij}^2 v_j$ for the blur $A$ of :func:`gaussian_blur` (separable: $A = B_H \otimes B_W$, so
     $A^{\circ 2} = B_H^{\circ 2} \otimes B_W^{\circ 2}$), i.e. the variance of the blurred noise."""
     n, c, h, w = v.shape
-    radius = min(int(math.ceil(truncate * sigma)), h - 1, w - 1)
+    radius = blur_radius(sigma, h, w, truncate)
     if sigma == 0.0 or radius <= 0 or v.numel() == 0:
         return v.clone()
     bh = _blur_matrix(h, sigma, radius, v.dtype, v.device) ** 2

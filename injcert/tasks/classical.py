@@ -26,7 +26,6 @@ mapped back. Every function takes ``y`` (N×C×H×W) and the corruption map ``m`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.corruptions import _blur_matrix, local_blur
+from ..data.corruptions import _blur_matrix, blur_radius, local_blur
 from ..errors import ArgumentError
 
 __all__ = ["METHODS", "classical_estimate", "default_method", "gaussian_psf", "LSMR_ITERATIONS", "LocalBlurSystem"]
@@ -139,7 +138,7 @@ class LocalBlurSystem:
         from scipy.sparse import csr_matrix
 
         h, w = region.shape
-        radius = min(int(math.ceil(4.0 * blur_sigma)), h - 1, w - 1)  # gaussian_blur's kernel radius
+        radius = blur_radius(blur_sigma, h, w)
         rows, cols = region.any(1).nonzero()[:, 0], region.any(0).nonzero()[:, 0]
         rs = slice(max(0, int(rows[0]) - radius - 1), min(h, int(rows[-1]) + radius + 2))
         cs = slice(max(0, int(cols[0]) - radius - 1), min(w, int(cols[-1]) + radius + 2))
@@ -189,7 +188,7 @@ def _lsmr_local(yi: Tensor, mi: Tensor, blur_sigma: float = 2.0, num_iter: int =
 
     region = mi[1] > 0.5
     h, w = region.shape
-    if not bool(region.any()) or float(blur_sigma) == 0.0 or min(int(math.ceil(4.0 * blur_sigma)), h - 1, w - 1) <= 0:
+    if not bool(region.any()) or blur_radius(blur_sigma, h, w) <= 0:
         return yi.clone()  # no blurred pixel, or gaussian_blur is the identity there: y is exact
     sys_ = LocalBlurSystem.make(yi, region, blur_sigma)
     n = sys_.y.size
