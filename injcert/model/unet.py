@@ -74,6 +74,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "lipschitz_kappa": None,
     "parameterization": "eps",
     "spectral_bands": None,
+    "cond_head": False,
 }
 
 PARAMETERIZATIONS = ("eps", "denoiser")
@@ -214,6 +215,11 @@ class CondUNet(nn.Module):
         alpha_init: initial residual weight $\alpha$ (in $(0, \alpha_{\max})$).
         emb_dim: time-embedding width (even).
         schedule: schedule config dict or name (see :func:`~injcert.model.schedule.get_schedule`).
+        data_variance: the scalar Gaussian-data skip's variance (or ``None``).
+        lipschitz_kappa: $\kappa$ of the noise-adaptive budget $B(t) = \min(\kappa/\sigma_t, L_{\max})$ (or ``None``).
+        parameterization: ``"eps"`` or ``"denoiser"``.
+        spectral_bands: the band skip's orders and variances (``injcert.model.bands``) or ``None``.
+        cond_head: add the condition-only term $h(c, t)$ to the denoiser (:meth:`condition_estimate`).
 
     Attributes:
         schedule: the :class:`~injcert.model.schedule.VPSchedule`.
@@ -246,12 +252,17 @@ class CondUNet(nn.Module):
         lipschitz_kappa: Optional[float] = None,
         parameterization: str = "eps",
         spectral_bands: Optional[dict[str, Any]] = None,
+        cond_head: bool = False,
     ) -> None:
         super().__init__()
         in_channels, base_channels, blocks_per_level, emb_dim, mults = _check_options(
             in_channels, base_channels, channel_mults, blocks_per_level, lipschitz_budget, activation, alpha_max,
             modulation, skip_max, alpha_init, emb_dim, data_variance, lipschitz_kappa, parameterization)
         self.bands = check_bands(spectral_bands)
+        if not isinstance(cond_head, bool):
+            raise ConfigError(f"cond_head must be true or false, got {cond_head!r} of type {type(cond_head).__name__}")
+        if cond_head and parameterization != "denoiser":
+            raise ConfigError("cond_head needs parameterization 'denoiser' (it adds to the denoiser D)")
         if self.bands is not None and (parameterization != "denoiser" or data_variance is not None):
             raise ConfigError("spectral_bands needs parameterization 'denoiser' and replaces data_variance "
                               "(set data_variance to null)")
@@ -275,6 +286,7 @@ class CondUNet(nn.Module):
             "lipschitz_kappa": None if lipschitz_kappa is None else float(lipschitz_kappa),
             "parameterization": parameterization,
             "spectral_bands": None if self.bands is None else {k: list(v) for k, v in self.bands.items()},
+            "cond_head": cond_head,
         }
         self.parameterization = parameterization
         self.wiener_max = 0.0 if data_variance is None else wiener_skip_sup(float(data_variance))
@@ -292,6 +304,13 @@ class CondUNet(nn.Module):
             4e-6 * math.fsum(wiener_skip_sup(v) for v in self.bands["variances"])
         self._build(chans, emb_dim, activation, cap, alpha_max, modulation, alpha_init, blocks_per_level,
                     skip_max, lipschitz_budget)
+        # the condition-only head h(c, t) of the denoiser: zero at initialisation, so a checkpoint without it
+        # computes the same function with it; it never reads x, so it adds nothing to Lip in x (Theorem 5)
+        self.cond_head = nn.ModuleList([nn.Conv2d(c, in_channels, 1) for c in chans]) if cond_head else None
+        if self.cond_head is not None:
+            for conv in self.cond_head:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
         self._init_budget(parameterization, skip_max, lipschitz_budget)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
         if self.bands is not None:  # the band skip reads x within its largest binomial radius
@@ -431,6 +450,8 @@ class CondUNet(nn.Module):
             for blk in blocks:
                 hcur = blk(hcur, emb, conds[lvl])
         out = self.out_conv(self.out_act(hcur)) * self.gain.to(x.dtype)
+        if self.cond_head is not None:
+            out = out + self.condition_estimate(conds)
         if self.parameterization == "denoiser":
             return self._denoiser_eps(out, x, t, emb)[:, :, :h, :w]
         if self.lipschitz_kappa is not None:
@@ -441,6 +462,23 @@ class CondUNet(nn.Module):
         if self.data_variance is not None:
             out = out + self.gaussian_skip(t).to(x.dtype)[:, None, None, None] * x
         return out[:, :, :h, :w]
+
+    def condition_estimate(self, conds: list[Tensor]) -> Tensor:
+        r"""$h(c, t)$, the condition-only term of the denoiser, $D = K_t x + \mathrm{gain}\,F(x, c) + h(c, t)$:
+        a 1×1 convolution of the condition encoder's features at every level, summed from the coarsest
+        level down with nearest 2× upsampling (exact copies, so tiles agree). It reads $(y, m)$ and $t$
+        only: a term constant in $x$, which leaves every Lipschitz bound in $x$ as it is (``proofs/05``
+        item 11) and lets the network carry what the observation says straight to its output (the deep
+        path's output is scaled by ``gain``, so a condition that only enters inside it reaches $D$
+        damped by it)."""
+        acc: Optional[Tensor] = None
+        act = self.cond_encoder.act
+        for lvl in reversed(range(self.num_levels)):
+            v = self.cond_head[lvl](act(conds[lvl]))
+            acc = v if acc is None else acc + v
+            if lvl > 0:
+                acc = self.upsample(acc)
+        return acc
 
     def _set_gain(self, room: float) -> None:
         """``gain`` = ``room`` $(1 - 10^{-6})/S$, the deep path's share of the budget; the float32 value
