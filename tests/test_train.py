@@ -21,7 +21,7 @@ from injcert.io import load_checkpoint, load_state
 from injcert.tasks.train import TrainConfig, learning_rate, train
 from injcert.theory.lipschitz import lipschitz_bound
 
-from helpers import subprocess_env, tiny_config
+from helpers import subprocess_env, tiny_config, tiny_unet
 
 TINY = tiny_config()
 
@@ -55,12 +55,44 @@ def _train_process(config: Path, out: Path) -> subprocess.Popen:
      {"model": {"lipschitz_budget": 0}}, {"model": {"lipschitz_budget": -2.0}}, {"model": {"foo": 1}},
      {"ema_decay": 1.5}, {"channels": 2}, {"lr_schedule": "linear"}, {"lr_final": -1e-6},
      {"lr": 1e-3, "lr_final": 2e-3}, {"init": ""}, {"init": 3}, {"low_noise_fraction": 1.5},
-     {"low_noise_fraction": -0.1}, {"low_noise_varsigma": 0.0}],
+     {"low_noise_fraction": -0.1}, {"low_noise_varsigma": 0.0}, {"loss_sigma_data": 0.0},
+     {"loss_sigma_data": float("nan")}, {"loss_sigma_data": True}],
 )
 def test_config_errors_are_one_line(bad):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_dict(dict(TINY, **bad))
     assert "\n" not in str(err.value) and str(err.value)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 999), st.floats(0.1, 2.0))
+def test_weighted_loss_is_the_denoisers_error_with_karras_weights(seed, sigma_data):
+    """loss_sigma_data: the weighted loss is the mean over examples of lambda(sigma) |D - x0|^2 per pixel,
+    lambda = (varsigma^2 + sigma_d^2)/(varsigma sigma_d)^2 (Karras et al. 2022, in VP coordinates), computed
+    here from the denoiser the model implies; None is the plain mean squared eps error."""
+    from injcert.model.objective import draw_training_batch, loss_on_batch
+
+    model = tiny_unet(seed % 3, lipschitz_budget=60.0, lipschitz_kappa=3.0, skip_max=0.0,
+                      parameterization="denoiser").double()
+    sched = model.schedule
+    x0 = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1
+    batch = draw_training_batch(x0, torch.Generator().manual_seed(seed), sched)
+    batch["eps"] = batch["eps"].double()
+    batch["y"], batch["m"] = batch["y"].double(), batch["m"].double()
+    t = batch["t"]
+    a, s = sched.alpha(t)[:, None, None, None], sched.sigma(t)[:, None, None, None]
+    xt = a * x0 + s * batch["eps"]
+    with torch.no_grad():
+        d = (xt - s * model(xt, t, batch["y"], batch["m"])) / a  # the implied denoiser
+        vs2 = sched.varsigma(t) ** 2
+        lam = (vs2 + sigma_data**2) / (vs2 * sigma_data**2)
+        expect = ((d - x0).pow(2).flatten(1).mean(1) * lam).mean()
+        got = loss_on_batch(model, batch, sigma_data)
+        plain = loss_on_batch(model, batch)
+        eps_err = (batch["eps"] - model(xt, t, batch["y"], batch["m"])).pow(2).mean()
+    assert float(got) == pytest.approx(float(expect), rel=1e-8)
+    assert float(plain) == pytest.approx(float(eps_err), rel=1e-12)
+    assert float(got) >= float(plain)
 
 
 @settings(max_examples=10, deadline=None)

@@ -10,6 +10,7 @@ in classifier-free guidance, Ho & Salimans 2022).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -123,13 +124,25 @@ def low_noise_range(schedule, t_min: float, low_noise_fraction: float, low_noise
     return lo
 
 
-def loss_on_batch(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+def loss_on_batch(model: nn.Module, batch: dict[str, Tensor], sigma_data: Optional[float] = None) -> Tensor:
     r"""The mean squared $\varepsilon$-prediction error on a batch from :func:`draw_training_batch`
-    (moved to the model's device by the caller): $x_t = \alpha_t x_0 + \sigma_t\varepsilon$."""
+    (moved to the model's device by the caller): $x_t = \alpha_t x_0 + \sigma_t\varepsilon$.
+
+    With ``sigma_data`` $= \sigma_d$ each example's error is weighted by $1 + \varsigma_t^2/\sigma_d^2$:
+    the weighting of Karras et al. (2022, eq. 8 and Table 1, $\lambda(\sigma) = (\sigma^2 + \sigma_d^2)/
+    (\sigma\sigma_d)^2$ on the denoiser's error) written for $\varepsilon$. An $\varepsilon$-error is a denoiser
+    error divided by $\varsigma$, so the plain loss weighs the denoiser's error by $1/\varsigma^2$, nearly 0 at
+    high noise, where the network's own inpainting from the condition is made; the weighted loss keeps
+    that weight at $1/\sigma_d^2$ and is the plain one at low noise."""
     schedule = _schedule_of(model)
     x0, t, eps = batch["x0"], batch["t"], batch["eps"]
     a = schedule.alpha(t).to(x0.dtype)[:, None, None, None]
     s = schedule.sigma(t).to(x0.dtype)[:, None, None, None]
     xt = a * x0 + s * eps
     pred = model(xt, t.to(x0.dtype), batch["y"], batch["m"])
-    return (eps - pred).pow(2).mean()
+    err = (eps - pred).pow(2)
+    if sigma_data is None:
+        return err.mean()
+    vs2 = schedule.varsigma(t.to(torch.float64)).pow(2)
+    weight = (1.0 + vs2 / float(sigma_data) ** 2).to(x0.dtype)
+    return (err.flatten(1).mean(1) * weight).mean()

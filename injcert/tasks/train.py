@@ -151,6 +151,9 @@ class TrainConfig:
         init: a model checkpoint whose weights start the run (model and EMA; the optimizer starts
             fresh at step 0): fine-tuning or continuing a shipped model. Its model options must be
             this config's. Read once, at the start; a resumed run takes its weights from the state.
+        loss_sigma_data: ``None`` (the plain ε loss) or $\sigma_d > 0$: weigh each example's ε error by
+            $1 + \varsigma_t^2/\sigma_d^2$ (Karras et al. 2022; :func:`~injcert.model.objective.loss_on_batch`).
+            The validation loss stays unweighted, so runs compare.
     """
 
     steps: int = 2000
@@ -175,6 +178,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_final: float = 0.0
     init: Optional[str] = None
+    loss_sigma_data: Optional[float] = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -233,6 +237,8 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"training option lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         number("lr_final", 0.0, self.lr)
+        if self.loss_sigma_data is not None:
+            number("loss_sigma_data", 0.0, math.inf, lo_open=True, hi_open=True)
         if self.init is not None and (not isinstance(self.init, str) or not self.init):
             raise ConfigError(f"training option init must be a checkpoint path or null, got {self.init!r}")
         if not isinstance(self.model, dict):
@@ -833,7 +839,7 @@ class _Run:
             g["lr"] = lr
         batch = _to_device(batch, self.dev)
         with contextlib.nullcontext() if self.compile_model else batched_normalisation(self.model):
-            loss = loss_on_batch(self.step_fn, batch)
+            loss = loss_on_batch(self.step_fn, batch, self.config.loss_sigma_data)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
