@@ -18,6 +18,7 @@ import torch
 
 from injcert.errors import ConfigError
 from injcert.io import load_checkpoint, load_state
+from injcert.model import CondUNet
 from injcert.tasks.train import TrainConfig, learning_rate, train
 from injcert.theory.lipschitz import lipschitz_bound
 
@@ -305,3 +306,25 @@ def test_init_refuses_other_model_options_and_its_own_path(tmp_path):
     with pytest.raises(Exception, match="--out"):
         train(_cfg(tmp_path, "y", steps=1, init=str(base)), base, progress=False)
     assert load_checkpoint(base).checkpoint_metadata["step"] == 1  # untouched
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_parses_and_builds(path):
+    cfg = TrainConfig.from_dict(json.loads(path.read_text()))
+    model = CondUNet.from_config(cfg.model)
+    assert model.config["cond_head"] == cfg.model.get("cond_head", False)
+
+
+def test_a_weighted_run_with_a_cond_head_trains_and_records_both_options(tmp_path):
+    """loss_sigma_data and cond_head through the whole trainer: the run logs finite (weighted) losses, the
+    checkpoint records both options, and the head has moved off its zero initialisation."""
+    model = dict(TINY["model"], lipschitz_budget=60.0, lipschitz_kappa=3.0, skip_max=0.0,
+                 parameterization="denoiser", cond_head=True)
+    out = train(_cfg(tmp_path, "w", steps=3, checkpoint_every=3, loss_sigma_data=0.5, model=model, lr=1e-2),
+                tmp_path / "w.ckpt", progress=False)
+    losses = _losses(tmp_path / "w.jsonl")
+    assert len(losses) == 3 and all(math.isfinite(v) for _, v in losses)
+    ck = load_checkpoint(out)
+    assert ck.checkpoint_metadata["training_config"]["loss_sigma_data"] == 0.5 and ck.config["cond_head"] is True
+    assert any(float(p.abs().max()) > 0 for p in ck.cond_head.parameters())
