@@ -79,6 +79,11 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
 
 PARAMETERIZATIONS = ("eps", "denoiser")
 
+#: The fixed factor on the condition-only term's output (:meth:`CondUNet.condition_estimate`): an
+#: equalised learning rate (Karras et al. 2018, section 4.1) for a zero-initialised head, whose Adam steps
+#: of the weights' size would otherwise move its output a few thousandths in a run of thousands of steps.
+COND_HEAD_SCALE = 8.0
+
 
 def _int(name: str, v: Any, minimum: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
@@ -466,7 +471,8 @@ class CondUNet(nn.Module):
     def condition_estimate(self, conds: list[Tensor]) -> Tensor:
         r"""$h(c, t)$, the condition-only term of the denoiser, $D = K_t x + \mathrm{gain}\,F(x, c) + h(c, t)$:
         a 1×1 convolution of the condition encoder's features at every level, summed from the coarsest
-        level down with nearest 2× upsampling (exact copies, so tiles agree). It reads $(y, m)$ and $t$
+        level down with nearest 2× upsampling (exact copies, so tiles agree), times
+        :data:`COND_HEAD_SCALE`. It reads $(y, m)$ and $t$
         only: a term constant in $x$, which leaves every Lipschitz bound in $x$ as it is (``proofs/05``
         item 11) and lets the network carry what the observation says straight to its output (the deep
         path's output is scaled by ``gain``, so a condition that only enters inside it reaches $D$
@@ -478,7 +484,7 @@ class CondUNet(nn.Module):
             acc = v if acc is None else acc + v
             if lvl > 0:
                 acc = self.upsample(acc)
-        return acc
+        return acc * COND_HEAD_SCALE
 
     def _set_gain(self, room: float) -> None:
         """``gain`` = ``room`` $(1 - 10^{-6})/S$, the deep path's share of the budget; the float32 value
