@@ -78,13 +78,15 @@ BANDS = dict(lipschitz_budget=60.0, lipschitz_kappa=3.0, skip_max=0.0, data_vari
              parameterization="denoiser", spectral_bands={"orders": [1, 5, 30], "variances": [0.01, 0.3, 2.0, 20.0]})
 
 
-@pytest.mark.parametrize("bands", [False, True], ids=["scalar", "bands"])
+@pytest.mark.parametrize("bands", [False, True, "head"], ids=["scalar", "bands", "bands+cond_head"])
 @settings(max_examples=4)  # slow: a CondUNet evaluated whole and tiled per example (~3 s an example)
 @given(h=st.integers(108, 120), w=st.integers(108, 120), tile=st.integers(24, 40), seed=st.integers(0, 50))
 def test_tiled_cond_unet_equals_whole(bands: bool, h: int, w: int, tile: int, seed: int) -> None:
     """The real network: receptive-field radius and alignment are declared by the model itself
-    (with the spectral band skip too, whose blur reaches 30 px)."""
-    net = tiny_unet(seed, **dict(tiny_config()["model"], **(BANDS if bands else {}))).eval()
+    (with the spectral band skip too, whose blur reaches 30 px, and the condition-only head, which
+    upsamples the condition encoder's coarsest features)."""
+    extra = dict(BANDS, cond_head=True) if bands == "head" else BANDS if bands else {}
+    net = tiny_unet(seed, **dict(tiny_config()["model"], **extra)).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.1)
