@@ -151,8 +151,8 @@ class TrainConfig:
         init: a model checkpoint whose weights start the run (model and EMA; the optimizer starts
             fresh at step 0): fine-tuning or continuing a shipped model. Its model options must be
             this config's. Read once, at the start; a resumed run takes its weights from the state.
-        loss_sigma_data: ``None`` (the plain ε loss) or $\sigma_d > 0$: weigh each example's ε error by
-            $1 + \varsigma_t^2/\sigma_d^2$ (Karras et al. 2022; :func:`~injcert.model.objective.loss_on_batch`).
+        loss_sigma_data: ``None`` (the plain ε loss) or $\\sigma_d > 0$: weigh each example's ε error by
+            $1 + \\varsigma_t^2/\\sigma_d^2$ (Karras et al. 2022; :func:`~injcert.model.objective.loss_on_batch`).
             The validation loss stays unweighted, so runs compare.
     """
 
