@@ -25,12 +25,8 @@ sys.path.insert(0, str(ROOT))
 from injcert.cli.compare import load_batch, markdown_table  # noqa: E402
 from injcert.data.corruptions import expand_map, make_corruption  # noqa: E402
 from injcert.io import load_checkpoint  # noqa: E402
+from injcert.metrics import region_psnr  # noqa: E402
 from injcert.tasks.classical import classical_estimate  # noqa: E402
-
-
-def _psnr(a: torch.Tensor, x: torch.Tensor, sel: torch.Tensor) -> float:
-    mse = (a.double() - x.double()).pow(2)[sel].mean()
-    return float(10 * torch.log10(4.0 / mse))
 
 
 @torch.no_grad()
@@ -53,10 +49,14 @@ def main() -> None:
     obs = make_corruption("random", ratio=args.ratio).sample(x, 0)
     m = expand_map(obs.m)
     y = obs.y * m[:, :1]
-    known = (m[:, :1] == 1).expand_as(x)
+    known = m[:, :1] == 1
+
+    def psnr(a: torch.Tensor, observed: bool) -> float:  # pooled over the batch, [-1, 1]
+        return region_psnr(a.double(), x.double(), known, outside=not observed)
+
     _, bih = classical_estimate(y, m, "inpaint_biharmonic")
     print(f"images {', '.join(args.images)} at {args.size}², {args.ratio:.0%} of the pixels missing at random; "
-          f"inpaint_biharmonic at the missing pixels: {_psnr(bih, x, ~known):.2f} dB\n")
+          f"inpaint_biharmonic at the missing pixels: {psnr(bih, False):.2f} dB\n")
     rows = []
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     for path in args.checkpoints:
@@ -67,14 +67,14 @@ def main() -> None:
             z = float(sched.alpha(t)) * (x + lv * noise)
             with_c = _denoise(model, z, t, (y, m))
             without = _denoise(model, z, t, (None, None))
-            rows.append([Path(path).name, f"{lv:g}", _psnr(x + lv * noise, x, known),
-                         _psnr(without, x, known), _psnr(with_c, x, known),
-                         _psnr(without, x, ~known), _psnr(with_c, x, ~known)])
+            rows.append([Path(path).name, f"{lv:g}", psnr(x + lv * noise, True),
+                         psnr(without, True), psnr(with_c, True),
+                         psnr(without, False), psnr(with_c, False)])
         t = float(sched.t_max)
         z = float(sched.alpha(t)) * x + float(sched.sigma(t)) * noise
         d = _denoise(model, z, t, (y, m))
-        rows.append([Path(path).name, "t_max", "—", "—", _psnr(d, x, known), "—",
-                     _psnr(d, x, ~known)])
+        rows.append([Path(path).name, "t_max", "—", "—", psnr(d, True), "—",
+                     psnr(d, False)])
     print(markdown_table(["checkpoint", "ς", "noisy input, observed [dB]", "D without c, observed",
                           "D with c, observed", "D without c, missing", "D with c, missing"], rows))
 
