@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from injcert.cli.compare import load_batch, markdown_table  # noqa: E402
 from injcert.data.corruptions import expand_map, make_corruption  # noqa: E402
+from injcert.errors import InjcertError  # noqa: E402
 from injcert.io import load_checkpoint  # noqa: E402
 from injcert.metrics import region_psnr  # noqa: E402
 from injcert.tasks.classical import classical_estimate  # noqa: E402
@@ -45,6 +46,7 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--levels", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.3, 1.0])
     args = ap.parse_args()
+    models = [(path, load_checkpoint(path).eval()) for path in args.checkpoints]  # a bad one fails before any work
     x = load_batch(args.images, args.size)[0]
     obs = make_corruption("random", ratio=args.ratio).sample(x, 0)
     m = expand_map(obs.m)
@@ -59,8 +61,7 @@ def main() -> None:
           f"inpaint_biharmonic at the missing pixels: {psnr(bih, False):.2f} dB\n")
     rows = []
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-    for path in args.checkpoints:
-        model = load_checkpoint(path).eval()
+    for path, model in models:
         sched = model.schedule
         for lv in args.levels:
             t = float(sched.t_of_varsigma(lv))
@@ -80,4 +81,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InjcertError as exc:  # a missing, corrupt or untrusted checkpoint, an unknown image: one line
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
