@@ -1,11 +1,15 @@
 """How Gaussian the encoded latents of the held-out images are, for checkpoints side by side.
 
-    python benchmarks/latent_gaussianity.py CKPT [CKPT ...] [--size 128] [--steps 50]
+    python benchmarks/latent_gaussianity.py CKPT [CKPT ...] [--size 128] [--steps 50] [--linear-part]
 
 Each held-out image is resized to ``size``² (``square_image``, as the demo does), encoded by the
 exact reversible flow (unconditional) and its $x$-space state at $t_{\\max}$ divided by
 $\\sigma(t_{\\max})$ is summarised by ``injcert.metrics.latent_statistics`` (white noise: std 1,
 lag-1 autocorrelation 0, spectrum flatness 1).
+
+``--linear-part`` adds, for every checkpoint, the same flow with the learned terms switched off
+(the deep path's ``gain`` and the condition-only head set to 0): the exact linear part alone, e.g. the
+spectral band skip's Wiener slopes. What the learned part changes is the difference of the two rows.
 """
 
 from __future__ import annotations
@@ -32,16 +36,37 @@ def latent(model, x: torch.Tensor, steps: int) -> torch.Tensor:
         return encode(model, x, steps=steps, method="reversible").standardized()
 
 
+def linear_part(model):
+    """A copy of ``model`` with the learned terms zeroed: ``gain`` (the deep path's output factor) and
+    the condition-only head, so that the denoiser is its exact linear part $K_t x$."""
+    import copy
+
+    lin = copy.deepcopy(model)
+    with torch.no_grad():
+        lin.gain.zero_()
+        for name, p in lin.named_parameters():
+            if name.startswith("cond_head."):
+                p.zero_()
+    return lin
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--images", nargs="+", default=list(HELDOUT_IMAGES))
+    ap.add_argument("--linear-part", action="store_true",
+                    help="also run each checkpoint with its learned terms zeroed (the exact linear part alone)")
     args = ap.parse_args()
     print(f"| image | checkpoint | std | lag-1 h | lag-1 w | spectrum flatness |  ({args.size}², {args.steps} steps)")
     print("|---|---|---|---|---|---|")
-    models = [(p, load_checkpoint(p).eval()) for p in args.checkpoints]
+    models = []
+    for p in args.checkpoints:
+        model = load_checkpoint(p).eval()
+        models.append((p, model))
+        if args.linear_part:
+            models.append((f"{p} (linear part)", linear_part(model)))
     for name in args.images:
         x = square_image(name, args.size).unsqueeze(0)
         for p, m in models:

@@ -119,3 +119,24 @@ def test_add_cond_head_script_keeps_the_function_and_refuses_bad_input(tmp_path)
         bad = subprocess.run([sys.executable, "scripts/add_cond_head.py", str(junk), str(tmp_path / "y.ckpt")],
                              capture_output=True, text=True, timeout=300, env=subprocess_env())
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 2**16), t=st.floats(0.005, 0.99), a=st.floats(-2.0, 2.0), b=st.floats(-2.0, 2.0))
+def test_latent_benchmarks_linear_part_is_the_exact_linear_skip(seed, t, a, b):
+    """``benchmarks/latent_gaussianity.py --linear-part`` zeroes the learned terms: what is left is
+    linear in x and reads no condition, and the checkpoint it was copied from is untouched."""
+    from benchmarks.latent_gaussianity import linear_part
+
+    _, headed = _pair(seed, 1.0)
+    before = {k: v.clone() for k, v in headed.state_dict().items()}
+    lin = linear_part(headed)
+    g = torch.Generator().manual_seed(seed + 7)
+    x1, x2 = (torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    y, m = _cond(seed + 3, 2, 8, 8)
+    with torch.no_grad():
+        f = lambda x, *c: lin(x, t, *c)  # noqa: E731
+        assert torch.allclose(f(a * x1 + b * x2, y, m), a * f(x1, y, m) + b * f(x2, y, m), atol=1e-10)
+        assert torch.allclose(f(x1, y, m), f(x1, torch.zeros_like(y), torch.ones_like(m)), atol=1e-12)
+        assert not torch.allclose(headed(x1, t, y, m), f(x1, y, m))
+    assert all(torch.equal(v, headed.state_dict()[k]) for k, v in before.items())
