@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from injcert.data.grid import square_image  # noqa: E402
 from injcert.data.images import HELDOUT_IMAGES  # noqa: E402
+from injcert.errors import InjcertError  # noqa: E402
 from injcert.io import load_checkpoint  # noqa: E402
 from injcert.metrics import latent_statistics  # noqa: E402
 from injcert.tasks.invert import encode  # noqa: E402
@@ -59,14 +60,14 @@ def main() -> None:
     ap.add_argument("--linear-part", action="store_true",
                     help="also run each checkpoint with its learned terms zeroed (the exact linear part alone)")
     args = ap.parse_args()
-    print(f"| image | checkpoint | std | lag-1 h | lag-1 w | spectrum flatness |  ({args.size}², {args.steps} steps)")
-    print("|---|---|---|---|---|---|")
     models = []
     for p in args.checkpoints:
         model = load_checkpoint(p).eval()
         models.append((p, model))
         if args.linear_part:
             models.append((f"{p} (linear part)", linear_part(model)))
+    print(f"| image | checkpoint | std | lag-1 h | lag-1 w | spectrum flatness |  ({args.size}², {args.steps} steps)")
+    print("|---|---|---|---|---|---|")
     for name in args.images:
         x = square_image(name, args.size).unsqueeze(0)
         for p, m in models:
@@ -76,4 +77,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InjcertError as exc:  # a missing, corrupt or untrusted checkpoint, an unknown image: one line
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
