@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from injcert.cli.compare import load_batch, markdown_table  # noqa: E402
 from injcert.data.corruptions import expand_map, make_corruption  # noqa: E402
-from injcert.errors import InjcertError  # noqa: E402
+from injcert.cli import run_script  # noqa: E402
 from injcert.io import load_checkpoint  # noqa: E402
 from injcert.metrics import region_psnr  # noqa: E402
 from injcert.tasks.classical import classical_estimate  # noqa: E402
@@ -81,8 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InjcertError as exc:  # a missing, corrupt or untrusted checkpoint, an unknown image: one line
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

@@ -20,6 +20,7 @@ import time
 import torch
 
 import injcert
+from injcert.cli import run_script
 from injcert.cli.compare import CORRUPTION_SETTINGS, load_batch, markdown_table, make_corruption
 from injcert.metrics import psnr
 from injcert.tasks.classical import LSMR_ITERATIONS, METHODS
@@ -54,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

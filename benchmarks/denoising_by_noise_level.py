@@ -9,16 +9,19 @@ Run: ``python benchmarks/denoising_by_noise_level.py [CKPT]``.
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import torch
 
 import injcert
+from injcert.cli import run_script
 from injcert.data.images import PatchDataset
 
 
-def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT)) -> None:
-    net = injcert.load_checkpoint(ckpt).eval()
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", nargs="?", default=str(injcert.DEFAULT_CHECKPOINT))
+    net = injcert.load_checkpoint(ap.parse_args().checkpoint).eval()
     x0 = torch.stack([PatchDataset(split="heldout", patch_size=32, length=8, seed=1)[i] for i in range(8)])
     sch = net.schedule
     g = torch.Generator().manual_seed(0)
@@ -35,4 +38,4 @@ def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT)) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    run_script(main)

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import injcert  # noqa: E402
+from injcert.cli import run_script  # noqa: E402
 from injcert.data.grid import square_image  # noqa: E402
 from injcert.data.images import save_image  # noqa: E402
 from injcert.metrics import colour_grain_ratio, grain_ratio, region_psnr, seam_energy  # noqa: E402
@@ -67,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

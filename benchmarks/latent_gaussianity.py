@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from injcert.data.grid import square_image  # noqa: E402
 from injcert.data.images import HELDOUT_IMAGES  # noqa: E402
-from injcert.errors import InjcertError  # noqa: E402
+from injcert.cli import run_script  # noqa: E402
 from injcert.io import load_checkpoint  # noqa: E402
 from injcert.metrics import latent_statistics  # noqa: E402
 from injcert.tasks.invert import encode  # noqa: E402
@@ -77,8 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InjcertError as exc:  # a missing, corrupt or untrusted checkpoint, an unknown image: one line
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

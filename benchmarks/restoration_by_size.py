@@ -18,6 +18,7 @@ import time
 import torch
 
 import injcert
+from injcert.cli import run_script
 from injcert.cli.compare import BASELINES, CORRUPTION_SETTINGS, load_batch, markdown_table, reconstruction_rows
 
 
@@ -58,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

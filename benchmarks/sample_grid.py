@@ -7,6 +7,7 @@ the spectral band skip the samples get the $1/|f|^2$ spectrum of natural images.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -15,15 +16,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from injcert.cli import run_script  # noqa: E402
 from injcert.cli.commands import side_by_side  # noqa: E402
 from injcert.io import load_checkpoint  # noqa: E402
 from injcert.tasks.invert import decode  # noqa: E402
 
 
-def main(out: str, *checkpoints: str) -> None:
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="the PNG to write")
+    ap.add_argument("checkpoints", nargs="+")
+    args = ap.parse_args()
+    out, checkpoints = args.out, args.checkpoints
+    models = [load_checkpoint(path) for path in checkpoints]  # a bad one fails before any work
     panels = []
-    for k, path in enumerate(checkpoints):
-        model = load_checkpoint(path)
+    for k, (path, model) in enumerate(zip(checkpoints, models)):
         z = torch.randn(3, model.in_channels, 64, 64, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             x = decode(model, z, steps=50)
@@ -33,6 +40,4 @@ def main(out: str, *checkpoints: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        raise SystemExit(__doc__.splitlines()[0])
-    main(*sys.argv[1:])
+    run_script(main)

@@ -8,19 +8,24 @@ Prints, for DDIM and the reversible integrator at 25/50/100/200 steps (geometric
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import torch
 
 import injcert
+from injcert.cli import run_script
 from injcert.io import load_checkpoint
 from injcert.solvers import get_solver, make_grid, probability_flow_field
 from injcert.solvers import Dopri5
 
 
-def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT), threads: int = 1) -> None:
-    torch.set_num_threads(threads)
-    net = load_checkpoint(ckpt).double().eval()
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", nargs="?", default=str(injcert.DEFAULT_CHECKPOINT))
+    ap.add_argument("threads", nargs="?", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    net = load_checkpoint(args.checkpoint).double().eval()
     field = probability_flow_field(net)
     sch = field.schedule
     z = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -44,4 +49,4 @@ def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT), threads: int = 1) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2], *map(int, sys.argv[2:3]))
+    run_script(main)

@@ -10,11 +10,12 @@ measured separately by ``benchmarks/restoration_by_size.py``.
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import torch
 
 import injcert
+from injcert.cli import run_script
 from injcert.data.corruptions import make_corruption
 from injcert.data.grid import square_image
 from injcert.metrics import psnr
@@ -33,8 +34,18 @@ def _mean(res: dict) -> dict:
     return {k: round(sum(v) / len(v), 3) for k, v in sorted(res.items())}
 
 
-def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT), *kinds: str) -> None:
-    model = injcert.load_checkpoint(ckpt)
+KINDS = ("box", "random", "gaps", "blur", "noise")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", nargs="?", default=str(injcert.DEFAULT_CHECKPOINT))
+    ap.add_argument("kinds", nargs="*", metavar="KIND", help=f"any of {', '.join(KINDS)} (default: all)")
+    args = ap.parse_args()
+    kinds = args.kinds
+    if set(kinds) - set(KINDS):  # not choices=: argparse < 3.12 rejects an empty nargs="*" list with choices
+        ap.error(f"unknown kind(s) {sorted(set(kinds) - set(KINDS))}; choose from {', '.join(KINDS)}")
+    model = injcert.load_checkpoint(args.checkpoint)
     grid = {"box": [0.02, 0.05, 0.1, 0.2, 0.5, 1.0], "random": [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
             "gaps": [0.001, 0.002, 0.005, 0.01, 0.02], "blur": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]}
     for kind, sigmas in grid.items():
@@ -68,4 +79,4 @@ def main(ckpt: str = str(injcert.DEFAULT_CHECKPOINT), *kinds: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    run_script(main)

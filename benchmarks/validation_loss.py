@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from injcert.io import load_checkpoint  # noqa: E402
+from injcert.cli import run_script  # noqa: E402
 from injcert.tasks.train import TrainConfig, validation_batches, validation_loss  # noqa: E402
 
 
@@ -44,4 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

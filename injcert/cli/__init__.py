@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 from .. import __version__
 from ..errors import ConfigError, InjcertError
 
-__all__ = ["main", "build_parser", "HelpFormatter", "add_threads_argument"]
+__all__ = ["main", "build_parser", "HelpFormatter", "add_threads_argument", "run_script"]
 
 # (name, help, module, add-arguments function, run function)
 _COMMANDS: list[tuple[str, str, str, str, str]] = [
@@ -207,6 +207,30 @@ def _is_environment_error(exc: BaseException) -> bool:
     if isinstance(exc, (InjcertError, OSError, MemoryError)):
         return True
     return type(exc).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError (a RuntimeError)
+
+
+def run_script(main: Callable[[], object], name: str | None = None) -> None:
+    """Run a script's ``main()`` under the command line's exit contract and exit: 0 ok (or the int
+    ``main`` returns); 2 with one line ``NAME: error: ...`` on stderr for an unusable input or
+    environment (a missing, corrupt or untrusted checkpoint, an unknown image, out of memory; set
+    ``INJCERT_DEBUG=1`` for the traceback); 130 on Ctrl-C. Any other exception is a bug and shows its
+    traceback. The benchmark scripts end with ``run_script(main)``."""
+    name = name or os.path.basename(sys.argv[0] or "script")
+    try:
+        rc = main()
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BaseException as exc:
+        if not _is_environment_error(exc):
+            raise
+        if os.environ.get("INJCERT_DEBUG", "") not in ("", "0"):
+            import traceback
+
+            traceback.print_exc()
+        print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(int(rc) if isinstance(rc, int) else 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,63 @@
+"""The benchmark scripts keep the command line's exit contract (:func:`injcert.cli.run_script`): a
+missing, corrupt or untrusted checkpoint is one ``NAME: error: ...`` line on stderr and exit 2, with
+nothing printed before the checkpoint was read; a bug still shows its traceback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from injcert.cli import run_script
+from injcert.errors import CheckpointError
+from tests.helpers import ROOT, subprocess_env
+
+BENCH = Path(ROOT) / "benchmarks"
+#: the scripts (not the asv suites ``bench_*.py`` nor helpers) that read a checkpoint
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py")
+                 if not p.name.startswith(("bench_", "_")) and "load_checkpoint" in p.read_text(encoding="utf-8"))
+#: leading arguments a script needs before its checkpoint
+LEAD = {"sample_grid.py": ["out.png"]}
+
+
+def test_every_checkpoint_script_ends_with_run_script():
+    assert len(SCRIPTS) >= 10, SCRIPTS
+    for name in SCRIPTS:
+        text = (BENCH / name).read_text(encoding="utf-8")
+        assert re.search(r'if __name__ == "__main__":\n    run_script\(main\)\n\Z', text), name
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_bad_checkpoint_is_one_line_and_exit_2(tmp_path, name):
+    # alternate the two kinds of junk across the scripts to keep the suite fast
+    junk = tmp_path / "missing.ckpt" if SCRIPTS.index(name) % 2 else Path("/etc/passwd")
+    run = subprocess.run([sys.executable, str(BENCH / name), *LEAD.get(name, []), str(junk)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env=subprocess_env())
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2, run.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{name}: error: ") and "Traceback" not in run.stderr
+    assert run.stdout == "", run.stdout  # nothing printed before the checkpoint was read
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_run_script_maps_user_errors_to_exit_2_and_keeps_bugs(capsys):
+    def bad_input():
+        raise CheckpointError("checkpoint not found: 'x.ckpt'\nsecond line")
+
+    with pytest.raises(SystemExit) as exc:
+        run_script(bad_input, "demo.py")
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "demo.py: error: checkpoint not found: 'x.ckpt'\n"
+
+    def bug():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_script(bug, "demo.py")
+    for value, code in ((None, 0), (3, 3)):
+        with pytest.raises(SystemExit) as exc:
+            run_script(lambda: value, "demo.py")
+        assert exc.value.code == code
