@@ -57,7 +57,9 @@ def _train_process(config: Path, out: Path) -> subprocess.Popen:
      {"ema_decay": 1.5}, {"channels": 2}, {"lr_schedule": "linear"}, {"lr_final": -1e-6},
      {"lr": 1e-3, "lr_final": 2e-3}, {"init": ""}, {"init": 3}, {"low_noise_fraction": 1.5},
      {"low_noise_fraction": -0.1}, {"low_noise_varsigma": 0.0}, {"loss_sigma_data": 0.0},
-     {"loss_sigma_data": float("nan")}, {"loss_sigma_data": True}],
+     {"loss_sigma_data": float("nan")}, {"loss_sigma_data": True}, {"refine_fraction": 1.5},
+     {"refine_fraction": -0.1}, {"refine_varsigma": [0.0, 0.1]}, {"refine_varsigma": [0.2, 0.1]},
+     {"refine_varsigma": 0.1}, {"refine_varsigma": [0.01, float("inf")]}, {"refine_varsigma": [True, 0.1]}],
 )
 def test_config_errors_are_one_line(bad):
     with pytest.raises(ConfigError) as err:
@@ -124,6 +126,52 @@ def test_low_noise_draws(fraction, low, seed):
         assert float(lv.max()) <= hi + 1e-9 and float(lv.min()) >= lo - 1e-9
         sd = (hi - lo) / math.sqrt(12 * int(changed.sum()))
         assert abs(float(lv.mean()) - (lo + hi) / 2) <= 5 * sd
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.sampled_from([0.0, 0.3, 1.0]), st.integers(0, 999))
+def test_refinement_draws_start_missing_pixels_from_the_estimate(fraction, seed):
+    """refine_fraction: only mask examples (some pixels observed, some missing, none blurred or noisy)
+    are refined; their delta is inpaint_biharmonic's estimate minus x0 at the missing pixels and 0
+    elsewhere, their varsigma lies in refine_varsigma, the other draws are those of the plain batch;
+    and the loss is the plain loss on x_t = alpha (x0 + delta) + sigma eps with the denoiser's target x0."""
+    from injcert.model.objective import draw_training_batch, loss_on_batch
+    from injcert.tasks.classical import classical_estimate
+
+    model = tiny_unet(seed % 3, lipschitz_budget=60.0, lipschitz_kappa=3.0, skip_max=0.0,
+                      parameterization="denoiser").double()
+    sched = model.schedule
+    x0 = torch.rand(24, 3, 16, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1
+    base = draw_training_batch(x0, torch.Generator().manual_seed(seed), sched, low_noise_fraction=0.5)
+    ref = draw_training_batch(x0, torch.Generator().manual_seed(seed), sched, low_noise_fraction=0.5,
+                              refine_fraction=fraction, refine_varsigma=(0.02, 0.1))
+    for k in ("x0", "eps", "y", "m"):
+        assert torch.equal(base[k], ref[k])
+    assert torch.equal(base["delta"], torch.zeros_like(x0))
+    m = ref["m"]
+    known = m[:, 0] == 1
+    masks = known.flatten(1).any(1) & (~known).flatten(1).any(1) & (m[:, 1:] == 0).flatten(1).all(1)
+    refined = ref["delta"].flatten(1).abs().amax(1) > 0
+    assert not bool((refined & ~masks).any())
+    if fraction == 0.0:
+        assert not bool(refined.any()) and torch.equal(base["t"], ref["t"])
+    if fraction == 1.0:
+        assert bool(masks.any()) and bool(refined[masks].all())  # a smooth fill is never exact on noise
+    vs = sched.varsigma(ref["t"][refined])
+    assert bool(((vs >= 0.02 - 1e-9) & (vs <= 0.1 + 1e-9)).all())
+    assert torch.equal(ref["t"][~refined], base["t"][~refined])
+    for i in refined.nonzero().flatten().tolist():
+        _, est = classical_estimate(ref["y"][i:i + 1] * m[i:i + 1, :1], m[i:i + 1], "inpaint_biharmonic")
+        miss = (m[i:i + 1, :1] != 1).expand_as(est)
+        assert torch.allclose(ref["delta"][i:i + 1], torch.where(miss, est - x0[i:i + 1], 0.0), atol=1e-6)
+    t = ref["t"]
+    a, s = sched.alpha(t)[:, None, None, None], sched.sigma(t)[:, None, None, None]
+    xt = a * (x0 + ref["delta"]) + s * ref["eps"].double()
+    with torch.no_grad():
+        d = (xt - s * model(xt, t, ref["y"].double(), m.double())) / a  # the implied denoiser
+        expect = ((d - x0).pow(2) * (a / s).pow(2)).mean()  # plain loss = denoiser error * (alpha/sigma)^2
+        got = loss_on_batch(model, {**ref, "eps": ref["eps"].double(), "y": ref["y"].double(), "m": m.double()})
+    assert float(got) == pytest.approx(float(expect), rel=1e-8)
 
 
 def test_resume_is_bit_exact(tmp_path):

@@ -18,10 +18,15 @@ from torch import Tensor, nn
 from ..data.corruptions import corrupt_batch
 from ..errors import ArgumentError
 
-__all__ = ["denoising_loss", "draw_training_batch", "loss_on_batch", "low_noise_range", "T_MIN"]
+__all__ = ["denoising_loss", "draw_training_batch", "loss_on_batch", "low_noise_range", "refine_range",
+           "REFINE_VARSIGMA", "T_MIN"]
 
 #: Smallest training time (avoids $\sigma_t \to 0$, where ε is unidentifiable).
 T_MIN: float = 1e-3
+
+#: Default $\varsigma$ range of the refinement examples of :func:`draw_training_batch`: around the start
+#: levels of reconstruction from a classical estimate (0.02 near observed pixels, 0.1 for holes).
+REFINE_VARSIGMA: tuple[float, float] = (0.01, 0.2)
 
 
 def denoising_loss(
@@ -73,6 +78,8 @@ def draw_training_batch(
     t_min: float = T_MIN,
     low_noise_fraction: float = 0.0,
     low_noise_varsigma: float = 0.2,
+    refine_fraction: float = 0.0,
+    refine_varsigma: tuple[float, float] = REFINE_VARSIGMA,
 ) -> dict[str, Tensor]:
     r"""Every random draw of one training batch, in a fixed order: $t$, $\varepsilon$, the corruption.
 
@@ -82,12 +89,23 @@ def draw_training_batch(
     $\varsigma \le 0.03$, where reconstruction and editing run their last steps; the mixture samples the
     same objective with more weight there.
 
+    With ``refine_fraction`` $= r > 0$, each example whose condition is a mask (some pixels observed,
+    some missing, none blurred or noisy) is, with probability $r$, a *refinement* example: its
+    missing pixels start from the classical estimate ``inpaint_biharmonic`` of its observation instead
+    of the truth, $x_t = \alpha_t(x_0 + \delta) + \sigma_t\varepsilon$ with $\delta$ = estimate $-\,x_0$
+    at the missing pixels (0 elsewhere), at a $\varsigma$ log-uniform on ``refine_varsigma``, and the
+    target stays $x_0$ (the ε target is $\varepsilon + \alpha_t\delta/\sigma_t$). Reconstruction starts the
+    flow from exactly such a state (the estimate at $\varsigma_e$, :func:`~injcert.reconstruct`), which
+    plain training never shows the network: there the missing pixels of $x_t$ are the truth plus
+    noise. Two more draws per example, after the low-noise ones (the batch at $r = 0$ is unchanged);
+    ``delta`` is returned (zeros when $r = 0$).
+
     The draws are those :func:`denoising_loss` makes (it is ``loss_on_batch(model,
     draw_training_batch(...))``), so a batch can be drawn ahead of time — in a ``DataLoader``
     worker, on the CPU — and the loss computed later on any device, with the same result.
 
     Returns:
-        ``{"x0", "t", "eps", "y", "m"}``: ``t`` is float64 of shape ``(N,)``, the rest follow ``x0``
+        ``{"x0", "t", "eps", "y", "m", "delta"}``: ``t`` is float64 of shape ``(N,)``, the rest follow ``x0``
         (``eps`` on ``x0``'s device and dtype, ``(y, m)`` from
         :func:`~injcert.data.corruptions.corrupt_batch`).
 
@@ -109,7 +127,39 @@ def draw_training_batch(
         v = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
         vs = torch.exp(math.log(lo) + (math.log(low_noise_varsigma) - math.log(lo)) * v)
         t = torch.where(pick, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
-    return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m}
+    delta = torch.zeros_like(x0)
+    if refine_fraction > 0:
+        r_lo, r_hi = refine_range(schedule, refine_fraction, refine_varsigma)
+        pick = (torch.rand(n, generator=generator, dtype=torch.float64, device=gdev) < refine_fraction).cpu()
+        v = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
+        vs = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * v)
+        known = m[:, 0] == 1
+        masks = known.flatten(1).any(1) & (~known).flatten(1).any(1) & (m[:, 1:] == 0).flatten(1).all(1)
+        sel = (pick & masks.cpu()).to(t.device)
+        if bool(sel.any()):
+            from ..tasks.classical import classical_estimate  # the model layer needs it only here
+
+            idx = sel.nonzero().flatten().to(x0.device)
+            _, est = classical_estimate(y[idx] * m[idx, :1], m[idx], "inpaint_biharmonic")
+            miss = (m[idx, :1] != 1).expand_as(est)
+            delta[idx] = torch.where(miss, est.to(x0) - x0[idx], torch.zeros_like(est, dtype=x0.dtype))
+            t = torch.where(sel, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64).to(t.device), t)
+    return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m, "delta": delta}
+
+
+def refine_range(schedule, refine_fraction: float, refine_varsigma) -> tuple[float, float]:
+    """Check the refinement options of :func:`draw_training_batch`; returns ``(lo, hi)``."""
+    if not 0.0 <= refine_fraction <= 1.0:
+        raise ArgumentError(f"refine_fraction must lie in [0, 1], got {refine_fraction!r}")
+    try:
+        lo, hi = (float(v) for v in refine_varsigma)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"refine_varsigma must be two numbers [lo, hi], got {refine_varsigma!r}") from None
+    top = float(schedule.varsigma(schedule.t_max))
+    if not 0.0 < lo <= hi < top:
+        raise ArgumentError(f"refine_varsigma must satisfy 0 < lo <= hi < varsigma(t_max)={top:.3g}, "
+                            f"got {refine_varsigma!r}")
+    return lo, hi
 
 
 def low_noise_range(schedule, t_min: float, low_noise_fraction: float, low_noise_varsigma: float) -> float:
@@ -126,7 +176,9 @@ def low_noise_range(schedule, t_min: float, low_noise_fraction: float, low_noise
 
 def loss_on_batch(model: nn.Module, batch: dict[str, Tensor], sigma_data: Optional[float] = None) -> Tensor:
     r"""The mean squared $\varepsilon$-prediction error on a batch from :func:`draw_training_batch`
-    (moved to the model's device by the caller): $x_t = \alpha_t x_0 + \sigma_t\varepsilon$.
+    (moved to the model's device by the caller): $x_t = \alpha_t x_0 + \sigma_t\varepsilon$, plus
+    $\alpha_t\delta$ with the ε target $\varepsilon + \alpha_t\delta/\sigma_t$ where the batch has a ``delta``
+    (refinement examples; the denoiser's target is $x_0$ either way).
 
     With ``sigma_data`` $= \sigma_d$ each example's error is weighted by $1 + \varsigma_t^2/\sigma_d^2$:
     the weighting of Karras et al. (2022, eq. 8 and Table 1, $\lambda(\sigma) = (\sigma^2 + \sigma_d^2)/
@@ -139,6 +191,10 @@ def loss_on_batch(model: nn.Module, batch: dict[str, Tensor], sigma_data: Option
     a = schedule.alpha(t).to(x0.dtype)[:, None, None, None]
     s = schedule.sigma(t).to(x0.dtype)[:, None, None, None]
     xt = a * x0 + s * eps
+    delta = batch.get("delta")
+    if delta is not None:  # refinement examples: x_t holds the estimate, the target is still x0
+        xt = xt + a * delta
+        eps = eps + a * delta / s
     pred = model(xt, t.to(x0.dtype), batch["y"], batch["m"])
     err = (eps - pred).pow(2)
     if sigma_data is None:

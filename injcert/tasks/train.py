@@ -68,7 +68,7 @@ from ..errors import CheckpointError, ConfigError, TrainingError
 from ..io import (atomic_write_bytes, check_finite_model, check_output_path, clean_orphan_temps, is_state_file,
                   load_checkpoint, load_state, notice, open_append, output_lock, probe_writable, read_json_file,
                   save_checkpoint, save_state, weights_fingerprint)
-from ..model.objective import T_MIN, draw_training_batch, loss_on_batch, low_noise_range
+from ..model.objective import REFINE_VARSIGMA, T_MIN, draw_training_batch, loss_on_batch, low_noise_range, refine_range
 from ..model.layers import batched_normalisation
 from ..model.unet import DEFAULT_MODEL_CONFIG, CondUNet
 from ..threads import apply_threads
@@ -142,6 +142,10 @@ class TrainConfig:
             $[\\varsigma(t_{\\min}), \\varsigma_{\\text{low}}]$ instead of uniform in $t$ (0: none; see
             :func:`~injcert.model.objective.draw_training_batch`). Validation always draws uniform $t$.
         low_noise_varsigma: $\\varsigma_{\\text{low}}$.
+        refine_fraction: probability that a mask example is a refinement example, its missing pixels
+            starting from ``inpaint_biharmonic``'s estimate instead of the truth (0: none; see
+            :func:`~injcert.model.objective.draw_training_batch`). Validation never has any.
+        refine_varsigma: ``[lo, hi]``, the $\\varsigma$ range of the refinement examples (log-uniform).
         grad_clip: gradient-norm clip (0: none).
         warmup_steps: learning-rate warm-up steps (0: none).
         images: training image names (``None``: all of ``TRAIN_IMAGES``).
@@ -172,6 +176,8 @@ class TrainConfig:
     t_min: float = T_MIN
     low_noise_fraction: float = 0.0
     low_noise_varsigma: float = 0.2
+    refine_fraction: float = 0.0
+    refine_varsigma: list = field(default_factory=lambda: list(REFINE_VARSIGMA))
     grad_clip: float = 1.0
     warmup_steps: int = 50
     images: Optional[list] = None
@@ -228,6 +234,12 @@ class TrainConfig:
         number("t_min", 0.0, 1.0, hi_open=True)
         number("low_noise_fraction", 0.0, 1.0)
         number("low_noise_varsigma", 0.0, math.inf, lo_open=True, hi_open=True)
+        number("refine_fraction", 0.0, 1.0)
+        rv = self.refine_varsigma
+        if (not isinstance(rv, (list, tuple)) or len(rv) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                                   or not math.isfinite(v) for v in rv)
+                or not 0 < rv[0] <= rv[1]):
+            raise ConfigError(f"training option refine_varsigma must be [lo, hi] with 0 < lo <= hi, got {rv!r}")
         if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise ConfigError(f"training option channels must be 1 or 3, got {self.channels!r}")
         if self.log is not None and not isinstance(self.log, str):
@@ -375,7 +387,8 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __init__(self, dataset: Any, schedule: Any, seed: int, rank: int, global_batch: int,
                  local_batch: int, p_uncond: float, t_min: float, low_noise_fraction: float = 0.0,
-                 low_noise_varsigma: float = 0.2) -> None:
+                 low_noise_varsigma: float = 0.2, refine_fraction: float = 0.0,
+                 refine_varsigma: Any = REFINE_VARSIGMA) -> None:
         self.dataset, self.schedule = dataset, schedule
         self.seed, self.rank = seed, rank
         self.global_batch, self.local_batch = global_batch, local_batch
@@ -383,6 +396,8 @@ class StepBatches(torch.utils.data.Dataset):
         self.low_noise_fraction, self.low_noise_varsigma = low_noise_fraction, low_noise_varsigma
         # here, in the training process: a bad value would otherwise surface inside a DataLoader worker
         low_noise_range(schedule, t_min, low_noise_fraction, low_noise_varsigma)
+        self.refine_fraction, self.refine_varsigma = refine_fraction, tuple(refine_varsigma)
+        refine_range(schedule, refine_fraction, self.refine_varsigma)
 
     def __len__(self) -> int:
         return _DATASET_LENGTH // max(1, self.global_batch)
@@ -393,7 +408,8 @@ class StepBatches(torch.utils.data.Dataset):
         gen = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank))
         return draw_training_batch(x0, gen, self.schedule, p_uncond=self.p_uncond, t_min=self.t_min,
                                    low_noise_fraction=self.low_noise_fraction,
-                                   low_noise_varsigma=self.low_noise_varsigma)
+                                   low_noise_varsigma=self.low_noise_varsigma,
+                                   refine_fraction=self.refine_fraction, refine_varsigma=self.refine_varsigma)
 
 
 def _worker_init(_: int) -> None:
@@ -739,7 +755,8 @@ def _make_loader(config: TrainConfig, model: CondUNet, dist_info: _Dist, dev: to
     # per-step .item() stalls the launch queue. On the CPU there is nothing to overlap.
     sync_every = 1 if dev.type == "cpu" else 25
     steps_ds = StepBatches(dataset, model.schedule, config.seed, dist_info.rank, config.batch_size, local_b,
-                           config.p_uncond, config.t_min, config.low_noise_fraction, config.low_noise_varsigma)
+                           config.p_uncond, config.t_min, config.low_noise_fraction, config.low_noise_varsigma,
+                           config.refine_fraction, config.refine_varsigma)
     loader = torch.utils.data.DataLoader(
         steps_ds, batch_size=None, sampler=range(start, config.steps), num_workers=workers,
         pin_memory=dev.type == "cuda", worker_init_fn=_worker_init if workers else None,
