@@ -209,6 +209,28 @@ def _is_environment_error(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError (a RuntimeError)
 
 
+def _debug_env() -> bool:
+    """``INJCERT_DEBUG`` is set (and not ``0``): show the traceback of a reported error."""
+    return os.environ.get("INJCERT_DEBUG", "") not in ("", "0")
+
+
+def _error_status(exc: BaseException, prefix: str, debug: bool) -> int | None:
+    """Report ``exc`` on stderr under the exit contract and return the exit status: 130 for Ctrl-C,
+    2 (one ``PREFIX: error: ...`` line, the traceback too if ``debug``) for an unusable input or
+    environment; ``None`` for anything else, a bug, which the caller re-raises."""
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    if not _is_environment_error(exc):
+        return None
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
+    return 2
+
+
 def run_script(main: Callable[[], object], name: str | None = None) -> None:
     """Run a script's ``main()`` under the command line's exit contract and exit: 0 ok (or the int
     ``main`` returns); 2 with one line ``NAME: error: ...`` on stderr for an unusable input or
@@ -218,18 +240,11 @@ def run_script(main: Callable[[], object], name: str | None = None) -> None:
     name = name or os.path.basename(sys.argv[0] or "script")
     try:
         rc = main()
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
     except BaseException as exc:
-        if not _is_environment_error(exc):
-            raise
-        if os.environ.get("INJCERT_DEBUG", "") not in ("", "0"):
-            import traceback
-
-            traceback.print_exc()
-        print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        status = _error_status(exc, name, _debug_env())
+        if status is None:
+            raise  # a bug (or argparse's own SystemExit): as it is
+        raise SystemExit(status) from None
     raise SystemExit(int(rc) if isinstance(rc, int) else 0)
 
 
@@ -244,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0
-    debug = bool(getattr(args, "debug", False)) or os.environ.get("INJCERT_DEBUG", "") not in ("", "0")
+    debug = bool(getattr(args, "debug", False)) or _debug_env()
     try:
         from ..threads import threads
 
@@ -253,18 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with threads(getattr(args, "threads", None), default=argv is None):
             _preflight(args)
             return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"injcert {args.command}: interrupted", file=sys.stderr)
-        return 130
     except BaseException as exc:
-        if not _is_environment_error(exc):
+        status = _error_status(exc, f"injcert {args.command}", debug)
+        if status is None:
             raise  # a bug: the traceback is the report
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        print(f"injcert {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        return status
     finally:
         limits.reset()
 

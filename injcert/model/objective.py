@@ -130,20 +130,20 @@ def draw_training_batch(
     delta = torch.zeros_like(x0)
     if refine_fraction > 0:
         r_lo, r_hi = refine_range(schedule, refine_fraction, refine_varsigma)
-        pick = (torch.rand(n, generator=generator, dtype=torch.float64, device=gdev) < refine_fraction).cpu()
+        pick = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev) < refine_fraction
         v = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
         vs = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * v)
         known = m[:, 0] == 1
         masks = known.flatten(1).any(1) & (~known).flatten(1).any(1) & (m[:, 1:] == 0).flatten(1).all(1)
-        sel = (pick & masks.cpu()).to(t.device)
+        sel = pick & masks.to(gdev)  # t, pick and vs live on the generator's device
         if bool(sel.any()):
             from ..tasks.classical import classical_estimate  # the model layer needs it only here
 
             idx = sel.nonzero().flatten().to(x0.device)
             _, est = classical_estimate(y[idx] * m[idx, :1], m[idx], "inpaint_biharmonic")
             miss = (m[idx, :1] != 1).expand_as(est)
-            delta[idx] = torch.where(miss, est.to(x0) - x0[idx], torch.zeros_like(est, dtype=x0.dtype))
-            t = torch.where(sel, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64).to(t.device), t)
+            delta[idx] = torch.where(miss, est.to(x0) - x0[idx], 0.0)
+            t = torch.where(sel, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
     return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m, "delta": delta}
 
 
