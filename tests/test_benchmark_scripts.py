@@ -61,3 +61,24 @@ def test_run_script_maps_user_errors_to_exit_2_and_keeps_bugs(capsys):
         with pytest.raises(SystemExit) as exc:
             run_script(lambda: value, "demo.py")
         assert exc.value.code == code
+
+
+def test_reconstruction_rows_variant_without_flow_keeps_the_estimate():
+    """The ablation row ``--ablate-flow`` adds: started at varsigma_e = 1e-6 the network cannot move the
+    fill, so it is the classical estimate; the best-baseline figure ignores it (``keep``)."""
+    import torch
+
+    from injcert.cli.compare import reconstruction_rows
+    from tests.helpers import tiny_unet
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    keep: dict = {}
+    rows = reconstruction_rows(tiny_unet().eval(), [x], 2, 0, ["box", "random"], keep=keep,
+                               variants={"no flow": {"sigma_start": 1e-6}})
+    for c in ("box", "random"):
+        by = {r.method: r for r in rows if r.corruption == c}
+        assert set(by) == {"inpaint_biharmonic", "ours", "no flow"}
+        assert abs(by["no flow"].psnr - by["inpaint_biharmonic"].psnr) < 1e-3
+        assert abs(by["ours"].psnr - by["inpaint_biharmonic"].psnr) > 1e-3  # the default level does move it
+        assert keep[c][5] == "inpaint_biharmonic"

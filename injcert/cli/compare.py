@@ -269,12 +269,14 @@ def _region(m: Tensor) -> Tensor:
 def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int, seed: int = 0,
                         corruptions: Sequence[str] = tuple(CORRUPTION_SETTINGS), keep: Optional[dict] = None,
                         baselines: Optional[Dict[str, Tuple[str, ...]]] = None,
-                        options: Optional[Dict[str, Any]] = None) -> List[ReconRow]:
+                        options: Optional[Dict[str, Any]] = None,
+                        variants: Optional[Dict[str, Dict[str, Any]]] = None) -> List[ReconRow]:
     """Ours vs the classical baselines per corruption, same images and same masks.
 
     ``baselines`` overrides :data:`BASELINES` per corruption (e.g. without ``bm3d`` at 1024², where
     it takes minutes per image); ``options`` are passed to
-    :func:`~injcert.tasks.reconstruct.reconstruct_full` (e.g. ``levels="auto"``).
+    :func:`~injcert.tasks.reconstruct.reconstruct_full` (e.g. ``levels="auto"``); ``variants`` adds
+    one row per entry, ``label: options`` (on top of ``options``), for ablations.
 
     Metrics are averaged over the batches (image-wise PSNR/SSIM; region PSNR pooled per batch).
     ``keep``, if given, receives ``{corruption: (x, y, baseline, ours, m)}`` of the first batch.
@@ -301,11 +303,18 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
             with torch.no_grad():
                 ours = reconstruct_full(model, obs.y, obs.m, steps, seed, operator=obs.operator,
                                         blur_sigma=blur_sigma, **(options or {})).image
+            n_base = len(results)
             results.append(("ours", ours, time.perf_counter() - t0))
+            for label, extra in (variants or {}).items():
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    img = reconstruct_full(model, obs.y, obs.m, steps, seed, operator=obs.operator,
+                                           blur_sigma=blur_sigma, **{**(options or {}), **extra}).image
+                results.append((label, img, time.perf_counter() - t0))
             for lab, img, sec in results:
                 acc.setdefault(lab, []).append((psnr(img, x), ssim(img, x), region_psnr(img, x, region), sec))
             if keep is not None and bi == 0:
-                best = max(results[:-1], key=lambda r: psnr(r[1], x))
+                best = max(results[:n_base], key=lambda r: psnr(r[1], x))
                 keep[name] = (x, obs.y, best[1], ours, obs.m, best[0])
         for lab, vals in acc.items():
             p, s, r = (sum(v[i] for v in vals) / len(vals) for i in range(3))
