@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, strategies as st
 from torch import nn
 
-from injcert.data.corruptions import make_corruption
+from injcert.data.corruptions import expand_map, make_corruption
 from injcert.model.schedule import CosineSchedule
 from injcert.solvers import ReversibleHeun, quantize
 from injcert.tasks.classical import classical_estimate
@@ -270,6 +270,32 @@ def test_reconstruction_start_options(net) -> None:
         reconstruct_full(net.float(), y, m, steps=2, noise_scale=2.0)
     with pytest.raises(ValueError, match="sigma_start"):
         reconstruct_full(net.float(), y, m, steps=2, sigma_start=-1.0)
+
+
+@given(st.integers(0, 10**6), st.floats(-0.9, 0.9))
+def test_pyramid_estimate_keeps_a_constant_image_and_the_distance_map_is_exact(seed, c) -> None:
+    """The coarse-to-fine start of a constant image is that constant (the coarse mean of the observed
+    pixels, the fade into the classical estimate add no bias), for holes of any shape and sparse
+    masks (a coarse pixel is observed where any fine one is, so a coarse level always has observed
+    pixels); the fade's distance map equals the brute-force nearest-observed distance."""
+    import injcert.tasks.reconstruct as rec
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = int(torch.randint(8, 21, (1,), generator=g)), int(torch.randint(8, 21, (1,), generator=g))
+    known = torch.rand(1, 1, h, w, generator=g) < float(torch.rand(1, generator=g)) * 0.8 + 0.1
+    r0, c0 = int(torch.randint(0, h - 3, (1,), generator=g)), int(torch.randint(0, w - 3, (1,), generator=g))
+    known[..., r0:r0 + 6, c0:c0 + 7] = False  # a hole wider than one coarse pixel
+    known[..., 0, 0] = True
+    d = rec._distance_map(known[:, 0])
+    ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    kp = torch.stack([ii[known[0, 0]], jj[known[0, 0]]], 1).double()
+    brute = torch.cdist(torch.stack([ii.flatten(), jj.flatten()], 1).double(), kp).min(1).values.reshape(h, w)
+    assert torch.allclose(d[0, 0], brute)
+    m = expand_map(known.double())
+    y = torch.full((1, 3, h, w), c, dtype=torch.float64) * m[:, :1]
+    est = rec._coarse_estimate(ZeroNet(), y, m, 2, 0, 2, sigma_start=1e-6)
+    assert torch.equal(est[known.expand_as(est)], y[known.expand_as(y)])
+    assert (est - c).abs().max() < 1e-4
 
 
 @given(st.integers(0, 99), st.sampled_from([0.0, 0.003, 0.05, 0.5]))
