@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--images", nargs="+", default=["astronaut", "chelsea", "hubble_deep_field", "retina"])
     p.add_argument("--corruptions", nargs="+", default=list(CORRUPTION_SETTINGS))
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--levels", default="0", help="coarse-to-fine levels: an int or 'auto'")
+    p.add_argument("--levels", default="auto", help="coarse-to-fine levels: an int or auto (the default)")
     p.add_argument("--ablate-flow", action="store_true",
                    help="also run the same pipeline started at varsigma_e = 1e-6 (row 'no flow')")
     args = p.parse_args()

@@ -348,8 +348,9 @@ def add_reconstruct_arguments(p: argparse.ArgumentParser) -> None:
                         "the noisy observation itself (noise only), or pure noise at t_max (default: auto)")
     p.add_argument("--sigma-start", type=float, default=None,
                    help="noise level varsigma of the start from the estimate (default: from the hole size)")
-    p.add_argument("--levels", default="0",
-                   help="coarse-to-fine levels for missing pixels: an int or 'auto' (default: 0)")
+    p.add_argument("--levels", default="auto",
+                   help="coarse-to-fine levels for missing pixels: an int, or auto: halve until every missing "
+                        "pixel is within reach of the network (default: auto)")
     _common(p)
 
 
