@@ -50,6 +50,7 @@ def main() -> None:
                 _, base = classical_estimate(obs.y, obs.m, "inpaint_biharmonic")
                 pb, sb = psnr(base, x), ssim(base, x)
                 for v in variants:
+                    # blend 0 = no fade: a band of 1e-9 px gives every missing pixel the coarse fill
                     rec.PYRAMID_OBSERVED, rec.PYRAMID_BLEND = v[1], max(v[2], 1e-9)
                     with torch.no_grad():
                         img = rec.reconstruct_full(model, obs.y, obs.m, 1, seed, sigma_start=1e-6, levels=v[0]).image

@@ -41,6 +41,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = injcert.load_checkpoint(args.checkpoint)
     levels = args.levels if args.levels == "auto" else int(args.levels)
+    variants = {"no flow": {"sigma_start": 1e-6}} if args.ablate_flow else {}
     print(f"checkpoint {args.checkpoint}; images {', '.join(args.images)}; {args.steps} steps; levels {levels}; "
           f"threads {torch.get_num_threads()}")
     for size in args.sizes:
@@ -50,7 +51,7 @@ def main() -> None:
         t0 = time.perf_counter()
         rows = reconstruction_rows(model, load_batch(args.images, size), args.steps, 0, args.corruptions,
                                    baselines=base, options={"levels": levels},
-                                   variants={"no flow": {"sigma_start": 1e-6}} if args.ablate_flow else None)
+                                   variants=variants)
         print(f"\n### {size}×{size} ({time.perf_counter() - t0:.0f} s)\n")
         print(markdown_table(["corruption", "method", "PSNR [dB]", "SSIM", "PSNR in region [dB]", "time [s]"],
                              [[r.corruption, r.method, r.psnr, r.ssim, r.psnr_region, r.seconds] for r in rows]))
@@ -58,7 +59,7 @@ def main() -> None:
         gaps = []
         for c in args.corruptions:
             ours = next(r for r in rows if r.corruption == c and r.method == "ours")
-            others = [r for r in rows if r.corruption == c and r.method not in ("ours", "no flow")]
+            others = [r for r in rows if r.corruption == c and r.method != "ours" and r.method not in variants]
             best = max(others, key=lambda r: r.psnr)
             gaps.append([c, best.method, ours.psnr - best.psnr, ours.ssim - max(r.ssim for r in others),
                          ours.psnr_region - max(r.psnr_region for r in others)])

@@ -299,18 +299,14 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
                 t0 = time.perf_counter()
                 label, base = classical_estimate(obs.y, obs.m, method, blur_sigma=blur_sigma)
                 results.append((label, base, time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                ours = reconstruct_full(model, obs.y, obs.m, steps, seed, operator=obs.operator,
-                                        blur_sigma=blur_sigma, **(options or {})).image
             n_base = len(results)
-            results.append(("ours", ours, time.perf_counter() - t0))
-            for label, extra in (variants or {}).items():
+            for label, extra in {"ours": {}, **(variants or {})}.items():
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     img = reconstruct_full(model, obs.y, obs.m, steps, seed, operator=obs.operator,
                                            blur_sigma=blur_sigma, **{**(options or {}), **extra}).image
                 results.append((label, img, time.perf_counter() - t0))
+            ours = results[n_base][1]
             for lab, img, sec in results:
                 acc.setdefault(lab, []).append((psnr(img, x), ssim(img, x), region_psnr(img, x, region), sec))
             if keep is not None and bi == 0:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -100,17 +101,20 @@ def _check(y: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     return y, expand_map(m.to(y.dtype))
 
 
-def _distance_to_known(known: Tensor) -> float:
-    """The largest Chebyshev distance (pixels) from a pixel to the nearest known one (per image; the max)."""
+def _distance_map(known: Tensor, metric: str = "euclidean") -> Tensor:
+    """N×1×H×W distance (pixels, ``"euclidean"`` or ``"chessboard"``) of every pixel to the nearest
+    known one: 0 on known pixels, ``inf`` in an image without any."""
     k = known.reshape(-1, *known.shape[-2:]).cpu().numpy()
-    out = 0.0
-    for ki in k:
-        if ki.all():
-            continue
-        if not ki.any():
-            return float(max(ki.shape))
-        out = max(out, float(distance_transform_cdt(~ki, metric="chessboard").max()))
-    return out
+    transform = distance_transform_edt if metric == "euclidean" else partial(distance_transform_cdt, metric=metric)
+    d = [transform(~ki).astype(np.float64) if ki.any() else np.full(ki.shape, np.inf) for ki in k]
+    return torch.from_numpy(np.stack(d)).unsqueeze(1).to(known.device)
+
+
+def _distance_to_known(known: Tensor) -> float:
+    """The largest Chebyshev distance (pixels) from a pixel to the nearest known one (per image; the max;
+    the image's larger side where an image has no known pixel)."""
+    d = _distance_map(known, "chessboard")
+    return float(max(known.shape[-2:])) if bool(d.isinf().any()) else float(d.max())
 
 
 #: Default start levels (varsigma) from the classical estimate, chosen on the *training* images
@@ -381,12 +385,6 @@ def _coarse_estimate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, le
     weight = (_distance_map(known[:, 0] == 1) / PYRAMID_BLEND).clamp(max=1.0).to(y)
     return torch.where(known.bool().expand_as(y), y, torch.lerp(fine.to(y), up, weight))
 
-
-def _distance_map(known: Tensor) -> Tensor:
-    """N×1×H×W Euclidean distance (pixels) of every pixel to the nearest known one (0 on known pixels)."""
-    k = known.reshape(-1, *known.shape[-2:]).cpu().numpy()
-    d = [distance_transform_edt(~ki) if ki.any() else np.full(ki.shape, np.inf) for ki in k]
-    return torch.from_numpy(np.stack(d)).unsqueeze(1).to(known.device)
 
 
 def _finish(y: Tensor, m: Tensor, flow: Tensor, state: SolverState, noise: Tensor, operator: Any, nfe: int,
