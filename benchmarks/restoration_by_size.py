@@ -12,7 +12,10 @@ best baseline (PSNR, SSIM, region PSNR).
 ``--ablate-flow`` adds the row ``no flow``: the same pipeline (the same estimate, the same pyramid
 with ``--levels``) started at $\varsigma_e = 10^{-6}$, where the network cannot change the fill. Its
 difference to ``ours`` is what the network itself adds; with ``--levels auto`` the rest is the
-classical estimate computed on the downsampled copies.
+classical estimate computed on the downsampled copies. ``--ablate-gate`` adds the row ``no gate``:
+the same pipeline with the flow always kept (``gate=False``), where ``ours`` keeps it only where it
+restores held-out observed pixels better than its start
+(:func:`injcert.tasks.reconstruct.holdout_gate`).
 """
 
 from __future__ import annotations
@@ -37,11 +40,14 @@ def main() -> None:
     p.add_argument("--levels", default="auto", help="coarse-to-fine levels: an int or auto (the default)")
     p.add_argument("--ablate-flow", action="store_true",
                    help="also run the same pipeline started at varsigma_e = 1e-6 (row 'no flow')")
+    p.add_argument("--ablate-gate", action="store_true",
+                   help="also run the pipeline without its holdout gate (row 'no gate': the flow always kept)")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = injcert.load_checkpoint(args.checkpoint)
     levels = args.levels if args.levels == "auto" else int(args.levels)
-    variants = {"no flow": {"sigma_start": 1e-6}} if args.ablate_flow else {}
+    variants = {**({"no flow": {"sigma_start": 1e-6}} if args.ablate_flow else {}),
+                **({"no gate": {"gate": False}} if args.ablate_gate else {})}
     print(f"checkpoint {args.checkpoint}; images {', '.join(args.images)}; {args.steps} steps; levels {levels}; "
           f"threads {torch.get_num_threads()}")
     for size in args.sizes:

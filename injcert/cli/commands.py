@@ -351,6 +351,9 @@ def add_reconstruct_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", default="auto",
                    help="coarse-to-fine levels for missing pixels: an int, or auto: halve until every missing "
                         "pixel is within reach of the network (default: auto)")
+    p.add_argument("--no-gate", dest="gate", action="store_false",
+                   help="keep the flow even where it restores observed pixels hidden in the shape of the hole "
+                        "worse than its classical start (default: the flow is kept only where it does better)")
     _common(p)
 
 
@@ -419,13 +422,16 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         y, m, operator = obs.y.to(args.device), obs.m.to(args.device), obs.operator
     with torch.no_grad():
         rec = reconstruct_full(model, y, m, steps=args.steps, seed=args.seed, method=args.method, start=args.start,
-                               sigma_start=args.sigma_start, levels=levels,
+                               sigma_start=args.sigma_start, levels=levels, gate=args.gate,
                                blur_sigma=args.sigma if (args.sigma is not None and args.corruption == "blur") else 2.0,
                                operator=(lambda v: operator(v.cpu()).to(v.device)) if operator else None,
                                progress=not args.quiet)
     _finite(rec.image, "the reconstruction")
     info: dict = {"image": args.image, "out": args.out, "corruption": "mask" if args.mask else args.corruption,
                   "steps": args.steps, "nfe": rec.nfe}
+    if rec.holdout is not None:
+        info["holdout_rms"] = {"start": rec.holdout[0], "flow": rec.holdout[1],
+                               "flow_kept": rec.holdout[1] < rec.holdout[0]}
     if rec.residual is not None:
         info["forward_residual"] = [float(v) for v in rec.residual]
     if clean is not None:
