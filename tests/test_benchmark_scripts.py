@@ -75,7 +75,7 @@ def test_reconstruction_rows_variant_without_flow_keeps_the_estimate():
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     keep: dict = {}
     rows = reconstruction_rows(tiny_unet().eval(), [x], 2, 0, ["box", "random"], keep=keep,
-                               variants={"no flow": {"sigma_start": 1e-6}})
+                               options={"gate": False}, variants={"no flow": {"sigma_start": 1e-6}})
     for c in ("box", "random"):
         by = {r.method: r for r in rows if r.corruption == c}
         assert set(by) == {"inpaint_biharmonic", "ours", "no flow"}

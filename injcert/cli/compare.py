@@ -60,6 +60,7 @@ __all__ = [
     "ROUND_TRIP_METHODS",
     "SAMPLING_METHODS",
     "CORRUPTION_SETTINGS",
+    "scaled_settings",
     "fallback_model",
     "bench_model",
     "load_batch",
@@ -95,6 +96,18 @@ CORRUPTION_SETTINGS: Dict[str, Dict[str, Any]] = {
     "noise": {"sigma": 0.1},
 }
 """Corruptions of the reconstruction table and their parameters (pixel sizes scale with the image)."""
+
+def scaled_settings(name: str, size: int) -> Dict[str, Any]:
+    """:data:`CORRUPTION_SETTINGS` of ``name`` for an image ``size`` pixels wide: stroke and gap widths
+    scale with ``size / 64`` (3 and 1.5 pixels at 64², never less)."""
+    params = dict(CORRUPTION_SETTINGS[name])
+    scale = max(1.0, size / 64)
+    if name == "freeform":
+        params["width"] = 3.0 * scale
+    if name == "gaps":
+        params["width"] = 1.5 * scale
+    return params
+
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -283,14 +296,9 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
     """
     rows: List[ReconRow] = []
     for name in corruptions:
-        params = dict(CORRUPTION_SETTINGS[name])
         acc: Dict[str, List[Tuple[float, float, float, float]]] = {}
         for bi, x in enumerate(batches):
-            scale = max(1.0, x.shape[-1] / 64)
-            if name == "freeform":
-                params["width"] = 3.0 * scale
-            if name == "gaps":
-                params["width"] = 1.5 * scale
+            params = scaled_settings(name, x.shape[-1])
             obs = make_corruption(name, **params).sample(x, seed + bi)
             region = _region(obs.m)
             blur_sigma = params.get("sigma", 2.0) if name == "blur" else 2.0  # the true PSF
