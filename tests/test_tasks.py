@@ -364,47 +364,54 @@ def test_observation_start_refuses_other_corruptions(net) -> None:
         reconstruct_full(net.float(), y, m, steps=2, start="observation")
 
 
-@given(seed=st.integers(0, 10**6), kind=st.sampled_from(["box", "random", "gaps", "freeform"]))
+@given(seed=st.integers(0, 10**6), kind=st.sampled_from(["box", "random", "gaps", "freeform", "blur"]))
 def test_holdout_gate_keeps_the_flow_only_where_it_restores_hidden_pixels_better(net, seed: int, kind: str) -> None:
     """The gate hides observed pixels in the shape of the hole (random pixels near observed ones; the
-    hole moved by half the image otherwise), runs the same pipeline ungated, and keeps the flow iff it
-    restores them better than its start. Checked against that computation done by hand: the recorded
-    errors, the start level chosen, and the image bit for bit (it is the ungated reconstruction at
-    that level); known pixels stay exact and the decode still inverts exactly."""
+    hole moved by half the image otherwise; a blurred region moved and blurred there by the same
+    operator), runs the same pipeline ungated, and keeps the flow iff it restores them better than
+    its start. Checked against that computation done by hand: the recorded errors, the start level
+    chosen, and the image bit for bit (it is the ungated reconstruction at that level); known pixels
+    stay exact and the decode still inverts exactly."""
     import injcert.tasks.reconstruct as rec
+    from injcert.data.corruptions import local_blur
 
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(1, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
-    y, m = make_corruption(kind)(x, seed)
-    y = y * m[:, :1]
+    blur = kind == "blur"
+    y, m = make_corruption(kind, **({"sigma": 1.0} if blur else {}))(x, seed)
+    y = y if blur else y * m[:, :1]
     known = m[:, :1] == 1
+    opts = {"levels": 0, "blur_sigma": 1.0}
     with torch.no_grad():
-        r = reconstruct_full(net.double(), y, m, steps=3, seed=seed, levels=0)
-        ungated = reconstruct_full(net.double(), y, m, steps=3, seed=seed, levels=0, gate=False)
+        r = reconstruct_full(net.double(), y, m, steps=3, seed=seed, **opts)
+        ungated = reconstruct_full(net.double(), y, m, steps=3, seed=seed, gate=False, **opts)
     near = rec._start_kind(m) == "missing_near"
-    hide = rec._holdout_pixels(known, seed) if near else rec._shifted_hole(known)
+    hole = (m[:, 1:2] > 0.5) if blur else ~known
+    hide = rec._holdout_pixels(known, seed) if near else rec._shifted_hole(~hole) & known
     assert not bool((hide & ~known).any())
-    if not near:  # the hole itself, moved: every hidden pixel is a missing one moved by the chosen shift
+    if not near:  # the hole itself, moved: every hidden pixel is a hole pixel moved by the chosen shift
         shifts = [(8, 0), (0, 8), (8, 8)]
-        counts = [int((torch.roll(~known, s, dims=(-2, -1)) & known).sum()) for s in shifts]
+        counts = [int((torch.roll(hole, s, dims=(-2, -1)) & ~hole).sum()) for s in shifts]
         best = shifts[counts.index(max(counts))]
-        assert torch.equal(hide, torch.roll(~known, best, dims=(-2, -1)) & known)
+        assert torch.equal(hide, torch.roll(hole, best, dims=(-2, -1)) & known)
     if not bool(hide.any()) or not bool((known & ~hide).any()):
         assert r.holdout is None and torch.equal(r.image, ungated.image)
         return
     s_e = float(net.schedule.varsigma(ungated.t_start))
     m2 = m.clone()
     m2[:, :1].masked_fill_(hide, 0.0)
+    if blur:
+        m2[:, 1:2].masked_fill_(hide, 1.0)
+    y2 = local_blur(y, hide, 1.0) if blur else y * m2[:, :1]
     with torch.no_grad():
-        held = reconstruct_full(net.double(), y * m2[:, :1], m2, steps=3, seed=seed, levels=0, sigma_start=s_e,
-                                gate=False)
+        held = reconstruct_full(net.double(), y2, m2, steps=3, seed=seed, sigma_start=s_e, gate=False, **opts)
     sel = hide.expand_as(y)
     start_err = float((held.estimate[sel] - y[sel]).pow(2).mean().sqrt())
     flow_err = float((held.image[sel] - y[sel]).pow(2).mean().sqrt())
     assert r.holdout == (start_err, flow_err)
     level = s_e if flow_err < start_err else rec.GATE_OFF
     with torch.no_grad():
-        expect = reconstruct_full(net.double(), y, m, steps=3, seed=seed, levels=0, sigma_start=level)
+        expect = reconstruct_full(net.double(), y, m, steps=3, seed=seed, sigma_start=level, **opts)
     assert torch.equal(r.image, expect.image) and r.t_start == expect.t_start
     assert torch.equal(r.image[known.expand_as(y)], y[known.expand_as(y)])
     with torch.no_grad():

@@ -272,11 +272,11 @@ def reconstruct_full(
             the level's classical estimate along the observed pixels (:data:`PYRAMID_BLEND`), instead of
             the classical estimate alone (:func:`pyramid_levels` for ``"auto"``: halve until every
             missing pixel lies within a quarter of the network's receptive field of an observed one).
-        gate: for missing pixels started from a classical estimate at the default level, keep the flow only
-            where it validates (:func:`holdout_gate`): the same pipeline run with observed pixels hidden
-            in the shape of the hole must restore them better than its start; otherwise the start level
-            is :data:`GATE_OFF`, where the flow keeps the estimate. Doubles the cost. Every guarantee
-            holds either way.
+        gate: for missing pixels or a blurred region started from a classical estimate at the default
+            level, keep the flow only where it validates (:func:`holdout_gate`): the same pipeline, run
+            with observed pixels hidden (or blurred) in the shape of the hole, must restore them better
+            than its start; otherwise the start level is :data:`GATE_OFF`, where the flow keeps the
+            estimate. Doubles the cost. Every guarantee holds either way.
         progress: show a progress bar.
 
     Raises:
@@ -342,7 +342,8 @@ def reconstruct_full(
             elif kind == "blur" and est_name in METHODS:
                 err = blur_bootstrap_error(est, m, est_name, blur_sigma=blur_sigma)
             s_e = _level(kind, err)
-            if gate and masks_only and not isinstance(estimate_arg, Tensor) and kind != "noise":
+            gated_kind = masks_only or (kind == "blur" and not bool(noisy.any()))
+            if gate and gated_kind and not isinstance(estimate_arg, Tensor) and kind != "noise":
                 holdout = holdout_gate(model, y_obs, m, steps, seed, kind, s_e, method=method, grid=grid,
                                        noise_scale=noise_scale, estimate=estimate_arg, blur_sigma=blur_sigma,
                                        levels=n_levels)
@@ -383,26 +384,38 @@ GATE_NEAR = "pixels"
 GATE_OFF = 1e-6
 
 
-def holdout_gate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, kind: str, sigma_start: float,
-                 **options: Any) -> Optional[Tuple[float, float]]:
+def holdout_gate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, kind: str, sigma_start: float, *,
+                 blur_sigma: float = 2.0, **options: Any) -> Optional[Tuple[float, float]]:
     r"""Validate the flow on observed pixels hidden in the shape of the hole; returns the RMS error
     on them of the start and of the flow, ``(start, flow)`` (``None`` where no observed pixel can be
     hidden, or hiding them would leave an image with none).
 
     Missing pixels near observed ones (``kind`` ``"missing_near"``: random pixels, thin gaps): the
     seeded 10 % of :func:`holdout_error`; larger holes: the hole itself moved by half the image
-    (:func:`_shifted_hole`). The same pipeline — estimate, pyramid, start level ``sigma_start``,
+    (:func:`_shifted_hole`); a blurred region (``kind`` ``"blur"``): the region moved by half the
+    image, where it lands on sharp observed pixels, blurred there by the same local operator
+    (:func:`~injcert.data.corruptions.local_blur`, PSF ``blur_sigma``). The same pipeline — estimate, pyramid, start level ``sigma_start``,
     ``options`` — then restores the observation with those pixels hidden too, without a gate of its
     own. The truth of the hidden pixels is known, nothing else is used: a cross-validated choice
     between the flow and its start, made per image."""
     known = m[:, :1] == 1
-    pixels = kind == "missing_near" and GATE_NEAR == "pixels"
-    hide = _holdout_pixels(known, seed) if pixels else _shifted_hole(known)
+    if kind == "blur":
+        hide = _shifted_hole(~(m[:, 1:2] > 0.5)) & known
+    elif kind == "missing_near" and GATE_NEAR == "pixels":
+        hide = _holdout_pixels(known, seed)
+    else:
+        hide = _shifted_hole(known)
     if not bool(hide.any()) or not bool((known & ~hide).flatten(1).any(1).all()):
         return None  # nothing to hide, or nothing observed left to restore from
     m2 = m.clone()
     m2[:, :1].masked_fill_(hide, 0.0)
-    r = reconstruct_full(model, y * m2[:, :1], m2, steps, seed, sigma_start=sigma_start, gate=False, **options)
+    if kind == "blur":
+        m2[:, 1:2].masked_fill_(hide, 1.0)
+        y2 = local_blur(y, hide, float(blur_sigma))
+    else:
+        y2 = y * m2[:, :1]
+    r = reconstruct_full(model, y2, m2, steps, seed, sigma_start=sigma_start, gate=False, blur_sigma=blur_sigma,
+                         **options)
     sel = hide.expand_as(y)
     truth = y.to(torch.float64)[sel]
 
