@@ -22,12 +22,11 @@ import torch
 import injcert
 import injcert.tasks.reconstruct as rec
 from injcert.cli import run_script
-from injcert.cli.compare import CORRUPTION_SETTINGS, load_batch, markdown_table, scaled_settings
+from injcert.cli.compare import TUNING_IMAGES, load_batch, markdown_table, scaled_settings
 from injcert.data.corruptions import make_corruption
 from injcert.metrics import psnr
 from injcert.tasks.classical import classical_estimate
 
-TRAIN = ["coffee", "camera", "rocket", "brick", "grass", "gravel"]
 #: a mask "loses" to biharmonic by more than this (dB): a gated-off flow keeps the estimate to ~1e-6 dB
 LOSS = 0.005
 VARIANTS = {"no gate": (False, "pixels"), "gate, pixels": (True, "pixels"), "gate, shifted": (True, "shifted")}
@@ -39,7 +38,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--masks", type=int, default=2, help="masks (seeds) per image")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--images", nargs="+", default=TRAIN)
+    p.add_argument("--images", nargs="+", default=list(TUNING_IMAGES))
     p.add_argument("--corruptions", nargs="+", default=["box", "freeform", "random", "gaps"])
     args = p.parse_args()
     model = injcert.load_checkpoint(args.checkpoint)

@@ -25,12 +25,11 @@ import torch
 import injcert
 import injcert.tasks.reconstruct as rec
 from injcert.cli import run_script
-from injcert.cli.compare import load_batch, markdown_table, scaled_settings
+from injcert.cli.compare import TUNING_IMAGES, load_batch, markdown_table, scaled_settings
 from injcert.data.corruptions import make_corruption
 from injcert.metrics import psnr, ssim
 from injcert.tasks.classical import classical_estimate
 
-TRAIN = ["coffee", "camera", "rocket", "brick", "grass", "gravel"]
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
     p.add_argument("checkpoint", nargs="?", default=str(injcert.DEFAULT_CHECKPOINT))
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--masks", type=int, default=4, help="masks (seeds) per image")
-    p.add_argument("--images", nargs="+", default=TRAIN)
+    p.add_argument("--images", nargs="+", default=list(TUNING_IMAGES))
     p.add_argument("--corruption", choices=["box", "freeform"], default="box",
                    help="the holes (widths scaled with the size as in the reconstruction table)")
     p.add_argument("--shipped", action="store_true",

@@ -387,11 +387,11 @@ def test_holdout_gate_keeps_the_flow_only_where_it_restores_hidden_pixels_better
         ungated = reconstruct_full(net.double(), y, m, steps=3, seed=seed, gate=False, **opts)
     near = rec._start_kind(m) == "missing_near"
     hole = (m[:, 1:2] > 0.5) if blur else ~known
-    hide = rec._holdout_pixels(known, seed) if near else rec._shifted_hole(~hole) & known
+    hide = rec._holdout_pixels(known, seed) if near else rec._shifted_hole(hole, known)
     assert not bool((hide & ~known).any())
     if not near:  # the hole itself, moved: every hidden pixel is a hole pixel moved by the chosen shift
         shifts = [(8, 0), (0, 8), (8, 8)]
-        counts = [int((torch.roll(hole, s, dims=(-2, -1)) & ~hole).sum()) for s in shifts]
+        counts = [int((torch.roll(hole, s, dims=(-2, -1)) & known).sum()) for s in shifts]
         best = shifts[counts.index(max(counts))]
         assert torch.equal(hide, torch.roll(hole, best, dims=(-2, -1)) & known)
     if not bool(hide.any()) or not bool((known & ~hide).any()):

@@ -430,8 +430,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     info: dict = {"image": args.image, "out": args.out, "corruption": "mask" if args.mask else args.corruption,
                   "steps": args.steps, "nfe": rec.nfe}
     if rec.holdout is not None:
-        info["holdout_rms"] = {"start": rec.holdout[0], "flow": rec.holdout[1],
-                               "flow_kept": rec.holdout[1] < rec.holdout[0]}
+        info["holdout_rms"] = {"start": rec.holdout[0], "flow": rec.holdout[1], "flow_kept": rec.flow_kept}
     if rec.residual is not None:
         info["forward_residual"] = [float(v) for v in rec.residual]
     if clean is not None:

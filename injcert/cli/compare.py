@@ -61,6 +61,7 @@ __all__ = [
     "SAMPLING_METHODS",
     "CORRUPTION_SETTINGS",
     "scaled_settings",
+    "TUNING_IMAGES",
     "fallback_model",
     "bench_model",
     "load_batch",
@@ -96,6 +97,11 @@ CORRUPTION_SETTINGS: Dict[str, Dict[str, Any]] = {
     "noise": {"sigma": 0.1},
 }
 """Corruptions of the reconstruction table and their parameters (pixel sizes scale with the image)."""
+
+TUNING_IMAGES: Tuple[str, ...] = ("coffee", "camera", "rocket", "brick", "grass", "gravel")
+"""Training images the reconstruction defaults were chosen on (``benchmarks/pyramid_blend.py``,
+``benchmarks/holdout_gate.py``); the held-out images are never used to choose them."""
+
 
 def scaled_settings(name: str, size: int) -> Dict[str, Any]:
     """:data:`CORRUPTION_SETTINGS` of ``name`` for an image ``size`` pixels wide: stroke and gap widths

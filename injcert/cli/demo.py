@@ -205,7 +205,7 @@ def _reconstruction_row(model: Any, xr: torch.Tensor, kind: str, *, reconstruct_
            "known_pixels_exact": bool(torch.equal(rec.image[(m[:, :1] == 1).expand_as(y)], y[(m[:, :1] == 1).expand_as(y)])),
            "forward_residual": float(rec.residual[0]) if rec.residual is not None else None,
            # the holdout gate: did the flow beat its classical start on hidden observed pixels?
-           "flow": "—" if rec.holdout is None else ("kept" if rec.holdout[1] < rec.holdout[0] else "gated off")}
+           "flow": {None: "—", True: "kept", False: "gated off"}[rec.flow_kept]}
     return row, y, rec.image
 
 

@@ -96,6 +96,16 @@ class Reconstruction:
     guided: Optional[GuidedResult] = None
     holdout: Optional[Tuple[float, float]] = None
 
+    @property
+    def flow_kept(self) -> Optional[bool]:
+        """Whether :func:`holdout_gate` kept the flow (``None`` where it did not run)."""
+        return None if self.holdout is None else _flow_kept(self.holdout)
+
+
+def _flow_kept(holdout: Tuple[float, float]) -> bool:
+    """The gate's rule: the flow restores the hidden pixels better than its start, ``(start, flow)``."""
+    return holdout[1] < holdout[0]
+
 
 def _check(y: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     if not isinstance(y, Tensor) or y.ndim != 4 or not y.is_floating_point():
@@ -143,15 +153,15 @@ def _holdout_pixels(known: Tensor, seed: int, fraction: float = 0.1) -> Tensor:
     return (torch.rand(tuple(known.shape), generator=gen) < float(fraction)).to(known.device) & known
 
 
-def _shifted_hole(known: Tensor) -> Tensor:
-    """The missing pixels moved by half the image (down, right, or both; the move that lands most of
-    them on observed pixels, per image), where they land on observed pixels: a hole of the same shape
-    whose truth is known (N×1×H×W bool)."""
-    h, w = known.shape[-2:]
-    moved = torch.stack([torch.roll(~known, s, dims=(-2, -1)) & known
+def _shifted_hole(hole: Tensor, onto: Tensor) -> Tensor:
+    """The ``hole`` pixels moved by half the image (down, right, or both; the move that lands most of
+    them on ``onto``, per image), where they land on ``onto`` (the observed pixels): a hole of the same
+    shape whose truth is known (N×1×H×W bool)."""
+    h, w = hole.shape[-2:]
+    moved = torch.stack([torch.roll(hole, s, dims=(-2, -1)) & onto
                          for s in ((h // 2, 0), (0, w // 2), (h // 2, w // 2))])  # 3×N×1×H×W
     best = moved.flatten(2).sum(2).argmax(0)  # N
-    return moved[best, torch.arange(known.shape[0], device=known.device)]
+    return moved[best, torch.arange(hole.shape[0], device=hole.device)]
 
 
 def holdout_error(y: Tensor, m: Tensor, method: str = "auto", *, fraction: float = 0.1, seed: int = 0,
@@ -290,7 +300,6 @@ def reconstruct_full(
     if sigma_start is not None and not float(sigma_start) > 0:
         raise ArgumentError(f"sigma_start must be > 0, got {sigma_start!r}")
     gen = torch.Generator().manual_seed(int(seed))
-    estimate_arg = estimate
     sched = model.schedule
     z = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=y.device)
     noisy = m[:, 2:3] > 0
@@ -323,14 +332,14 @@ def reconstruct_full(
     else:
         n_levels = pyramid_levels(model, m) if levels == "auto" else int(levels)
         pyramid = n_levels > 0 and not isinstance(estimate, Tensor) and masks_only and min(y.shape[-2:]) >= 16
-        if pyramid:
-            estimate = _coarse_estimate(model, y, m, steps, seed, n_levels, method=method, grid=grid,
-                                        sigma_start=sigma_start, noise_scale=noise_scale, progress=progress,
-                                        estimate=estimate, blur_sigma=blur_sigma, gate=gate)
-        if isinstance(estimate, Tensor):
-            if estimate.shape != y.shape:
-                raise ArgumentError(f"estimate must have the shape of y {tuple(y.shape)}, got {tuple(estimate.shape)}")
-            est_name, est = (f"pyramid{n_levels}" if pyramid else "given"), estimate.to(y.dtype)
+        given = (_coarse_estimate(model, y, m, steps, seed, n_levels, method=method, grid=grid,
+                                  sigma_start=sigma_start, noise_scale=noise_scale, progress=progress,
+                                  estimate=estimate, blur_sigma=blur_sigma, gate=gate)
+                 if pyramid else estimate if isinstance(estimate, Tensor) else None)
+        if given is not None:
+            if given.shape != y.shape:
+                raise ArgumentError(f"estimate must have the shape of y {tuple(y.shape)}, got {tuple(given.shape)}")
+            est_name, est = (f"pyramid{n_levels}" if pyramid else "given"), given.to(y.dtype)
         else:
             est_name, est = classical_estimate(y_obs, m, estimate, blur_sigma=blur_sigma)
             est = est.to(device=y.device, dtype=y.dtype)
@@ -343,11 +352,11 @@ def reconstruct_full(
                 err = blur_bootstrap_error(est, m, est_name, blur_sigma=blur_sigma)
             s_e = _level(kind, err)
             gated_kind = masks_only or (kind == "blur" and not bool(noisy.any()))
-            if gate and gated_kind and not isinstance(estimate_arg, Tensor) and kind != "noise":
+            if gate and gated_kind and not isinstance(estimate, Tensor) and kind != "noise":
                 holdout = holdout_gate(model, y_obs, m, steps, seed, kind, s_e, method=method, grid=grid,
-                                       noise_scale=noise_scale, estimate=estimate_arg, blur_sigma=blur_sigma,
+                                       noise_scale=noise_scale, estimate=estimate, blur_sigma=blur_sigma,
                                        levels=n_levels)
-                if holdout is not None and not holdout[1] < holdout[0]:
+                if holdout is not None and not _flow_kept(holdout):
                     s_e = GATE_OFF
         else:
             s_e = float(sigma_start)
@@ -394,17 +403,15 @@ def holdout_gate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, kind: 
     seeded 10 % of :func:`holdout_error`; larger holes: the hole itself moved by half the image
     (:func:`_shifted_hole`); a blurred region (``kind`` ``"blur"``): the region moved by half the
     image, where it lands on sharp observed pixels, blurred there by the same local operator
-    (:func:`~injcert.data.corruptions.local_blur`, PSF ``blur_sigma``). The same pipeline — estimate, pyramid, start level ``sigma_start``,
-    ``options`` — then restores the observation with those pixels hidden too, without a gate of its
-    own. The truth of the hidden pixels is known, nothing else is used: a cross-validated choice
-    between the flow and its start, made per image."""
+    (:func:`~injcert.data.corruptions.local_blur`, PSF ``blur_sigma``). The same pipeline —
+    estimate, pyramid, start level ``sigma_start``, ``options`` — then restores the observation with
+    those pixels hidden too, without a gate of its own. The truth of the hidden pixels is known,
+    nothing else is used: a cross-validated choice between the flow and its start, made per image."""
     known = m[:, :1] == 1
-    if kind == "blur":
-        hide = _shifted_hole(~(m[:, 1:2] > 0.5)) & known
-    elif kind == "missing_near" and GATE_NEAR == "pixels":
+    if kind == "missing_near" and GATE_NEAR == "pixels":
         hide = _holdout_pixels(known, seed)
     else:
-        hide = _shifted_hole(known)
+        hide = _shifted_hole(m[:, 1:2] > 0.5 if kind == "blur" else ~known, known)
     if not bool(hide.any()) or not bool((known & ~hide).flatten(1).any(1).all()):
         return None  # nothing to hide, or nothing observed left to restore from
     m2 = m.clone()
