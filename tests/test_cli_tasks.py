@@ -52,13 +52,13 @@ def test_reconstruct_and_edit(files, capsys) -> None:
     assert code == 0 and "psnr" in info and (d / "r.png").exists()
     # the holdout gate's record; the image is the ungated one (--no-gate) where the flow was kept, the
     # one started at GATE_OFF (--sigma-start 1e-6, which runs no gate) where it was not
-    gate = info["holdout_rms"]
-    assert gate["flow_kept"] == (gate["flow"] < gate["start"])
+    gate, sim = info["holdout_rms"], info["holdout_ssim"]
+    assert gate["flow_kept"] == (gate["flow"] < gate["start"] and sim["flow"] >= sim["start"])
     same_as = ["--no-gate"] if gate["flow_kept"] else ["--sigma-start", "1e-6"]
     code, other = _run(capsys, ["reconstruct", str(files["img"]), "--corruption", "box", "--out",
                                 str(d / "r_other.png"), "--model", str(files["model"]), "--steps", "4", "--quiet",
                                 *same_as])
-    assert code == 0 and "holdout_rms" not in other
+    assert code == 0 and "holdout_rms" not in other and "holdout_ssim" not in other
     assert torch.equal(load_image(d / "r_other.png"), load_image(d / "r.png"))
     code, info = _run(capsys, ["reconstruct", str(files["img"]), "--mask", str(files["mask"]), "--out",
                                str(d / "r2.png"), "--model", str(files["model"]), "--steps", "4", "--quiet"])

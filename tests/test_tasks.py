@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 from torch import nn
 
 from injcert.data.corruptions import expand_map, make_corruption
+from injcert.metrics import ssim
 from injcert.model.schedule import CosineSchedule
 from injcert.solvers import ReversibleHeun, quantize
 from injcert.tasks.classical import classical_estimate
@@ -364,12 +365,28 @@ def test_observation_start_refuses_other_corruptions(net) -> None:
         reconstruct_full(net.float(), y, m, steps=2, start="observation")
 
 
+@given(rms=st.tuples(st.floats(0, 1), st.floats(0, 1)), sims=st.tuples(st.floats(-1, 1), st.floats(-1, 1)))
+def test_the_gate_keeps_the_flow_iff_its_error_is_lower_and_its_ssim_no_lower(rms, sims) -> None:
+    import injcert.tasks.reconstruct as rec
+
+    h = rec.Holdout(rms[0], rms[1], sims[0], sims[1])
+    r = rec.Reconstruction(torch.zeros(1), torch.zeros(1), None, torch.zeros(1), None, 0, holdout=h)
+    assert r.flow_kept == rec._flow_kept(h) == (rms[1] < rms[0] and sims[1] >= sims[0])
+    saved = rec.GATE_SSIM
+    try:
+        rec.GATE_SSIM = False  # the RMS alone (the ablation of benchmarks/holdout_gate.py)
+        assert rec._flow_kept(h) == (rms[1] < rms[0])
+    finally:
+        rec.GATE_SSIM = saved
+
+
 @given(seed=st.integers(0, 10**6), kind=st.sampled_from(["box", "random", "gaps", "freeform", "blur"]))
 def test_holdout_gate_keeps_the_flow_only_where_it_restores_hidden_pixels_better(net, seed: int, kind: str) -> None:
     """The gate hides observed pixels in the shape of the hole (random pixels near observed ones; the
     hole moved by half the image otherwise; a blurred region moved and blurred there by the same
     operator), runs the same pipeline ungated, and keeps the flow iff it restores them better than
-    its start. Checked against that computation done by hand: the recorded errors, the start level
+    its start: a lower RMS error and an SSIM no lower there. Checked against that computation done by
+    hand: the recorded errors and SSIMs, the start level
     chosen, and the image bit for bit (it is the ungated reconstruction at that level); known pixels
     stay exact and the decode still inverts exactly."""
     import injcert.tasks.reconstruct as rec
@@ -408,8 +425,15 @@ def test_holdout_gate_keeps_the_flow_only_where_it_restores_hidden_pixels_better
     sel = hide.expand_as(y)
     start_err = float((held.estimate[sel] - y[sel]).pow(2).mean().sqrt())
     flow_err = float((held.image[sel] - y[sel]).pow(2).mean().sqrt())
-    assert r.holdout == (start_err, flow_err)
-    level = s_e if flow_err < start_err else rec.GATE_OFF
+    # SSIM against the truth, each image taking only the hidden pixels from the reconstruction (the
+    # start inside the real hole, whose truth is unknown)
+    ref = torch.where(known.expand_as(y), y, held.estimate)
+    start_ssim = ssim(torch.where(sel, held.estimate, ref), ref)
+    flow_ssim = ssim(torch.where(sel, held.image, ref), ref)
+    assert r.holdout == (start_err, flow_err, start_ssim, flow_ssim)
+    kept = flow_err < start_err and flow_ssim >= start_ssim
+    assert r.flow_kept == kept
+    level = s_e if kept else rec.GATE_OFF
     with torch.no_grad():
         expect = reconstruct_full(net.double(), y, m, steps=3, seed=seed, sigma_start=level, **opts)
     assert torch.equal(r.image, expect.image) and r.t_start == expect.t_start

@@ -430,7 +430,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     info: dict = {"image": args.image, "out": args.out, "corruption": "mask" if args.mask else args.corruption,
                   "steps": args.steps, "nfe": rec.nfe}
     if rec.holdout is not None:
-        info["holdout_rms"] = {"start": rec.holdout[0], "flow": rec.holdout[1], "flow_kept": rec.flow_kept}
+        info["holdout_rms"] = {"start": rec.holdout.start, "flow": rec.holdout.flow, "flow_kept": rec.flow_kept}
+        info["holdout_ssim"] = {"start": rec.holdout.start_ssim, "flow": rec.holdout.flow_ssim}
     if rec.residual is not None:
         info["forward_residual"] = [float(v) for v in rec.residual]
     if clean is not None:
