@@ -51,8 +51,7 @@ def main() -> None:
     saved = rec.GATE_NEAR, rec.GATE_SSIM
     try:
         for corr in args.corruptions:
-            acc = {v: [] for v in VARIANTS}
-            acc_ssim = {v: [] for v in VARIANTS}
+            acc = {v: [] for v in VARIANTS}  # per mask: (ΔPSNR, ΔSSIM)
             for bi, x in enumerate(load_batch(args.images, args.size)[0].split(1)):
                 for k in range(args.masks):
                     obs = make_corruption(corr, **scaled_settings(corr, args.size)).sample(x, bi + 10 * k)
@@ -63,11 +62,10 @@ def main() -> None:
                         rec.GATE_NEAR, rec.GATE_SSIM = near, with_ssim
                         with torch.no_grad():
                             img = rec.reconstruct_full(model, y, obs.m, args.steps, 0, gate=gate).image
-                        acc[v].append(psnr(img, x) - pb)
-                        acc_ssim[v].append(ssim(img, x) - sb)
-            rows.append([corr] + [f"{sum(a):+.3f} ({sum(d < -LOSS for d in a)}/{len(a)})" for a in acc.values()])
-            ssim_rows.append([corr] + [f"{sum(a):+.5f} ({sum(d < -LOSS_SSIM for d in a)}/{len(a)})"
-                                       for a in acc_ssim.values()])
+                        acc[v].append((psnr(img, x) - pb, ssim(img, x) - sb))
+            for out, i, loss, digits in ((rows, 0, LOSS, 3), (ssim_rows, 1, LOSS_SSIM, 5)):
+                out.append([corr] + [f"{sum(d[i] for d in a):+.{digits}f} ({sum(d[i] < -loss for d in a)}/{len(a)})"
+                                     for a in acc.values()])
     finally:
         rec.GATE_NEAR, rec.GATE_SSIM = saved
     print(f"checkpoint {args.checkpoint}; {args.size}²; {args.steps} steps; images {', '.join(args.images)}; "

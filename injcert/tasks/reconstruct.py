@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -512,7 +512,7 @@ def _coarse_estimate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, le
 
 def _finish(y: Tensor, m: Tensor, flow: Tensor, state: SolverState, noise: Tensor, operator: Any, nfe: int,
             t_start: float, est: Optional[Tensor] = None, est_name: Optional[str] = None,
-            guided: Optional[GuidedResult] = None, holdout: Optional[Tuple[float, float]] = None) -> Reconstruction:
+            guided: Optional[GuidedResult] = None, holdout: Optional[Holdout] = None) -> Reconstruction:
     known = m[:, :1] == 1
     image = torch.where(known.expand_as(flow), y, flow)
     residual = None
