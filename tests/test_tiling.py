@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
+import injcert.tasks.tiling as tiling
 from injcert.tasks.tiling import TiledModel, shape_stable_convolutions, tile_windows, tiled_apply
 
 from helpers import tiny_config, tiny_unet
@@ -104,3 +105,59 @@ def test_tiled_cond_unet_equals_whole(bands: bool, h: int, w: int, tile: int, se
         hook.remove()
     assert len(calls) > 1, "the image must actually be cut into tiles"
     assert torch.equal(whole, tiled)
+
+
+def _unfold_conv2d(x, weight, bias, stride, padding, dilation, groups):
+    """The shape-stable convolution as first written: one ``unfold`` of the whole input, then GEMMs of
+    ``GEMM_CHUNK`` columns. The strip-wise :func:`~injcert.tasks.tiling._stable_conv2d` must give
+    its bits exactly (which columns share a GEMM call, and when they are copied, change nothing)."""
+    f = torch.nn.functional
+    cols = f.unfold(x, weight.shape[-2:], dilation=dilation, padding=padding, stride=stride)
+    out = f.conv2d(x, weight, None, stride, padding, dilation, groups)  # only its shape is used
+    length, chunk = cols.shape[-1], tiling.GEMM_CHUNK
+    cols = f.pad(cols, (0, (-length) % chunk))
+    k, cg_out = cols.shape[1] // groups, weight.shape[0] // groups
+    outs = []
+    for g in range(groups):
+        wmat = weight[g * cg_out:(g + 1) * cg_out].reshape(cg_out, -1)
+        cg = cols[:, g * k:(g + 1) * k]
+        outs.append(torch.cat([torch.matmul(wmat, cg[..., j:j + chunk]) for j in range(0, cg.shape[-1], chunk)], -1))
+    res = torch.cat(outs, 1)[..., :length].reshape(out.shape)
+    return res if bias is None else res + bias.view(1, -1, 1, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 2), groups=st.sampled_from([1, 2, 3]), cin=st.integers(1, 3), cout=st.integers(1, 3),
+       kh=st.integers(1, 5), kw=st.integers(1, 9), stride=st.tuples(st.integers(1, 2), st.integers(1, 3)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+       h=st.integers(9, 40), w=st.integers(17, 70), bias=st.booleans(),
+       strip=st.sampled_from([1, 700, 20000, None]), dtype=st.sampled_from([torch.float32, torch.float64]),
+       seed=st.integers(0, 1000))
+def test_stable_conv2d_strips_give_the_unfold_bits(n, groups, cin, cout, kh, kw, stride, dilation, padding, h, w,
+                                                   bias, strip, dtype, seed) -> None:
+    """Strip-wise im2col (any strip size, one output row up to the whole image) gives exactly the
+    bits of one whole-image ``unfold`` + the same fixed-shape GEMMs, and ``conv2d``'s values to rounding."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin * groups, h, w, generator=gen, dtype=dtype)
+    weight = torch.randn(cout * groups, cin, kh, kw, generator=gen, dtype=dtype)
+    b = torch.randn(cout * groups, generator=gen, dtype=dtype) if bias else None
+    args = (x, weight, b, stride, padding, dilation, groups)
+    new = tiling._stable_conv2d(*args, strip_bytes=strip)
+    assert torch.equal(new, _unfold_conv2d(*args))
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(new, torch.nn.functional.conv2d(*args), rtol=tol, atol=tol)
+
+
+def test_strip_size_changes_no_bit_of_the_real_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The band network (1×129-tap blurs, 3×3 and 1×1 convolutions) evaluated with strips of one
+    output row and with the default strips: the same bits."""
+    net = tiny_unet(3, **dict(tiny_config()["model"], **BANDS, cond_head=True)).eval()
+    torch.manual_seed(1)
+    x, y = torch.randn(2, 1, net.in_channels, 40, 56)
+    m = (torch.rand(1, 3, 40, 56) > 0.5).float()
+    t = torch.full((1,), 0.3)
+    with torch.no_grad(), shape_stable_convolutions():
+        default = net(x, t, y, m)
+        monkeypatch.setattr(tiling, "STRIP_BYTES", 1)
+        one_row = net(x, t, y, m)
+    assert torch.equal(default, one_row)
