@@ -399,9 +399,14 @@ def test_holdout_gate_keeps_the_flow_only_where_it_restores_hidden_pixels_better
     y = y if blur else y * m[:, :1]
     known = m[:, :1] == 1
     opts = {"levels": 0, "blur_sigma": 1.0}
-    with torch.no_grad():
-        r = reconstruct_full(net.double(), y, m, steps=3, seed=seed, **opts)
-        ungated = reconstruct_full(net.double(), y, m, steps=3, seed=seed, gate=False, **opts)
+    saved = rec.BLUR_FLOW
+    try:
+        rec.BLUR_FLOW = True  # the gate's own rule for blur too (off by default: the next test)
+        with torch.no_grad():
+            r = reconstruct_full(net.double(), y, m, steps=3, seed=seed, **opts)
+            ungated = reconstruct_full(net.double(), y, m, steps=3, seed=seed, gate=False, **opts)
+    finally:
+        rec.BLUR_FLOW = saved
     near = rec._start_kind(m) == "missing_near"
     hole = (m[:, 1:2] > 0.5) if blur else ~known
     hide = rec._holdout_pixels(known, seed) if near else rec._shifted_hole(hole, known)
@@ -444,3 +449,27 @@ def test_holdout_gate_keeps_the_flow_only_where_it_restores_hidden_pixels_better
     if level == rec.GATE_OFF:  # gated off: the flow keeps its start to float precision
         region = ~known.expand_as(y)
         assert (r.image[region] - r.estimate[region]).abs().max() < 1e-4
+
+
+@given(seed=st.integers(0, 10**6))
+def test_a_blurred_region_keeps_its_least_squares_estimate_by_default(net, seed: int) -> None:
+    """With the gate on and ``BLUR_FLOW`` off (the default) a blurred region runs no proxy and starts at
+    ``GATE_OFF``: the result is the reconstruction started there, bit for bit, the least-squares
+    estimate to float precision, observed pixels exact; ``gate=False`` still runs the flow."""
+    import injcert.tasks.reconstruct as rec
+
+    assert rec.BLUR_FLOW is False
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    y, m = make_corruption("blur", sigma=1.0)(x, seed)
+    opts = {"levels": 0, "blur_sigma": 1.0}
+    with torch.no_grad():
+        r = reconstruct_full(net.double(), y, m, steps=3, seed=seed, **opts)
+        off = reconstruct_full(net.double(), y, m, steps=3, seed=seed, sigma_start=rec.GATE_OFF, **opts)
+        ungated = reconstruct_full(net.double(), y, m, steps=3, seed=seed, gate=False, **opts)
+    assert r.holdout is None and r.flow_kept is None
+    assert torch.equal(r.image, off.image) and r.t_start == off.t_start
+    region = (m[:, 1:2] > 0.5).expand_as(y)
+    assert (r.image[region] - r.estimate[region]).abs().max() < 1e-4
+    assert torch.equal(r.image[~region], y[~region])
+    assert ungated.t_start > r.t_start  # --no-gate: the flow from the default level

@@ -281,7 +281,8 @@ def _report(s: dict[str, Any]) -> str:
     lines += ["## Reconstruction (held-out chelsea)", "",
               "`flow`: `kept` where the flow restored observed pixels hidden in the shape of the hole better "
               "than its classical start (the holdout gate), `gated off` where it did not: that row's result is "
-              "the classical estimate, to float precision.", ""]
+              "the classical estimate, to float precision; `—` where no gate ran: noise, and blur, whose flow is "
+              "off by default (`BLUR_FLOW`: the result is the least-squares estimate).", ""]
     keys = list(s["reconstruction"][0])
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in s["reconstruction"]]
