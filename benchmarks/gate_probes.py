@@ -102,7 +102,8 @@ def _far_shift(margin: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
 def margin(model, args) -> None:
     variants: Dict[str, Callable] = {"shipped (half-image moves)": rec._shifted_hole}
     variants.update({f"margin {d} px": _far_shift(d) for d in (0, 1, 4)})
-    shipped = rec._shifted_hole
+    shipped, blur_flow = rec._shifted_hole, rec.BLUR_FLOW
+    rec.BLUR_FLOW = True  # gate blur by the proxy too (shipped off)
     rows = []
     try:
         for corr in args.corruptions:
@@ -118,7 +119,7 @@ def margin(model, args) -> None:
             rows.append([corr] + [f"{sum(a[0] for a in v):+.3f} ({sum(a[0] < -LOSS for a in v)}) / "
                                   f"{sum(a[1] for a in v):+.5f} ({sum(a[1] < -LOSS_SSIM for a in v)})" for v in acc.values()])
     finally:
-        rec._shifted_hole = shipped
+        rec._shifted_hole, rec.BLUR_FLOW = shipped, blur_flow
     print(f"summed ΔPSNR / ΔSSIM over the classical estimate (masks losing more than {LOSS} dB / {LOSS_SSIM})\n")
     print(markdown_table(["corruption", *variants], rows))
 
