@@ -25,39 +25,23 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
-import numpy as np
 import torch
 
 import injcert
 import injcert.tasks.reconstruct as rec
 from injcert.cli import run_script
-from injcert.cli.compare import TUNING_IMAGES, load_batch, markdown_table, scaled_settings
-from injcert.data.corruptions import make_corruption
+from injcert.cli.compare import TUNING_IMAGES, markdown_table, tuning_observations
 from injcert.metrics import psnr, ssim
-from injcert.tasks.classical import LSMR_ITERATIONS, LocalBlurSystem, _lsmr_local, classical_estimate
+from injcert.tasks.classical import LSMR_ITERATIONS, _lsmr_local, classical_estimate
 
 LOSS, LOSS_SSIM = 0.005, 1e-5
 
 
-def _masks(corr: str, size: int, masks: int, images: List[str]):
-    for bi, x in enumerate(load_batch(images, size)[0].split(1)):
-        for k in range(masks):
-            obs = make_corruption(corr, **scaled_settings(corr, size)).sample(x, bi + 10 * k)
-            yield x, (obs.y if corr == "blur" else obs.y * obs.m[:, :1]), obs.m
-
-
-def _hidden_scores(y: torch.Tensor, hide: torch.Tensor, known: torch.Tensor, ref: torch.Tensor, image: torch.Tensor):
-    """RMS error and SSIM of ``image`` on the hidden pixels, as the gate measures them."""
-    sel = hide.expand_as(y)
-    err = float((image.double()[sel] - y.double()[sel]).pow(2).mean().sqrt())
-    return err, float(ssim(torch.where(sel, image.double(), ref), ref))
-
-
 def pyramid(model, args) -> None:
     rows, always, chosen, oracle, right, count = [], 0.0, 0.0, 0.0, 0, 0
-    for x, y, m in _masks("box", args.size, args.masks, args.images):
+    for x, y, m in tuning_observations("box", args.size, args.masks, args.images):
         levels = rec.pyramid_levels(model, m)
         if levels == 0:
             continue
@@ -73,8 +57,7 @@ def pyramid(model, args) -> None:
         b2 = classical_estimate(y2, m2, "auto")[1]
         with torch.no_grad():
             p2 = rec.reconstruct_full(model, y2, m2, 1, 0, sigma_start=1e-6, levels=levels).image
-        ref = torch.where(known.expand_as(y), y, b2).double()
-        (eb, sb), (ep, sp) = _hidden_scores(y, hide, known, ref, b2), _hidden_scores(y, hide, known, ref, p2)
+        (eb, sb), (ep, sp) = (rec.hidden_scores(y, known, hide, b2, a) for a in (b2, p2))
         says = ep < eb and sp >= sb
         always += gain
         chosen += gain if says else 0.0
@@ -108,7 +91,7 @@ def margin(model, args) -> None:
     try:
         for corr in args.corruptions:
             acc: Dict[str, list] = {v: [] for v in variants}
-            for x, y, m in _masks(corr, args.size, args.masks, args.images):
+            for x, y, m in tuning_observations(corr, args.size, args.masks, args.images):
                 est = classical_estimate(y, m, "auto")[1]
                 pb, sb = psnr(est, x), ssim(est, x)
                 for name, fn in variants.items():
@@ -126,22 +109,12 @@ def margin(model, args) -> None:
 
 def _lsmr_from(start: torch.Tensor, y: torch.Tensor, m: torch.Tensor, iters: int) -> torch.Tensor:
     """LSMR for the local blur restarted from ``start`` (the correction of least norm, early-stopped)."""
-    from scipy.sparse.linalg import LinearOperator, lsmr
-
-    out = []
-    for si, yi, mi in zip(start, y, m):
-        sys_ = LocalBlurSystem.make(yi, mi[1] > 0.5, 2.0)
-        n = sys_.y.size
-        op = LinearOperator((n, n), matvec=sys_.forward, rmatvec=sys_.adjoint, dtype=np.float64)
-        u0 = (sys_.mask * si[:, sys_.rows, sys_.cols].double().cpu().numpy()).reshape(-1)
-        d = lsmr(op, sys_.rhs() - sys_.forward(u0), maxiter=iters, atol=0.0, btol=0.0)[0]
-        out.append(sys_.paste(np.clip(u0 + d, -1.0, 1.0), yi))
-    return torch.stack(out)
+    return torch.stack([_lsmr_local(yi, mi, num_iter=iters, start=si) for si, yi, mi in zip(start, y, m)])
 
 
 def blur(model, args) -> None:
     acc: Dict[str, list] = {}
-    for x, y, m in _masks("blur", args.size, args.masks, args.images):
+    for x, y, m in tuning_observations("blur", args.size, args.masks, args.images):
         est = classical_estimate(y, m, "auto")[1]
         pb, sb = psnr(est, x), ssim(est, x)
         with torch.no_grad():

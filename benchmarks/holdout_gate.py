@@ -25,8 +25,7 @@ import torch
 import injcert
 import injcert.tasks.reconstruct as rec
 from injcert.cli import run_script
-from injcert.cli.compare import TUNING_IMAGES, load_batch, markdown_table, scaled_settings
-from injcert.data.corruptions import make_corruption
+from injcert.cli.compare import TUNING_IMAGES, markdown_table, tuning_observations
 from injcert.metrics import psnr, ssim
 from injcert.tasks.classical import classical_estimate
 
@@ -55,17 +54,14 @@ def main() -> None:
     try:
         for corr in args.corruptions:
             acc = {v: [] for v in VARIANTS}  # per mask: (ΔPSNR, ΔSSIM)
-            for bi, x in enumerate(load_batch(args.images, args.size)[0].split(1)):
-                for k in range(args.masks):
-                    obs = make_corruption(corr, **scaled_settings(corr, args.size)).sample(x, bi + 10 * k)
-                    y = obs.y if corr == "blur" else obs.y * obs.m[:, :1]  # missing pixels carry nothing
-                    est = classical_estimate(y, obs.m, "auto")[1]
-                    pb, sb = psnr(est, x), ssim(est, x)
-                    for v, (gate, near, with_ssim) in VARIANTS.items():
-                        rec.GATE_NEAR, rec.GATE_SSIM = near, with_ssim
-                        with torch.no_grad():
-                            img = rec.reconstruct_full(model, y, obs.m, args.steps, 0, gate=gate).image
-                        acc[v].append((psnr(img, x) - pb, ssim(img, x) - sb))
+            for x, y, m in tuning_observations(corr, args.size, args.masks, args.images):
+                est = classical_estimate(y, m, "auto")[1]
+                pb, sb = psnr(est, x), ssim(est, x)
+                for v, (gate, near, with_ssim) in VARIANTS.items():
+                    rec.GATE_NEAR, rec.GATE_SSIM = near, with_ssim
+                    with torch.no_grad():
+                        img = rec.reconstruct_full(model, y, m, args.steps, 0, gate=gate).image
+                    acc[v].append((psnr(img, x) - pb, ssim(img, x) - sb))
             for out, i, loss, digits in ((rows, 0, LOSS, 3), (ssim_rows, 1, LOSS_SSIM, 5)):
                 out.append([corr] + [f"{sum(d[i] for d in a):+.{digits}f} ({sum(d[i] < -loss for d in a)}/{len(a)})"
                                      for a in acc.values()])

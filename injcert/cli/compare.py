@@ -61,6 +61,7 @@ __all__ = [
     "SAMPLING_METHODS",
     "CORRUPTION_SETTINGS",
     "scaled_settings",
+    "tuning_observations",
     "TUNING_IMAGES",
     "fallback_model",
     "bench_model",
@@ -120,6 +121,17 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # --------------------------------------------------------------------------------------------
 # model and data
+
+
+def tuning_observations(name: str, size: int, masks: int, images: Sequence[str] = TUNING_IMAGES):
+    """Yields ``(x, y, m)`` for ``masks`` masks of corruption ``name`` (:func:`scaled_settings`) on
+    each of ``images`` at ``size``², image ``i``'s mask ``k`` drawn with seed ``i + 10 k``: the masks
+    the reconstruction defaults were chosen on. Missing pixels of ``y`` are zeroed (they carry
+    nothing); a blurred observation is kept whole."""
+    for i, x in enumerate(load_batch(images, size)[0].split(1)):
+        for k in range(masks):
+            obs = make_corruption(name, **scaled_settings(name, size)).sample(x, i + 10 * k)
+            yield x, (obs.y if name == "blur" else obs.y * obs.m[:, :1]), obs.m
 
 
 def fallback_model(seed: int = 0) -> nn.Module:

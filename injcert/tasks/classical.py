@@ -27,7 +27,7 @@ mapped back. Every function takes ``y`` (N×C×H×W) and the corruption map ``m`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -179,11 +179,12 @@ class LocalBlurSystem:
 
 
 def _lsmr_local(yi: Tensor, mi: Tensor, blur_sigma: float = 2.0, num_iter: int = LSMR_ITERATIONS,
-                **_: float) -> Tensor:
+                start: Optional[Tensor] = None, **_: float) -> Tensor:
     r"""Least-squares deconvolution of the local blur (:class:`LocalBlurSystem`): the pixels $u$ of
     the blurred region minimise $\lVert B u - b\rVert_2$, by :func:`scipy.sparse.linalg.lsmr`
-    (Fong & Saunders 2011) from $u_0 = y$, stopped after ``num_iter`` iterations (the stopping is
-    the regulariser: the blur is noise-free but ill-conditioned), clipped to $[-1, 1]$."""
+    (Fong & Saunders 2011) from $u_0 = y$ (or from ``start``, C×H×W: then the correction of least
+    norm to it), stopped after ``num_iter`` iterations (the stopping is the regulariser: the blur is
+    noise-free but ill-conditioned), clipped to $[-1, 1]$."""
     from scipy.sparse.linalg import LinearOperator, lsmr
 
     region = mi[1] > 0.5
@@ -193,7 +194,8 @@ def _lsmr_local(yi: Tensor, mi: Tensor, blur_sigma: float = 2.0, num_iter: int =
     sys_ = LocalBlurSystem.make(yi, region, blur_sigma)
     n = sys_.y.size
     op = LinearOperator((n, n), matvec=sys_.forward, rmatvec=sys_.adjoint, dtype=np.float64)
-    u0 = (sys_.mask * sys_.y).reshape(-1)
+    first = sys_.y if start is None else start[:, sys_.rows, sys_.cols].detach().to(torch.float64).cpu().numpy()
+    u0 = (sys_.mask * first).reshape(-1)
     d = lsmr(op, sys_.rhs() - sys_.forward(u0), maxiter=int(num_iter), atol=0.0, btol=0.0)[0]
     return sys_.paste(np.clip(u0 + d, -1.0, 1.0), yi)
 

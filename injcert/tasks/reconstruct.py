@@ -60,7 +60,7 @@ from .guided import GuidedResult, guided_decode
 from .invert import decode_full
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "pyramid_levels", "STARTS",
-           "holdout_error", "blur_bootstrap_error", "holdout_gate", "Holdout", "GATE_OFF"]
+           "holdout_error", "blur_bootstrap_error", "holdout_gate", "hidden_scores", "Holdout", "GATE_OFF"]
 
 STARTS = ("auto", "estimate", "observation", "noise")
 
@@ -457,20 +457,24 @@ def holdout_gate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, kind: 
         y2 = y * m2[:, :1]
     r = reconstruct_full(model, y2, m2, steps, seed, sigma_start=sigma_start, gate=False, blur_sigma=blur_sigma,
                          **options)
-    sel = hide.expand_as(y)
-    truth = y.to(torch.float64)[sel]
     assert r.estimate is not None
-    # the truth where it is known, the start inside the real hole (whose truth is not): the same in the
-    # three images compared, so the SSIM sees only the hidden pixels
-    ref = torch.where(known.expand_as(y), y, r.estimate).to(torch.float64)
+    (start_rms, start_ssim), (flow_rms, flow_ssim) = (hidden_scores(y, known, hide, r.estimate, a)
+                                                      for a in (r.estimate, r.image))
+    return Holdout(start_rms, flow_rms, start_ssim, flow_ssim)
 
-    def rms(a: Tensor) -> float:
-        return float((a.to(torch.float64)[sel] - truth).pow(2).mean().sqrt())
 
-    def sim(a: Tensor) -> float:  # SSIM needs 3×3 pixels; below that the RMS decides alone
-        return float(ssim(torch.where(sel, a.to(torch.float64), ref), ref)) if min(y.shape[-2:]) >= 3 else 1.0
-
-    return Holdout(rms(r.estimate), rms(r.image), sim(r.estimate), sim(r.image))
+def hidden_scores(y: Tensor, known: Tensor, hide: Tensor, start: Tensor, image: Tensor) -> tuple[float, float]:
+    """How :func:`holdout_gate` scores ``image`` on the ``hide`` pixels (N×1×H×W bool, observed in
+    ``y``): the RMS error there, and the SSIM against the truth of an image taking only the hidden
+    pixels from ``image`` and every other pixel from the truth where it is ``known``, from ``start``
+    inside the real hole (whose truth is not) — the same in every image compared, so the SSIM sees
+    only the hidden pixels. SSIM needs 3×3 pixels; below that it is 1 and the RMS decides alone."""
+    sel = hide.expand_as(y)
+    err = float((image.to(torch.float64)[sel] - y.to(torch.float64)[sel]).pow(2).mean().sqrt())
+    if min(y.shape[-2:]) < 3:
+        return err, 1.0
+    ref = torch.where(known.expand_as(y), y, start).to(torch.float64)
+    return err, float(ssim(torch.where(sel, image.to(torch.float64), ref), ref))
 
 
 def pyramid_levels(model: Any, m: Tensor, min_side: int = 16) -> int:
