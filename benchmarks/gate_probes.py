@@ -1,6 +1,6 @@
 """Three ideas for the gate and the blur row, measured on the TRAINING images and not shipped.
 
-``python benchmarks/gate_probes.py pyramid [--size 256] [--masks 4]``
+``python benchmarks/gate_probes.py pyramid [--size 256] [--masks 4] [--corruptions box]``
     Could the holdout gate's proxy (the hole moved by half the image, :func:`~injcert.tasks.reconstruct._shifted_hole`)
     also choose, per image, between the coarse-to-fine estimate and plain biharmonic? Without the
     network (``sigma_start=1e-6``, one step), for every box that gets a pyramid level: the real
@@ -40,8 +40,15 @@ LOSS, LOSS_SSIM = 0.005, 1e-5
 
 
 def pyramid(model, args) -> None:
+    for corruption in args.corruptions:
+        if len(args.corruptions) > 1:
+            print(f"### {corruption}\n")
+        _pyramid(model, args, corruption)
+
+
+def _pyramid(model, args, corruption: str) -> None:
     rows, always, chosen, oracle, right, count = [], 0.0, 0.0, 0.0, 0, 0
-    for x, y, m in tuning_observations("box", args.size, args.masks, args.images):
+    for x, y, m in tuning_observations(corruption, args.size, args.masks, args.images):
         levels = rec.pyramid_levels(model, m)
         if levels == 0:
             continue
@@ -138,10 +145,12 @@ def main() -> None:
     p.add_argument("--size", type=int, default=None, help="256 for pyramid, 64 otherwise")
     p.add_argument("--masks", type=int, default=None, help="masks per image: 4 for pyramid, 3 otherwise")
     p.add_argument("--images", nargs="+", default=list(TUNING_IMAGES))
-    p.add_argument("--corruptions", nargs="+", default=["blur", "freeform", "box"], help="margin only")
+    p.add_argument("--corruptions", nargs="+", default=None,
+                   help="blur freeform box for margin; box for pyramid (masks only)")
     args = p.parse_args()
     args.size = args.size or (256 if args.probe == "pyramid" else 64)
     args.masks = args.masks or (4 if args.probe == "pyramid" else 3)
+    args.corruptions = args.corruptions or (["box"] if args.probe == "pyramid" else ["blur", "freeform", "box"])
     model = injcert.load_checkpoint(args.checkpoint)
     print(f"checkpoint {args.checkpoint}; {args.probe}; {args.size}²; images {', '.join(args.images)}; "
           f"{args.masks} masks each\n")
