@@ -53,6 +53,9 @@ def test_a_failing_demo_keeps_the_earlier_report_and_a_success_replaces_it(tmp_p
     # the build folder's name never shows: the log, the summary and the report name --out
     assert all(".injcert-" not in line for line in lines) and str(out) in "".join(lines)
     assert ".injcert-" not in json.dumps(summary) and ".injcert-" not in (out / "summary.json").read_text()
+    # the report and the log say at which size the held-out images ran
+    assert summary["size"] == FAST["size"] and "held-out chelsea, 16²" in (out / "report.md").read_text()
+    assert any("reconstruction (chelsea 16²)" in line for line in lines)
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C in the middle of a run

@@ -101,6 +101,7 @@ def _run_demo(out: Path, summary: dict[str, Any], t0: float, stages: Any, log: A
               model_path: str | None, train_steps: int, size: int, steps: int, device: str, certify: bool,
               reconstruct_steps: int, shown: Any = str) -> dict[str, Any]:
     """The stages of :func:`run_demo` in order (numbered as in the module docstring); fills ``summary``."""
+    summary["size"] = size
     _stage_corruptions(out, stages, log)
     model = _stage_model(out, summary, stages, log, model_path=model_path, train_steps=train_steps, steps=steps,
                          device=device, certify=certify)
@@ -224,7 +225,7 @@ def _stage_reconstruction(out: Path, summary: dict[str, Any], stages: Any, log: 
     side_by_side(panels[:7], out / "reconstruction_1.png")
     side_by_side([panels[0]] + panels[7:], out / "reconstruction_2.png")
     stages._bar.update(1)
-    log("[4/5] reconstruction (chelsea): " + ", ".join(
+    log(f"[4/5] reconstruction (chelsea {size}²): " + ", ".join(
         f"{r['corruption']} {r['psnr_ours']:.1f} dB ({r['baseline']} {r['psnr_baseline']:.1f})" for r in rows))
 
 
@@ -276,9 +277,9 @@ def _report(s: dict[str, Any]) -> str:
     lines += ["", "## Round trip", ""] + [f"- {k}: {_fmt(v)}" for k, v in s["round_trip"].items()]
     lines += ["", "![round trip](round_trip.png)", ""]
     if "latent" in s:
-        lines += ["## Latent of the held-out astronaut (white noise: std 1, lag-1 0, flatness 1)", ""]
+        lines += [f"## Latent of the held-out astronaut, {s['size']}² (white noise: std 1, lag-1 0, flatness 1)", ""]
         lines += [f"- {k}: {_fmt(v)}" for k, v in s["latent"].items()] + [""]
-    lines += ["## Reconstruction (held-out chelsea)", "",
+    lines += [f"## Reconstruction (held-out chelsea, {s['size']}²)", "",
               "`flow`: `kept` where the flow restored observed pixels hidden in the shape of the hole better "
               "than its classical start (the holdout gate), `gated off` where it did not: that row's result is "
               "the classical estimate, to float precision; `—` where no gate ran: noise, and blur, whose flow is "
