@@ -58,9 +58,7 @@ def _pyramid(model, args, corruption: str) -> None:
         gain = psnr(pyr, x) - psnr(base, x)
         known = m[:, :1] == 1
         hide = rec._shifted_hole(~known, known)
-        m2 = m.clone()
-        m2[:, :1].masked_fill_(hide, 0.0)
-        y2 = y * m2[:, :1]
+        y2, m2 = rec.hidden_observation(y, m, hide)
         b2 = classical_estimate(y2, m2, "auto")[1]
         with torch.no_grad():
             p2 = rec.reconstruct_full(model, y2, m2, 1, 0, sigma_start=1e-6, levels=levels).image

@@ -60,7 +60,8 @@ from .guided import GuidedResult, guided_decode
 from .invert import decode_full
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "pyramid_levels", "STARTS",
-           "holdout_error", "blur_bootstrap_error", "holdout_gate", "hidden_scores", "Holdout", "GATE_OFF"]
+           "holdout_error", "blur_bootstrap_error", "holdout_gate", "hidden_observation", "hidden_scores", "Holdout",
+           "GATE_OFF"]
 
 STARTS = ("auto", "estimate", "observation", "noise")
 
@@ -192,9 +193,7 @@ def holdout_error(y: Tensor, m: Tensor, method: str = "auto", *, fraction: float
     hide = _holdout_pixels(known, seed, fraction)
     if not bool(hide.any()):
         return float("nan")
-    m2 = m.clone()
-    m2[:, :1].masked_fill_(hide, 0.0)
-    _, est = classical_estimate(y * m2[:, :1], m2, method, blur_sigma=blur_sigma)
+    _, est = classical_estimate(*hidden_observation(y, m, hide), method, blur_sigma=blur_sigma)
     diff = (est.to(torch.float64) - y.to(torch.float64))[hide.expand_as(y)]
     return float(diff.pow(2).mean().sqrt())
 
@@ -448,19 +447,26 @@ def holdout_gate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, kind: 
         hide = _shifted_hole(m[:, 1:2] > 0.5 if kind == "blur" else ~known, known)
     if not bool(hide.any()) or not bool((known & ~hide).flatten(1).any(1).all()):
         return None  # nothing to hide, or nothing observed left to restore from
-    m2 = m.clone()
-    m2[:, :1].masked_fill_(hide, 0.0)
-    if kind == "blur":
-        m2[:, 1:2].masked_fill_(hide, 1.0)
-        y2 = local_blur(y, hide, float(blur_sigma))
-    else:
-        y2 = y * m2[:, :1]
+    y2, m2 = hidden_observation(y, m, hide, blurred=kind == "blur", blur_sigma=blur_sigma)
     r = reconstruct_full(model, y2, m2, steps, seed, sigma_start=sigma_start, gate=False, blur_sigma=blur_sigma,
                          **options)
     assert r.estimate is not None
     (start_rms, start_ssim), (flow_rms, flow_ssim) = (hidden_scores(y, known, hide, r.estimate, a)
                                                       for a in (r.estimate, r.image))
     return Holdout(start_rms, flow_rms, start_ssim, flow_ssim)
+
+
+def hidden_observation(y: Tensor, m: Tensor, hide: Tensor, *, blurred: bool = False,
+                       blur_sigma: float = 2.0) -> tuple[Tensor, Tensor]:
+    """The observation ``(y, m)`` with the observed pixels ``hide`` (N×1×H×W bool) taken away, as
+    :func:`holdout_gate` restores it: missing there (zeroed), or ``blurred`` there by the local
+    operator (:func:`~injcert.data.corruptions.local_blur`, PSF ``blur_sigma``)."""
+    m2 = m.clone()
+    m2[:, :1].masked_fill_(hide, 0.0)
+    if blurred:
+        m2[:, 1:2].masked_fill_(hide, 1.0)
+        return local_blur(y, hide, float(blur_sigma)), m2
+    return y * m2[:, :1], m2
 
 
 def hidden_scores(y: Tensor, known: Tensor, hide: Tensor, start: Tensor, image: Tensor) -> tuple[float, float]:
