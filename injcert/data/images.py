@@ -55,6 +55,7 @@ __all__ = [
     "save_image",
     "image_format",
     "PatchDataset",
+    "image_files",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -531,3 +532,50 @@ class PatchDataset(torch.utils.data.Dataset):
         if flip:
             patch = patch.flip(-1)
         return _convert_channels(patch, self.channels).to(torch.float32, copy=True).contiguous()
+
+
+#: File suffixes :func:`image_files` collects from a folder.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_files(paths: Sequence[PathLike], *, min_side: int = 1, warn: bool = True) -> list[str]:
+    """The training images under ``paths``: registry names and files as given, folders searched
+    recursively for PNG/JPEG files (sorted, so the list is the same on every machine). Every file is
+    decoded once; one that cannot be read, or is smaller than ``min_side`` on a side, is skipped with
+    one line on stderr (``warn``).
+
+    Raises:
+        InputError: nothing usable was found.
+        FileNotFoundError: a path that does not exist.
+    """
+    import sys
+
+    found: list[str] = []
+    for p in paths:
+        if isinstance(p, str) and p in IMAGES:
+            found.append(p)
+            continue
+        path = Path(p)
+        if path.is_dir():
+            found += sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            found.append(str(path))
+        else:
+            raise FileNotFoundError(f"image file or folder not found: {str(p)!r}")
+    good = []
+    for f in found:
+        try:
+            h, w = _decode(*_resolve(f)).shape[-2:]
+        except (ValueError, OSError) as exc:
+            if warn:
+                print(f"injcert: skipping {f}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                      file=sys.stderr)
+            continue
+        if min(h, w) < min_side:
+            if warn:
+                print(f"injcert: skipping {f}: {h}×{w} is smaller than {min_side} pixels on a side", file=sys.stderr)
+            continue
+        good.append(f)
+    if not good:
+        raise InputError(f"no usable PNG/JPEG image under {[str(p) for p in paths]}")
+    return good

@@ -202,3 +202,13 @@ def loss_on_batch(model: nn.Module, batch: dict[str, Tensor], sigma_data: Option
     vs2 = schedule.varsigma(t.to(torch.float64)).pow(2)
     weight = (1.0 + vs2 / float(sigma_data) ** 2).to(x0.dtype)
     return (err.flatten(1).mean(1) * weight).mean()
+
+
+def restorer_loss(restorer: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    r"""The restorer's direct supervision: the mean squared error of $R(y, m)$ against $x_0$ on a batch
+    from :func:`draw_training_batch` (its $t$ and $\varepsilon$ play no role; pixels observed as is
+    are exact, so they add 0)."""
+    from ..data.corruptions import expand_map
+
+    r = restorer(batch["y"], expand_map(batch["m"]))
+    return (r - batch["x0"]).pow(2).mean()

@@ -51,6 +51,7 @@ from ..io import register_model
 from ..theory.lipschitz import concat_bound, lipschitz_bound, product_bound, register_lipschitz_rule, sum_bound
 from .bands import check_bands, lowpass
 from .layers import ACTIVATIONS, LipConv2d, ResBlock, make_activation
+from .restorer import Restorer
 from .schedule import VPSchedule, get_schedule
 
 __all__ = ["CondUNet", "DEFAULT_MODEL_CONFIG", "MAP_CHANNELS"]
@@ -75,6 +76,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "parameterization": "eps",
     "spectral_bands": None,
     "cond_head": False,
+    "restorer": None,
 }
 
 PARAMETERIZATIONS = ("eps", "denoiser")
@@ -225,6 +227,9 @@ class CondUNet(nn.Module):
         parameterization: ``"eps"`` or ``"denoiser"``.
         spectral_bands: the band skip's orders and variances (``injcert.model.bands``) or ``None``.
         cond_head: add the condition-only term $h(c, t)$ to the denoiser (:meth:`condition_estimate`).
+        restorer: ``None`` or the options of the conditional restorer $R(c)$
+            (:class:`~injcert.model.restorer.Restorer`, e.g. ``{"width": 32, "mults": [1, 2, 3, 4]}``): the
+            denoiser's exact linear part becomes the Gaussian posterior mean around $R(c)$ (:meth:`anchor`).
 
     Attributes:
         schedule: the :class:`~injcert.model.schedule.VPSchedule`.
@@ -258,6 +263,7 @@ class CondUNet(nn.Module):
         parameterization: str = "eps",
         spectral_bands: Optional[dict[str, Any]] = None,
         cond_head: bool = False,
+        restorer: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         in_channels, base_channels, blocks_per_level, emb_dim, mults = _check_options(
@@ -292,7 +298,13 @@ class CondUNet(nn.Module):
             "parameterization": parameterization,
             "spectral_bands": None if self.bands is None else {k: list(v) for k, v in self.bands.items()},
             "cond_head": cond_head,
+            "restorer": None,
         }
+        if restorer is not None:
+            if not isinstance(restorer, dict) or not set(restorer) <= {"width", "mults"}:
+                raise ConfigError(f"restorer must be null or {{'width': int, 'mults': [ints]}}, got {restorer!r}")
+            if parameterization != "denoiser":
+                raise ConfigError("restorer needs parameterization 'denoiser' (R(c) anchors the denoiser D)")
         self.parameterization = parameterization
         self.wiener_max = 0.0 if data_variance is None else wiener_skip_sup(float(data_variance))
         self.lipschitz_kappa = None if lipschitz_kappa is None else float(lipschitz_kappa)
@@ -316,6 +328,11 @@ class CondUNet(nn.Module):
             for conv in self.cond_head:
                 nn.init.zeros_(conv.weight)
                 nn.init.zeros_(conv.bias)
+        # R(c): reads only (y, m), so it is a constant for every bound in x (proofs/05, item 11)
+        self.restorer = None if restorer is None else Restorer(in_channels, MAP_CHANNELS, **restorer)
+        if self.restorer is not None:
+            self._config["restorer"] = dict(self.restorer.config)
+        self._anchor_cache: Optional[tuple] = None
         self._init_budget(parameterization, skip_max, lipschitz_budget)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
         if self.bands is not None:  # the band skip reads x within its largest binomial radius
@@ -399,8 +416,10 @@ class CondUNet(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """JSON-able constructor arguments (``from_config(model.config)`` rebuilds the model)."""
+        restorer = self._config["restorer"]
         return dict(self._config, channel_mults=list(self._config["channel_mults"]),
-                    schedule=dict(self._config["schedule"]))
+                    schedule=dict(self._config["schedule"]),
+                    restorer=None if restorer is None else {"width": restorer["width"], "mults": list(restorer["mults"])})
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "CondUNet":
@@ -415,10 +434,12 @@ class CondUNet(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, x: Tensor, t: Union[Tensor, float], y: Optional[Tensor] = None,
-                m: Optional[Tensor] = None) -> Tensor:
+                m: Optional[Tensor] = None, anchor: Optional[Tensor] = None) -> Tensor:
         """Predict $\\varepsilon$ for ``x`` (N×C×H×W) at times ``t`` ((N,), 0-d or float).
 
-        ``y`` (N×C×H×W) and ``m`` (N×1×H×W or N×3×H×W) default to zeros (unconditional).
+        ``y`` (N×C×H×W) and ``m`` (N×1×H×W or N×3×H×W) default to zeros (unconditional). With a
+        restorer, ``anchor`` is $R(y, m)$ already computed (:meth:`anchor`; tiled evaluation passes a
+        crop of the whole image's); by default it is computed here.
         """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise InputError(f"x must be N×{self.in_channels}×H×W, got shape {tuple(x.shape)}")
@@ -428,14 +449,22 @@ class CondUNet(nn.Module):
             t = t.expand(n)
         elif t.shape != (n,):
             raise InputError(f"t must be a scalar or of shape ({n},), got shape {tuple(t.shape)}")
+        if self.restorer is not None and anchor is None:
+            anchor = self.anchor(x.new_zeros(x.shape) if y is None else y, m)
         y = torch.zeros_like(x) if y is None else y.to(x.dtype)
         m = x.new_zeros(n, MAP_CHANNELS, h, w) if m is None else expand_map(m.to(x.dtype))
         if y.shape != x.shape or m.shape[2:] != x.shape[2:] or m.shape[0] != n:
             raise InputError(f"y {tuple(y.shape)} and m {tuple(m.shape)} must match x {tuple(x.shape)}")
+        if self.restorer is not None:
+            anchor = anchor.to(x.dtype)
+            if anchor.shape != x.shape:
+                raise InputError(f"anchor {tuple(anchor.shape)} must match x {tuple(x.shape)}")
         f = self.downsampling_factor
         ph, pw = (-h) % f, (-w) % f
         if ph or pw:
             x, y, m = (F.pad(v, (0, pw, 0, ph)) for v in (x, y, m))
+            if anchor is not None and self.restorer is not None:
+                anchor = F.pad(anchor, (0, pw, 0, ph))
 
         emb = self.time_embed(t)
         conds = self.cond_encoder(torch.cat([y, m], dim=1).to(self.cond_encoder.stem.weight.dtype), emb)
@@ -458,7 +487,7 @@ class CondUNet(nn.Module):
         if self.cond_head is not None:
             out = out + self.condition_estimate(conds)
         if self.parameterization == "denoiser":
-            return self._denoiser_eps(out, x, t, emb)[:, :, :h, :w]
+            return self._denoiser_eps(out, x, t, emb, anchor if self.restorer is not None else None)[:, :, :h, :w]
         if self.lipschitz_kappa is not None:
             out = out * self.gain_scale(t).to(x.dtype)[:, None, None, None]
         if self.skip_max > 0:
@@ -516,7 +545,8 @@ class CondUNet(nn.Module):
         w = 1.0 / torch.clamp(self.schedule.sigma(t64), min=self.sigma_cap)
         return w, self.schedule.alpha(t64)
 
-    def _denoiser_eps(self, deep: Tensor, x: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+    def _denoiser_eps(self, deep: Tensor, x: Tensor, t: Tensor, emb: Tensor,
+                      anchor: Optional[Tensor] = None) -> Tensor:
         r"""$\varepsilon = w(t)\,(x - \alpha_t D)$ with $D = $ ``deep`` $+ (d(t) + b(t))\,x$: the denoiser
         parameterisation (Karras et al. 2022 precondition the same way). The ideal $\varepsilon$'s slope
         $\approx 1/\sigma_t$ across the data comes from the exact linear term $w\,x$; the network learns a
@@ -526,11 +556,53 @@ class CondUNet(nn.Module):
             d = d + self.wiener_skip(t).to(x.dtype)[:, None, None, None] * x
         if self.bands is not None:
             d = d + self.band_skip(x, t)
+        if anchor is not None:
+            # the Gaussian posterior mean around R: K_t x + (I - alpha_t K_t) R; the R terms are constant in x
+            d = d + anchor - self.schedule.alpha(t.detach().to(torch.float64)).to(x.dtype)[:, None, None, None] \
+                * self.linear_skip(anchor, t)
         if self.skip_max > 0:
             b = self.skip_max * torch.tanh(self.skip_head(emb)).to(x.dtype)
             d = d + b[:, :, None, None] * x
         w, a = self._denoiser_coefficients(t)
         return w.to(x.dtype)[:, None, None, None] * x - (w * a).to(x.dtype)[:, None, None, None] * d
+
+    def linear_skip(self, v: Tensor, t: Tensor) -> Tensor:
+        r"""$K_t v$: the denoiser's exact linear part applied to ``v`` (the band skip, the scalar Wiener
+        skip, or 0)."""
+        if self.bands is not None:
+            return self.band_skip(v, t)
+        if self.data_variance is not None:
+            return self.wiener_skip(t).to(v.dtype)[:, None, None, None] * v
+        return torch.zeros_like(v)
+
+    def anchor(self, y: Optional[Tensor], m: Optional[Tensor]) -> Tensor:
+        r"""$R(y, m)$, the restorer's estimate of the image from the condition alone (zeros for ``y`` and
+        ``m`` that are ``None``). Under ``torch.no_grad`` the last result is kept, with the very tensors it
+        was computed from (so their memory cannot be reused by others), and returned again while
+        ``y``, ``m`` (by identity and version), the weights and the dtype are unchanged: a solver calls
+        the network with the same condition at every step, and $R$ runs once.
+
+        Raises:
+            ConfigError: the model has no restorer.
+        """
+        if self.restorer is None:
+            raise ConfigError("this model has no restorer (model option 'restorer' is null)")
+        p = self.restorer.stem.weight
+        if y is None or m is None:
+            like = y if y is not None else m
+            if like is None:
+                raise InputError("anchor needs y or m (their shape)")
+            n, h, w = like.shape[0], like.shape[-2], like.shape[-1]
+            y = like.new_zeros(n, self.in_channels, h, w) if y is None else y
+            m = like.new_zeros(n, MAP_CHANNELS, h, w) if m is None else m
+        key = (y, y._version, m, m._version, self._weights_key(), p.dtype)
+        cached = self._anchor_cache
+        if not torch.is_grad_enabled() and cached is not None and cached[0][0] is y and cached[0][2] is m \
+                and cached[0][1] == key[1] and cached[0][3:] == key[3:]:
+            return cached[1]
+        out = self.restorer(y.to(p.dtype), expand_map(m.to(p.dtype))).to(y.dtype)
+        self._anchor_cache = (key, out) if not torch.is_grad_enabled() else None
+        return out
 
     def wiener_skip(self, t: Tensor) -> Tensor:
         r"""$d(t) = \alpha_t v/(\alpha_t^2 v + \sigma_t^2)$ (float64): the exact denoiser's slope for Gaussian

@@ -61,7 +61,7 @@ from .invert import decode_full
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "pyramid_levels", "STARTS",
            "holdout_error", "blur_bootstrap_error", "holdout_gate", "hidden_observation", "hidden_scores", "Holdout",
-           "GATE_OFF"]
+           "GATE_OFF", "RESTORER"]
 
 STARTS = ("auto", "estimate", "observation", "noise")
 
@@ -122,6 +122,22 @@ def _flow_kept(holdout: Holdout) -> bool:
     return holdout.flow < holdout.start and (not GATE_SSIM or holdout.flow_ssim >= holdout.start_ssim)
 
 
+#: The name of the start estimate that is the model's own restorer $R(c)$ (``Reconstruction.estimate_method``).
+RESTORER = "restorer"
+
+
+def _uses_restorer(model: Any, estimate: Union[str, Tensor], masks_only: bool) -> bool:
+    r"""Whether the start estimate is the model's restorer: asked for by name, or ``"auto"`` for missing
+    pixels (blur and noise keep their classical starts: least squares with the known operator, BM3D
+    given $\sigma$) when the model has one."""
+    has = getattr(model, "restorer", None) is not None and callable(getattr(model, "anchor", None))
+    if isinstance(estimate, str) and estimate == RESTORER:
+        if not has:
+            raise ArgumentError(f"estimate {RESTORER!r} needs a model with a restorer")
+        return True
+    return has and isinstance(estimate, str) and estimate == "auto" and masks_only
+
+
 def _check(y: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     if not isinstance(y, Tensor) or y.ndim != 4 or not y.is_floating_point():
         raise ArgumentError(f"y must be a float N×C×H×W tensor, got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
@@ -179,12 +195,13 @@ def _shifted_hole(hole: Tensor, onto: Tensor) -> Tensor:
     return moved[best, torch.arange(hole.shape[0], device=hole.device)]
 
 
-def holdout_error(y: Tensor, m: Tensor, method: str = "auto", *, fraction: float = 0.1, seed: int = 0,
-                  blur_sigma: float = 2.0) -> float:
+def holdout_error(y: Tensor, m: Tensor, method: Union[str, Callable[[Tensor, Tensor], Tensor]] = "auto", *,
+                  fraction: float = 0.1, seed: int = 0, blur_sigma: float = 2.0) -> float:
     r"""Cross-validated RMS error of the classical estimate at missing pixels near observed ones.
 
     A seeded ``fraction`` of the observed pixels is hidden, the estimate is recomputed from the rest,
-    and the RMS difference to the hidden (true) values is returned. Where every missing pixel is
+    and the RMS difference to the hidden (true) values is returned. ``method`` is a classical method's
+    name or an estimator ``(y, m) -> x_hat`` (the model's restorer, :meth:`~injcert.model.unet.CondUNet.anchor`). Where every missing pixel is
     within a few pixels of observed ones (random pixels, thin gaps), a hidden observed pixel is, like a
     missing one, surrounded by observed pixels: the result estimates the error the flow's start
     carries. ``nan`` if no observed pixel was hidden.
@@ -193,7 +210,10 @@ def holdout_error(y: Tensor, m: Tensor, method: str = "auto", *, fraction: float
     hide = _holdout_pixels(known, seed, fraction)
     if not bool(hide.any()):
         return float("nan")
-    _, est = classical_estimate(*hidden_observation(y, m, hide), method, blur_sigma=blur_sigma)
+    if callable(method):
+        est = method(*hidden_observation(y, m, hide))
+    else:
+        _, est = classical_estimate(*hidden_observation(y, m, hide), method, blur_sigma=blur_sigma)
     diff = (est.to(torch.float64) - y.to(torch.float64))[hide.expand_as(y)]
     return float(diff.pow(2).mean().sqrt())
 
@@ -344,7 +364,8 @@ def reconstruct_full(
         t_start = float(sched.t_max)
         target = torch.zeros_like(y)
     else:
-        n_levels = pyramid_levels(model, m) if levels == "auto" else int(levels)
+        use_restorer = _uses_restorer(model, estimate, masks_only)
+        n_levels = 0 if use_restorer else pyramid_levels(model, m) if levels == "auto" else int(levels)
         pyramid = n_levels > 0 and not isinstance(estimate, Tensor) and masks_only and min(y.shape[-2:]) >= 16
         given = (_coarse_estimate(model, y, m, steps, seed, n_levels, method=method, grid=grid,
                                   sigma_start=sigma_start, noise_scale=noise_scale, progress=progress,
@@ -354,6 +375,8 @@ def reconstruct_full(
             if given.shape != y.shape:
                 raise ArgumentError(f"estimate must have the shape of y {tuple(y.shape)}, got {tuple(given.shape)}")
             est_name, est = (f"pyramid{n_levels}" if pyramid else "given"), given.to(y.dtype)
+        elif use_restorer:
+            est_name, est = RESTORER, model.anchor(y_obs, m).to(device=y.device, dtype=y.dtype)
         else:
             est_name, est = classical_estimate(y_obs, m, estimate, blur_sigma=blur_sigma)
             est = est.to(device=y.device, dtype=y.dtype)
@@ -362,6 +385,8 @@ def reconstruct_full(
             err = None
             if kind == "missing_near" and masks_only and est_name in METHODS:
                 err = holdout_error(y_obs, m, est_name, seed=seed, blur_sigma=blur_sigma)
+            elif kind == "missing_near" and est_name == RESTORER:
+                err = holdout_error(y_obs, m, model.anchor, seed=seed)
             elif kind == "blur" and est_name in METHODS:
                 err = blur_bootstrap_error(est, m, est_name, blur_sigma=blur_sigma)
             s_e = _level(kind, err)

@@ -68,7 +68,8 @@ from ..errors import CheckpointError, ConfigError, TrainingError
 from ..io import (atomic_write_bytes, check_finite_model, check_output_path, clean_orphan_temps, is_state_file,
                   load_checkpoint, load_state, notice, open_append, output_lock, probe_writable, read_json_file,
                   save_checkpoint, save_state, weights_fingerprint)
-from ..model.objective import REFINE_VARSIGMA, T_MIN, draw_training_batch, loss_on_batch, low_noise_range, refine_range
+from ..model.objective import (REFINE_VARSIGMA, T_MIN, draw_training_batch, loss_on_batch, low_noise_range, refine_range,
+                               restorer_loss)
 from ..model.layers import batched_normalisation
 from ..model.unet import DEFAULT_MODEL_CONFIG, CondUNet
 from ..threads import apply_threads
@@ -155,6 +156,11 @@ class TrainConfig:
         init: a model checkpoint whose weights start the run (model and EMA; the optimizer starts
             fresh at step 0): fine-tuning or continuing a shipped model. Its model options must be
             this config's. Read once, at the start; a resumed run takes its weights from the state.
+        objective: ``"denoising"`` (the conditional denoising loss of the whole score network) or
+            ``"restorer"`` (only the conditional restorer $R(c)$, by direct supervision on $x_0$:
+            :func:`~injcert.model.objective.restorer_loss`; every other weight stays as it is).
+        freeze: parameter-name prefixes that the denoising objective does not train (e.g.
+            ``["restorer."]``: refine the certified network around a trained restorer).
         loss_sigma_data: ``None`` (the plain ε loss) or $\\sigma_d > 0$: weigh each example's ε error by
             $1 + \\varsigma_t^2/\\sigma_d^2$ (Karras et al. 2022; :func:`~injcert.model.objective.loss_on_batch`).
             The validation loss stays unweighted, so runs compare.
@@ -185,6 +191,8 @@ class TrainConfig:
     lr_final: float = 0.0
     init: Optional[str] = None
     loss_sigma_data: Optional[float] = None
+    objective: str = "denoising"
+    freeze: list = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -251,6 +259,10 @@ class TrainConfig:
         number("lr_final", 0.0, self.lr)
         if self.loss_sigma_data is not None:
             number("loss_sigma_data", 0.0, math.inf, lo_open=True, hi_open=True)
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"training option objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if not isinstance(self.freeze, list) or not all(isinstance(v, str) and v for v in self.freeze):
+            raise ConfigError(f"training option freeze must be a list of parameter-name prefixes, got {self.freeze!r}")
         if self.init is not None and (not isinstance(self.init, str) or not self.init):
             raise ConfigError(f"training option init must be a checkpoint path or null, got {self.init!r}")
         if not isinstance(self.model, dict):
@@ -269,7 +281,21 @@ class TrainConfig:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                    or not math.isfinite(budget) or budget <= 0):
             raise ConfigError(f"model option lipschitz_budget must be a finite number > 0 (or null), got {budget!r}")
+        if self.objective == "restorer" and not model.get("restorer"):
+            raise ConfigError("training objective 'restorer' needs a model with a restorer (model option 'restorer')")
         self.model = model
+
+
+#: The training objectives (:attr:`TrainConfig.objective`).
+OBJECTIVES = ("denoising", "restorer")
+
+
+def trainable_parameters(model: nn.Module, config: "TrainConfig") -> list[nn.Parameter]:
+    """The parameters ``config`` trains: the restorer's alone for the ``"restorer"`` objective, else every
+    parameter whose name starts with none of ``config.freeze``."""
+    if config.objective == "restorer":
+        return [p for n, p in model.named_parameters() if n.startswith("restorer.")]
+    return [p for n, p in model.named_parameters() if not any(n.startswith(f) for f in config.freeze)]
 
 
 # ============================================================================ distributed
@@ -431,15 +457,16 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, batches: list[dict[str, Tensor]]) -> float:
-    """Mean denoising loss on fixed held-out batches (drawn once by :func:`validation_batches`)."""
+def validation_loss(model: nn.Module, batches: list[dict[str, Tensor]], objective: str = "denoising") -> float:
+    """Mean loss of ``objective`` on fixed held-out batches (drawn once by :func:`validation_batches`)."""
     if not batches:
         return float("nan")
     was = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64)
     for b in batches:
-        total = total + loss_on_batch(model, b).to(torch.float64).cpu()
+        loss = restorer_loss(model.restorer, b) if objective == "restorer" else loss_on_batch(model, b)
+        total = total + loss.to(torch.float64).cpu()
     model.train(was)
     return float(total) / len(batches)
 
@@ -611,9 +638,9 @@ def _train(config: Optional[TrainConfig], out: PathLike, resume: Optional[PathLi
         history = [{"init": _load_init(config.init, model, ema)}]
     del tensors
 
-    net: nn.Module = model
+    net: nn.Module = model.restorer if config.objective == "restorer" else model
     if dist_info.world > 1:
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        net = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
     loader, val_batches, sync_every = _make_loader(config, model, dist_info, dev, local_b, start, workers)
     step_fn: Any = torch.compile(net) if compile_model else net
     log_path = _prepare_log(config, dist_info, resume, start)
@@ -701,7 +728,10 @@ def _build_model(config: TrainConfig, dev: torch.device) -> tuple[CondUNet, Cond
     for p in ema.parameters():
         p.requires_grad_(False)
     ema.eval()
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    train = {id(p) for p in trainable_parameters(model, config)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in train)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     return model, ema, opt
 
 
@@ -712,13 +742,19 @@ def _load_init(path: str, model: CondUNet, ema: CondUNet) -> dict[str, Any]:
     weights: one error line, before any weight is copied."""
     src = load_checkpoint(path)
     theirs, ours = getattr(src, "config", None), model.config
-    if theirs != ours:
+    # a checkpoint without a restorer starts a model that adds one: its weights are all there but R's
+    adds_restorer = isinstance(theirs, dict) and theirs.get("restorer") is None and ours.get("restorer") is not None \
+        and dict(theirs, restorer=ours["restorer"]) == ours
+    if theirs != ours and not adds_restorer:
         keys = sorted(k for k in set(ours) | set(theirs or {}) if (theirs or {}).get(k) != ours.get(k))
         raise ConfigError(f"init checkpoint {path!r} was built with other model options ({', '.join(keys)}); "
                           "use its training config (the checkpoint's metadata 'training_config')")
     check_finite_model(src, f"init checkpoint {path!r}")
-    model.load_state_dict(src.state_dict(), strict=True)
-    ema.load_state_dict(src.state_dict(), strict=True)
+    for target in (model, ema):
+        result = target.load_state_dict(src.state_dict(), strict=not adds_restorer)
+        if adds_restorer and (result.unexpected_keys or any(not k.startswith("restorer.") for k in result.missing_keys)):
+            raise ConfigError(f"init checkpoint {path!r} does not fit this model: missing {result.missing_keys[:3]}, "
+                              f"unexpected {result.unexpected_keys[:3]}")
     md = dict(getattr(src, "checkpoint_metadata", {}) or {})
     return {"path": str(path), "weights_sha256": weights_fingerprint(src), "step": md.get("step"),
             "batch_size": md.get("batch_size"), "val_loss": md.get("val_loss")}
@@ -856,11 +892,14 @@ class _Run:
             g["lr"] = lr
         batch = _to_device(batch, self.dev)
         with contextlib.nullcontext() if self.compile_model else batched_normalisation(self.model):
-            loss = loss_on_batch(self.step_fn, batch, self.config.loss_sigma_data)
+            if self.config.objective == "restorer":
+                loss = restorer_loss(self.step_fn, batch)
+            else:
+                loss = loss_on_batch(self.step_fn, batch, self.config.loss_sigma_data)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], config.grad_clip)
         self.opt.step()
         decay = min(config.ema_decay, (1.0 + step) / (10.0 + step))
         _ema_update(self.ema, self.model, decay)
@@ -882,7 +921,7 @@ class _Run:
             done % config.val_every == 0 or done == config.steps or stop)
         if is_val or is_ckpt or stop or len(self.pending) + 1 >= self.sync_every:
             if is_val:
-                self.val_loss = validation_loss(self.ema, self.val_batches)
+                self.val_loss = validation_loss(self.ema, self.val_batches, self.config.objective)
                 rec["val_loss"] = self.val_loss
             self.pending.append((rec, loss_val))
             self.flush()
@@ -1005,6 +1044,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                         help="stop and save after this many seconds (resume with --resume OUT.state)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward pass (GPU speed-up)")
+    parser.add_argument("--images", nargs="+", metavar="DIR_OR_FILE",
+                        help="train on these images: folders are searched recursively for PNG/JPEG files, unreadable "
+                             "ones skipped with one line each; the list is recorded in the checkpoint "
+                             "(default: the config's images, else the bundled training images)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -1022,6 +1065,10 @@ def run_train(args: argparse.Namespace) -> int:
                      ("seed", args.seed), ("log", args.log), ("init", args.init)):
         if val is not None:
             cfg[key] = val
+    if getattr(args, "images", None):
+        from ..data.images import image_files
+
+        cfg["images"] = image_files(args.images, min_side=int(cfg.get("patch_size", TrainConfig.patch_size)))
     config = TrainConfig.from_dict(cfg)
     if config.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {config.steps} (0 steps would write an untrained checkpoint)")

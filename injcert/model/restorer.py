@@ -1,0 +1,173 @@
+r"""The conditional restorer $R(c)$: an unconstrained network that reads only the condition $c = (y, m)$.
+
+Every certificate of injcert is a statement about $x$ (``proofs/05``, item 11): a term that reads only
+the observation $y$ and its corruption map $m$ is a constant for every Lipschitz, log-norm, log-det and
+fixed-point bound. So the part of the model that *restores* — that fills a hole from its surroundings,
+deblurs, denoises — can be as large and as unconstrained as quality needs, and is trained by direct
+supervision on $x_0$. The certified score network then only refines around it: its exact linear part
+is the Gaussian posterior mean around $R(c)$ (:meth:`~injcert.model.unet.CondUNet.forward`,
+``anchor``).
+
+The restorer sees, besides $y$ and $m$, cheap classical estimates of the image computed from the
+observed pixels (``m[:, 0] == 1``):
+
+* the **pull-push fill** (Gortler et al. 1996, "The Lumigraph", section 3.4): a pyramid of
+  observed-pixel means averaged down to one pixel and interpolated back up, so every missing pixel
+  gets a value from the nearest observed ones at any distance — global context at any resolution
+  in $O(HW)$;
+* **normalized convolution** (Knutsson and Westin 1993) at three scales: Gaussian-weighted means of
+  the observed pixels with their weights (certainties).
+
+It predicts a residual on a base image — the observation where a pixel was seen (as is, blurred or
+noisy) and the pull-push fill where it was not — with a U-Net whose bottom level adds a global
+average of its features (global context); the last layer starts at zero, so an untrained restorer
+*is* the classical fill. Pixels observed as is are returned exactly.
+
+Fully convolutional, any size down to 1×1: the input is padded (replicate) to a multiple of
+:attr:`Restorer.downsampling_factor` and the output cropped back. It has no locality in the sense of
+tiled evaluation (the fill and the global average see the whole image): the score network computes
+$R(c)$ once on the whole image and tiles crop it (:class:`~injcert.tasks.tiling.TiledModel`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .bands import lowpass
+
+__all__ = ["Restorer", "pull_push_fill", "normalized_convolution", "DEFAULT_RESTORER"]
+
+#: The restorer the shipped model uses: four levels of 32–128 channels.
+DEFAULT_RESTORER: dict[str, Any] = {"width": 32, "mults": [1, 2, 3, 4]}
+
+#: Binomial orders of the normalized convolutions (Gaussian std $\sqrt{a/2}$: 1, 2 and 4 pixels).
+NC_ORDERS = (2, 8, 32)
+
+
+def pull_push_fill(y: Tensor, w: Tensor) -> Tensor:
+    r"""Fill the pixels of ``y`` (N×C×H×W) whose weight ``w`` (N×1×H×W in $[0, 1]$) is 0 from the
+    weighted ones, by pull-push (Gortler et al. 1996): average $(w y, w)$ down a 2× pyramid to one
+    pixel, then, from the coarsest level up, keep each level's weighted mean where its weight is full
+    and blend towards the bilinearly upsampled coarser fill where it is not. Pixels with ``w == 1``
+    keep their value; an image without any weight gets zeros."""
+    levels = []
+    yw, ww = y * w, w
+    while True:
+        levels.append((yw, ww))
+        h, wd = yw.shape[-2:]
+        if h == 1 and wd == 1:
+            break
+        ph, pw = h % 2 if h > 1 else 0, wd % 2 if wd > 1 else 0
+        k = (2 if h > 1 else 1, 2 if wd > 1 else 1)
+        yw = F.avg_pool2d(F.pad(yw, (0, pw, 0, ph)), k)
+        ww = F.avg_pool2d(F.pad(ww, (0, pw, 0, ph)), k)
+    fill = levels[-1][0] / levels[-1][1].clamp_min(1e-12) * (levels[-1][1] > 0)
+    for yw, ww in reversed(levels[:-1]):
+        up = F.interpolate(fill, scale_factor=2, mode="bilinear", align_corners=False)[..., :yw.shape[-2], :yw.shape[-1]]
+        if up.shape[-2:] != yw.shape[-2:]:  # a side of 1 was not halved
+            up = F.interpolate(fill, size=yw.shape[-2:], mode="bilinear", align_corners=False)
+        a = (ww * 2.0).clamp(max=1.0)  # a cell half observed is trusted fully
+        fill = a * (yw / ww.clamp_min(1e-12)) + (1.0 - a) * up
+    return fill
+
+
+def normalized_convolution(y: Tensor, w: Tensor, order: int) -> tuple[Tensor, Tensor]:
+    r"""Normalized convolution (Knutsson and Westin 1993) with the binomial blur $G_a$ of ``order``:
+    $(G(w y)/G(w),\ G(w))$ — the weighted local mean of the observed pixels and its certainty."""
+    num = lowpass(y * w, order)
+    den = lowpass(w, order)
+    return num / den.clamp_min(1e-6), den
+
+
+def _conv(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1)
+
+
+class _Level(nn.Module):
+    """Two 3×3 convolutions with GELU and a residual connection."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.c1, self.c2 = _conv(cin, cout), _conv(cout, cout)
+        self.proj = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.proj(h) + self.c2(F.gelu(self.c1(F.gelu(h))))
+
+
+class Restorer(nn.Module):
+    r"""$R(c)$: the conditional restorer (see the module docstring).
+
+    Arguments:
+        in_channels: image channels $C$.
+        map_channels: channels of the corruption map $m$.
+        width: channels at the finest level.
+        mults: one channel multiplier per level (``len`` = levels; each level halves the size).
+
+    Raises:
+        ConfigError: a bad option (one line).
+    """
+
+    def __init__(self, in_channels: int = 3, map_channels: int = 3, width: int = 32,
+                 mults: Sequence[int] = (1, 2, 3, 4)) -> None:
+        super().__init__()
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ConfigError(f"restorer width must be an int >= 1, got {width!r}")
+        if not isinstance(mults, (list, tuple)) or not mults or any(
+                isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in mults):
+            raise ConfigError(f"restorer mults must be a non-empty list of ints >= 1, got {mults!r}")
+        self.in_channels, self.map_channels = int(in_channels), int(map_channels)
+        self.config = {"width": int(width), "mults": [int(k) for k in mults]}
+        chans = [width * k for k in mults]
+        c = self.in_channels
+        feats = c + map_channels + c + len(NC_ORDERS) * (c + 1)  # y, m, base, (estimate, certainty) per scale
+        self.stem = _conv(feats, chans[0])
+        self.down = nn.ModuleList()
+        prev = chans[0]
+        for ch in chans:
+            self.down.append(_Level(prev, ch))
+            prev = ch
+        self.glob = nn.Linear(prev, prev)
+        self.up = nn.ModuleList(_Level(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(len(chans) - 1)))
+        self.out = _conv(chans[0], c)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.downsampling_factor = 2 ** (len(chans) - 1)
+
+    def features(self, y: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The network's input, the base image it predicts a residual on, and the observed-as-is mask."""
+        known = (m[:, :1] == 1).to(y.dtype)
+        seen = ((m[:, :1] == 1) | (m[:, 1:2] > 0) | (m[:, 2:3] > 0)).to(y.dtype)
+        fill = pull_push_fill(y, known)
+        base = seen * y + (1.0 - seen) * fill
+        parts = [y * seen, m, base]
+        for a in NC_ORDERS:
+            est, cert = normalized_convolution(y, known, a)
+            parts += [est, cert]
+        return torch.cat(parts, dim=1), base, known
+
+    def forward(self, y: Tensor, m: Tensor) -> Tensor:
+        """$R(y, m)$ (N×C×H×W): the restored image; pixels observed as is equal ``y`` exactly."""
+        inp, base, known = self.features(y, m)
+        h, w = y.shape[-2:]
+        f = self.downsampling_factor
+        ph, pw = (-h) % f, (-w) % f
+        if ph or pw:
+            inp = F.pad(inp, (0, pw, 0, ph), mode="replicate")
+        hcur = self.stem(inp)
+        skips = []
+        for i, level in enumerate(self.down):
+            if i > 0:
+                skips.append(hcur)
+                hcur = F.avg_pool2d(hcur, 2)
+            hcur = level(hcur)
+        hcur = hcur + self.glob(hcur.mean(dim=(2, 3)))[:, :, None, None]
+        for level in self.up:
+            hcur = level(torch.cat([F.interpolate(hcur, scale_factor=2, mode="nearest"), skips.pop()], dim=1))
+        out = base + self.out(F.gelu(hcur))[..., :h, :w]
+        return torch.where(known.bool().expand_as(out), y, out)

@@ -1,0 +1,186 @@
+"""The conditional restorer R(c) and the score network anchored on it (proofs/05, item 11).
+
+R reads only the condition (y, m), so it must change no bound in x; an x-dependence planted inside it
+must be caught by the same dense-Jacobian check that tests every bound.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import tiny_unet
+from injcert.data.corruptions import expand_map, make_corruption
+from injcert.model.restorer import Restorer, normalized_convolution, pull_push_fill
+from injcert.model.unet import CondUNet
+from injcert.tasks.guided import guided_encode
+from injcert.tasks.reconstruct import RESTORER, reconstruct_full
+from injcert.tasks.tiling import TiledModel
+from injcert.testing.assertions import exact_jacobian_norm
+
+ANCHORED = dict(parameterization="denoiser", lipschitz_kappa=3.5, data_variance=0.25)
+
+
+def _randomize(module: torch.nn.Module, seed: int, scale: float = 0.3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def anchored_unet(seed: int = 0, trained: bool = True) -> CondUNet:
+    """A tiny score network with a restorer whose zero-initialised last layer is randomised
+    (an untrained restorer *is* the pull-push fill; a trained one is not)."""
+    net = tiny_unet(seed, restorer={"width": 4, "mults": [1, 2]}, **ANCHORED)
+    if trained:
+        _randomize(net.restorer, seed + 1)
+    return net.eval()
+
+
+def _obs(seed: int, h: int, w: int, kind: str = "random", dtype=torch.float32):
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 2 - 1
+    y, m = make_corruption(kind)(x, seed)
+    return x, y, expand_map(m)
+
+
+@given(h=st.integers(1, 40), w=st.integers(1, 40), seed=st.integers(0, 10_000))
+@settings(max_examples=25)
+def test_restorer_any_size_keeps_observed_pixels(h: int, w: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    r = Restorer(3, 3, width=4, mults=[1, 2, 2])
+    _randomize(r, seed)
+    _, y, m = _obs(seed, h, w)
+    with torch.no_grad():
+        out = r(y, m)
+    assert out.shape == y.shape and torch.isfinite(out).all()
+    known = (m[:, :1] == 1).expand_as(y)
+    assert torch.equal(out[known], y[known])
+
+
+@given(h=st.integers(1, 33), w=st.integers(1, 33), c=st.floats(-1, 1), seed=st.integers(0, 1000))
+@settings(max_examples=25)
+def test_pull_push_fill_reproduces_a_constant_and_keeps_observed(h: int, w: int, c: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    known = (torch.rand(1, 1, h, w, generator=g, dtype=torch.float64) < 0.3).to(torch.float64)
+    if not bool(known.any()):
+        known[..., 0, 0] = 1.0
+    y = torch.full((1, 2, h, w), c, dtype=torch.float64)
+    fill = pull_push_fill(y, known)
+    assert torch.allclose(fill, y, atol=1e-12)  # a convex combination of observed values everywhere
+    noisy = torch.rand(1, 2, h, w, generator=g, dtype=torch.float64)
+    fill = pull_push_fill(noisy, known)
+    kb = known.bool().expand_as(noisy)
+    assert torch.allclose(fill[kb], noisy[kb], rtol=0, atol=1e-12)
+    assert float(fill.min()) >= float(noisy[kb].min()) - 1e-12 and float(fill.max()) <= float(noisy[kb].max()) + 1e-12
+    est, cert = normalized_convolution(y, known, 2)
+    assert torch.allclose(est[cert.expand_as(est) > 1e-3], y[cert.expand_as(est) > 1e-3], atol=1e-9)
+
+
+def test_untrained_restorer_is_the_classical_fill() -> None:
+    net = anchored_unet(trained=False)
+    _, y, m = _obs(3, 20, 24, "box")
+    with torch.no_grad():
+        out = net.anchor(y, m)
+    known = (m[:, :1] == 1).to(y.dtype)
+    assert torch.equal(out, torch.where(known.bool().expand_as(y), y, pull_push_fill(y, known)))
+
+
+def test_restorer_changes_no_bound() -> None:
+    """The certified bound of the model with and without R is the same number, at every t."""
+    net = anchored_unet(seed=4)
+    plain = tiny_unet(4, **ANCHORED).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("restorer.")})
+    assert net.certified_lipschitz() == plain.certified_lipschitz()
+    for t in (0.01, 0.3, 0.9):
+        assert net.certified_lipschitz_at(t) == plain.certified_lipschitz_at(t)
+        assert net.nonlinear_lipschitz_at(t) == plain.nonlinear_lipschitz_at(t)
+
+
+@given(seed=st.integers(0, 1000), t=st.floats(0.01, 0.99))
+@settings(max_examples=10)
+def test_anchor_term_is_constant_in_x(seed: int, t: float) -> None:
+    """eps(x; with R) - eps(x; R = 0) does not depend on x: the anchor enters D as (I - alpha K_t) R."""
+    net = anchored_unet(seed % 7).double()
+    _, y, m = _obs(seed, 12, 12, "box", torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(2, 1, 3, 12, 12, generator=g, dtype=torch.float64)
+    tt = torch.full((1,), t, dtype=torch.float64)
+    with torch.no_grad():
+        anchor = net.anchor(y, m)
+        diffs = [net(x, tt, y, m, anchor=anchor) - net(x, tt, y, m, anchor=torch.zeros_like(anchor)) for x in xs]
+        sched = net.schedule
+        a = float(sched.alpha(torch.tensor(t, dtype=torch.float64)))
+        w = 1.0 / max(float(sched.sigma(torch.tensor(t, dtype=torch.float64))), net.sigma_cap)
+        expected = -w * a * (anchor - a * net.linear_skip(anchor, tt))
+    assert torch.allclose(diffs[0], diffs[1], rtol=0, atol=1e-10)
+    assert torch.allclose(diffs[0], expected, rtol=1e-10, atol=1e-10)
+
+
+def test_planted_x_dependence_in_the_restorer_is_caught() -> None:
+    """The dense-Jacobian soundness check passes for the honest model and fails for one whose
+    'condition' path secretly reads x."""
+    net = anchored_unet(seed=2).double()
+    _, y, m = _obs(1, 8, 8, "random", torch.float64)
+    t = 0.5
+    tt = torch.full((1,), t, dtype=torch.float64)
+    bound = net.certified_lipschitz_at(t)
+    pts = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+
+    def honest(x):
+        return torch.cat([net(xi[None], tt, y, m) for xi in x])
+
+    def planted(x):
+        return torch.cat([net(xi[None], tt, y, m, anchor=net.anchor(y, m) + 50.0 * xi[None]) for xi in x])
+
+    assert exact_jacobian_norm(honest, pts) <= bound * (1 + 1e-9)
+    assert exact_jacobian_norm(planted, pts) > bound
+
+
+def test_anchor_cache_follows_the_condition() -> None:
+    net = anchored_unet(seed=5)
+    _, y, m = _obs(2, 16, 16, "box")
+    with torch.no_grad():
+        a1 = net.anchor(y, m)
+        assert net.anchor(y, m) is a1  # the same condition: computed once
+        y2 = y.clone()
+        assert torch.equal(net.anchor(y2, m), a1) and net.anchor(y2, m) is not a1
+        y2.add_(0.5)  # an in-place change of the condition is seen
+        assert not torch.equal(net.anchor(y2, m), a1)
+        with torch.no_grad():
+            _randomize(net.restorer, 9, 0.01)  # so are new weights
+        assert not torch.equal(net.anchor(y, m), a1)
+
+
+def test_tiled_evaluation_with_a_restorer_is_whole_image_evaluation() -> None:
+    net = anchored_unet(seed=6)
+    _, y, m = _obs(4, 40, 36, "box")
+    x = torch.randn(1, 3, 40, 36, generator=torch.Generator().manual_seed(1))
+    tt = torch.full((1,), 0.4)
+    tiled = TiledModel(net, tile=8)
+    from injcert.tasks.tiling import shape_stable_convolutions
+
+    with torch.no_grad(), shape_stable_convolutions():
+        whole = net(x, tt, y, m)
+    with torch.no_grad():
+        assert torch.equal(tiled(x, tt, y, m), whole)
+
+
+@pytest.mark.parametrize("kind", ["box", "random", "freeform", "gaps"])
+def test_reconstruction_from_the_restorer_is_exact(kind: str) -> None:
+    """The restorer is the start: known pixels exact, deterministic, the decode exactly invertible."""
+    net = anchored_unet(seed=3)
+    _, y, m = _obs(7, 16, 16, kind)
+    with torch.no_grad():
+        r1 = reconstruct_full(net, y, m, steps=4, seed=1)
+        r2 = reconstruct_full(copy.deepcopy(net), y, m, steps=4, seed=1)
+        back = guided_encode(net, r1.guided)
+    assert r1.estimate_method == RESTORER
+    assert torch.equal(r1.estimate, net.anchor(y * m[:, :1], m))
+    assert torch.equal(r1.image, r2.image)
+    known = (m[:, :1] == 1).expand_as(y)
+    assert torch.equal(r1.image[known], y[known])
+    assert torch.equal(back[0], r1.guided.start[0]) and torch.equal(back[1], r1.guided.start[1])
