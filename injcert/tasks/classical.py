@@ -65,6 +65,11 @@ def _biharmonic(yi: Tensor, mi: Tensor, **_: float) -> Tensor:
     missing = (mi[0] < 0.5).cpu().numpy()
     if not missing.any():
         return yi.clone()
+    if missing.all():
+        # nothing observed (a box over a 1×1 image, every pixel of a random mask hidden): the biharmonic
+        # equation has no boundary data (every affine image solves it, and scikit-image's bounding box of
+        # the known points is empty); the fill is 0, the middle of [-1, 1], what y holds where missing
+        return torch.zeros_like(yi)
     return _from_np(inpaint_biharmonic(_to_np(yi), missing, channel_axis=-1), yi)
 
 
@@ -244,7 +249,11 @@ def _bm3d_padded(u: np.ndarray, s: float) -> np.ndarray:
     ph, pw = max(0, 32 - h), max(0, 32 - w)
     if ph or pw:
         u = np.pad(u, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
-    return np.asarray(bm3d.bm3d(u, sigma_psd=s))[:h, :w]
+    # one thread: the library's default (0, auto) aggregates in a varying order, so the same input gave
+    # results differing by ~1e-6 from call to call, and reconstruct was not deterministic for noise
+    profile = bm3d.BM3DProfile()
+    profile.num_threads = 1
+    return np.asarray(bm3d.bm3d(u, sigma_psd=s, profile=profile))[:h, :w]
 
 
 def _bm3d(yi: Tensor, mi: Tensor, **_: float) -> Tensor:
