@@ -59,6 +59,11 @@ from .tasks.tiling import TiledModel as TiledModel  # noqa: E402
 from .theory.lipschitz import LipschitzBound as LipschitzBound  # noqa: E402
 from .theory.lipschitz import lipschitz_bound as lipschitz_bound  # noqa: E402
 from .theory.lipschitz import lipschitz_lower_bound as lipschitz_lower_bound  # noqa: E402
+from .theory.lipschitz import register_lipschitz_rule as register_lipschitz_rule  # noqa: E402
+from .theory.lipschitz import residual_bound as residual_bound  # noqa: E402
+from .theory.lipschitz import concat_bound as concat_bound  # noqa: E402
+from .theory.lipschitz import product_bound as product_bound  # noqa: E402
+from .theory.lipschitz import sum_bound as sum_bound  # noqa: E402
 from .theory.logdet import logdet as logdet  # noqa: E402
 from .theory.logdet import trace as trace  # noqa: E402
 from .theory.spectral import operator_norm_bound as operator_norm_bound  # noqa: E402
@@ -76,6 +81,11 @@ __all__ = [
     "lipschitz_bound",
     "LipschitzBound",
     "lipschitz_lower_bound",
+    "register_lipschitz_rule",
+    "residual_bound",
+    "concat_bound",
+    "product_bound",
+    "sum_bound",
     "logdet",
     "trace",
     "load_checkpoint",

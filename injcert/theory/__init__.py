@@ -12,6 +12,7 @@ from injcert.theory.lipschitz import concat_bound as concat_bound
 from injcert.theory.lipschitz import finite_difference_lower_bound as finite_difference_lower_bound
 from injcert.theory.lipschitz import lipschitz_bound as lipschitz_bound
 from injcert.theory.lipschitz import lipschitz_lower_bound as lipschitz_lower_bound
+from injcert.theory.lipschitz import product_bound as product_bound
 from injcert.theory.lipschitz import register_lipschitz_rule as register_lipschitz_rule
 from injcert.theory.lipschitz import residual_bound as residual_bound
 from injcert.theory.lipschitz import sum_bound as sum_bound
@@ -37,4 +38,5 @@ __all__ = [
     "residual_bound",
     "sum_bound",
     "concat_bound",
+    "product_bound",
 ]

@@ -14,6 +14,10 @@ without a rule, a subclass overriding ``forward`` without its own rule, and a mo
 ever skipped. Conditioning inputs other than ``x`` (time, observation, mask)
 are held fixed: they contribute nothing to the Lipschitz constant in ``x`` (proofs/05).
 
+A module of a class defined outside PyTorch without a rule is traced instead
+(:mod:`injcert.theory.traced`): its ``forward`` graph is bounded op by op, submodules with rules
+kept whole.
+
 ``lipschitz_lower_bound(fn, points)`` returns an *achieved* ratio, a sound lower bound.
 """
 
@@ -217,15 +221,40 @@ def get_lipschitz_rule(module: nn.Module) -> Rule:
         UnsupportedModuleError: naming the type, if no class in the MRO has a rule, or if the
             module does not compute ``C``'s map as above.
     """
-    for cls in type(module).__mro__:
-        if cls in _RULES:
-            _require_inherited_forward(module, cls)
-            return _RULES[cls]
+    rule = _find_rule(module)
+    if rule is not None:
+        return rule
     raise UnsupportedModuleError(
         f"no Lipschitz rule for module type {type(module).__name__} "
         f"({type(module).__module__}.{type(module).__qualname__}); register one with "
         "injcert.theory.lipschitz.register_lipschitz_rule"
     )
+
+
+def _has_rule_class(module: nn.Module) -> bool:
+    """Whether a class in ``type(module).__mro__`` has a registered rule (it may still refuse the module)."""
+    return any(cls in _RULES for cls in type(module).__mro__)
+
+
+def _find_rule(module: nn.Module) -> Optional[Rule]:
+    """The rule along the MRO (checked as in :func:`get_lipschitz_rule`), or ``None`` if no class has one."""
+    for cls in type(module).__mro__:
+        if cls in _RULES:
+            _require_inherited_forward(module, cls)
+            return _RULES[cls]
+    return None
+
+
+def _rule_or_trace(module: nn.Module) -> Rule:
+    """The registered rule; for a class outside PyTorch without one, the traced rule (proofs/05, item 12)."""
+    rule = _find_rule(module)
+    if rule is not None:
+        return rule
+    if (type(module).__module__ or "").startswith("torch."):
+        return get_lipschitz_rule(module)  # raises: PyTorch's own modules without a rule are refused by name
+    from injcert.theory.traced import traced_rule
+
+    return traced_rule
 
 
 class BoundContext:
@@ -236,13 +265,15 @@ class BoundContext:
         #: (``None``: uniformly over every t). Modules that do not depend on t ignore it.
         self.t = None if t is None else float(t)
         self.layers: list[LayerBound] = []
+        #: extra forward inputs of modules bounded by tracing, by ``id(module)`` (the root's args/kwargs)
+        self._forward_inputs: dict[int, tuple[tuple, dict]] = {}
 
     def bound(self, module: nn.Module, input_shape: Sequence[int], name: str) -> tuple[float, tuple]:
         """Bound a submodule through the registry; records a row when ``module`` is a leaf."""
         shape = tuple(int(v) for v in input_shape)
         _reject_forward_hooks_named(module, ".".join(p for p in [*self._prefix, name] if p))
         _reject_complex(module, recurse=False)  # also when a context is used without lipschitz_bound
-        rule = get_lipschitz_rule(module)
+        rule = _rule_or_trace(module)
         n_before = len(self.layers)
         self._prefix.append(name)
         try:
@@ -268,13 +299,22 @@ class BoundContext:
         return self._prefix_stack
 
 
-def lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, size_independent: bool = False,
+def lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, args: Sequence[Any] = (),
+                    kwargs: Optional[dict[str, Any]] = None, size_independent: bool = False,
                     t: Optional[float] = None) -> LipschitzBound:
     """Certified upper bound on the $\\ell_2$ Lipschitz constant of ``module`` in its input.
 
+    A module with a registered rule (:func:`register_lipschitz_rule`) is bounded by it; a module
+    whose class (defined outside PyTorch) has none is traced with :mod:`torch.fx` and its graph
+    bounded op by op (:mod:`injcert.theory.traced`, proofs/05 items 12–18); submodules with rules
+    stay whole and keep their rules.
+
     Arguments:
-        module: the network (its rules must exist; see :func:`register_lipschitz_rule`).
+        module: the network.
         input_shape: the input shape **without** the batch dimension, e.g. ``(C, H, W)``.
+        args, kwargs: further inputs of ``module.forward`` after ``x`` (time, condition), held fixed:
+            the bound is in ``x`` only. Used when the module is traced; a registered rule bounds the
+            module uniformly over them.
         size_independent: bound valid for every spatial input size (convolutions use
             :func:`~injcert.theory.spectral.conv_size_independent_bound`-type bounds).
         t: a noise level: a time-dependent network (a noise-adaptive budget) is bounded for every
@@ -284,11 +324,18 @@ def lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, size_indep
         :class:`LipschitzBound` with the value and one row per leaf layer.
 
     Raises:
-        UnsupportedModuleError: for a module without a rule (or in an unsupported state, e.g.
-            BatchNorm or Dropout in training mode).
+        UnsupportedModuleError: for a PyTorch module without a rule, a module in an unsupported
+            state (e.g. BatchNorm or Dropout in training mode), or a traced op without a rule (one
+            line naming the op, the module path and the source line).
     """
     ctx = BoundContext(size_independent, t)
     shape = tuple(int(v) for v in input_shape)
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+        raise ArgumentTypeError(f"args must be a tuple of extra forward inputs, got {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ArgumentTypeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+    if args or kwargs:
+        ctx._forward_inputs[id(module)] = (tuple(args), dict(kwargs or {}))
     for sub_name, sub in module.named_modules():  # also submodules a custom rule reads directly
         _reject_forward_hooks_named(sub, sub_name)
     _reject_complex(module)

@@ -969,7 +969,7 @@ def power_iteration_lower_bound(fn, x0: Tensor, n_iter: int = 50, *, eval_error=
     $\|J\|$).
     """
     if isinstance(fn, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-        layer = fn
+        layer = _plain_layer(fn)
         fn = _linear_part(layer)
         if eval_error is None:
             eval_error = _layer_eval_error(layer)
@@ -1051,10 +1051,35 @@ def operator_norm_interval(
     """
     upper = operator_norm_bound(layer, input_shape, size_independent=size_independent)
     dtype = torch.float64
-    layer64 = _as_float64(layer)
+    layer64 = _as_float64(_plain_layer(layer))
     x0 = torch.randn((1, *tuple(int(v) for v in input_shape)), dtype=dtype, generator=generator)
     lower = power_iteration_lower_bound(layer64, x0, n_iter)
     return min(lower, upper), upper
+
+
+def _plain_layer(layer: nn.Module) -> nn.Module:
+    """``layer`` itself, or for a parametrized layer (``nn.utils.parametrizations.spectral_norm``,
+    ``orthogonal``, ``weight_norm``, ...) a copy without parametrizations holding the tensors read now
+    through the layer's attributes (``layer.weight`` evaluates the parametrization). Its parameters are
+    then named ``weight``/``bias`` as the layer's map uses them (no ``parametrizations.weight.original``).
+    """
+    from torch.nn.utils import parametrize
+
+    if not parametrize.is_parametrized(layer):
+        return layer
+    import copy
+
+    names = list(layer.parametrizations.keys())  # type: ignore[union-attr]
+    with torch.no_grad():
+        values = {name: getattr(layer, name).detach().clone() for name in names}
+    clone = copy.deepcopy(layer)
+    # not parametrize.remove_parametrizations: a deep copy shares the generated Parametrized<cls>
+    # class, whose properties removal deletes, breaking the original layer
+    clone.__class__ = type(layer).__bases__[0]  # the class parametrize derived Parametrized<cls> from
+    del clone._modules["parametrizations"]
+    for name, v in values.items():
+        clone._parameters[name] = nn.Parameter(v, requires_grad=False)
+    return clone
 
 
 def _as_float64(layer: nn.Module) -> nn.Module:
