@@ -1,14 +1,16 @@
 """How much the network uses its condition: the denoiser with and without (y, m), side by side.
 
-    python benchmarks/condition_usage.py CKPT [CKPT ...] [--size 64] [--images ...] [--ratio 0.5]
+    python benchmarks/condition_usage.py CKPT [CKPT ...] [--sizes 64 256] [--corruptions random box] [--ratio 0.5]
 
 Held-out images (centre crops at ``size``²), half their pixels missing at random (seed 0). For each
 checkpoint and noise level ς: the denoiser $D(x_0 + ς\\varepsilon, t(ς), c)$ — read off the network
 as $(x_t - \\sigma_t\\hat\\varepsilon)/\\alpha_t$ — with the condition $c = (y, m)$ and with none,
-as PSNR at the observed and at the missing pixels. A network that uses its condition returns the
+as PSNR at the observed and at the missing pixels (``--corruptions box`` for the benchmark's box
+instead, ``--sizes`` for several sizes). A network that uses its condition returns the
 observed pixels (PSNR far above the noisy input's there) and interpolates the missing ones at least
 as well as ``inpaint_biharmonic`` once the noise drowns them. The last row is $D$ at $t_{\\max}$
-from the condition alone (the state is pure noise): the network's own inpainting.
+from the condition alone (the state is pure noise): the network's own inpainting; a model with a
+restorer adds the row ``R(c)``, the restorer's own estimate.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from injcert.cli.compare import load_batch, markdown_table  # noqa: E402
+from injcert.cli.compare import load_batch, markdown_table, scaled_settings  # noqa: E402
 from injcert.data.corruptions import expand_map, make_corruption  # noqa: E402
 from injcert.cli import run_script  # noqa: E402
 from injcert.io import load_checkpoint  # noqa: E402
@@ -41,14 +43,23 @@ def _denoise(model, z: torch.Tensor, t: float, cond) -> torch.Tensor:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+")
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--size", "--sizes", dest="sizes", type=int, nargs="+", default=[64])
     ap.add_argument("--images", nargs="+", default=["astronaut", "chelsea", "hubble_deep_field", "retina"])
     ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--corruptions", nargs="+", default=["random"], choices=["random", "box"],
+                    help="random: --ratio of the pixels missing; box: the benchmark's box (a third of the side)")
     ap.add_argument("--levels", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.3, 1.0])
     args = ap.parse_args()
     models = [(path, load_checkpoint(path).eval()) for path in args.checkpoints]  # a bad one fails before any work
-    x = load_batch(args.images, args.size)[0]
-    obs = make_corruption("random", ratio=args.ratio).sample(x, 0)
+    for size in args.sizes:
+        for kind in args.corruptions:
+            _report(models, args, size, kind)
+
+
+def _report(models, args, size: int, kind: str) -> None:
+    x = load_batch(args.images, size)[0]
+    params = {"ratio": args.ratio} if kind == "random" else scaled_settings("box", size)
+    obs = make_corruption(kind, **params).sample(x, 0)
     m = expand_map(obs.m)
     y = obs.y * m[:, :1]
     known = m[:, :1] == 1
@@ -57,8 +68,9 @@ def main() -> None:
         return region_psnr(a.double(), x.double(), known, outside=not observed)
 
     _, bih = classical_estimate(y, m, "inpaint_biharmonic")
-    print(f"images {', '.join(args.images)} at {args.size}², {args.ratio:.0%} of the pixels missing at random; "
-          f"inpaint_biharmonic at the missing pixels: {psnr(bih, False):.2f} dB\n")
+    what = f"{args.ratio:.0%} of the pixels missing at random" if kind == "random" else "a box missing"
+    print(f"\n### {size}², {what}\n\nimages {', '.join(args.images)}; inpaint_biharmonic at the missing pixels: "
+          f"{psnr(bih, False):.2f} dB\n")
     rows = []
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     for path, model in models:
@@ -74,8 +86,11 @@ def main() -> None:
         t = float(sched.t_max)
         z = float(sched.alpha(t)) * x + float(sched.sigma(t)) * noise
         d = _denoise(model, z, t, (y, m))
-        rows.append([Path(path).name, "t_max", "—", "—", psnr(d, True), "—",
-                     psnr(d, False)])
+        rows.append([Path(path).name, "t_max", "—", "—", psnr(d, True), "—", psnr(d, False)])
+        if getattr(model, "restorer", None) is not None:
+            with torch.no_grad():
+                r = model.anchor(y, m)
+            rows.append([Path(path).name, "R(c)", "—", "—", psnr(r, True), "—", psnr(r, False)])
     print(markdown_table(["checkpoint", "ς", "noisy input, observed [dB]", "D without c, observed",
                           "D with c, observed", "D without c, missing", "D with c, missing"], rows))
 

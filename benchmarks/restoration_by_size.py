@@ -59,8 +59,10 @@ def main() -> None:
                                    baselines=base, options={"levels": levels},
                                    variants=variants)
         print(f"\n### {size}×{size} ({time.perf_counter() - t0:.0f} s)\n")
-        print(markdown_table(["corruption", "method", "PSNR [dB]", "SSIM", "PSNR in region [dB]", "time [s]"],
-                             [[r.corruption, r.method, r.psnr, r.ssim, r.psnr_region, r.seconds] for r in rows]))
+        print(markdown_table(["corruption", "method", "PSNR [dB]", "SSIM", "PSNR in region [dB]", "time [s]",
+                              "produced by"],
+                             [[r.corruption, r.method, r.psnr, r.ssim, r.psnr_region, r.seconds, r.source or "—"]
+                              for r in rows]))
         print()
         gaps = []
         for c in args.corruptions:
@@ -68,9 +70,9 @@ def main() -> None:
             others = [r for r in rows if r.corruption == c and r.method != "ours" and r.method not in variants]
             best = max(others, key=lambda r: r.psnr)
             gaps.append([c, best.method, ours.psnr - best.psnr, ours.ssim - max(r.ssim for r in others),
-                         ours.psnr_region - max(r.psnr_region for r in others)])
-        print(markdown_table(["corruption", "best classical (PSNR)", "ΔPSNR ours−best", "ΔSSIM", "Δregion PSNR"],
-                             gaps))
+                         ours.psnr_region - max(r.psnr_region for r in others), ours.source])
+        print(markdown_table(["corruption", "best classical (PSNR)", "ΔPSNR ours−best", "ΔSSIM", "Δregion PSNR",
+                              "ours produced by"], gaps))
 
 
 if __name__ == "__main__":

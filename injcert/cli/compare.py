@@ -291,6 +291,19 @@ class ReconRow:
     ssim: float
     psnr_region: float
     seconds: float
+    #: what produced the result (ours): the start estimate and in how many images the flow was kept
+    source: str = ""
+
+
+def _source(runs: Sequence[Tuple[Optional[str], Optional[bool]]]) -> str:
+    """``"restorer; flow kept 2/4"``: the start estimates of a method's runs and how often the gate
+    kept the flow (``"flow"`` where no gate ran); empty for the baselines."""
+    if not runs:
+        return ""
+    starts = ", ".join(sorted({str(e or "noise") for e, _ in runs}))
+    gated = [k for _, k in runs if k is not None]
+    flow = f"flow kept {sum(gated)}/{len(gated)}" if gated else "flow"
+    return f"{starts}; {flow}"
 
 
 def _region(m: Tensor) -> Tensor:
@@ -315,6 +328,7 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
     rows: List[ReconRow] = []
     for name in corruptions:
         acc: Dict[str, List[Tuple[float, float, float, float]]] = {}
+        sources: Dict[str, List[Tuple[Optional[str], Optional[bool]]]] = {}
         for bi, x in enumerate(batches):
             params = scaled_settings(name, x.shape[-1])
             obs = make_corruption(name, **params).sample(x, seed + bi)
@@ -329,9 +343,10 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
             for label, extra in {"ours": {}, **(variants or {})}.items():
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    img = reconstruct_full(model, obs.y, obs.m, steps, seed, operator=obs.operator,
-                                           blur_sigma=blur_sigma, **{**(options or {}), **extra}).image
-                results.append((label, img, time.perf_counter() - t0))
+                    rec = reconstruct_full(model, obs.y, obs.m, steps, seed, operator=obs.operator,
+                                           blur_sigma=blur_sigma, **{**(options or {}), **extra})
+                results.append((label, rec.image, time.perf_counter() - t0))
+                sources.setdefault(label, []).append((rec.estimate_method, rec.flow_kept))
             ours = results[n_base][1]
             for lab, img, sec in results:
                 acc.setdefault(lab, []).append((psnr(img, x), ssim(img, x), region_psnr(img, x, region), sec))
@@ -340,7 +355,7 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
                 keep[name] = (x, obs.y, best[1], ours, obs.m, best[0])
         for lab, vals in acc.items():
             p, s, r = (sum(v[i] for v in vals) / len(vals) for i in range(3))
-            rows.append(ReconRow(name, lab, p, s, r, sum(v[3] for v in vals)))
+            rows.append(ReconRow(name, lab, p, s, r, sum(v[3] for v in vals), _source(sources.get(lab, []))))
     return rows
 
 

@@ -600,7 +600,9 @@ class CondUNet(nn.Module):
         if not torch.is_grad_enabled() and cached is not None and cached[0][0] is y and cached[0][2] is m \
                 and cached[0][1] == key[1] and cached[0][3:] == key[3:]:
             return cached[1]
-        out = self.restorer(y.to(p.dtype), expand_map(m.to(p.dtype))).to(y.dtype)
+        grad = torch.is_grad_enabled() and (p.requires_grad or y.requires_grad or m.requires_grad)
+        with torch.set_grad_enabled(grad):  # a frozen restorer (refiner training) builds no graph
+            out = self.restorer(y.to(p.dtype), expand_map(m.to(p.dtype))).to(y.dtype)
         self._anchor_cache = (key, out) if not torch.is_grad_enabled() else None
         return out
 

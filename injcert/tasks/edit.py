@@ -80,7 +80,7 @@ class EditResult:
 
 
 def make_target(x0: Tensor, mask: Tensor, operation: str, *, offset: Sequence[int] = (0, 16),
-                color: Sequence[float] = (0.6, -0.4, -0.4)) -> Tensor:
+                color: Sequence[float] = (0.6, -0.4, -0.4), model: Any = None) -> Tensor:
     """Build a target for a named edit.
 
     Arguments:
@@ -88,7 +88,9 @@ def make_target(x0: Tensor, mask: Tensor, operation: str, *, offset: Sequence[in
         mask: N×1×H×W, 1 inside the region to edit.
         operation: ``"remove"`` (target = the region filled from its outside by
             :func:`skimage.restoration.inpaint_biharmonic`, a smooth continuation of the context that
-            the flow then renders; a flat fill with the border's mean colour left a visible box), ``"recolor"`` (the region
+            the flow then renders; a flat fill with the border's mean colour left a visible box; with a
+            ``model`` that has a restorer, what the model believes is there: $R(c)$ of the outside,
+            :meth:`~injcert.model.unet.CondUNet.anchor`), ``"recolor"`` (the region
             tinted towards ``color``, the tint fading in over :data:`RECOLOR_FEATHER` pixels (scaled
             with the image above 128²) from the mask's border: a tint with a hard edge is a seam the edit would reproduce), ``"move"`` (the
             image shifted by ``offset`` = (dy, dx): the mask marks the destination).
@@ -97,6 +99,10 @@ def make_target(x0: Tensor, mask: Tensor, operation: str, *, offset: Sequence[in
         ArgumentError: an unknown operation (the message lists the choices).
     """
     if operation == "remove":
+        if model is not None and getattr(model, "restorer", None) is not None:
+            inside = (mask > 0.5).to(x0.dtype)
+            filled = model.anchor(x0 * (1 - inside), expand_map(1 - inside))
+            return torch.where(inside.bool().expand_as(x0), filled.to(x0), x0)
         return inpaint_region(x0, mask)
     if operation == "recolor":
         c = torch.tensor(list(color)[: x0.shape[1]] + [0.0] * max(0, x0.shape[1] - len(color)),
@@ -198,7 +204,7 @@ def edit_full(
     if grid not in GRIDS:
         raise ArgumentError(f"unknown grid kind {grid!r}; choices: {list(GRIDS)}")
     if isinstance(target, str):
-        target = make_target(x0, (mask > 0.5).to(x0.dtype), target)
+        target = make_target(x0, (mask > 0.5).to(x0.dtype), target, model=model)
     m = _check_inputs(x0, mask, target)
     if not (0.0 < float(strength) <= 1.0):
         raise ArgumentError(f"strength must lie in (0, 1], got {strength!r}")
