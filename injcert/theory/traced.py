@@ -647,10 +647,7 @@ class _Bounder:
             nin, nout = _numel(self.shape(first)), _numel(out_shape)
             if nin == 0 or nout % nin:
                 raise self.fail(n, "unexpected repeat shapes")
-            if self.ctx.size_independent and k in (_m("expand_as"), torch.broadcast_to, _m("expand"),
-                                                   _m("broadcast_to")):
-                pass  # the copy count is read from the shapes below; it may grow with the size
-            copies = nout // nin
+            copies = nout // nin  # read from the shapes: it may grow with the size (checked below)
             if self.ctx.size_independent and any(isinstance(a, fx.Node) and a in self.shp for a in n.all_input_nodes):
                 raise self.fail(n, "the number of copies depends on the input size; no bound for every size")
             return _times(self.L[first], _sqrt_up(copies))
