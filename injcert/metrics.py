@@ -10,7 +10,7 @@ the region; a mask value ``> 0.5`` counts as inside. Metrics are computed in flo
 * :func:`region_mse`, :func:`region_psnr` — over the pixels inside the mask only (or only
   outside with ``outside=True``), pooled over the batch and channels.
 * :func:`background_preservation` — the largest absolute change outside the mask (0 means the
-  background is bit-for-bit preserved; Theorem 7 of ``DESIGN.md``).
+  background is bit-for-bit preserved; Theorem 7, ``proofs/07-background-preservation.md``).
 * :func:`seam_energy` — the mean squared jump across the mask boundary.
 """
 

@@ -13,13 +13,11 @@ instead of about twice. Two settings avoid that:
   :func:`torch.set_num_threads`.
 
 Passive waiting costs time on an idle machine (each parallel region wakes its threads through the
-kernel). The middle ground, libgomp's bounded spinning (``GOMP_SPINCOUNT``; about 100 000 spins
-per ms), was measured and rejected: ``invert`` at 64² (2 threads, 2 cores; seconds, alone then
-next to a competing ``a @ a`` PyTorch loop, two runs each, one script) gave PASSIVE 6.7-9.5 alone
-and 9.1-12.9 contended; ACTIVE 5.2-5.4 and 25.8-151; spin count 10 000: 7.1-8.6 and 26-28; 3 000:
-7.7 and 17.9; 1 000: 5.5-8.2 and 10.0-14.0. Only PASSIVE keeps the contended run within 2x of the
-quiet one in every repeat; ``OMP_WAIT_POLICY=ACTIVE`` (or ``GOMP_SPINCOUNT``) in the environment
-wins on a machine known to be idle.
+kernel). The middle ground, libgomp's bounded spinning (``GOMP_SPINCOUNT``), was timed against it
+with ``invert`` alone and next to a competing PyTorch loop (``benchmarks/contention_wait_policy.sh``;
+the timings are in ``docs/notes/history.md``) and rejected: only PASSIVE kept the contended run
+within a small factor of the quiet one in every repeat. ``OMP_WAIT_POLICY=ACTIVE`` (or
+``GOMP_SPINCOUNT``) in the environment wins on a machine known to be idle.
 """
 
 from __future__ import annotations
@@ -108,11 +106,12 @@ def keep_freed_heap() -> bool:
 
     A decode allocates and frees the same large buffers (im2col columns, activations) at every
     network evaluation. By default glibc serves each from a fresh ``mmap`` and ``munmap``s it on
-    free, so every evaluation page-faults its working set in again: ``reconstruct chelsea
-    --corruption random --steps 10 --threads 1`` (300×451) spent 50 of its 98 s in the kernel.
-    ``mallopt(M_MMAP_MAX, 0)`` (no mmap'ed blocks) and ``M_TRIM_THRESHOLD`` = 2 GiB (keep the freed
-    top of the heap) bring it to 45 s, 1.3 s of them in the kernel, the same output bit for bit and
-    peak RSS within 4 % (1.80 vs 1.74 GB). Process-wide, so only ``python -m injcert`` (and the
+    free, so every evaluation page-faults its working set in again, and a long ``reconstruct``
+    spends much of its time in the kernel. ``mallopt(M_MMAP_MAX, 0)`` (no mmap'ed blocks) and
+    ``M_TRIM_THRESHOLD`` = 2 GiB (keep the freed top of the heap) keep the working set mapped: the
+    same output bit for bit, at about the same peak memory (timed by hand on ``reconstruct chelsea
+    --corruption random --steps 10 --threads 1``; the figures are in ``docs/notes/history.md``).
+    Process-wide, so only ``python -m injcert`` (and the
     test suite) call it; a no-op returning ``False`` off glibc, when ``INJCERT_MALLOC=default``, or
     when the environment sets glibc's own ``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` /
     ``MALLOC_MMAP_THRESHOLD_`` (the user's choice wins). Returns whether it was applied."""

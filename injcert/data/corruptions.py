@@ -1,9 +1,9 @@
 r"""Corruption operators: ``y = A(x) (+ noise)`` together with a corruption map ``m``.
 
 Long because the six corruption operators, their maps and their composition form one contract (the
-map conventions of shared/DESIGN.md); each operator is a short class.
+map conventions of ``docs/design.md``); each operator is a short class.
 
-Conventions (``shared/DESIGN.md``): images are ``N×C×H×W`` in ``[-1, 1]``, float32 or float64,
+Conventions (``docs/design.md``): images are ``N×C×H×W`` in ``[-1, 1]``, float32 or float64,
 on any device. Every corruption returns the observation ``y`` (same shape and dtype as ``x``) and
 the map ``m`` of shape ``N×K×H×W`` with ``K =`` :data:`MAP_CHANNELS` ``= 3``:
 

@@ -109,9 +109,9 @@ class LipConv2d(nn.Module):
     ``n_iter``, dtype, device) it was computed from, and reused only while ``weight`` is equal to that
     copy element for element (``torch.equal``): any change — including in-place writes through
     ``weight.data``, which bump neither the version counter nor the storage pointer — invalidates it,
-    so a stale cache is impossible. The check costs one comparison of the weight per call (about
-    0.1 ms for a 64×64×3×3 kernel on one CPU core, ~5% of a 64-channel 32×32 forward, against
-    ~7 ms to recompute the bound).
+    so a stale cache is impossible. The check costs one comparison of the weight per call, a small
+    fraction of a forward and far less than recomputing the bound (timed by hand; the figures are in
+    ``docs/notes/history.md``).
 
     ``forward`` never rounds the weight to a narrower dtype: an input of another dtype is computed in
     the wider of the two (``torch.promote_types``) and the output cast back to the input's dtype, so

@@ -1,6 +1,6 @@
 r"""Variance-preserving noise schedules.
 
-Conventions (``shared/DESIGN.md``): $x_t = \alpha_t x_0 + \sigma_t \varepsilon$ with
+Conventions (``docs/design.md``): $x_t = \alpha_t x_0 + \sigma_t \varepsilon$ with
 $\alpha_t^2 + \sigma_t^2 = 1$, $t \in [0, t_{\max}]$, $t_{\max} < 1$. The probability-flow ODE is
 written in the coordinates $\bar x = x/\alpha_t$, $\varsigma = \sigma_t/\alpha_t$, where
 $d\bar x/d\varsigma = \varepsilon_\theta(\alpha \bar x, t(\varsigma), c)$ and an Euler step in

@@ -4,7 +4,7 @@ Long because the network and its certified bound belong together: the layers, th
 gain and the Lipschitz rule that reads them (proofs/05) must change in one place.
 
 ``CondUNet(x, t, y=None, m=None) -> eps`` predicts the noise $\varepsilon_\theta(x, t, c)$ with
-$c = (y, m)$ (observation and corruption map, ``shared/DESIGN.md``).
+$c = (y, m)$ (observation and corruption map, ``docs/design.md``).
 
 Path from $x$ (every layer has a registered Lipschitz rule, ``injcert.theory.lipschitz``)::
 

@@ -11,8 +11,8 @@ One home for the methods a user would run without a learned model (scikit-image 
   region; the observed pixels outside held fixed; adjoint by :func:`torch.func.vjp`); and
   ``lsmr_local``, least squares for that operator by :func:`scipy.sparse.linalg.lsmr`
   (:data:`LSMR_ITERATIONS` iterations; :class:`LocalBlurSystem`) — the strongest of them on the
-  noise-free blur of the benchmarks (39.45 dB at 64² against 33.99 for the local Richardson–Lucy,
-  ``benchmarks/deblur_iterations.py``) and the default. The whole-image methods treat the sharp
+  noise-free blur of the benchmarks, hence the default (chosen by ``python
+  benchmarks/deblur_iterations.py``; see ``docs/benchmarks/results.md``). The whole-image methods treat the sharp
   outside as blurred too and ring along the region's border; scikit-image has no spatially varying
   operator, hence the local ones;
 * additive Gaussian noise of known $\sigma$: :func:`skimage.restoration.denoise_nl_means`
@@ -127,7 +127,8 @@ class LocalBlurSystem:
     radius + 1: no region pixel sees the crop's padding, so the operator is the same), in numpy
     float64, the blur of :func:`~injcert.data.corruptions.gaussian_blur` as two sparse banded
     per-axis matrices (reflect padding included; adjoint: their transposes). numpy and scipy
-    throughout: torch's and numpy's thread pools contend inside scipy's iteration (40× slower).
+    throughout: torch's and numpy's thread pools contend inside scipy's iteration,
+    which then runs many times slower.
     """
 
     rows: slice

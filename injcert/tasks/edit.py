@@ -21,15 +21,11 @@ By default the network is conditioned on the unedited context — $y = x_0$ outs
 "observed" outside and "missing" inside — the inpainting condition it is trained with.
 
 Why the encoded start is the default: a noise-free target placed at $\varsigma_e$ is read by the
-flow as a *noisy* state of level $\varsigma_e$, and the decode "denoises" it: at strength 0.6 the
-inside came out as a flat, washed-out box with a visible top edge (astronaut 128², the demo's
-edits: colour grain ratio 0.15 / 0.10 for recolor / remove, i.e. a tenth of the input's texture,
-PSNR against the target 20.8 / 23.8 dB). The target's own hidden state decodes back to the target,
-changed only where the stored outside differs from the target's outside, that is across the
-border (``make demo``, with the feathered recolor target of :func:`make_target`): 56.2 / 53.4 dB
-against the target, texture kept (colour grain 0.31 / 0.12), seam energy 0.057 / 0.014 against the
-input's 0.055 (0.16 for recolor before the tint was feathered: its hard edge is a seam the faithful
-edit reproduced). A target equal to $x_0$ returns $x_0$ bit for bit.
+flow as a *noisy* state of level $\varsigma_e$, and the decode "denoises" it into a flat,
+washed-out region that loses the input's texture. The target's own hidden state decodes back to the
+target, changed only where the stored outside differs from the target's outside, that is across the
+border, so the texture is kept (compared on the demo's edits by ``make demo``; the figures are in
+``docs/notes/history.md``). A target equal to $x_0$ returns $x_0$ bit for bit.
 """
 
 from __future__ import annotations
@@ -182,13 +178,11 @@ def edit_full(
             $\\varsigma_e$; ``"noised"``: from the noised target (``noise_scale``). See the module
             docstring for the measurements behind the default.
         noise_scale: with ``start="noised"``, the inside starts from target $+$
-            ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$; 1 is the SDEdit start. 0 (default) was chosen on a training image (coffee, 128², the box over the
-            cup, strengths 0.3–0.6, ``python benchmarks/edit_start_noise_sweep.py --image coffee
-            --size 128``): the shipped model does not remove fresh noise, so any start noise stays as
-            coloured grain — colour grain ratio (:func:`~injcert.metrics.colour_grain_ratio`) 0.27 /
-            0.43 / 0.88 / 1.72 at 0 / 0.1 / 0.25 / 0.5 (recolor, strength 0.6; the input's own 0.99),
-            and 0.21 / 0.44 / 1.00 / 1.98 for remove. The Laplacian grain ratio, which cannot tell
-            noise from texture, had chosen 0.5.
+            ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$; 1 is the SDEdit start. 0 (default): the
+            shipped model does not remove fresh noise, so any start noise stays as coloured grain
+            (:func:`~injcert.metrics.colour_grain_ratio`). Chosen on a training image by ``python
+            benchmarks/edit_start_noise_sweep.py --image coffee --size 128``; see
+            ``docs/notes/history.md``.
 
     Returns:
         An :class:`EditResult`.

@@ -1,7 +1,7 @@
 r"""Conditional reconstruction of a corrupted image through the exactly invertible flow.
 
 The observation is used **during the whole trajectory**, not only at $t = 0$
-(``shared/DESIGN.md``, Restoration):
+(``docs/design.md``, Restoration):
 
 **Missing pixels or a blurred region** (``start="estimate"``, the default): a classical estimate
 $\hat x_{\mathrm{cl}}$ (:func:`~injcert.tasks.classical.classical_estimate`: biharmonic inpainting,
@@ -15,15 +15,15 @@ image at every step. $\varsigma_e$ (:func:`start_sigma`) and whether fresh noise
 change more, which pays only where it restores better than the classical method. Where every
 missing pixel is within a few pixels of observed ones (random pixels, thin gaps), the level is
 also bounded by the estimate's own error, measured by hiding a seeded tenth of the observed pixels
-and re-estimating them (:func:`holdout_error`): a fill that is already accurate (a 52 dB biharmonic
-fill of a 1024² image) is not perturbed at a level far above its error. A blurred region, where
+and re-estimating them (:func:`holdout_error`): a fill that is already accurate (as a biharmonic
+fill of a large image can be) is not perturbed at a level far above its error. A blurred region, where
 no pixel is seen sharp, bounds its level by a bootstrap of the deblurring method instead (blur the
 estimate again and deblur it: :func:`blur_bootstrap_error`).
 
 **Additive noise only** (every pixel observed as is or with additive Gaussian noise of known
 $\sigma$, channel 2 of the map): by default the same start from a classical estimate (BM3D given
-$\sigma$; measured on the training images by ``benchmarks/tune_start_levels.py``: +0.8 dB over
-BM3D itself, where the start from the observation below lost 2.6 dB). With ``start="observation"``: $y = x + \sigma\varepsilon$ *is* a point of the flow in the
+$\sigma$; chosen on the training images by ``python benchmarks/tune_start_levels.py``, where it
+beat both BM3D itself and the start from the observation below; see ``docs/benchmarks/results.md``). With ``start="observation"``: $y = x + \sigma\varepsilon$ *is* a point of the flow in the
 coordinates $\bar x = x_0 + \varsigma\varepsilon$, at $\varsigma = \sigma$. The reconstruction then
 starts there — at $\bar x = y$ plus fresh noise of std $\sqrt{\sigma_{\max}^2 - \sigma_{\text{pix}}^2}$
 where a pixel is less noisy than the most noisy one — and integrates from $\varsigma = \sigma_{\max}$ to 0.
@@ -165,10 +165,9 @@ def _distance_to_known(known: Tensor) -> float:
 #: Default start levels (varsigma) from the classical estimate, chosen on the *training* images
 #: (coffee, camera at 64² and 128², the shipped model): missing pixels near observed ones (random
 #: pixels, thin gaps: at most ``near`` pixels away), larger holes, and a blurred region. Blur: 0.02
-#: was measured best from ``richardson_lucy_local`` (``python benchmarks/tune_start_levels.py CKPT
-#: blur``: 29.03 / 30.80 dB at 64² / 128² against 28.90 / 30.66 at 0.1 and the estimate's own
-#: 29.02 / 30.79); from ``lsmr_local`` (the default since) the flow keeps the estimate at it
-#: (``benchmarks/deblur_iterations.py``: 34.38 / 36.34, the estimate's own 34.38 / 36.34).
+#: was the best level from ``richardson_lucy_local`` (``python benchmarks/tune_start_levels.py CKPT
+#: blur``); from ``lsmr_local`` (the default since) the flow keeps the estimate at it (``python
+#: benchmarks/deblur_iterations.py``). See ``docs/benchmarks/results.md``.
 #: ``missing_min``: the lowest start for missing pixels near observed ones, used when the estimate's
 #: cross-validated error (:func:`holdout_error`) is below ``missing_near``.
 #: ``blur_min``: the lowest start for a blurred region, used when the estimate's bootstrap error
@@ -244,8 +243,8 @@ def start_sigma(m: Tensor, error: Optional[float] = None) -> float:
 
     For missing pixels near observed ones, a finite ``error`` (the estimate's cross-validated RMS
     error, :func:`holdout_error`) lowers the level to it, within ``[missing_min, missing_near]``: the
-    flow then treats the estimate as an image noised at the level of its own error, so a 52 dB
-    biharmonic fill of a 1024² image is not perturbed at 0.02 (34 dB). For a blurred region a
+    flow then treats the estimate as an image noised at the level of its own error, so an accurate
+    biharmonic fill of a large image is not perturbed at a level far above that error. For a blurred region a
     finite ``error`` (:func:`blur_bootstrap_error`) does the same within ``[blur_min, blur]``."""
     return _level(_start_kind(m), error)
 
@@ -425,26 +424,22 @@ def reconstruct_full(
 
 #: What :func:`holdout_gate` hides where the missing pixels are near observed ones (random pixels, thin
 #: gaps): ``"pixels"``, the seeded 10 % of observed pixels of :func:`holdout_error`, or ``"shifted"``,
-#: the hole moved by half the image as for larger holes. Chosen on the *training* images (``python
-#: benchmarks/holdout_gate.py``, 64², 6 images × 2 masks): summed ΔPSNR over biharmonic for random /
-#: gaps / free-form +0.123 / +0.096 / +0.249 dB with ``"pixels"``, +0.103 / +0.171 / −0.256 with
-#: ``"shifted"``, +0.013 / +0.130 / −0.303 without a gate.
+#: the hole moved by half the image as for larger holes. ``"pixels"`` gained the most PSNR over
+#: biharmonic summed over random pixels, gaps and free-form masks. Chosen on the *training* images by
+#: ``python benchmarks/holdout_gate.py``; see ``docs/benchmarks/results.md``.
 GATE_NEAR = "pixels"
 #: Whether :func:`holdout_gate`'s rule also asks that the flow not lower the SSIM on the hidden pixels
-#: (:class:`Holdout`), besides lowering their RMS error. Chosen on the *training* images (``python
-#: benchmarks/holdout_gate.py``, 64², 6 images × 3 masks of each of box, free-form, random, gaps and
-#: blur): against the RMS alone, the masks that lose more than 0.005 dB PSNR to the classical estimate
-#: went from 5 to 2 (both blur), those that lose more than 1e-5 SSIM from 7 to 1, and the summed ΔPSNR
-#: from +2.001 to +2.216 dB (box +0.957 → +1.252, random +0.195 → +0.237, free-form +0.643 → +0.529).
+#: (:class:`Holdout`), besides lowering their RMS error: against the RMS alone, fewer masks lose PSNR
+#: or SSIM to the classical estimate and the summed PSNR gain is larger. Chosen on the *training*
+#: images by ``python benchmarks/holdout_gate.py``; see ``docs/benchmarks/results.md``.
 GATE_SSIM = True
 #: Whether the gate may keep the flow for a blurred region. ``False``: with the gate on (the default),
 #: a blurred region starts at :data:`GATE_OFF` without running the proxy, and the result is the
-#: least-squares estimate (``gate=False`` still runs the flow). Chosen on the *training* images: the
-#: flow adds +0.017 dB to ``lsmr_local`` over 18 masks ungated and +0.006 gated, with 2 masks losing
-#: more than 0.005 dB either way (``python benchmarks/holdout_gate.py``), and least squares run for
-#: longer adds +10.4 dB where least squares after the flow adds +7.8 (``python
-#: benchmarks/gate_probes.py blur``): for a noise-free blur the network adds nothing that more
-#: iterations do not, and the proxy cannot tell the masks it loses on.
+#: least-squares estimate (``gate=False`` still runs the flow). For a noise-free blur the network
+#: adds next to nothing to ``lsmr_local`` (``python benchmarks/holdout_gate.py``), less than running
+#: least squares for longer (``python benchmarks/gate_probes.py blur``), and the proxy cannot tell the
+#: masks it loses on. Chosen on the *training* images by those two scripts; see
+#: ``docs/benchmarks/results.md``.
 BLUR_FLOW = False
 #: The start level where :func:`holdout_gate` turns the flow off: the flow keeps its start (the
 #: classical or coarse-to-fine estimate) to float precision, and stays the exact invertible map.
@@ -525,11 +520,9 @@ def pyramid_levels(model: Any, m: Tensor, min_side: int = 16) -> int:
 
 #: Coarse-to-fine (:func:`_coarse_estimate`): the width, in pixels of each level, of the band along the
 #: observed pixels over which the upsampled coarse fill fades into the level's own classical estimate.
-#: Chosen on the *training* images without the network (``python benchmarks/pyramid_blend.py``:
-#: boxes at 256², 6 images × 4 masks, ``--levels auto``): the first version (no band, a coarse pixel
-#: observed only where all four fine ones are) gained +0.69 dB over biharmonic and lost 0.0024 SSIM,
-#: a seam along the hole; a coarse pixel observed where any fine one is, faded over 16 pixels,
-#: +0.67 dB and +0.0005 SSIM (8 pixels: +0.64 dB, +0.00001), and the worst mask −1.02 dB against −2.66.
+#: A band removes the seam the first version (no band, a coarse pixel observed only where all four
+#: fine ones are) left along the hole. Chosen on the *training* images without the network by
+#: ``python benchmarks/pyramid_blend.py``; see ``docs/benchmarks/results.md``.
 PYRAMID_BLEND = 16.0
 #: When a coarse pixel counts as observed: ``"any"`` of its four fine pixels is (their mean), or only
 #: when ``"all"`` are (the first version).

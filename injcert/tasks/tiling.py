@@ -16,9 +16,9 @@ on the whole image); keep the tile's own pixels. Two further conditions make the
   the matrix shapes: measured 1-ulp float64 differences with OpenBLAS), and asks for deterministic
   cuDNN algorithms on CUDA. Whole-image
   evaluation under the same context gives the same bits (``tests/test_tiling.py`` checks it on
-  the real network). One evaluation of the shipped model at 256² on one thread takes 1.8x
-  oneDNN's time in float32 and 0.67x in float64 (``python benchmarks/bench_tiling.py speed``);
-  ``shape_stable=False`` trades bit-identity for that speed (results then agree to rounding).
+  the real network). Its speed against oneDNN is measured by ``python benchmarks/bench_tiling.py
+  speed`` (see ``docs/benchmarks/results.md``); ``shape_stable=False`` trades bit-identity for
+  oneDNN's speed (results then agree to rounding).
 
 Peak memory is then bounded by the window size, not the image size: the retina (1411²) and
 4096² images run on a 24 GiB CPU machine.
@@ -62,9 +62,9 @@ def _stable_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     only on column ``j`` of its right factor: each output value is then computed by the same
     arithmetic in the same order whatever the window. The columns are built a strip of output rows
     at a time (about ``strip_bytes``, default :data:`STRIP_BYTES`), from a strided view of the padded
-    input: which columns share a chunk changes nothing, and the strip stays in cache (the shipped
-    model at 256² evaluates 1.8-1.9x faster than with the whole image as one strip:
-    ``python benchmarks/bench_tiling.py speed``).
+    input: which columns share a chunk changes nothing, and the strip stays in cache, which is
+    faster than building the whole image as one strip (``python benchmarks/bench_tiling.py speed``
+    compares the two; see ``docs/benchmarks/results.md``).
     """
     import torch.nn.functional as F
 

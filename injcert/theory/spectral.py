@@ -679,8 +679,8 @@ def _max_block_norm(
     wc = w64.to(torch.complex128)
     best = w64.new_zeros(())
     # The CPU's batched SVD of these small blocks gains nothing from a second thread and loses a
-    # lot to waking it (3.1 s on 1 thread, 3.2 s on 2 spinning threads, 10.5 s on 2 passive
-    # threads for the shipped model's 17 kernels): run the sweep on one thread.
+    # lot to waking it (timed by hand on the shipped model's kernels; the figures are in
+    # docs/notes/history.md): run the sweep on one thread.
     one_thread = method == "svd" and w64.device.type == "cpu"
     with threads(1) if one_thread else nullcontext():
         for start in range(0, total, chunk):
