@@ -1,4 +1,4 @@
-"""Regression tests for issue 13's audit findings 1-8 and the Gram-iteration scaling gap.
+"""Regression tests for a soundness audit's findings 1-8 and the Gram-iteration scaling gap.
 
 Each test is built from the audit's reproducer and fails on the tree the audit examined:
 the bound (or the returned value) contradicted a truth computed without the cast or rounding that

@@ -1,4 +1,4 @@
-"""The one integration loop (``injcert.solvers.integrate``) and the ``Grid`` value (issue 11).
+"""The one integration loop (``injcert.solvers.integrate``) and the ``Grid`` value.
 
 Every solver only defines ``step``/``unstep``; these tests check the driver's contract for each of
 them: the recorded trajectory, the exact inverse at *every* grid point for the lattice schemes,

@@ -1,5 +1,5 @@
 """Every command under hostile input: unsafe output paths, bad devices, limits, malformed files,
-I/O errors, concurrent runs (issue 12).
+I/O errors, concurrent runs: each fails with one clear line and leaves no partial output.
 
 For every refusal the contract is checked the same way (:func:`_refused`): exit status 2, exactly
 one line on stderr (what a terminal shows: a progress bar redrawn with ``\\r`` is one line), no

@@ -1,4 +1,4 @@
-"""Numerical checks of constants derived in ``proofs/`` (issue 13's proof gaps).
+"""Numerical checks of the constants that steps of ``proofs/`` rest on (each recomputed independently).
 
 * proofs/05, item 3: the GELU(tanh) constant by interval arithmetic (``mpmath.iv``: every operation
   rounded outward) over $[0, 3]$ plus the analytic tail, for the coefficients of the definition and

@@ -1,4 +1,4 @@
-"""The training loop's structure (issue 11: no function over ~80 lines) and its signal contract:
+"""The training loop's structure (no function over ~80 lines) and its signal contract:
 SIGTERM/SIGINT stop at the step boundary with a checkpoint, a second Ctrl-C raises
 KeyboardInterrupt, and the caller's handlers are back afterwards."""
 

@@ -32,7 +32,7 @@ def tutorial_blocks() -> list[str]:
 def test_the_tutorial_has_python_blocks_that_use_only_the_public_api() -> None:
     blocks = tutorial_blocks()
     assert len(blocks) >= 4
-    for block in blocks:  # issue 11: the tutorial needs no deep import
+    for block in blocks:  # the tutorial needs no deep import: the public namespace is enough
         assert not re.search(r"^\s*from injcert\.", block, re.M), block
 
 
