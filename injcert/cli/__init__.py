@@ -6,8 +6,8 @@ in the package (:mod:`injcert.tasks`, :mod:`injcert.certify`, ...):
 * :mod:`injcert.cli.commands`: ``invert``, ``decode``, ``reconstruct``, ``edit``;
 * :mod:`injcert.cli.demo`: ``demo``, the whole pipeline on the bundled images;
 * :mod:`injcert.cli.compare`: ``bench``, the comparison against the baselines;
-* ``train`` (:mod:`injcert.tasks.train`) and ``certify`` (:mod:`injcert.certify.command`)
-  register their arguments from their own modules.
+* :mod:`injcert.cli.train`: ``train`` (the loop is :mod:`injcert.tasks.train`);
+* ``certify`` (:mod:`injcert.certify.command`) registers its arguments from its own module.
 
 This module wires them together and enforces the command-line contract in one place:
 
@@ -39,7 +39,7 @@ __all__ = ["main", "build_parser", "HelpFormatter", "add_threads_argument", "run
 
 # (name, help, module, add-arguments function, run function)
 _COMMANDS: list[tuple[str, str, str, str, str]] = [
-    ("train", "train a conditional score network on the bundled images", "injcert.tasks.train", "add_train_arguments", "run_train"),
+    ("train", "train a conditional score network on the bundled images", "injcert.cli.train", "add_train_arguments", "run_train"),
     ("certify", "certify a checkpoint: Lipschitz bounds, injectivity, stability, log-determinants", "injcert.certify.command", "add_arguments", "run"),
     ("invert", "encode an image to its latent (image -> noise), exactly invertible", "injcert.cli.commands", "add_invert_arguments", "run_invert"),
     ("decode", "decode a latent back to an image (noise -> image)", "injcert.cli.commands", "add_decode_arguments", "run_decode"),

@@ -2,6 +2,9 @@ r"""Training: Adam + EMA on bundled-image patches, resumable bit for bit, DDP un
 
 Long because a resumable training run is one contract (bit-exact resume, DDP, signals, validation):
 its configuration, state files and loop are kept together; every function is at most ~50 lines.
+Elsewhere: the command line (:mod:`injcert.cli.train`), the distributed set-up
+(:mod:`injcert.tasks._distributed`) and the optimizer state as flat tensors
+(:mod:`injcert.tasks._train_state`).
 
 Determinism
 -----------
@@ -39,11 +42,9 @@ and the hashes are stored in the metadata (``replica_sha256``); differing replic
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -62,19 +63,19 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .. import limits
-from .._progress import summary
 from ..data.images import PatchDataset
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..io import (atomic_write_bytes, check_finite_model, check_output_path, clean_orphan_temps, is_state_file,
-                  load_checkpoint, load_state, notice, open_append, output_lock, probe_writable, read_json_file,
+                  load_checkpoint, load_state, notice, open_append, output_lock, probe_writable,
                   save_checkpoint, save_state, weights_fingerprint)
 from ..model.objective import (REFINE_VARSIGMA, T_MIN, draw_training_batch, loss_on_batch, low_noise_range, refine_range,
                                restorer_loss)
 from ..model.layers import batched_normalisation
 from ..model.unet import DEFAULT_MODEL_CONFIG, CondUNet
-from ..threads import apply_threads
+from ._distributed import _Dist, _init_distributed, _replica_hash
+from ._train_state import _flatten_optimizer, _prefixed, _restore_optimizer
 
-__all__ = ["TrainConfig", "train", "add_train_arguments", "run_train", "step_seed", "VAL_SEED"]
+__all__ = ["TrainConfig", "train", "step_seed", "VAL_SEED"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -298,86 +299,7 @@ def trainable_parameters(model: nn.Module, config: "TrainConfig") -> list[nn.Par
     return [p for n, p in model.named_parameters() if not any(n.startswith(f) for f in config.freeze)]
 
 
-# ============================================================================ distributed
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    initialised_here: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: str) -> tuple[_Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or "RANK" not in os.environ:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        return _Dist(), dev
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    is_cuda = torch.device(device).type == "cuda"
-    if is_cuda:
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device(device)
-    here = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if is_cuda else "gloo")
-        here = True
-    return _Dist(dist.get_rank(), dist.get_world_size(), local, here), dev
-
-
 # ============================================================================ state
-
-
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, st in sd["state"].items():
-        for key, val in st.items():
-            if not isinstance(val, Tensor):
-                val = torch.tensor(val)
-            tensors[f"optim/{idx}/{key}"] = val.detach().clone()
-    groups = []
-    for g in sd["param_groups"]:
-        groups.append({k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()})
-    return tensors, groups
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list[dict[str, Any]]) -> None:
-    state: dict[int, dict[str, Tensor]] = {}
-    for name, val in tensors.items():
-        if not name.startswith("optim/"):
-            continue
-        _, idx, key = name.split("/", 2)
-        state.setdefault(int(idx), {})[key] = val
-    fixed = []
-    for g in groups:
-        g = dict(g)
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-        fixed.append(g)
-    opt.load_state_dict({"state": state, "param_groups": fixed})
-
-
-def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    n = len(prefix)
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _replica_hash(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
@@ -1016,99 +938,13 @@ class _Run:
             dist.destroy_process_group()
 
 
-# ============================================================================ command line
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register ``train``'s options on ``parser``."""
-    d = TrainConfig()
-    parser.add_argument("--config", metavar="FILE.json",
-                        help="training config (TrainConfig fields; see configs/; default: the built-in defaults)")
-    parser.add_argument("--steps", type=int, help=f"total steps, >= 1 (default: the config's, built-in {d.steps})")
-    parser.add_argument("--batch-size", type=int, help=f"global batch size (default: the config's, built-in {d.batch_size})")
-    parser.add_argument("--lr", type=float, help=f"learning rate (default: the config's, built-in {d.lr:g})")
-    parser.add_argument("--seed", type=int, help=f"random seed (default: the config's, built-in {d.seed})")
-    parser.add_argument("--log", metavar="FILE.jsonl", help="JSON-lines training log (default: none)")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--out", metavar="CKPT",
-                        help="model checkpoint to write (the training state goes to CKPT.state); "
-                        "default: the --resume path without .state, else model.ckpt")
-    parser.add_argument("--resume", metavar="CKPT.state", help="continue from a training state")
-    parser.add_argument("--init", metavar="CKPT",
-                        help="start from this model checkpoint's weights (fresh optimizer, step 0; its model "
-                             "options must be the config's); default: the config's init, else random weights")
-    parser.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
-                        help="no progress bar; print only the one-line summary")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="DataLoader processes drawing batches ahead (default: 0 on cpu, up to 8 on cuda)")
-    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
-                        help="stop and save after this many seconds (resume with --resume OUT.state)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the forward pass (GPU speed-up)")
-    parser.add_argument("--images", nargs="+", metavar="DIR_OR_FILE",
-                        help="train on these images: folders are searched recursively for PNG/JPEG files, unreadable "
-                             "ones skipped with one line each; the list is recorded in the checkpoint "
-                             "(default: the config's images, else the bundled training images)")
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """Run ``train`` from parsed arguments; returns the exit status (0)."""
-    cfg: dict[str, Any] = {}
-    if args.resume:  # the model path that --out printed works as well as PATH.state
-        args.resume = str(resolve_resume(args.resume))
-    if args.config:
-        cfg = read_json_file(args.config, "config")
-    elif args.resume:
-        tensors, meta = load_state(args.resume)
-        cfg = dict(_validated_state(args.resume, tensors, meta).to_dict())
-        del tensors
-    for key, val in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                     ("seed", args.seed), ("log", args.log), ("init", args.init)):
-        if val is not None:
-            cfg[key] = val
-    if getattr(args, "images", None):
-        from ..data.images import image_files
-
-        cfg["images"] = image_files(args.images, min_side=int(cfg.get("patch_size", TrainConfig.patch_size)))
-    config = TrainConfig.from_dict(cfg)
-    if config.steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {config.steps} (0 steps would write an untrained checkpoint)")
-    out = args.out
-    if out is None:
-        out = args.resume[: -len(".state")] if args.resume and args.resume.endswith(".state") else "model.ckpt"
-    if args.time_limit is not None and not (math.isfinite(args.time_limit) and args.time_limit > 0):
-        raise ConfigError(f"--time-limit must be a number of seconds > 0, got {args.time_limit!r}")
-    path = train(config, out, resume=args.resume, device=args.device, progress=not args.no_progress,
-                 workers=args.workers, time_limit=args.time_limit, compile_model=args.compile)
-    if _env_rank0():
-        _, meta = load_state(str(path) + ".state")
-        val = meta.get("val_loss")
-        val_s = "n/a" if val is None else f"{val:.4f}"
-        summary("train", f"wrote {path} (step {meta['step']}/{config.steps}, validation loss {val_s}, "
-                f"{meta.get('wall_time', 0.0):.0f} s of training)")
-    return 0
-
-
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m injcert.tasks.train`` (also the torchrun entry point)."""
-    # injcert.cli imports this module (its sub-command table); the library layer (tasks/) does not
-    # import the command-line layer at import time, only this `python -m` entry point uses it.
-    from ..cli import HelpFormatter, add_threads_argument
+    """``python -m injcert.tasks.train`` (the torchrun entry point): :func:`injcert.cli.train.main`."""
+    # the library layer (tasks/) does not import the command-line layer at import time; only this
+    # `python -m` entry point uses it
+    from ..cli.train import main as cli_main  # layout: lazy (the torchrun entry point runs the CLI)
 
-    parser = argparse.ArgumentParser(prog="python -m injcert.tasks.train", description="train a CondUNet",
-                                     formatter_class=HelpFormatter)
-    add_train_arguments(parser)
-    add_threads_argument(parser)
-    args = parser.parse_args(argv)
-    try:
-        apply_threads(args.threads)
-        return run_train(args)
-    except BaseException as exc:  # the command-line contract of injcert.cli: exit 2 and one line
-        from ..cli import _is_environment_error, _one_line
-
-        if isinstance(exc, KeyboardInterrupt) or not _is_environment_error(exc):
-            raise
-        print(f"injcert train: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
