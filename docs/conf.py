@@ -41,7 +41,7 @@ numfig = True
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 # Generated Markdown that is included into docs/benchmarks/index.md (not a page of its own).
-exclude_patterns = ["_build", "_ext", "Thumbs.db", ".DS_Store", "benchmarks/results.md", "benchmarks/compare/*.md"]
+exclude_patterns = ["_build", "_ext", "Thumbs.db", ".DS_Store", "benchmarks/compare/*.md"]
 suppress_warnings = ["myst.header"]
 
 autodoc_typehints = "description"

@@ -1,11 +1,12 @@
-"""benchmarks/results_table.py regenerates the asv tables of docs/benchmarks/results.md and keeps
-the hand-run measurements below its marker (they are not asv results and would be lost)."""
+"""benchmarks/results_table.py regenerates the asv tables of an ``--out`` file and keeps the
+hand-run measurements below its marker (they are not asv results and would be lost); by default it
+only prints, so it never overwrites the generated docs/benchmarks/results.md."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.results_table import KEEP_MARKER, with_kept_sections
+from benchmarks.results_table import KEEP_MARKER, main, with_kept_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,9 +20,21 @@ def test_regeneration_keeps_the_hand_run_sections() -> None:
     assert with_kept_sections("tables\n", "no marker here") == "tables\n"
 
 
-def test_results_page_has_one_marker_above_its_hand_run_sections() -> None:
-    text = (ROOT / "docs" / "benchmarks" / "results.md").read_text()
+def test_history_keeps_the_former_results_page_with_its_marker() -> None:
+    text = (ROOT / "docs" / "notes" / "history.md").read_text()
     assert text.count(KEEP_MARKER) == 1
     above, below = text.split(KEEP_MARKER)
     assert "### bench_" in above and "### bench_" not in below
     assert "## Low-noise continuation" in below
+
+
+def test_results_page_has_its_generated_section_and_is_not_written_by_default(tmp_path: Path) -> None:
+    page = ROOT / "docs" / "benchmarks" / "results.md"
+    text = page.read_text()
+    assert text.count("<!-- results:begin -->") == 1 and text.count("<!-- results:end -->") == 1
+    assert text.index("<!-- results:begin -->") < text.index("<!-- results:end -->")
+    run = tmp_path / "results" / "machine"
+    run.mkdir(parents=True)
+    (run / "r.json").write_text('{"results": {}, "date": 1, "commit_hash": "abc", "params": {}}')
+    assert main(["--results", str(tmp_path / "results")]) == 0
+    assert page.read_text() == text
