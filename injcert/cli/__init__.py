@@ -168,9 +168,9 @@ def _preflight(args: argparse.Namespace) -> None:
         ckpt = getattr(args, "model", None) or getattr(args, "checkpoint", None)
         if isinstance(ckpt, str):
             from ..io import load_checkpoint
-            from .commands import check_finite_model
+            from .commands import check_usable_model
 
-            check_finite_model(load_checkpoint(ckpt), f"checkpoint {ckpt!r}")
+            check_usable_model(load_checkpoint(ckpt), f"checkpoint {ckpt!r}")
     inputs = [v for v in (getattr(args, k, None) for k in _INPUTS) if isinstance(v, str) and v]
     if cmd == "train":  # --out X --resume X continues a run in place; the state file is checked by train
         inputs = [v for v in inputs if v != getattr(args, "resume", None)]

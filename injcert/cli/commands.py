@@ -72,7 +72,7 @@ def load_model_for_cli(path: Optional[str], device: str, dtype: torch.dtype, til
     _check_device(device)
     _check_tile(tile)
     model = load_checkpoint(path, device=device)
-    check_finite_model(model, f"checkpoint {str(path)!r}")
+    check_usable_model(model, f"checkpoint {str(path)!r}")
     model = model.to(dtype)
     if tile and tile > 0:
         return TiledModel(model, tile=tile)
@@ -90,11 +90,12 @@ def _check_tile(tile: Any) -> None:
         raise ConfigError(f"--tile must be an int >= 0 (0: no tiling), got {tile!r}")
 
 
-def check_finite_model(model: Any, what: str = "checkpoint") -> None:
-    """Refuse (one line) a model whose weights are NaN/inf, or so large that they overflow."""
-    from ..io import check_finite_model as _finite
+def check_usable_model(model: Any, what: str = "checkpoint") -> None:
+    """Refuse (one line) a model the commands cannot use: a NaN or infinite parameter or buffer
+    (:func:`injcert.registry.check_finite`, the one rule), or weights so large that they overflow."""
+    from ..registry import check_finite
 
-    _finite(model, what)
+    check_finite(model, what)
     big = max((float(t.detach().abs().max()) for t in model.state_dict().values()
                if t.is_floating_point() and t.numel()), default=0.0)
     if big > 1e15:

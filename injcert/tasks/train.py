@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 from .. import limits
 from ..data.images import PatchDataset
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..io import (atomic_write_bytes, check_finite_model, check_output_path, clean_orphan_temps, is_state_file,
+from ..io import (atomic_write_bytes, check_finite, check_output_path, clean_orphan_temps, is_state_file,
                   load_checkpoint, load_state, notice, open_append, output_lock, probe_writable,
                   save_checkpoint, save_state, weights_fingerprint)
 from ..model.objective import (REFINE_VARSIGMA, T_MIN, draw_training_batch, loss_on_batch, low_noise_range, refine_range,
@@ -671,7 +671,7 @@ def _load_init(path: str, model: CondUNet, ema: CondUNet) -> dict[str, Any]:
         keys = sorted(k for k in set(ours) | set(theirs or {}) if (theirs or {}).get(k) != ours.get(k))
         raise ConfigError(f"init checkpoint {path!r} was built with other model options ({', '.join(keys)}); "
                           "use its training config (the checkpoint's metadata 'training_config')")
-    check_finite_model(src, f"init checkpoint {path!r}")
+    check_finite(src, f"init checkpoint {path!r}")
     for target in (model, ema):
         result = target.load_state_dict(src.state_dict(), strict=not adds_restorer)
         if adds_restorer and (result.unexpected_keys or any(not k.startswith("restorer.") for k in result.missing_keys)):
