@@ -22,6 +22,7 @@ import torch
 
 from .._progress import Stages
 from .._progress import summary as say
+from ..benchlib import classical_baselines
 from ..certify import certify as run_certify
 from ..data.corruptions import make_corruption
 from ..data.grid import corruption_grid, square_image
@@ -32,7 +33,6 @@ from ..tasks.invert import decode, encode
 from ..tasks.reconstruct import reconstruct_full
 from ..theory.lipschitz import lipschitz_bound
 from .commands import add_model_argument, add_quiet_argument, side_by_side
-from .compare import classical_baselines
 
 __all__ = ["add_arguments", "run", "run_demo"]
 
@@ -63,7 +63,7 @@ def _log_line(msg: str) -> None:
 
 def _best_baseline(kind: str, y: torch.Tensor, m: torch.Tensor, x: torch.Tensor) -> tuple[str, torch.Tensor]:
     """The best (by PSNR against the clean image) of the classical baselines of ``kind``
-    (:data:`injcert.cli.compare.BASELINES`: biharmonic; Richardson–Lucy, Wiener or least squares; nl-means, TV or
+    (:data:`injcert.benchlib.BASELINES`: biharmonic; Richardson–Lucy, Wiener or least squares; nl-means, TV or
     BM3D given the true sigma) — never the corrupted input itself."""
     cands = classical_baselines(kind, y.cpu(), m.cpu(), 2.0)
     name, img = max(cands, key=lambda c: float(psnr(c[1], x.cpu())))
