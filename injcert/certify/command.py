@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import DEFAULT_CHECKPOINT
 from .._progress import summary
 from ..errors import ConfigError
 from .certificate import certify
@@ -60,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"two checkpoints given: {path!r} and --model {model_opt!r}")
     path = path if path is not None else model_opt
     if path is None:
+        from .. import DEFAULT_CHECKPOINT  # layout: lazy (the package root sits above certify; read at call time)
+
         path = str(DEFAULT_CHECKPOINT)
     cert = certify(
         path,

@@ -34,7 +34,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _STRATEGIES:
-        from . import strategies
+        from . import strategies  # layout: lazy (hypothesis is optional: loaded on first use)
 
         return getattr(strategies, name)
     raise AttributeError(f"module 'injcert.testing' has no attribute {name!r}")
