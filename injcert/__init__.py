@@ -71,6 +71,8 @@ from .theory.spectral import operator_norm_interval as operator_norm_interval  #
 from .certify import Certificate as Certificate  # noqa: E402
 from .certify import CertifyConfig as CertifyConfig  # noqa: E402
 from .certify import certify as certify  # noqa: E402
+from .model.protocol import ScoreModel as ScoreModel  # noqa: E402
+from .model.protocol import ScoreModelError as ScoreModelError  # noqa: E402
 from . import testing as testing  # noqa: E402  (last: it imports the public names above)
 
 __all__ = [
@@ -116,6 +118,8 @@ __all__ = [
     "certify",
     "Certificate",
     "CertifyConfig",
+    "ScoreModel",
+    "ScoreModelError",
     "InjcertError",
     "ArgumentError",
     "ArgumentTypeError",

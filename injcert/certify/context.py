@@ -129,9 +129,21 @@ class CertContext:
         return [float(self.schedule.t_of_varsigma(torch.tensor(v, dtype=torch.float64))) for v in self.grid[:-1]]
 
     @cached_property
+    def pointwise(self) -> bool:
+        """Whether the model's bound holds pointwise in ``t`` (a user model, :class:`injcert.ScoreModel`):
+        then it is certified at the grid times only, and the continuous flow is not certified."""
+        return bool(getattr(self.model, "lipschitz_pointwise", False))
+
+    @cached_property
+    def grid_t_all(self) -> list[float]:
+        """The times of every grid point (both ends of every step: where the integrators evaluate)."""
+        return [float(self.schedule.t_of_varsigma(torch.tensor(v, dtype=torch.float64))) for v in self.grid]
+
+    @cached_property
     def lipschitz(self) -> tuple[Property, Any]:
         """``(lipschitz_bound entry, L)`` from :func:`~injcert.certify.lipschitz.certified_lipschitz`."""
-        return lipschitz.certified_lipschitz(self.model, self.shape, self.info.get("lipschitz_budget"), self.grid_t)
+        return lipschitz.certified_lipschitz(self.model, self.shape, self.info.get("lipschitz_budget"),
+                                             self.grid_t_all if self.pointwise else self.grid_t)
 
     @cached_property
     def L(self) -> Union[float, LipschitzProfile, None]:
@@ -153,8 +165,19 @@ class CertContext:
     def steps_needed(self) -> Optional[int]:
         """The steps with every margin below 1 (``cfg.steps`` when the grid already has that)."""
         if max(self.margins.q) >= 1.0:
+            if self.pointwise:  # its bounds hold at this grid's times only: another grid is not certified here
+                return None
             return steps_needed(self.L, self.schedule, self.cfg.grid)
         return self.cfg.steps
+
+    @cached_property
+    def frac_bits(self) -> int:
+        """Fractional bits of the reversible lattice for a user model: its own ``frac_bits`` if set, else
+        :func:`frac_bits_for` its certified bounds (the shipped models keep ``DEFAULT_FRAC_BITS``)."""
+        own = getattr(self.model, "frac_bits", None)
+        if own is not None:
+            return int(own)
+        return frac_bits_for(self.L, self.grid, self.schedule)
 
     @cached_property
     def model64(self) -> nn.Module:
@@ -168,11 +191,17 @@ class CertContext:
     @cached_property
     def L64(self) -> float:
         """$L_{64}$, the certified bound of :attr:`model64` (``L`` if it has no rule)."""
+        if self.pointwise:
+            return float(self.L64_profile)
         return lipschitz.float64_bound(self.model64_cpu, self.shape, float(self.L))
 
     @cached_property
     def L64_profile(self) -> Union[float, LipschitzProfile]:
         """$L_{64}$ as the bound the float64 checks compare to (a profile when ``L`` is one)."""
+        if self.pointwise:
+            m64, shape = self.model64_cpu, self.shape
+            vals = [float(m64.certified_lipschitz_at(t, shape)) for t in self.grid_t_all]
+            return lipschitz.grid_profile(lambda t: m64.certified_lipschitz_at(t, shape), self.grid_t_all, vals)
         return LipschitzProfile(self.model64_cpu.certified_lipschitz_at, self.L64) if self.adaptive else self.L64
 
     @cached_property
@@ -220,13 +249,47 @@ class CertContext:
             x = torch.rand((1, *self.shape), generator=gen, dtype=torch.float64).mul(2).sub(1)
             x, cond = x.to(self.device), None
         x = x.to(dt)
+        options = {"frac_bits": self.frac_bits} if self.pointwise else {}
         try:
-            back, _, _ = round_trip(frozen(self.model), x, cond, self.schedule, cfg.steps, "reversible", cfg.grid)
+            back, _, _ = round_trip(frozen(self.model), x, cond, self.schedule, cfg.steps, "reversible", cfg.grid,
+                                    **options)
         except OverflowError as exc:  # the state left the int64 lattice: Theorem 3's precondition fails
             return RoundTrip(x, False, math.inf, str(exc).splitlines()[0])
         exact = bool(torch.equal(back, x))
         err = float((back.to(torch.float64) - x.to(torch.float64)).abs().max())
         return RoundTrip(x, exact, err)
+
+
+def frac_bits_for(lipschitz: Any, grid: list[float], schedule: Any, data_bound: float = 4.0) -> int:
+    r"""Fractional bits of the reversible lattice from the certified bounds: room for the state to grow.
+
+    The reversible scheme integrates $dx/d\rho = \varepsilon(x) - \sigma x$ over $\rho = \operatorname{asinh}
+    \varsigma$, whose Lipschitz constant is at most $L_k + 1$ on step $k$; a crude growth bound of the
+    state is $G = \prod_k (1 + 2 h^\rho_k (L_k + 1))$ (two evaluations per step), on top of $|x_0| \le$
+    ``data_bound`` (and $|\varepsilon(0)|$, assumed of the same order). The lattice holds $|x| <
+    2^{61 - b}$ at $b$ bits, so the rule is $b = \min(40, \max(8, 61 - 4 - \lceil\log_2(\texttt{data\_bound}
+    \cdot G)\rceil))$ — the default 40 whenever that fits. This only *chooses a resolution*: the bijection
+    holds at every $b$, and a state that still leaves the range is refused and reported as a ``FAIL``.
+    """
+    from ..solvers import DEFAULT_FRAC_BITS
+
+    log2g = 0.0
+    for a, b in zip(grid, grid[1:]):
+        lk = float(lipschitz_at_safe(lipschitz, schedule, a))
+        h_rho = math.asinh(b) - math.asinh(a)
+        log2g += math.log2(1.0 + 2.0 * h_rho * (lk + 1.0))
+    need = math.ceil(math.log2(max(data_bound, 1.0)) + log2g)
+    return int(min(DEFAULT_FRAC_BITS, max(8, 61 - 4 - need)))
+
+
+def lipschitz_at_safe(lipschitz: Any, schedule: Any, s: float) -> float:
+    """The bound at $\varsigma$ = ``s`` (a number as is; ``inf`` when there is none)."""
+    from ..theory.flow import lipschitz_at
+
+    if lipschitz is None:
+        return 1e300
+    v = lipschitz_at(lipschitz, schedule, s)
+    return v if math.isfinite(v) else 1e300
 
 
 # ----------------------------------------------------------------------------- loading

@@ -53,6 +53,8 @@ def _lipschitz_empirical(ctx: CertContext) -> Property:
     lower = float(lipschitz_lower_bound(eps, x[:k], n_iter=ctx.cfg.lipschitz_iters, ascent_steps=1, generator=gen))
     # the samples' times are >= min(tk): a profile's value there bounds them all
     L_check = float(ctx.L64_profile(float(tk.min()))) if ctx.adaptive else L64
+    if ctx.pointwise:  # a user model's bounds hold at their own t: the max over the samples' times
+        L_check = max(float(m64.certified_lipschitz_at(float(v), ctx.shape)) for v in tk.tolist())
     ratio = L_check / lower if lower > 0 else math.inf
     ld = {"lower": lower, "upper": L_check, "upper_float32_model": float(ctx.L), "ratio_upper_over_lower": ratio,
           "samples": k, "method": "power iteration on J^T J + gradient ascent (achieved ratio)"}
@@ -119,6 +121,8 @@ def round_trip_study(ctx: CertContext) -> dict[str, list]:
     held = ctx.heldout
     x, cond = held.x[:2], (held.y[:2], held.m[:2])
     budget: Any = ctx.L64_profile if ctx.adaptive else ctx.info.get("lipschitz_budget")
+    if ctx.pointwise:  # its bounds are known at this grid's times only: no fixed-point run on other grids
+        budget = None
     out: dict[str, list] = {"steps": list(cfg.round_trip_steps), "reversible": [], "fixed_point": [], "ddim": []}
     dt = model_dtype(ctx.model)
     fm = frozen(ctx.model)

@@ -13,9 +13,12 @@ from ..errors import UnsupportedModuleError
 from ..theory.flow import LipschitzProfile, discrete_log_constants, gronwall_exponent, gronwall_profile, \
     lognorm_exponents
 from .context import CertContext
-from .result import FAIL, PASS, THEOREMS, Property, exp_or_none, fmt_exp
+from .result import FAIL, INFO, PASS, THEOREMS, Property, exp_or_none, fmt_exp
 
-__all__ = ["check", "drift_property", "flow_property"]
+__all__ = ["check", "drift_property", "flow_property", "NOT_CERTIFIED"]
+
+#: The summary prefix of an entry that is reported but not proven (status ``INFO``, never ``PASS``).
+NOT_CERTIFIED = "NOT CERTIFIED"
 
 
 def check(ctx: CertContext) -> list[Property]:
@@ -68,6 +71,8 @@ def flow_property(ctx: CertContext) -> Property:
     """Injectivity and the bi-Lipschitz constants $e^{\\pm\\Lambda}$ of the exact flow over $[0, t_{\\max}]$."""
     L, schedule, cfg, g, qs = ctx.L, ctx.schedule, ctx.cfg, ctx.grid, ctx.margins.q
     s_max = float(g[-1])
+    if ctx.pointwise:
+        return _flow_not_certified(ctx)
     tight = lognorm(ctx.model, schedule, s_max)
     lam = gronwall_profile(L, schedule, s_max)
     t_short = min(float(cfg.short_t_max), float(schedule.t_max))
@@ -108,3 +113,28 @@ def flow_property(ctx: CertContext) -> Property:
                                "certified_injective": bool(max(qs) < 1.0)},
         },
     )
+
+
+def _flow_not_certified(ctx: CertContext) -> Property:
+    """``flow_bilipschitz`` of a user model: its bounds hold at the grid times only, and the exact flow
+    evaluates the network at every $t$, so the Grönwall constants are not certified (``INFO``).
+
+    With a declared uniform budget $B$ (checked at the grid times by ``lipschitz_bound``) the constants
+    $e^{\pm B\operatorname{asinh}\varsigma_{\max}}$ are reported, conditional on that declaration."""
+    s_max = float(ctx.grid[-1])
+    budget = ctx.info.get("lipschitz_budget")
+    details: dict[str, Any] = {"certified": False, "pointwise": True, "varsigma_max": s_max,
+                               "reason": "the Lipschitz bound of a user model is certified at the grid times only; "
+                                         "the exact flow evaluates the network at every t in [0, t_max]"}
+    if budget is not None and math.isfinite(float(budget)):
+        lam = gronwall_exponent(float(budget), 0.0, s_max)
+        details.update(conditional_on_budget=float(budget), Lambda=lam, upper_text=fmt_exp(lam),
+                       lower_text=fmt_exp(-lam))
+        return Property("flow_bilipschitz", INFO, "certified", lam, None, THEOREMS["flow"],
+                        f"{NOT_CERTIFIED}: exact flow over [0, {ctx.schedule.t_max:g}]: IF L(t) <= the declared "
+                        f"budget {float(budget):.4g} for every t (checked at the grid times only), then "
+                        f"e^-{lam:.4g} <= ratio <= e^{lam:.4g} = {fmt_exp(lam)}", details)
+    return Property("flow_bilipschitz", INFO, "certified", None, None, THEOREMS["flow"],
+                    f"{NOT_CERTIFIED}: the exact (continuous) flow; the bounds of a user model hold at the grid "
+                    "times only (declare ScoreModel(lipschitz_budget=B) for constants conditional on B); the "
+                    "integrator entries below are about the discrete map, evaluated at those times", details)

@@ -42,6 +42,8 @@ def _reversible(ctx: CertContext, margins: dict[str, Any]) -> Property:
     details = {"method": "reversible", "algebraic": "bijection on the int64 lattice (Theorem 3)",
                "measured_bit_exact": exact, "measured_max_abs_error": err, "measured_on": list(x.shape),
                "dtype": str(x.dtype).replace("torch.", ""), "margins_informational": margins}
+    if ctx.pointwise:
+        details["frac_bits"] = ctx.frac_bits
     overflow = lattice_overflow(ctx, "integrator", details)
     if overflow is not None:
         return overflow

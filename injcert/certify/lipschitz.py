@@ -26,7 +26,8 @@ from .result import FAIL, PASS, SKIPPED, THEOREMS, Property
 if TYPE_CHECKING:  # pragma: no cover - annotations only; context.py imports this module
     from .context import CertContext
 
-__all__ = ["check", "certified_lipschitz", "float64_bound", "not_evaluated", "NEEDS_BOUND"]
+__all__ = ["check", "certified_lipschitz", "float64_bound", "not_evaluated", "NEEDS_BOUND", "pointwise_lipschitz",
+           "grid_profile"]
 
 #: The entries evaluated from $L$: reported ``SKIPPED`` when there is no certified bound.
 NEEDS_BOUND = ("drift_lipschitz", "flow_bilipschitz", "integrator", "logdet_interval")
@@ -64,6 +65,8 @@ def certified_lipschitz(model: nn.Module, shape: tuple, budget: Optional[float],
     """
     m = model if next(iter(model.parameters()), torch.empty(0)).device.type == "cpu" else copy.deepcopy(model).cpu()
     theorem = THEOREMS["lipschitz"]
+    if getattr(m, "lipschitz_pointwise", False):  # a user model (injcert.ScoreModel): bounds at the grid times
+        return pointwise_lipschitz(m, shape, budget, grid_t or [])
     try:
         lb = lipschitz_bound(frozen(m), shape, size_independent=True)
     except UnsupportedModuleError as exc:
@@ -120,3 +123,66 @@ def _adaptive(m: nn.Module, L: float, budget: Optional[float], grid_t: list[floa
                     f"L(t) <= B(t) = min({m.lipschitz_kappa:g}/sigma_t, {budget:g}) at all {len(rows)} grid times "
                     f"(at most {100 * ratio:.3g}% of it); L(t_min) = {rows[0]['certified']:.4g}, "
                     f"L(t_max) = {rows[-1]['certified']:.4g}; sup_t L = {L:.6g}", details), profile
+
+
+# ----------------------------------------------------------------------------- user models (pointwise in t)
+
+
+def grid_profile(fn: Any, times: list[float], values: list[float], name: str = "L(t) at the grid times"
+                 ) -> LipschitzProfile:
+    """A profile from bounds that hold at their own ``t`` only (:class:`injcert.ScoreModel`).
+
+    Its value at ``t`` is ``max(fn(t), every grid value at a grid time >= t)``: a bound at ``t`` itself and
+    at every *grid* time after it — non-increasing on the grid, so an Euler step $[t_k, t_{k+1}]$ is charged
+    both the times it is evaluated at (encode at $t_k$, decode at $t_{k+1}$). It is **not** a bound between
+    grid times, so it must not be integrated (Grönwall): the certificate does not do that for it.
+    """
+    known = {float(t): float(v) for t, v in zip(times, values)}
+    order = sorted(known)
+
+    def at(t: float) -> float:
+        t = float(t)
+        tail = [known[u] for u in order if u >= t]
+        here = known[t] if t in known else float(fn(t))
+        return max([here] + tail)
+
+    return LipschitzProfile(at, max(values), name)
+
+
+def pointwise_lipschitz(m: nn.Module, shape: tuple, budget: Optional[float],
+                        times: list[float]) -> tuple[Property, Any]:
+    """``lipschitz_bound`` of a model whose bound holds pointwise in ``t``: $L(t_k)$ at every grid time
+    (both ends of every step), each against the declared budget when there is one."""
+    theorem = THEOREMS["lipschitz"]
+    rows = []
+    try:
+        for t in times:
+            rows.append({"t": float(t), "certified": float(m.certified_lipschitz_at(float(t), shape))})
+    except UnsupportedModuleError as exc:
+        return Property("lipschitz_bound", FAIL, "certified", None, budget, theorem,
+                        f"no certified bound: {str(exc).splitlines()[0]}", {"error": str(exc)}), None
+    values = [r["certified"] for r in rows]
+    details: dict[str, Any] = {
+        "size_independent": True, "input_shape": list(shape), "layers": [], "per_t": rows, "pointwise": True,
+        "uniform_over": "every condition (y, m) and input size, at each grid time only (the bound of a user "
+                        "model is pointwise in t: nothing is certified between grid times)"}
+    if not values or not all(math.isfinite(v) for v in values):
+        return Property("lipschitz_bound", FAIL, "certified", None, budget, theorem,
+                        "the certified bound is not finite at some grid time", details), None
+    sup = max(values)
+    profile = grid_profile(lambda t: m.certified_lipschitz_at(t, shape), [r["t"] for r in rows], values)
+    kmax = values.index(sup)
+    where = (f"at the {len(rows)} grid times where the integrators evaluate the network: max {sup:.6g} "
+             f"(t = {rows[kmax]['t']:.4g}), min {min(values):.6g}")
+    if budget is not None:
+        over = [r for r in rows if r["certified"] > budget]
+        details["budget"] = budget
+        if over:
+            worst = max(over, key=lambda r: r["certified"])
+            return Property("lipschitz_bound", FAIL, "certified", worst["certified"], budget, theorem,
+                            f"L(t) = {worst['certified']:.6g} EXCEEDS the declared budget {budget:.6g} at "
+                            f"t = {worst['t']:.4g} ({len(over)} of {len(rows)} grid times)", details), profile
+        return Property("lipschitz_bound", PASS, "certified", sup, budget, theorem,
+                        f"L(t_k) <= declared budget {budget:.6g} {where}", details), profile
+    return Property("lipschitz_bound", PASS, "certified", sup, None, theorem,
+                    f"L(t_k) certified {where} (pointwise in t)", details), profile

@@ -73,9 +73,15 @@ def channels_of(model: nn.Module) -> int:
 
 def heldout_patches(n: int, channels: int, size: int, seed: int, dtype: torch.dtype,
                     device: torch.device) -> Tensor:
-    """``n`` patches ``channels×size×size`` of the held-out images (deterministic in ``seed``)."""
-    ds = PatchDataset(patch_size=size, channels=channels, length=n, seed=seed, split="heldout")
-    return torch.stack([ds[i] for i in range(n)]).to(device=device, dtype=dtype)
+    """``n`` patches ``channels×size×size`` of the held-out images (deterministic in ``seed``).
+
+    The images are grey (1) or RGB (3); any other channel count (a user model's) takes the RGB
+    patches' channels in turn, channel ``c`` being RGB channel ``c mod 3``."""
+    if channels in (1, 3):
+        ds = PatchDataset(patch_size=size, channels=channels, length=n, seed=seed, split="heldout")
+        return torch.stack([ds[i] for i in range(n)]).to(device=device, dtype=dtype)
+    rgb = heldout_patches(n, 3, size, seed, dtype, device)
+    return rgb[:, [c % 3 for c in range(int(channels))]].contiguous()
 
 
 def random_conditions(x: Tensor, seed: int, t_max: float, p_uncond: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:

@@ -66,6 +66,9 @@ class ProbabilityFlowField:
         when it has one, else its ``certified_lipschitz()`` (the bound of its actual weights, never
         above the budget), else ``model.lipschitz_budget``.
 
+        For a model with ``lipschitz_pointwise`` (:class:`injcert.ScoreModel`) the bound is valid at
+        $\varsigma$ itself only (not for later $\varsigma'$): callers use it where the field is evaluated.
+
         Raises:
             ArgumentError: the model has no ``lipschitz_budget`` attribute.
         """
@@ -73,6 +76,11 @@ class ProbabilityFlowField:
         alpha = float(self.schedule.alpha_of_varsigma(torch.as_tensor(s, dtype=torch.float64)))
         alpha = math.nextafter(alpha * (1.0 + unit_roundoff(self.model)), math.inf)
         per_t = getattr(self.model, "certified_lipschitz_at", None)
+        if callable(per_t) and getattr(self.model, "lipschitz_pointwise", False):
+            # a user model (injcert.ScoreModel): its bound holds at t(s) itself only, which is where every
+            # integrator that asks for it (fixed_point's step n, the margins at the left ends) evaluates it
+            t = float(self.schedule.t_of_varsigma(torch.as_tensor(s, dtype=torch.float64)))
+            return alpha * float(per_t(t))
         if callable(per_t) and getattr(self.model, "lipschitz_kappa", None) is not None:
             # noise-adaptive budget: L(t) of the actual weights, valid for every t' >= t(s)
             t = float(self.schedule.t_of_varsigma(torch.as_tensor(s, dtype=torch.float64)))
