@@ -116,7 +116,7 @@ def flow_property(ctx: CertContext) -> Property:
 
 
 def _flow_not_certified(ctx: CertContext) -> Property:
-    """``flow_bilipschitz`` of a user model: its bounds hold at the grid times only, and the exact flow
+    r"""``flow_bilipschitz`` of a user model: its bounds hold at the grid times only, and the exact flow
     evaluates the network at every $t$, so the Grönwall constants are not certified (``INFO``).
 
     With a declared uniform budget $B$ (checked at the grid times by ``lipschitz_bound``) the constants

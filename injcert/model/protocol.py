@@ -328,7 +328,11 @@ class ScoreModel(nn.Module):
         key = (float(tt[0]), dtype, size, tuple(p._version for p in self.net.parameters()))
         if key in self._bounds:
             return self._bounds[key]
-        em = copy.deepcopy(self.eps_map).cpu().eval()
+        em = copy.deepcopy(self.eps_map).cpu()
+        try:
+            em.eval()
+        except NotImplementedError:  # a torch.export module is always in inference mode
+            pass
         for p in em.parameters():
             p.requires_grad_(False)
         a, b = (v.to(dtype) for v in self.coefficients(tt))
@@ -354,6 +358,15 @@ class ScoreModel(nn.Module):
             raise ScoreModelError("a ScoreModel has no bound uniform in t; use certified_lipschitz_at(t) "
                                   "or declare lipschitz_budget=")
         return self.lipschitz_budget
+
+    def train(self, mode: bool = True) -> "ScoreModel":
+        """As ``nn.Module.train``; a network that refuses it (a ``torch.export`` module) is left as it is."""
+        self.training = mode
+        try:
+            self.eps_map.train(mode)
+        except NotImplementedError:
+            pass
+        return self
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "ScoreModel":
         self._bounds = {}  # a dtype or device change makes another function: recompute the bounds
