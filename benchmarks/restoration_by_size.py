@@ -42,7 +42,9 @@ def main() -> None:
                    help="also run the same pipeline started at varsigma_e = 1e-6 (row 'no flow')")
     p.add_argument("--ablate-gate", action="store_true",
                    help="also run the pipeline without its holdout gate (row 'no gate': the flow always kept)")
+    p.add_argument("--json", metavar="OUT", help="also write every row as JSON (scripts/write_results.py reads it)")
     args = p.parse_args()
+    records = []
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = injcert.load_checkpoint(args.checkpoint)
     levels = args.levels if args.levels == "auto" else int(args.levels)
@@ -73,6 +75,14 @@ def main() -> None:
                          ours.psnr_region - max(r.psnr_region for r in others), ours.source])
         print(markdown_table(["corruption", "best classical (PSNR)", "ΔPSNR ours−best", "ΔSSIM", "Δregion PSNR",
                               "ours produced by"], gaps))
+        records += [dict(size=size, corruption=r.corruption, method=r.method, psnr=r.psnr, ssim=r.ssim,
+                         psnr_region=r.psnr_region, seconds=r.seconds, source=r.source) for r in rows]
+    if args.json:
+        import json
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "images": args.images,
+                                               "steps": args.steps, "rows": records}, indent=1))
 
 
 if __name__ == "__main__":

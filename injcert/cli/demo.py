@@ -205,7 +205,9 @@ def _reconstruction_row(model: Any, xr: torch.Tensor, kind: str, *, reconstruct_
            "psnr_region_baseline": float(region_psnr(base, xr, region)) if has_region else None,
            "known_pixels_exact": bool(torch.equal(rec.image[(m[:, :1] == 1).expand_as(y)], y[(m[:, :1] == 1).expand_as(y)])),
            "forward_residual": float(rec.residual[0]) if rec.residual is not None else None,
-           # the holdout gate: did the flow beat its classical start on hidden observed pixels?
+           # what the flow started from: the model's restorer R(c), or a classical estimate
+           "start": rec.estimate_method or "noise",
+           # the holdout gate: did the flow beat its start on hidden observed pixels?
            "flow": {None: "—", True: "kept", False: "gated off"}[rec.flow_kept]}
     return row, y, rec.image
 
@@ -280,9 +282,11 @@ def _report(s: dict[str, Any]) -> str:
         lines += [f"## Latent of the held-out astronaut, {s['size']}² (white noise: std 1, lag-1 0, flatness 1)", ""]
         lines += [f"- {k}: {_fmt(v)}" for k, v in s["latent"].items()] + [""]
     lines += [f"## Reconstruction (held-out chelsea, {s['size']}²)", "",
+              "`start`: what the flow started from — `restorer`, the model's own estimate $R(c)$ from the "
+              "observation (missing pixels), or a classical estimate (least squares for blur, BM3D for noise). "
               "`flow`: `kept` where the flow restored observed pixels hidden in the shape of the hole better "
-              "than its classical start (the holdout gate), `gated off` where it did not: that row's result is "
-              "the classical estimate, to float precision; `—` where no gate ran: noise, and blur, whose flow is "
+              "than its start (the holdout gate), `gated off` where it did not: that row's result is "
+              "the start, to float precision; `—` where no gate ran: noise, and blur, whose flow is "
               "off by default (`BLUR_FLOW`: the result is the least-squares estimate).", ""]
     keys = list(s["reconstruction"][0])
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
