@@ -702,7 +702,8 @@ def make_corruption(name: str, **params: object) -> Corruption:
         raise ArgumentError(f"invalid parameters for corruption {name!r}: {exc}") from None
 
 
-def random_corruption(generator: GeneratorLike = None, *, size: int = 32) -> Corruption:
+def random_corruption(generator: GeneratorLike = None, *, size: int = 32,
+                      kinds: Optional[Sequence[str]] = None) -> Corruption:
     """Draw a corruption type uniformly from :data:`CORRUPTIONS`, with random parameters.
 
     Pixel-sized parameters (brush and gap widths, blur σ) scale with ``size / 32``, so pass the
@@ -713,6 +714,7 @@ def random_corruption(generator: GeneratorLike = None, *, size: int = 32) -> Cor
     Arguments:
         generator: a ``torch.Generator``, an int seed, or ``None``.
         size: the typical image side in pixels, ``>= 1``.
+        kinds: draw only among these names of :data:`CORRUPTIONS` (``None``: all of them).
 
     Returns:
         A :class:`Corruption`.
@@ -722,7 +724,7 @@ def random_corruption(generator: GeneratorLike = None, *, size: int = 32) -> Cor
     """
     g = as_generator(generator)
     s = _count("size", size) / 32.0
-    names = list(CORRUPTIONS)
+    names = list(CORRUPTIONS) if kinds is None else _kinds(kinds)
     u = _uniform(g, 6).tolist()
     name = names[min(int(u[0] * len(names)), len(names) - 1)]
     lo = 0.1 + 0.3 * u[1]
@@ -745,8 +747,15 @@ def random_corruption(generator: GeneratorLike = None, *, size: int = 32) -> Cor
     return GaussianNoise(0.02 + 0.28 * u[5], box_lo, box_hi)
 
 
+def _kinds(kinds: Sequence[str]) -> list[str]:
+    bad = [k for k in kinds if k not in CORRUPTIONS]
+    if isinstance(kinds, str) or not list(kinds) or bad:
+        raise ConfigError(f"corruption kinds must be a non-empty list of {list(CORRUPTIONS)}, got {kinds!r}")
+    return list(kinds)
+
+
 def corrupt_batch(
-    x: Tensor, generator: GeneratorLike = None, p_uncond: float = 0.1
+    x: Tensor, generator: GeneratorLike = None, p_uncond: float = 0.1, kinds: Optional[Sequence[str]] = None
 ) -> tuple[Tensor, Tensor]:
     """Corrupt every example with its own random corruption (training conditions).
 
@@ -758,6 +767,7 @@ def corrupt_batch(
         x: images ``N×C×H×W``, floating dtype.
         generator: a ``torch.Generator``, an int seed, or ``None``.
         p_uncond: probability of the unconditional condition, in ``[0, 1]``.
+        kinds: the corruption types to draw from (``None``: all of :data:`CORRUPTIONS`).
 
     Returns:
         ``(y, m)`` with shapes ``N×C×H×W`` and ``N×3×H×W``, dtype of ``x``.
@@ -772,7 +782,7 @@ def corrupt_batch(
     ys, ms = [], []
     for i in range(x.shape[0]):
         uncond = bool(_uniform(g, 1)[0] < p_uncond)
-        y, m = random_corruption(g, size=size)(x[i : i + 1], g)
+        y, m = random_corruption(g, size=size, kinds=kinds)(x[i : i + 1], g)
         if uncond:
             y, m = torch.zeros_like(y), torch.zeros_like(m)
         ys.append(y)

@@ -10,7 +10,7 @@ in classifier-free guidance, Ho & Salimans 2022).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +80,7 @@ def draw_training_batch(
     low_noise_varsigma: float = 0.2,
     refine_fraction: float = 0.0,
     refine_varsigma: tuple[float, float] = REFINE_VARSIGMA,
+    corruptions: Optional[Sequence[str]] = None,
 ) -> dict[str, Tensor]:
     r"""Every random draw of one training batch, in a fixed order: $t$, $\varepsilon$, the corruption.
 
@@ -120,7 +121,7 @@ def draw_training_batch(
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
     t = t_min + (t_max - t_min) * u
     eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32, device=gdev).to(x0.device, x0.dtype)
-    y, m = corrupt_batch(x0, generator, p_uncond=p_uncond)
+    y, m = corrupt_batch(x0, generator, p_uncond=p_uncond, kinds=corruptions)
     lo = low_noise_range(schedule, t_min, low_noise_fraction, low_noise_varsigma)
     if low_noise_fraction > 0:
         pick = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev) < low_noise_fraction

@@ -18,10 +18,10 @@ observed pixels (``m[:, 0] == 1``):
 * **normalized convolution** (Knutsson and Westin 1993) at three scales: Gaussian-weighted means of
   the observed pixels with their weights (certainties).
 
-It predicts a residual on a base image — the observation where a pixel was seen (as is, blurred or
-noisy) and the pull-push fill where it was not — with a U-Net whose bottom level adds a global
-average of its features (global context); the last layer starts at zero, so an untrained restorer
-*is* the classical fill. Pixels observed as is are returned exactly.
+It predicts a residual on the pull-push fill of the missing pixels with a U-Net whose bottom level
+adds a global average of its features (global context); the last layer starts at zero, so an
+untrained restorer *is* the classical fill. Every pixel that was seen (as is, blurred or noisy) is
+returned as observed: $R$ fills holes, and is trained on masks (``configs/restorer.json``).
 
 Fully convolutional, any size down to 1×1: the input is padded (replicate) to a multiple of
 :attr:`Restorer.downsampling_factor` and the output cropped back. It has no locality in the sense of
@@ -140,7 +140,8 @@ class Restorer(nn.Module):
         self.downsampling_factor = 2 ** (len(chans) - 1)
 
     def features(self, y: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The network's input, the base image it predicts a residual on, and the observed-as-is mask."""
+        """The network's input, the base image it predicts a residual on, and the mask of the pixels
+        that were seen (as is, blurred or noisy)."""
         known = (m[:, :1] == 1).to(y.dtype)
         seen = ((m[:, :1] == 1) | (m[:, 1:2] > 0) | (m[:, 2:3] > 0)).to(y.dtype)
         fill = pull_push_fill(y, known)
@@ -149,11 +150,14 @@ class Restorer(nn.Module):
         for a in NC_ORDERS:
             est, cert = normalized_convolution(y, known, a)
             parts += [est, cert]
-        return torch.cat(parts, dim=1), base, known
+        return torch.cat(parts, dim=1), base, seen
 
     def forward(self, y: Tensor, m: Tensor) -> Tensor:
-        """$R(y, m)$ (N×C×H×W): the restored image; pixels observed as is equal ``y`` exactly."""
-        inp, base, known = self.features(y, m)
+        """$R(y, m)$ (N×C×H×W): the restored image. It fills the *missing* pixels; every pixel that was
+        seen — as is, blurred or noisy — is returned as ``y`` exactly, so the denoiser's linear part
+        around $R$ is, there, the Gaussian denoiser of the observation itself (deblurring and denoising
+        are the certified flow's work, from a classical start)."""
+        inp, base, seen = self.features(y, m)
         h, w = y.shape[-2:]
         f = self.downsampling_factor
         ph, pw = (-h) % f, (-w) % f
@@ -170,4 +174,4 @@ class Restorer(nn.Module):
         for level in self.up:
             hcur = level(torch.cat([F.interpolate(hcur, scale_factor=2, mode="nearest"), skips.pop()], dim=1))
         out = base + self.out(F.gelu(hcur))[..., :h, :w]
-        return torch.where(known.bool().expand_as(out), y, out)
+        return torch.where(seen.bool().expand_as(out), y, out)

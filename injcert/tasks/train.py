@@ -160,6 +160,8 @@ class TrainConfig:
         objective: ``"denoising"`` (the conditional denoising loss of the whole score network) or
             ``"restorer"`` (only the conditional restorer $R(c)$, by direct supervision on $x_0$:
             :func:`~injcert.model.objective.restorer_loss`; every other weight stays as it is).
+        corruptions: the corruption types training draws (names of
+            :data:`~injcert.data.corruptions.CORRUPTIONS`; ``None``: all of them; validation draws all).
         freeze: parameter-name prefixes that the denoising objective does not train (e.g.
             ``["restorer."]``: refine the certified network around a trained restorer).
         loss_sigma_data: ``None`` (the plain ε loss) or $\\sigma_d > 0$: weigh each example's ε error by
@@ -194,6 +196,7 @@ class TrainConfig:
     loss_sigma_data: Optional[float] = None
     objective: str = "denoising"
     freeze: list = field(default_factory=list)
+    corruptions: Optional[list] = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -260,6 +263,13 @@ class TrainConfig:
         number("lr_final", 0.0, self.lr)
         if self.loss_sigma_data is not None:
             number("loss_sigma_data", 0.0, math.inf, lo_open=True, hi_open=True)
+        if self.corruptions is not None:
+            from ..data.corruptions import CORRUPTIONS
+
+            if not isinstance(self.corruptions, list) or not self.corruptions or any(
+                    c not in CORRUPTIONS for c in self.corruptions):
+                raise ConfigError(f"training option corruptions must be null or a non-empty list of "
+                                  f"{list(CORRUPTIONS)}, got {self.corruptions!r}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"training option objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if not isinstance(self.freeze, list) or not all(isinstance(v, str) and v for v in self.freeze):
@@ -336,8 +346,9 @@ class StepBatches(torch.utils.data.Dataset):
     def __init__(self, dataset: Any, schedule: Any, seed: int, rank: int, global_batch: int,
                  local_batch: int, p_uncond: float, t_min: float, low_noise_fraction: float = 0.0,
                  low_noise_varsigma: float = 0.2, refine_fraction: float = 0.0,
-                 refine_varsigma: Any = REFINE_VARSIGMA) -> None:
+                 refine_varsigma: Any = REFINE_VARSIGMA, corruptions: Optional[list] = None) -> None:
         self.dataset, self.schedule = dataset, schedule
+        self.corruptions = corruptions
         self.seed, self.rank = seed, rank
         self.global_batch, self.local_batch = global_batch, local_batch
         self.p_uncond, self.t_min = p_uncond, t_min
@@ -357,7 +368,8 @@ class StepBatches(torch.utils.data.Dataset):
         return draw_training_batch(x0, gen, self.schedule, p_uncond=self.p_uncond, t_min=self.t_min,
                                    low_noise_fraction=self.low_noise_fraction,
                                    low_noise_varsigma=self.low_noise_varsigma,
-                                   refine_fraction=self.refine_fraction, refine_varsigma=self.refine_varsigma)
+                                   refine_fraction=self.refine_fraction, refine_varsigma=self.refine_varsigma,
+                                   corruptions=self.corruptions)
 
 
 def _worker_init(_: int) -> None:
@@ -714,7 +726,7 @@ def _make_loader(config: TrainConfig, model: CondUNet, dist_info: _Dist, dev: to
     sync_every = 1 if dev.type == "cpu" else 25
     steps_ds = StepBatches(dataset, model.schedule, config.seed, dist_info.rank, config.batch_size, local_b,
                            config.p_uncond, config.t_min, config.low_noise_fraction, config.low_noise_varsigma,
-                           config.refine_fraction, config.refine_varsigma)
+                           config.refine_fraction, config.refine_varsigma, config.corruptions)
     loader = torch.utils.data.DataLoader(
         steps_ds, batch_size=None, sampler=range(start, config.steps), num_workers=workers,
         pin_memory=dev.type == "cuda", worker_init_fn=_worker_init if workers else None,
