@@ -231,3 +231,23 @@ def test_the_restorer_objective_trains_the_restorer_alone(tmp_path) -> None:
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
     with pytest.raises(Exception, match="corruptions"):
         TrainConfig.from_dict(dict(cfg, corruptions=["nope"]))
+
+
+def test_refinement_examples_start_from_the_models_restorer() -> None:
+    """refine_start='restorer': the selected mask examples' missing pixels hold R(c) at their t, the
+    target stays x0 (the same loss as feeding that state by hand)."""
+    from injcert.model.objective import draw_training_batch, loss_on_batch
+
+    net = anchored_unet(seed=8)
+    x0 = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    b = draw_training_batch(x0, torch.Generator().manual_seed(1), net.schedule, p_uncond=0.0, refine_fraction=1.0,
+                            corruptions=["box", "random"], refine_start="restorer")
+    assert bool(b["refine"].any()) and float(b["delta"].abs().max()) == 0.0
+    with torch.no_grad():
+        got = loss_on_batch(net, b)
+        m = b["m"]
+        r = net.anchor(b["y"] * (m[:, :1] == 1).to(x0.dtype), m)
+        miss = (m[:, :1] != 1).expand_as(x0) & b["refine"][:, None, None, None]
+        delta = torch.where(miss, r - x0, torch.zeros_like(x0))
+        by_hand = loss_on_batch(net, dict({k: v for k, v in b.items() if k != "refine"}, delta=delta))
+    assert torch.equal(got, by_hand)

@@ -61,6 +61,15 @@ def denoising_loss(
     return loss_on_batch(model, draw_training_batch(x0, generator, schedule, p_uncond=p_uncond, t_min=t_min))
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The network behind a DDP (``.module``) or ``torch.compile`` (``._orig_mod``) wrapper."""
+    for attr in ("module", "_orig_mod"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, nn.Module):
+            return _unwrapped(inner)
+    return model
+
+
 def _schedule_of(model: nn.Module):
     schedule = getattr(model, "schedule", None) or getattr(getattr(model, "module", None), "schedule", None)
     if schedule is None:
@@ -81,6 +90,7 @@ def draw_training_batch(
     refine_fraction: float = 0.0,
     refine_varsigma: tuple[float, float] = REFINE_VARSIGMA,
     corruptions: Optional[Sequence[str]] = None,
+    refine_start: str = "biharmonic",
 ) -> dict[str, Tensor]:
     r"""Every random draw of one training batch, in a fixed order: $t$, $\varepsilon$, the corruption.
 
@@ -99,7 +109,9 @@ def draw_training_batch(
     flow from exactly such a state (the estimate at $\varsigma_e$, :func:`~injcert.reconstruct`), which
     plain training never shows the network: there the missing pixels of $x_t$ are the truth plus
     noise. Two more draws per example, after the low-noise ones (the batch at $r = 0$ is unchanged);
-    ``delta`` is returned (zeros when $r = 0$).
+    ``delta`` is returned (zeros when $r = 0$). With ``refine_start="restorer"`` the start is the model's
+    own restorer $R(c)$, which only the model can compute: the batch then carries ``refine`` (which
+    examples) and :func:`loss_on_batch` makes their ``delta``.
 
     The draws are those :func:`denoising_loss` makes (it is ``loss_on_batch(model,
     draw_training_batch(...))``), so a batch can be drawn ahead of time — in a ``DataLoader``
@@ -137,6 +149,10 @@ def draw_training_batch(
         known = m[:, 0] == 1
         masks = known.flatten(1).any(1) & (~known).flatten(1).any(1) & (m[:, 1:] == 0).flatten(1).all(1)
         sel = pick & masks.to(gdev)  # t, pick and vs live on the generator's device
+        if refine_start == "restorer":  # the model's own R(c) is the start: its delta is made in loss_on_batch
+            t = torch.where(sel, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
+            return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m, "delta": delta,
+                    "refine": sel.to(x0.device)}
         if bool(sel.any()):
             from ..tasks.classical import classical_estimate  # the model layer needs it only here
 
@@ -196,6 +212,16 @@ def loss_on_batch(model: nn.Module, batch: dict[str, Tensor], sigma_data: Option
     if delta is not None:  # refinement examples: x_t holds the estimate, the target is still x0
         xt = xt + a * delta
         eps = eps + a * delta / s
+    refine = batch.get("refine")
+    if refine is not None and bool(refine.any()):  # refinement from the model's restorer: R(c) - x0 where missing
+        with torch.no_grad():
+            net = _unwrapped(model)
+            m = batch["m"]
+            r = net.anchor(batch["y"] * (m[:, :1] == 1).to(x0.dtype), m)
+            miss = ((m[:, :1] != 1) & (m[:, 1:2] == 0) & (m[:, 2:3] == 0)).expand_as(x0)
+            d = torch.where(miss & refine[:, None, None, None], r - x0, torch.zeros_like(x0))
+        xt = xt + a * d
+        eps = eps + a * d / s
     pred = model(xt, t.to(x0.dtype), batch["y"], batch["m"])
     err = (eps - pred).pow(2)
     if sigma_data is None:

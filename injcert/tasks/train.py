@@ -148,6 +148,8 @@ class TrainConfig:
             starting from ``inpaint_biharmonic``'s estimate instead of the truth (0: none; see
             :func:`~injcert.model.objective.draw_training_batch`). Validation never has any.
         refine_varsigma: ``[lo, hi]``, the $\\varsigma$ range of the refinement examples (log-uniform).
+        refine_start: what a refinement example's missing pixels start from: ``"biharmonic"`` or
+            ``"restorer"`` (the model's own $R(c)$, as reconstruction starts from it where the model has one).
         grad_clip: gradient-norm clip (0: none).
         warmup_steps: learning-rate warm-up steps (0: none).
         images: training image names (``None``: all of ``TRAIN_IMAGES``).
@@ -197,6 +199,7 @@ class TrainConfig:
     objective: str = "denoising"
     freeze: list = field(default_factory=list)
     corruptions: Optional[list] = None
+    refine_start: str = "biharmonic"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -270,6 +273,10 @@ class TrainConfig:
                     c not in CORRUPTIONS for c in self.corruptions):
                 raise ConfigError(f"training option corruptions must be null or a non-empty list of "
                                   f"{list(CORRUPTIONS)}, got {self.corruptions!r}")
+        if self.refine_start not in ("biharmonic", "restorer"):
+            raise ConfigError(f"training option refine_start must be 'biharmonic' or 'restorer', got {self.refine_start!r}")
+        if self.refine_start == "restorer" and self.refine_fraction > 0 and not (self.model or {}).get("restorer"):
+            raise ConfigError("training option refine_start 'restorer' needs a model with a restorer")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"training option objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if not isinstance(self.freeze, list) or not all(isinstance(v, str) and v for v in self.freeze):
@@ -346,9 +353,10 @@ class StepBatches(torch.utils.data.Dataset):
     def __init__(self, dataset: Any, schedule: Any, seed: int, rank: int, global_batch: int,
                  local_batch: int, p_uncond: float, t_min: float, low_noise_fraction: float = 0.0,
                  low_noise_varsigma: float = 0.2, refine_fraction: float = 0.0,
-                 refine_varsigma: Any = REFINE_VARSIGMA, corruptions: Optional[list] = None) -> None:
+                 refine_varsigma: Any = REFINE_VARSIGMA, corruptions: Optional[list] = None,
+                 refine_start: str = "biharmonic") -> None:
         self.dataset, self.schedule = dataset, schedule
-        self.corruptions = corruptions
+        self.corruptions, self.refine_start = corruptions, refine_start
         self.seed, self.rank = seed, rank
         self.global_batch, self.local_batch = global_batch, local_batch
         self.p_uncond, self.t_min = p_uncond, t_min
@@ -369,7 +377,7 @@ class StepBatches(torch.utils.data.Dataset):
                                    low_noise_fraction=self.low_noise_fraction,
                                    low_noise_varsigma=self.low_noise_varsigma,
                                    refine_fraction=self.refine_fraction, refine_varsigma=self.refine_varsigma,
-                                   corruptions=self.corruptions)
+                                   corruptions=self.corruptions, refine_start=self.refine_start)
 
 
 def _worker_init(_: int) -> None:
@@ -726,7 +734,8 @@ def _make_loader(config: TrainConfig, model: CondUNet, dist_info: _Dist, dev: to
     sync_every = 1 if dev.type == "cpu" else 25
     steps_ds = StepBatches(dataset, model.schedule, config.seed, dist_info.rank, config.batch_size, local_b,
                            config.p_uncond, config.t_min, config.low_noise_fraction, config.low_noise_varsigma,
-                           config.refine_fraction, config.refine_varsigma, config.corruptions)
+                           config.refine_fraction, config.refine_varsigma, config.corruptions,
+                           config.refine_start)
     loader = torch.utils.data.DataLoader(
         steps_ds, batch_size=None, sampler=range(start, config.steps), num_workers=workers,
         pin_memory=dev.type == "cuda", worker_init_fn=_worker_init if workers else None,
