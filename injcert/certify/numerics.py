@@ -40,11 +40,48 @@ Cond = Optional[tuple[Tensor, Tensor]]
 
 
 def float64_copy(model: nn.Module) -> nn.Module:
-    """A float64 copy of ``model`` with gradients off (cached effective weights), in eval mode."""
-    m = copy.deepcopy(model).to(torch.float64).eval()
+    """A float64 copy of ``model`` with gradients off (cached effective weights), in eval mode.
+
+    A ``torch.export`` graph inside it (a ``.pt2`` program) fixed its dtype when it was exported: its
+    floating dtype arguments become float64 and its dtype assertions go, as ``.double()`` does to an
+    eager module (:func:`_graph_to_float64`).
+    """
+    m = copy.deepcopy(model).to(torch.float64)
+    try:
+        m.eval()
+    except NotImplementedError:  # a torch.export module is always in inference mode
+        pass
     for p in m.parameters():
         p.requires_grad_(False)
+    for sub in m.modules():
+        if isinstance(sub, torch.fx.GraphModule):
+            _graph_to_float64(sub)
     return m
+
+
+_LOW_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _graph_to_float64(gm: "torch.fx.GraphModule") -> None:
+    """Make a graph compute in float64: every float32/16/bfloat16 dtype argument becomes float64 and the
+    ``aten._assert_tensor_metadata`` checks (assertions on the exported dtype, no value) are removed."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if str(node.target) == "aten._assert_tensor_metadata.default" and not node.users:
+            gm.graph.erase_node(node)
+            changed = True
+            continue
+        def widen(v):  # noqa: E306
+            return torch.float64 if isinstance(v, torch.dtype) and v in _LOW_FLOATS else v
+        args = torch.fx.node.map_aggregate(node.args, widen)
+        kwargs = torch.fx.node.map_aggregate(node.kwargs, widen)
+        if args != node.args or kwargs != node.kwargs:
+            node.args, node.kwargs = args, kwargs
+            changed = True
+    if changed:
+        gm.recompile()
 
 
 def frozen(model: nn.Module) -> nn.Module:

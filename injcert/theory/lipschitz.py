@@ -250,9 +250,12 @@ def _rule_or_trace(module: nn.Module) -> Rule:
     rule = _find_rule(module)
     if rule is not None:
         return rule
+    from injcert.theory.traced import traced_rule
+
+    if isinstance(module, torch.fx.GraphModule):
+        return traced_rule  # a graph (e.g. a torch.export program's .module()): bounded op by op
     if (type(module).__module__ or "").startswith("torch."):
         return get_lipschitz_rule(module)  # raises: PyTorch's own modules without a rule are refused by name
-    from injcert.theory.traced import traced_rule
 
     return traced_rule
 
@@ -328,6 +331,8 @@ def lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, args: Sequ
             state (e.g. BatchNorm or Dropout in training mode), or a traced op without a rule (one
             line naming the op, the module path and the source line).
     """
+    if isinstance(module, torch.export.ExportedProgram):
+        module = module.module()  # parameters and buffers back as get_attr constants; the inputs are the user's
     ctx = BoundContext(size_independent, t)
     shape = tuple(int(v) for v in input_shape)
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):

@@ -802,6 +802,15 @@ def operator_norm_bound(
 _FORWARD_ATTRS = ("forward", "_conv_forward", "__call__", "_call_impl", "_wrapped_call_impl")
 
 
+def _export_bookkeeping(module: nn.Module, hook: object) -> bool:
+    """A hook that ``torch.export`` puts on its program's ``.module()``: it checks the inputs against the
+    exported shapes or (de)registers nn.Module inputs for pytree, and returns None -- it changes neither
+    the input nor the output (the bound is of the graph itself, which runs without it)."""
+    import torch.fx as fx
+
+    return isinstance(module, fx.GraphModule) and getattr(hook, "__module__", None) == "torch.export._unlift"
+
+
 def _reject_forward_hooks(module: nn.Module) -> None:
     """Raise :class:`UnsupportedModuleError` if ``module`` (or the global registry) has forward hooks.
 
@@ -809,7 +818,8 @@ def _reject_forward_hooks(module: nn.Module) -> None:
     hook-based ``weight_norm``/``spectral_norm`` do, the weight), so a rule reading the module's
     attributes would bound a different map.
     """
-    own = [n for n in ("_forward_hooks", "_forward_pre_hooks") if len(getattr(module, n, None) or {})]
+    own = [n for n in ("_forward_hooks", "_forward_pre_hooks")
+           if any(not _export_bookkeeping(module, h) for h in (getattr(module, n, None) or {}).values())]
     if own:
         raise UnsupportedModuleError(
             f"{type(module).__name__} has forward hooks ({', '.join(own)}) that may change its output or "

@@ -105,9 +105,30 @@ def _trace(module: nn.Module, x0: Tensor, args: tuple, kwargs: dict) -> tuple[fx
     try:
         bound = sig.bind(x0, *args, **kwargs)
     except TypeError as e:
+        if not args and not kwargs:
+            # nothing was given for the inputs after x (as when the certificate bounds a model uniformly
+            # over t): the graph cannot be evaluated, so there is no traced bound -- an unsupported
+            # module, not a caller's mistake
+            raise UnsupportedModuleError(
+                f"no Lipschitz rule for module type {type(module).__name__} ({type(module).__module__}."
+                f"{type(module).__qualname__}), and its forward{sig} cannot be traced without its further "
+                f"inputs ({e}); pass them with lipschitz_bound(..., args=..., kwargs=...) (the bound then holds "
+                "at those values only) or register a rule with injcert.theory.lipschitz.register_lipschitz_rule"
+            ) from None
         raise ArgumentError(f"the args/kwargs given do not fit {type(module).__name__}.forward{sig}: {e}") from None
     bound.apply_defaults()
     names = list(sig.parameters)
+    if isinstance(module, fx.GraphModule):
+        # already a graph (a torch.export program's ``.module()``: aten ops, its parameters and buffers
+        # as ``get_attr`` nodes, one placeholder per user input): bounded as it is, its node metadata
+        # (source lines, module paths) kept; every input is passed to it, none specialised
+        inputs = [bound.arguments[n] for n in names]
+        n_ph = sum(1 for n in module.graph.nodes if n.op == "placeholder")
+        if n_ph != len(inputs):
+            raise UnsupportedModuleError(
+                f"cannot bound {type(module).__name__}: {n_ph} graph inputs for {len(inputs)} forward parameters "
+                "(a torch.export graph with lifted parameters: pass the ExportedProgram or its .module())")
+        return module, inputs
     concrete = {n: v for n, v in bound.arguments.items() if n != names[0] and not isinstance(v, Tensor)}
     tracer = _Tracer()
     try:
@@ -210,6 +231,139 @@ _ATTENTION_FNS = {F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, F.
                   _m("bmm")}
 
 
+# ----------------------------------------------------------------------------- torch.export (aten) ops
+#
+# A torch.export program's ``.module()`` is a graph of ``torch.ops.aten`` overloads. Each op below is
+# the same mathematical map as the torch-level function listed with it (proofs/05, item 20), so it
+# joins that function's table and gets its rule; its arguments are read at the same positions, or
+# translated where they differ (see ``_Bounder._bound_aten``). Every other aten op that reads x is
+# refused by name.
+
+
+def _aten_ops(*names: str) -> set:
+    """The existing ``torch.ops.aten`` overloads among ``"name.overload"`` (absent ones skipped)."""
+    out = set()
+    for full in names:
+        name, _, overload = full.partition(".")
+        packet = getattr(torch.ops.aten, name, None)
+        op = getattr(packet, overload or "default", None) if packet is not None else None
+        if isinstance(op, torch._ops.OpOverload):
+            out.add(op)
+    return out
+
+
+def _is_aten(target: Any) -> bool:
+    return isinstance(target, torch._ops.OpOverload) and target.namespace == "aten"
+
+
+def _aten_name(target: Any) -> str:
+    """``"conv2d.default"`` of ``torch.ops.aten.conv2d.default``."""
+    return f"{target._opname}.{target._overloadname}"
+
+
+_A_ADD = _aten_ops("add.Tensor", "add.Scalar")
+_A_SUB = _aten_ops("sub.Tensor", "sub.Scalar")
+_A_RSUB = _aten_ops("rsub.Tensor", "rsub.Scalar")
+_A_MUL = _aten_ops("mul.Tensor", "mul.Scalar")
+_A_DIV = _aten_ops("div.Tensor", "div.Scalar", "div.Tensor_mode", "div.Scalar_mode")
+_A_NEG = _aten_ops("neg.default", "positive.default")
+_A_CAT = _aten_ops("cat.default", "concat.default", "concatenate.default", "stack.default")
+#: dtype casts: the identity map when the dtype is real floating (checked in ``_bound_aten``)
+_A_CAST = _aten_ops("_to_copy.default", "to.dtype", "to.dtype_layout", "to.device", "to.other", "type_as.default")
+_A_PERMUTE = _aten_ops(
+    "view.default", "reshape.default", "_unsafe_view.default", "flatten.using_ints", "unflatten.int",
+    "permute.default", "transpose.int", "t.default", "unsqueeze.default", "squeeze.default", "squeeze.dim",
+    "squeeze.dims", "movedim.int", "swapaxes.default", "flip.default", "roll.default", "pixel_shuffle.default",
+    "pixel_unshuffle.default", "clone.default", "contiguous.default", "alias.default", "detach.default",
+    "lift_fresh_copy.default", "view_copy.default", "permute_copy.default", "transpose_copy.int",
+    "unsqueeze_copy.default", "squeeze_copy.dim", "squeeze_copy.dims", "t_copy.default", "alias_copy.default",
+    "_reshape_alias.default") | _A_CAST
+_A_PROJECT = _aten_ops("slice.Tensor", "slice_copy.Tensor", "select.int", "select_copy.int", "narrow.default",
+                       "split.Tensor", "split_with_sizes.default", "unbind.int", "chunk.default",
+                       "tensor_split.sections", "tensor_split.indices")
+_A_REPEAT = _aten_ops("expand.default", "expand_copy.default", "expand_as.default", "repeat.default",
+                      "broadcast_to.default")
+_A_MEAN = _aten_ops("mean.dim", "mean.default")
+_A_SUM = _aten_ops("sum.dim_IntList", "sum.default")
+_A_MATMUL = _aten_ops("matmul.default", "mm.default")
+_A_ADDMM = _aten_ops("addmm.default")
+_A_LINEAR = _aten_ops("linear.default")
+_A_CONV2D = _aten_ops("conv2d.default", "conv2d.padding")
+_A_CONVT2D = _aten_ops("conv_transpose2d.input")
+_A_CONVOLUTION = _aten_ops("convolution.default", "_convolution.default")
+_A_PAD = _aten_ops("pad.default", "constant_pad_nd.default")
+_A_PAD_MODE = {**{op: "reflect" for op in _aten_ops("reflection_pad1d.default", "reflection_pad2d.default",
+                                                     "reflection_pad3d.default")},
+               **{op: "replicate" for op in _aten_ops("replication_pad1d.default", "replication_pad2d.default",
+                                                       "replication_pad3d.default")},
+               **{op: "circular" for op in _aten_ops("_pad_circular.default")}}
+_A_UPSAMPLE = _aten_ops("upsample_nearest2d.vec", "upsample_nearest2d.default")
+_A_AVGPOOL = _aten_ops("avg_pool2d.default")
+_A_MAXPOOL = _aten_ops("max_pool2d.default")
+_A_MAXPOOL_IDX = _aten_ops("max_pool2d_with_indices.default")
+#: (eps position, training position or None) of the batch-norm overloads; eval: an affine per-channel map
+_A_BATCHNORM = {op: pos for ops, pos in ((_aten_ops("batch_norm.default", "native_batch_norm.default"), (7, 5)),
+                                          (_aten_ops("_native_batch_norm_legit_no_training.default"), (6, None)))
+                for op in ops}
+#: Ops returning a tuple whose later entries are not the mapped tensor (indices, saved statistics)
+_A_FIRST_ONLY = _A_MAXPOOL_IDX | set(_A_BATCHNORM)
+_A_DROPOUT = _aten_ops("dropout.default", "feature_dropout.default", "alpha_dropout.default")
+_A_RANDOM = _aten_ops("rand.default", "randn.default", "rand_like.default", "randn_like.default", "randint.default",
+                      "randint.low", "randint_like.default", "bernoulli.default", "bernoulli.p", "normal.Tensor_float",
+                      "normal.float_Tensor", "normal.Tensor_Tensor", "normal.float_float", "native_dropout.default",
+                      "multinomial.default", "randperm.default", "poisson.default", "uniform.default",
+                      "exponential.default", "rrelu.default", "rrelu_with_noise.default")
+#: Ops that read only the metadata of x (shape, dtype): constant in x at a fixed shape.
+_A_META = _aten_ops("sym_size.int", "sym_numel.default", "sym_stride.int", "sym_storage_offset.default",
+                    "_assert_tensor_metadata.default", "sym_constrain_range_for_size.default")
+_A_NORM = _aten_ops("layer_norm.default", "native_layer_norm.default", "group_norm.default",
+                    "native_group_norm.default", "instance_norm.default", "rms_norm.default",
+                    "_native_batch_norm_legit.default", "_native_batch_norm_legit.no_stats",
+                    "_native_batch_norm_legit_functional.default", "local_response_norm.default")
+_A_ATTENTION = _aten_ops("_softmax.default", "softmax.int", "_log_softmax.default", "log_softmax.int",
+                         "scaled_dot_product_attention.default", "_scaled_dot_product_flash_attention.default",
+                         "_scaled_dot_product_efficient_attention.default",
+                         "_scaled_dot_product_flash_attention_for_cpu.default", "einsum.default",
+                         "baddbmm.default")
+_A_BMM = _aten_ops("bmm.default")
+_A_ACT_ONE = _aten_ops("relu.default", "relu_.default", "relu6.default", "hardtanh.default", "hardtanh_.default",
+                       "tanh.default", "tanh_.default", "clamp.default", "clamp.Tensor", "clamp_.default",
+                       "clamp_min.default", "clamp_max.default", "clip.default", "abs.default")
+_A_SIGMOID = _aten_ops("sigmoid.default", "sigmoid_.default")
+_A_SILU = _aten_ops("silu.default", "silu_.default")
+_A_GELU = _aten_ops("gelu.default", "gelu_.default")
+_A_LEAKY = _aten_ops("leaky_relu.default", "leaky_relu_.default")
+_A_ELU = _aten_ops("elu.default", "elu_.default")
+_A_SOFTPLUS = _aten_ops("softplus.default")
+#: every aten op with a rule or a classification (the others are refused by name)
+_A_KNOWN = (_A_ADD | _A_SUB | _A_RSUB | _A_MUL | _A_DIV | _A_NEG | _A_CAT | _A_PERMUTE | _A_PROJECT | _A_REPEAT
+            | _A_MEAN | _A_SUM | _A_MATMUL | _A_ADDMM | _A_LINEAR | _A_CONV2D | _A_CONVT2D | _A_CONVOLUTION | _A_PAD
+            | set(_A_PAD_MODE) | _A_UPSAMPLE | _A_AVGPOOL | _A_MAXPOOL | _A_MAXPOOL_IDX | set(_A_BATCHNORM)
+            | _A_DROPOUT | _A_META | _A_ACT_ONE | _A_SIGMOID | _A_SILU | _A_GELU | _A_LEAKY | _A_ELU | _A_BMM)
+
+# the aten ops whose arguments sit where the torch-level function's do join its table
+_ADD |= _A_ADD
+_SUB |= _A_SUB
+_MUL |= _A_MUL
+_DIV |= _A_DIV
+_NEG |= _A_NEG
+_CAT |= _A_CAT
+_PERMUTE |= _A_PERMUTE
+_PROJECT |= _A_PROJECT
+_REPEAT |= _A_REPEAT
+_REDUCE_MEAN |= _A_MEAN
+_REDUCE_SUM |= _A_SUM
+_MATMUL |= _A_MATMUL
+_RANDOM |= _A_RANDOM
+_DROPOUT_FNS |= _A_DROPOUT
+
+
+def _is_guards_fn(module: nn.Module) -> bool:
+    """torch.export's input-shape guard (``_guards_fn``): it asserts on the sizes of its inputs, returns None."""
+    cls = type(module)
+    return cls.__name__ == "GuardsFn" and (cls.__module__ or "").startswith("torch.export")
+
+
 def _activation_constant_of(key: Any, node: fx.Node, arg) -> Optional[float]:
     """The registry's constant for a functional activation, or ``None`` if ``key`` is not one."""
     from injcert.theory import lipschitz as lip
@@ -219,11 +373,23 @@ def _activation_constant_of(key: Any, node: fx.Node, arg) -> Optional[float]:
                _m("clip"), _m("clamp_"), _m("clip_"), torch.abs, torch.absolute, _m("abs"), _m("abs_"), operator.abs,
                torch.clamp_min, torch.clamp_max, _m("clamp_min"), _m("clamp_max")):
         return 1.0
-    if key in (torch.sigmoid, F.sigmoid, _m("sigmoid"), _m("sigmoid_")):
+    if key in _A_ACT_ONE:
+        return 1.0
+    if key in (torch.sigmoid, F.sigmoid, _m("sigmoid"), _m("sigmoid_")) or key in _A_SIGMOID:
         return 0.25
-    if key is F.silu:
+    if key is F.silu or key in _A_SILU:
         return lip.SILU_LIPSCHITZ
-    if key is F.gelu:
+    if key in _A_LEAKY:
+        return max(1.0, abs(float(arg(1, "negative_slope", 0.01))))
+    if key in _A_ELU:  # scale * (x if x > 0 else alpha * (exp(input_scale * x) - 1))
+        alpha, scale, in_scale = (float(arg(i, nm, 1.0)) for i, nm in ((1, "alpha"), (2, "scale"), (3, "input_scale")))
+        if not in_scale >= 0:
+            raise UnsupportedModuleError(f"elu with input_scale={in_scale} < 0 is not Lipschitz")
+        return _times(abs(scale), max(1.0, _times(abs(alpha), in_scale)))
+    if key in _A_SOFTPLUS:
+        raise UnsupportedModuleError(lip._SOFTPLUS_REASON.format(beta=arg(1, "beta", 1.0),
+                                                                 threshold=arg(2, "threshold", 20.0)))
+    if key is F.gelu or key in _A_GELU:
         approx = arg(1, "approximate", "none")
         return lip.GELU_TANH_LIPSCHITZ if approx == "tanh" else lip.GELU_LIPSCHITZ
     if key in (F.leaky_relu, F.leaky_relu_):
@@ -257,6 +423,8 @@ def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        return f"torch.ops.{t}"  # torch.ops.aten.conv2d.default
     mod = getattr(t, "__module__", None) or ""
     name = getattr(t, "__name__", None) or str(t)
     if t in (F.max_pool2d,):
@@ -367,7 +535,10 @@ class _Bounder:
             xr = torch.randn(x0.shape, generator=g, dtype=torch.float64).to(x0)
             with torch.no_grad():
                 got = _flatten_tensors(fx.Interpreter(self.gm).run(xr, *inputs[1:]))
-                want = _flatten_tensors(self.module(xr, **dict(zip(names[1:], inputs[1:]))))
+                if isinstance(self.module, fx.GraphModule):  # its forward takes its inputs as exported: by position
+                    want = _flatten_tensors(self.module(xr, *inputs[1:]))
+                else:
+                    want = _flatten_tensors(self.module(xr, **dict(zip(names[1:], inputs[1:]))))
             # a tolerance, not equality: a parametrization in training mode (spectral_norm's power
             # iteration) moves the weight slightly at every call; frozen values differ at O(1)
             same = len(got) == len(want) and all(
@@ -403,8 +574,9 @@ class _Bounder:
                 sub = self.gm.get_submodule(n.target)
                 if isinstance(sub, nn.modules.dropout._DropoutNd) and sub.training and sub.p > 0:
                     rand.add(n)
-            is_meta = (k in _META_METHODS or k in _LIKE
-                       or (n.op == "call_function" and n.target is getattr and n.args[1] in _META_ATTRS))
+            is_meta = (k in _META_METHODS or k in _LIKE or k in _A_META
+                       or (n.op == "call_function" and n.target is getattr and n.args[1] in _META_ATTRS)
+                       or (n.op == "call_module" and _is_guards_fn(self.gm.get_submodule(n.target))))
             if any(a in shp for a in ins):
                 shp.add(n)
             if any(a in dep for a in ins):
@@ -512,6 +684,10 @@ class _Bounder:
                 value = concat_bound(*(self.L[a] for a in outs)) if outs else 0.0
                 self._check_reproduces(self.inputs)
                 out = n.args[0]
+                spec = getattr(self.gm, "_out_spec", None)  # torch.export: the graph returns the flat outputs
+                if spec is not None and isinstance(out, (tuple, list)) and len(out) == 1 and \
+                        getattr(spec, "num_leaves", None) == 1:
+                    out = out[0]
                 shape = self.shapes.get(out) if isinstance(out, fx.Node) else None
                 if not isinstance(shape, tuple):
                     raise UnsupportedModuleError(
@@ -527,7 +703,8 @@ class _Bounder:
                    or (n.op == "call_method" and str(n.target).endswith("_") and not str(n.target).startswith("_"))
                    or (n.op == "call_function" and getattr(n.target, "__name__", "").endswith("_")
                        and not getattr(n.target, "__name__", "").startswith("_"))
-                   or n.kwargs.get("inplace") is True or "out" in n.kwargs)
+                   or n.kwargs.get("inplace") is True or "out" in n.kwargs
+                   or (isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable))
         if n.op == "call_module":
             inplace = bool(getattr(self.gm.get_submodule(n.target), "inplace", False))
         if not inplace or not n.args or not isinstance(n.args[0], fx.Node):
@@ -548,6 +725,9 @@ class _Bounder:
         if n.op == "call_module":
             sub = self.gm.get_submodule(n.target)
             return isinstance(sub, _FRESH_MODULES) and not getattr(sub, "inplace", False)
+        if isinstance(n.target, torch._ops.OpOverload):  # a new tensor: no alias annotation on any output
+            schema = n.target._schema
+            return not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
         if n.op in ("call_function", "call_method"):
             return _key(n) in _FRESH_FUNCS and not n.kwargs.get("inplace", False)
         return False
@@ -556,7 +736,7 @@ class _Bounder:
         return [a for a in n.all_input_nodes if a in self.dep]
 
     def _bound(self, n: fx.Node) -> float:
-        from injcert.theory.lipschitz import concat_bound, sum_bound
+        from injcert.theory.lipschitz import _has_rule_class, concat_bound, sum_bound
 
         k = _key(n)
         deps = self._dep_args(n)
@@ -572,6 +752,11 @@ class _Bounder:
                 raise self.fail(n, NORMALISATION_HINT)
             if isinstance(sub, (nn.MultiheadAttention, nn.Softmax, nn.LogSoftmax)):
                 raise self.fail(n, ATTENTION_HINT)
+            if isinstance(sub, fx.GraphModule) and not _has_rule_class(sub):
+                # a graph (torch.export's .module()) called with further inputs: bounded in its first
+                # input, the others held at their values here (they do not depend on x: checked above)
+                self.ctx._forward_inputs[id(sub)] = (tuple(self.const(n, a) for a in n.args[1:]),
+                                                     {kk: self.const(n, v) for kk, v in n.kwargs.items()})
             try:
                 val, _ = self.ctx.bound(sub, self.shape(first)[1:], str(n.target))
             except UnsupportedModuleError as e:
@@ -579,6 +764,22 @@ class _Bounder:
             return _times(val, self.L[first])
 
         # metadata-like x-dependent nodes were classified out of ``dep``; everything below reads values
+        if _is_aten(k):
+            if k not in _A_KNOWN:
+                if k in _A_NORM:
+                    raise self.fail(n, NORMALISATION_HINT)
+                if k in _A_ATTENTION:
+                    raise self.fail(n, ATTENTION_HINT)
+                if k in _A_SOFTPLUS:
+                    try:
+                        _activation_constant_of(k, n, lambda i, name, d=None: self.arg(n, i, name, d))
+                    except UnsupportedModuleError as e:
+                        raise self.fail(n, str(e)) from None
+                raise self.fail(n, "no traced Lipschitz rule for this aten op (torch.export); rewrite the network with "
+                                   "supported ops or put it in a module with a registered rule")
+            special = self._bound_aten(n, k, deps, first, out_shape)
+            if special is not None:
+                return special
         if k in _ADD or k in _SUB:
             alpha = self.arg(n, 2, "alpha", 1) if k not in (operator.add, operator.sub, operator.iadd,
                                                               operator.isub) else 1
@@ -594,6 +795,9 @@ class _Bounder:
             if set(deps) - seen:
                 raise self.fail(n, "x enters through an unsupported argument")
             return sum_bound(*terms)
+        if k in _A_MUL and self._is_silu(n):  # x * sigmoid(x): how run_decompositions() writes silu
+            self.row(n, "silu (mul of x and sigmoid(x))", self._silu_constant())
+            return _times(self.L[n.args[0]], self._silu_constant())
         if k in _MUL or k in _DIV:
             a, b = n.args[0], n.args[1] if len(n.args) > 1 else n.kwargs.get("other")
             if k in _DIV and self.const(n, n.kwargs.get("rounding_mode")) is not None:
@@ -632,6 +836,9 @@ class _Bounder:
         if k is operator.getitem:
             self._single(n, deps)
             if self.kinds.get(first) == "seq":
+                if isinstance(first, fx.Node) and first.target in _A_FIRST_ONLY and n.args[1] != 0:
+                    raise self.fail(n, f"output {n.args[1]!r} of {first.target} (indices or batch statistics) is "
+                                       "not a Lipschitz function of x")
                 return self.L[first]
             idx = n.args[1]
             items = idx if isinstance(idx, tuple) else (idx,)
@@ -665,7 +872,7 @@ class _Bounder:
         if act is not None:
             self._single(n, deps)
             if k in (torch.clamp, torch.clip, _m("clamp"), _m("clip"), _m("clamp_"), _m("clip_"), torch.clamp_min,
-                     torch.clamp_max, _m("clamp_min"), _m("clamp_max")):
+                     torch.clamp_max, _m("clamp_min"), _m("clamp_max")) or _is_aten(k):
                 for a in list(n.args[1:]) + list(n.kwargs.values()):
                     if isinstance(a, fx.Node) and a in self.dep:
                         raise self.fail(n, "clamp bounds that depend on x")
@@ -712,14 +919,168 @@ class _Bounder:
         raise self.fail(n, "no traced Lipschitz rule for this op; rewrite it with supported ops or put it in a "
                            "module with a registered rule (injcert.theory.lipschitz.register_lipschitz_rule)")
 
+    def _bound_aten(self, n: fx.Node, k: Any, deps: list, first: Any, out_shape: Any) -> Optional[float]:
+        """The aten ops whose arguments differ from their torch-level function's (proofs/05, item 20);
+        ``None`` for the others, which the torch-level tables bound (they read the same positions)."""
+        if k in _A_CAST:
+            dt = self.arg(n, 1, "dtype", None) if k is not torch.ops.aten._to_copy.default else n.kwargs.get("dtype")
+            if isinstance(dt, Tensor):  # type_as / to.other: the other tensor's dtype
+                dt = dt.dtype
+            if isinstance(dt, torch.dtype) and not dt.is_floating_point:
+                raise self.fail(n, f"cast to {dt}: only casts between real floating dtypes are the identity map")
+            return None
+        if k in _A_RSUB:  # other - alpha * self
+            self._single(n, deps)
+            return _times(self.L[first], self.factor(n, self.arg(n, 2, "alpha", 1)),
+                          _sqrt_up(_broadcast_copies(self.shape(first), out_shape)))
+        if k in _A_LINEAR or k in _A_CONV2D or k in _A_CONVT2D:
+            self._single(n, deps)
+            fn = F.linear if k in _A_LINEAR else F.conv2d if k in _A_CONV2D else F.conv_transpose2d
+            return _times(self.L[first], self._weighted(n, fn, first))
+        if k in _A_CONVOLUTION:  # (input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+            self._single(n, deps)
+            w = self._weight(n, n.args[1])
+            if w.dim() != 4:
+                raise self.fail(n, f"convolution with a {w.dim()}-D weight has no rule (2-D convolutions only)")
+            groups = int(self.arg(n, 8, "groups", 1))
+            stride, padding, dilation = self.arg(n, 3, "stride"), self.arg(n, 4, "padding"), self.arg(n, 5, "dilation")
+            if self.arg(n, 6, "transposed", False):
+                layer: nn.Module = nn.ConvTranspose2d(
+                    w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]), stride=stride, padding=padding,
+                    output_padding=self.arg(n, 7, "output_padding", 0), groups=groups, bias=False, dilation=dilation,
+                    dtype=torch.float64)
+            else:
+                if any(int(p) for p in _flatten(self.arg(n, 7, "output_padding", 0))):
+                    raise self.fail(n, "output_padding of a forward convolution")
+                layer = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=stride, padding=padding,
+                                  dilation=dilation, groups=groups, bias=False, dtype=torch.float64)
+            with torch.no_grad():
+                layer.weight.copy_(w)
+            return _times(self.L[first], self.layer_bound(n, layer, first, op_norm=True))
+        if k in _A_ADDMM:  # beta * bias + alpha * (mat1 @ mat2)
+            bias = n.args[0]
+            if isinstance(bias, fx.Node) and bias in self.dep:
+                raise self.fail(n, "x in the bias of addmm")
+            mm = self._matmul(n, deps, n.args[1], n.args[2])
+            return _times(mm, self.factor(n, self.arg(n, 4, "alpha", 1)))
+        if k in _A_BMM:
+            return self._bmm(n, deps)
+        if k in _A_PAD or k in _A_PAD_MODE:
+            self._single(n, deps)
+            if k in _A_PAD_MODE:
+                mode = _A_PAD_MODE[k]
+            elif k is torch.ops.aten.constant_pad_nd.default:
+                mode = "constant"
+            else:
+                mode = self.arg(n, 2, "mode", "constant")
+            return _times(self.L[first], self._pad(n, first, tuple(self.arg(n, 1, "pad")), mode))
+        if k in _A_UPSAMPLE:
+            self._single(n, deps)
+            size = self.arg(n, 1, "output_size")
+            if k is torch.ops.aten.upsample_nearest2d.vec:
+                scales = self.arg(n, 2, "scale_factors")
+            else:
+                sh, sw = self.arg(n, 2, "scales_h"), self.arg(n, 3, "scales_w")
+                scales = None if sh is None and sw is None else (sh, sw)
+                if (sh is None) != (sw is None):
+                    raise self.fail(n, "upsample_nearest2d with one scale given: no rule")
+            if scales is not None:
+                up = nn.Upsample(scale_factor=tuple(float(v) for v in scales), mode="nearest")
+            else:
+                up = nn.Upsample(size=tuple(int(v) for v in size), mode="nearest")
+            val, shape = self.ctx.bound(up, self.shape(first)[1:], ".".join(
+                p for p in (self._local_path(n), n.name) if p))
+            if tuple(shape) != tuple(self.shape(n)[1:]):
+                raise self.fail(n, f"upsampling to {tuple(self.shape(n)[1:])} is not nn.Upsample's {tuple(shape)}")
+            return _times(self.L[first], val)
+        if k in _A_AVGPOOL:
+            self._single(n, deps)
+            pool = nn.AvgPool2d(self.arg(n, 1, "kernel_size"), self.arg(n, 2, "stride") or None,
+                                self.arg(n, 3, "padding", 0), self.arg(n, 4, "ceil_mode", False),
+                                self.arg(n, 5, "count_include_pad", True), self.arg(n, 6, "divisor_override"))
+            return _times(self.L[first], self.layer_bound(n, pool, first, op_norm=False))
+        if k in _A_MAXPOOL or k in _A_MAXPOOL_IDX:
+            self._single(n, deps)
+            pool = nn.MaxPool2d(self.arg(n, 1, "kernel_size"), self.arg(n, 2, "stride") or None,
+                                self.arg(n, 3, "padding", 0), self.arg(n, 4, "dilation", 1),
+                                ceil_mode=self.arg(n, 5, "ceil_mode", False))
+            return _times(self.L[first], self.layer_bound(n, pool, first, op_norm=False))
+        if k in _A_BATCHNORM:
+            return _times(self.L[first], self._batch_norm(n, k, deps, first))
+        return None
+
+    def _is_silu(self, n: fx.Node) -> bool:
+        """``mul(a, sigmoid(a))`` (either order) with the same node ``a``: silu(a)."""
+        if len(n.args) != 2 or n.kwargs:
+            return False
+        a, b = n.args
+        for u, v in ((a, b), (b, a)):
+            if isinstance(v, fx.Node) and v.op == "call_function" and v.target in _A_SIGMOID and v.args[:1] == (u,) \
+                    and isinstance(u, fx.Node) and u in self.dep and len(v.args) == 1 and not v.kwargs:
+                return True
+        return False
+
+    @staticmethod
+    def _silu_constant() -> float:
+        from injcert.theory.lipschitz import SILU_LIPSCHITZ
+
+        return SILU_LIPSCHITZ
+
+    def _batch_norm(self, n: fx.Node, k: Any, deps: list, first: Any) -> float:
+        """Batch norm in eval: ``(x - mean) / sqrt(var + eps) * w + b`` per channel, the running statistics
+        constants: the ``nn.BatchNorm`` rule on a layer holding them."""
+        self._single(n, deps)
+        eps_at, training_at = _A_BATCHNORM[k]
+        if training_at is not None and self.arg(n, training_at, "training", False):
+            raise self.fail(n, NORMALISATION_HINT)
+        w, b, mean, var = (self.const(n, a) for a in n.args[1:5])
+        if mean is None or var is None:
+            raise self.fail(n, NORMALISATION_HINT)
+        if any(isinstance(a, fx.Node) and (a in self.rand or (self.ctx.size_independent and a in self.shp))
+               for a in n.args[1:5]):
+            raise self.fail(n, "batch-norm statistics that are random or computed from the input's size")
+        shape = self.shape(first)
+        cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(len(shape))
+        if cls is None:
+            raise self.fail(n, f"batch norm of a {len(shape)}-D input")
+        layer = cls(int(shape[1]), eps=float(self.arg(n, eps_at, "eps")), affine=w is not None or b is not None,
+                    dtype=var.dtype)
+        with torch.no_grad():
+            layer.running_mean.copy_(mean)
+            layer.running_var.copy_(var)
+            if layer.affine:
+                layer.weight.copy_(w if w is not None else torch.ones_like(var))
+                layer.bias.copy_(b if b is not None else torch.zeros_like(var))
+        return self.layer_bound(n, layer.eval(), first, op_norm=False)
+
+    def _bmm(self, n: fx.Node, deps: list) -> float:
+        """``bmm(A, B)`` with one operand x-independent: block diagonal, norm = max over the distinct blocks."""
+        a, b = n.args[0], n.args[1]
+        a_dep, b_dep = a in self.dep, b in self.dep
+        if a_dep and b_dep:
+            raise self.fail(n, "matrix product of two x-dependent tensors (as in attention scores): " + ATTENTION_HINT)
+        src, w = (a, self._weight(n, b)) if a_dep else (b, self._weight(n, a))
+        if w.dim() != 3:
+            raise self.fail(n, "bmm with a constant needs a 3-D constant")
+        vals = []
+        for block in torch.unique(w, dim=0):
+            mat = block.T if a_dep else block
+            layer = nn.Linear(mat.shape[1], mat.shape[0], bias=False, dtype=torch.float64)
+            with torch.no_grad():
+                layer.weight.copy_(mat)
+            vals.append(self.ctx.op_norm(layer, (mat.shape[1],)))
+        val = max(vals) if vals else 0.0
+        self.row(n, _op_name(n, self.gm), val)
+        return _times(self.L[src], val)
+
     def _single(self, n: fx.Node, deps: list) -> None:
         first = n.args[0] if n.args else None
         if not (isinstance(first, fx.Node) and first in self.dep) or len(deps) != 1:
             raise self.fail(n, "x may enter this op only through its first argument")
 
-    def _pad(self, n: fx.Node, src: fx.Node) -> float:
-        pad = tuple(int(p) for p in self.arg(n, 1, "pad"))
-        mode = self.arg(n, 2, "mode", "constant")
+    def _pad(self, n: fx.Node, src: fx.Node, pad: Optional[tuple] = None, mode: Optional[str] = None) -> float:
+        pad = tuple(int(p) for p in (self.arg(n, 1, "pad") if pad is None else pad))
+        mode = self.arg(n, 2, "mode", "constant") if mode is None else mode
         if mode == "constant":
             return 1.0  # a coordinate embedding (negative pads: a projection); the fill value is a constant
         if mode not in ("reflect", "replicate", "circular"):
@@ -778,8 +1139,9 @@ class _Bounder:
             layer.weight.copy_(w)
         return self.layer_bound(n, layer, src, op_norm=True)
 
-    def _matmul(self, n: fx.Node, deps: list) -> float:
-        a, b = n.args[0], n.args[1]
+    def _matmul(self, n: fx.Node, deps: list, a: Any = None, b: Any = None) -> float:
+        if a is None and b is None:
+            a, b = n.args[0], n.args[1]
         a_dep = isinstance(a, fx.Node) and a in self.dep
         b_dep = isinstance(b, fx.Node) and b in self.dep
         if len(deps) != 1 and not (a_dep and b_dep):
