@@ -21,6 +21,7 @@ from injcert.theory.spectral import conv_size_independent_bound as conv_size_ind
 from injcert.theory.spectral import gram_iteration_bound as gram_iteration_bound
 from injcert.theory.spectral import operator_norm_bound as operator_norm_bound
 from injcert.theory.spectral import operator_norm_interval as operator_norm_interval
+from injcert.theory import traced as _traced  # noqa: F401  (installs the traced fallback rule)
 
 __all__ = [
     "ROUNDING_SLACK",

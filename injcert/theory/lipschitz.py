@@ -1,8 +1,9 @@
 r"""Certified compositional Lipschitz bounds and sound empirical lower bounds (Theorem 5).
 
-Long because it is the one home of Theorem 5: the rule registry, every rule for a PyTorch layer and
-the sound lower bounds (proofs/05); splitting the rules from their registry would give the theorem
-two homes.
+Long because it is the one home of Theorem 5: every rule for a PyTorch layer and the sound lower
+bounds (proofs/05). The registry itself and the activation constants live one level down, in
+:mod:`injcert.theory._rules` (shared with :mod:`injcert.theory.traced`, which installs its traced rule
+there as the fallback); every name is re-exported here.
 
 ``lipschitz_bound(module, input_shape)`` walks a module tree through a registry of rules,
 one per module type (looked up along the type's MRO; a subclass inherits its parent's rule only
@@ -34,10 +35,31 @@ import torch
 from torch import Tensor, nn
 
 from injcert.errors import ArgumentError, ArgumentTypeError, UnsupportedModuleError
+from injcert.theory._rules import (  # the registry and the activation constants (re-exported)
+    GELU_LIPSCHITZ,
+    GELU_TANH_LIPSCHITZ,
+    SILU_LIPSCHITZ,
+    _C_TANH,
+    _GELU_TANH_ARGMAX,
+    _RULES,
+    _SILU_ARGMAX,
+    _SOFTPLUS_REASON,
+    Rule,
+    _bisect,
+    _find_rule,
+    _gelu_d1,
+    _gelu_tanh_d1,
+    _gelu_tanh_d2,
+    _has_rule_class,
+    _rule_or_trace,
+    _sig,
+    _silu_d1,
+    get_lipschitz_rule,
+    register_lipschitz_rule,
+)
 from injcert.theory.rounding import fraction_up
 from injcert.theory.spectral import (
     _reject_forward_hooks,
-    _require_inherited_forward,
     certify_float,
     operator_norm_bound,
     real_float64,
@@ -174,90 +196,8 @@ def product_bound(*lips: float) -> float:
 
 
 # ----------------------------------------------------------------------------- registry
-
-Rule = Callable[[nn.Module, tuple, "BoundContext"], "tuple[float, tuple]"]
-_RULES: dict[type, Rule] = {}
-
-
-def register_lipschitz_rule(*module_types: type) -> Callable[[Rule], Rule]:
-    """Decorator registering ``rule(module, input_shape, ctx) -> (bound, output_shape)``.
-
-    Shapes exclude the batch dimension. Subclasses of a registered type inherit its rule
-    unless they register their own — but only if they do not change its forward path (see
-    :func:`get_lipschitz_rule`; otherwise they compute something else and must register a rule). A rule must return a value rounded
-    **up** (use :func:`certify_float`, :func:`product_bound`, :func:`sum_bound`, ...).
-
-    Raises:
-        TypeError: if no type or a non-``nn.Module`` type is given.
-    """
-    if not module_types:
-        raise ArgumentTypeError("register_lipschitz_rule needs at least one module type")
-    for t in module_types:
-        if not (isinstance(t, type) and issubclass(t, nn.Module)):
-            raise ArgumentTypeError(f"register_lipschitz_rule expects nn.Module subclasses, got {t!r} of type {type(t).__name__}")
-
-    def deco(rule: Rule) -> Rule:
-        for t in module_types:
-            _RULES[t] = rule
-        return rule
-
-    return deco
-
-
-def get_lipschitz_rule(module: nn.Module) -> Rule:
-    """The rule for ``module``'s type, looked up along its MRO.
-
-    A rule registered for a proper base class ``C`` of ``type(module)`` is used only if the
-    subclass inherits ``C``'s forward path unchanged: for PyTorch's leaf layers ``forward``,
-    ``_conv_forward``, ``__call__`` (and the call wrappers); for containers such as
-    ``nn.Sequential`` and for classes outside PyTorch, *any* redefinition of an attribute of ``C``
-    or of a private name (``__iter__``, ``__len__``, ``__getitem__``, a ``_modules`` property, …)
-    except construction/copy/printing (see :func:`injcert.theory.spectral._require_inherited_forward`).
-    A forward-path method replaced on the instance is refused as well. (Classes created by
-    :mod:`torch.nn.utils.parametrize` only add properties and copy hooks, so they keep their
-    base's rule.)
-
-    Raises:
-        UnsupportedModuleError: naming the type, if no class in the MRO has a rule, or if the
-            module does not compute ``C``'s map as above.
-    """
-    rule = _find_rule(module)
-    if rule is not None:
-        return rule
-    raise UnsupportedModuleError(
-        f"no Lipschitz rule for module type {type(module).__name__} "
-        f"({type(module).__module__}.{type(module).__qualname__}); register one with "
-        "injcert.theory.lipschitz.register_lipschitz_rule"
-    )
-
-
-def _has_rule_class(module: nn.Module) -> bool:
-    """Whether a class in ``type(module).__mro__`` has a registered rule (it may still refuse the module)."""
-    return any(cls in _RULES for cls in type(module).__mro__)
-
-
-def _find_rule(module: nn.Module) -> Optional[Rule]:
-    """The rule along the MRO (checked as in :func:`get_lipschitz_rule`), or ``None`` if no class has one."""
-    for cls in type(module).__mro__:
-        if cls in _RULES:
-            _require_inherited_forward(module, cls)
-            return _RULES[cls]
-    return None
-
-
-def _rule_or_trace(module: nn.Module) -> Rule:
-    """The registered rule; for a class outside PyTorch without one, the traced rule (proofs/05, item 12)."""
-    rule = _find_rule(module)
-    if rule is not None:
-        return rule
-    from injcert.theory.traced import traced_rule
-
-    if isinstance(module, torch.fx.GraphModule):
-        return traced_rule  # a graph (e.g. a torch.export program's .module()): bounded op by op
-    if (type(module).__module__ or "").startswith("torch."):
-        return get_lipschitz_rule(module)  # raises: PyTorch's own modules without a rule are refused by name
-
-    return traced_rule
+# The registry (``Rule``, ``register_lipschitz_rule``, ``get_lipschitz_rule``, the lookup along the MRO
+# and the traced fallback) lives in :mod:`injcert.theory._rules`, below the tracer; imported above.
 
 
 class BoundContext:
@@ -456,77 +396,8 @@ def _unsupported_rule(module: nn.Module, shape: tuple, ctx: BoundContext) -> tup
 
 
 # ----------------------------------------------------------------------------- rules: activations
-
-
-def _bisect(fn: Callable[[float], float], lo: float, hi: float) -> float:
-    flo = fn(lo)
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        fm = fn(mid)
-        if (fm > 0) == (flo > 0):
-            lo, flo = mid, fm
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-def _sig(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-def _silu_d1(x: float) -> float:
-    s = _sig(x)
-    return s * (1.0 + x * (1.0 - s))
-
-
-def _gelu_d1(x: float) -> float:
-    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0))) + x * math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-
-
-_C_TANH = math.sqrt(2.0 / math.pi)
-
-
-def _gelu_tanh_d1(x: float) -> float:
-    u = _C_TANH * (x + 0.044715 * x**3)
-    t = math.tanh(u)
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _C_TANH * (1.0 + 3 * 0.044715 * x * x)
-
-
-def _gelu_tanh_d2(x: float) -> float:
-    # derivative of _gelu_tanh_d1, written out (checked against finite differences in tests)
-    c, a = _C_TANH, 0.044715
-    u = c * (x + a * x**3)
-    du = c * (1.0 + 3 * a * x * x)
-    d2u = c * 6 * a * x
-    t = math.tanh(u)
-    sech2 = 1.0 - t * t
-    return sech2 * du + 0.5 * x * (-2.0 * t * sech2 * du * du + sech2 * d2u)
-
-
-# Maximisers: SiLU'' = 0  <=>  x tanh(x/2) = 2;  GELU'' = phi(x)(2 - x^2) = 0  <=>  x = sqrt(2).
-_SILU_ARGMAX = _bisect(lambda x: x * math.tanh(0.5 * x) - 2.0, 2.0, 3.0)
-_GELU_TANH_ARGMAX = _bisect(_gelu_tanh_d2, 1.0, 2.0)
-#: Certified sup ``|SiLU'|`` (≈ 1.0998), the value at the root of SiLU'' rounded up (proofs/05).
-SILU_LIPSCHITZ: float = _silu_d1(_SILU_ARGMAX) * (1.0 + 1e-12)
-#: Certified sup ``|GELU'|`` = Φ(√2) + √2 φ(√2) (≈ 1.1289), rounded up (proofs/05).
-GELU_LIPSCHITZ: float = _gelu_d1(math.sqrt(2.0)) * (1.0 + 1e-12)
-#: Certified sup ``|GELU'|`` for ``approximate="tanh"`` (≈ 1.12899), rounded up (interval-arithmetic
-#: proof in proofs/05).
-GELU_TANH_LIPSCHITZ: float = _gelu_tanh_d1(_GELU_TANH_ARGMAX) * (1.0 + 1e-12)
-
-
-#: Why ``nn.Softplus`` has no rule: PyTorch evaluates ``x`` (the identity) instead of
-#: ``log(1 + exp(beta x)) / beta`` where ``beta * x > threshold``; at ``x = threshold / beta`` the
-#: two differ by ``log(1 + exp(-threshold)) / beta`` (≈ 2e-9 at the defaults, ``log 2`` ≈ 0.69 for
-#: ``threshold=0``), a jump discontinuity, so the map PyTorch computes is not Lipschitz at all
-#: (the smooth softplus is 1-Lipschitz, but that is not what runs). See proofs/05.
-_SOFTPLUS_REASON = (
-    "nn.Softplus(beta={beta}, threshold={threshold}) is not Lipschitz as PyTorch evaluates it: it switches to "
-    "the identity where beta*x > threshold, a jump discontinuity of log(1 + exp(-threshold))/beta at "
-    "x = threshold/beta; no certified bound (use a continuous activation, e.g. ELU/SiLU/ReLU)"
-)
+# The constants (SILU_LIPSCHITZ, GELU_LIPSCHITZ, GELU_TANH_LIPSCHITZ, the Softplus refusal) live in
+# :mod:`injcert.theory._rules`, shared with the tracer; imported above.
 
 
 def activation_constant(module: nn.Module) -> float:

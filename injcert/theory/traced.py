@@ -39,6 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from injcert.errors import ArgumentError, UnsupportedModuleError
+from injcert.theory import _rules
+from injcert.theory import lipschitz as _lip
+from injcert.theory._rules import SILU_LIPSCHITZ, _has_rule_class, set_fallback_rule
+from injcert.theory.lipschitz import LayerBound, concat_bound, product_bound, sum_bound
 from injcert.theory.rounding import fraction_up
 
 __all__ = ["traced_rule", "traced_lipschitz_bound", "NORMALISATION_HINT", "ATTENTION_HINT"]
@@ -88,8 +92,6 @@ class _Tracer(fx.Tracer):
     record_stack_traces = True
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        from injcert.theory.lipschitz import _has_rule_class
-
         return _has_rule_class(m) or _is_torch_class(type(m))
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
@@ -366,8 +368,6 @@ def _is_guards_fn(module: nn.Module) -> bool:
 
 def _activation_constant_of(key: Any, node: fx.Node, arg) -> Optional[float]:
     """The registry's constant for a functional activation, or ``None`` if ``key`` is not one."""
-    from injcert.theory import lipschitz as lip
-
     if key in (F.relu, torch.relu, torch.relu_, F.relu_, _m("relu"), _m("relu_"), F.relu6, F.hardtanh,
                F.hardtanh_, torch.tanh, F.tanh, _m("tanh"), _m("tanh_"), torch.clamp, torch.clip, _m("clamp"),
                _m("clip"), _m("clamp_"), _m("clip_"), torch.abs, torch.absolute, _m("abs"), _m("abs_"), operator.abs,
@@ -378,7 +378,7 @@ def _activation_constant_of(key: Any, node: fx.Node, arg) -> Optional[float]:
     if key in (torch.sigmoid, F.sigmoid, _m("sigmoid"), _m("sigmoid_")) or key in _A_SIGMOID:
         return 0.25
     if key is F.silu or key in _A_SILU:
-        return lip.SILU_LIPSCHITZ
+        return _rules.SILU_LIPSCHITZ
     if key in _A_LEAKY:
         return max(1.0, abs(float(arg(1, "negative_slope", 0.01))))
     if key in _A_ELU:  # scale * (x if x > 0 else alpha * (exp(input_scale * x) - 1))
@@ -387,17 +387,17 @@ def _activation_constant_of(key: Any, node: fx.Node, arg) -> Optional[float]:
             raise UnsupportedModuleError(f"elu with input_scale={in_scale} < 0 is not Lipschitz")
         return _times(abs(scale), max(1.0, _times(abs(alpha), in_scale)))
     if key in _A_SOFTPLUS:
-        raise UnsupportedModuleError(lip._SOFTPLUS_REASON.format(beta=arg(1, "beta", 1.0),
+        raise UnsupportedModuleError(_rules._SOFTPLUS_REASON.format(beta=arg(1, "beta", 1.0),
                                                                  threshold=arg(2, "threshold", 20.0)))
     if key is F.gelu or key in _A_GELU:
         approx = arg(1, "approximate", "none")
-        return lip.GELU_TANH_LIPSCHITZ if approx == "tanh" else lip.GELU_LIPSCHITZ
+        return _rules.GELU_TANH_LIPSCHITZ if approx == "tanh" else _rules.GELU_LIPSCHITZ
     if key in (F.leaky_relu, F.leaky_relu_):
         return max(1.0, abs(float(arg(1, "negative_slope", 0.01))))
     if key in (F.elu, F.elu_):
         return max(1.0, abs(float(arg(1, "alpha", 1.0))))
     if key is F.softplus:
-        raise UnsupportedModuleError(lip._SOFTPLUS_REASON.format(beta=arg(1, "beta", 1.0),
+        raise UnsupportedModuleError(_rules._SOFTPLUS_REASON.format(beta=arg(1, "beta", 1.0),
                                                                  threshold=arg(2, "threshold", 20.0)))
     return None
 
@@ -464,9 +464,7 @@ def _module_path(node: fx.Node, prefix: str) -> str:
 
 
 def _sqrt_up(n: int) -> float:
-    from injcert.theory.lipschitz import _sqrt_up as up
-
-    return up(int(n))
+    return _lip._sqrt_up(int(n))
 
 
 def _inv_sqrt_up(n: int) -> float:
@@ -478,8 +476,6 @@ def _inv_sqrt_up(n: int) -> float:
 
 
 def _times(*factors: float) -> float:
-    from injcert.theory.lipschitz import product_bound
-
     return product_bound(*factors)
 
 
@@ -649,8 +645,6 @@ class _Bounder:
         return math.inf if math.isinf(1 / m) else fraction_up(1 / Fraction(m))
 
     def row(self, node: fx.Node, typ: str, value: float) -> None:
-        from injcert.theory.lipschitz import LayerBound
-
         name = ".".join(p for p in (self.prefix, self._local_path(node), node.name) if p)
         self.ctx.layers.append(LayerBound(name, typ, float(value)))
 
@@ -679,8 +673,6 @@ class _Bounder:
                     self.L[n] = 1.0
             elif n.op == "output":
                 outs = [a for a in _flatten(n.args[0]) if isinstance(a, fx.Node) and a in self.dep]
-                from injcert.theory.lipschitz import concat_bound
-
                 value = concat_bound(*(self.L[a] for a in outs)) if outs else 0.0
                 self._check_reproduces(self.inputs)
                 out = n.args[0]
@@ -736,8 +728,6 @@ class _Bounder:
         return [a for a in n.all_input_nodes if a in self.dep]
 
     def _bound(self, n: fx.Node) -> float:
-        from injcert.theory.lipschitz import _has_rule_class, concat_bound, sum_bound
-
         k = _key(n)
         deps = self._dep_args(n)
         out_shape = self.shapes.get(n)
@@ -1022,8 +1012,6 @@ class _Bounder:
 
     @staticmethod
     def _silu_constant() -> float:
-        from injcert.theory.lipschitz import SILU_LIPSCHITZ
-
         return SILU_LIPSCHITZ
 
     def _batch_norm(self, n: fx.Node, k: Any, deps: list, first: Any) -> float:
@@ -1212,16 +1200,17 @@ def traced_lipschitz_bound(module: nn.Module, input_shape: Sequence[int], *, arg
 
     Its submodules with rules keep them. Used to compare a hand rule with the traced graph.
     """
-    from injcert.theory import lipschitz as lip
-
-    ctx = lip.BoundContext(size_independent, t)
+    ctx = _lip.BoundContext(size_independent, t)
     shape = tuple(int(v) for v in input_shape)
     for sub_name, sub in module.named_modules():
-        lip._reject_forward_hooks_named(sub, sub_name)
-    lip._reject_complex(module)
+        _lip._reject_forward_hooks_named(sub, sub_name)
+    _lip._reject_complex(module)
     ctx._prefix.append("")
     try:
         value, _ = traced_rule(module, shape, ctx, tuple(args), dict(kwargs or {}))
     finally:
         ctx._prefix.pop()
-    return lip.LipschitzBound(float(value), list(ctx.layers), shape, bool(size_independent))
+    return _lip.LipschitzBound(float(value), list(ctx.layers), shape, bool(size_independent))
+
+
+set_fallback_rule(traced_rule)  # lipschitz_bound reaches the tracer through the registry's hook
