@@ -283,10 +283,10 @@ def test_planted_soundness_violation_is_caught(ortho_ckpt, tmp_path, capsys, mon
         lb = real(module, shape, size_independent=size_independent)
         return lipmod.LipschitzBound(lb.value * 0.5, lb.layers, lb.input_shape, lb.size_independent)
 
-    from injcert.certify import lipschitz as certify_lipschitz
+    from injcert.certify import bounds as certify_bounds
 
     monkeypatch.setattr(lipmod, "lipschitz_bound", too_small)
-    monkeypatch.setattr(certify_lipschitz, "lipschitz_bound", too_small)  # the name the certificate calls
+    monkeypatch.setattr(certify_bounds, "lipschitz_bound", too_small)  # the name the certificate calls
     out = tmp_path / "unsound.json"
     rc, stdout, _ = _run([ortho_ckpt, "--json", out, "--steps", "12", "--samples", "4"], capsys)
     assert rc == 1

@@ -27,7 +27,7 @@ from ..solvers import make_grid
 from ..solvers import unit_roundoff
 from ..theory.flow import LipschitzProfile, step_margins
 from ..theory.flow import steps_needed as _steps_needed
-from . import lipschitz
+from . import bounds
 from .numerics import (channels_of, euler_flow, float64_copy, frozen, heldout_patches, model_dtype, perturb,
                        random_conditions, round_trip)
 from .result import CertifyConfig, Property
@@ -141,8 +141,8 @@ class CertContext:
 
     @cached_property
     def lipschitz(self) -> tuple[Property, Any]:
-        """``(lipschitz_bound entry, L)`` from :func:`~injcert.certify.lipschitz.certified_lipschitz`."""
-        return lipschitz.certified_lipschitz(self.model, self.shape, self.info.get("lipschitz_budget"),
+        """``(lipschitz_bound entry, L)`` from :func:`~injcert.certify.bounds.certified_lipschitz`."""
+        return bounds.certified_lipschitz(self.model, self.shape, self.info.get("lipschitz_budget"),
                                              self.grid_t_all if self.pointwise else self.grid_t)
 
     @cached_property
@@ -193,7 +193,7 @@ class CertContext:
         """$L_{64}$, the certified bound of :attr:`model64` (``L`` if it has no rule)."""
         if self.pointwise:
             return float(self.L64_profile)
-        return lipschitz.float64_bound(self.model64_cpu, self.shape, float(self.L))
+        return bounds.float64_bound(self.model64_cpu, self.shape, float(self.L))
 
     @cached_property
     def L64_profile(self) -> Union[float, LipschitzProfile]:
@@ -201,7 +201,7 @@ class CertContext:
         if self.pointwise:
             m64, shape = self.model64_cpu, self.shape
             vals = [float(m64.certified_lipschitz_at(t, shape)) for t in self.grid_t_all]
-            return lipschitz.grid_profile(lambda t: m64.certified_lipschitz_at(t, shape), self.grid_t_all, vals)
+            return bounds.grid_profile(lambda t: m64.certified_lipschitz_at(t, shape), self.grid_t_all, vals)
         return LipschitzProfile(self.model64_cpu.certified_lipschitz_at, self.L64) if self.adaptive else self.L64
 
     @cached_property

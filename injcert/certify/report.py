@@ -4,8 +4,9 @@ JSON is :meth:`Certificate.to_json` (documented by ``injcert/certify/schema.json
 :func:`schema` and :func:`validate`). A soundness failure is announced by a banner at the top and
 the bottom of the table and of the Markdown.
 
-This module reads a certificate and imports nothing of the certificate at run time (the type is
-for annotations only): :class:`~injcert.certify.result.Certificate` calls these renderers.
+This module reads a certificate through the attributes it needs (:class:`CertificateView`, a
+Protocol that :class:`~injcert.certify.result.Certificate` satisfies) and imports nothing of the
+certificate: the import graph flows one way, ``result -> report``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,59 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Optional, Protocol, Sequence, Union
 
 from ..io import save_figure
 
-if TYPE_CHECKING:  # pragma: no cover - annotations only; result.py imports this module
-    from .result import Certificate
+__all__ = ["render_table", "render_markdown", "write_figures", "schema", "validate", "SCHEMA_PATH",
+           "CertificateView"]
 
-__all__ = ["render_table", "render_markdown", "write_figures", "schema", "validate", "SCHEMA_PATH"]
+
+class PropertyView(Protocol):
+    """What the renderers read of one entry (:class:`~injcert.certify.result.Property`)."""
+    name: str
+    status: str
+    kind: str
+    value: Optional[float]
+    bound: Optional[float]
+    theorem: str
+    summary: str
+    details: dict[str, Any]
+    soundness_failure: bool
+
+
+class ConfigView(Protocol):
+    """What the renderers read of the run's settings (:class:`~injcert.certify.result.CertifyConfig`)."""
+    steps: int
+    method: str
+    grid: str
+    samples: int
+    seed: int
+    patch_size: int
+
+
+class CertificateView(Protocol):
+    """What the renderers read of a certificate (:class:`~injcert.certify.result.Certificate`)."""
+    model: dict[str, Any]
+    timings: dict[str, float]
+    data: dict[str, Any]
+
+    @property
+    def properties(self) -> Sequence[PropertyView]: ...
+
+    @property
+    def config(self) -> ConfigView: ...
+
+    @property
+    def verdict(self) -> str: ...
+
+    @property
+    def failures(self) -> Sequence[PropertyView]: ...
+
+    @property
+    def soundness_failures(self) -> Sequence[PropertyView]: ...
+
+    def __getitem__(self, name: str) -> PropertyView: ...
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
@@ -57,7 +103,7 @@ def _num(v: Any) -> str:
     return f"{v:.3e}"
 
 
-def _banner(cert: "Certificate") -> list[str]:
+def _banner(cert: CertificateView) -> list[str]:
     bad = cert.soundness_failures
     if not bad:
         return []
@@ -70,7 +116,7 @@ def _banner(cert: "Certificate") -> list[str]:
     ]
 
 
-def _header(cert: "Certificate") -> list[str]:
+def _header(cert: CertificateView) -> list[str]:
     m, c = cert.model, cert.config
     arch = m.get("architecture") or m.get("class")
     src = m.get("path") or "<in-memory model>"
@@ -84,7 +130,7 @@ def _header(cert: "Certificate") -> list[str]:
     return lines
 
 
-def render_table(cert: "Certificate") -> str:
+def render_table(cert: CertificateView) -> str:
     """A readable plain-text table: one row per property, then each property's one-line summary."""
     rows = [(p.status, p.name, p.kind, _num(p.value), _num(p.bound), p.theorem) for p in cert.properties]
     head = ("status", "property", "kind", "value", "bound", "theorem")
@@ -132,7 +178,7 @@ def _proof_link(page: str, base: Union[str, os.PathLike[str], None]) -> str:
         return target.as_uri()
 
 
-def render_markdown(cert: "Certificate", base: Union[str, os.PathLike[str], None] = None) -> str:
+def render_markdown(cert: CertificateView, base: Union[str, os.PathLike[str], None] = None) -> str:
     """The report as Markdown: verdict, model, one table row per property citing its theorem page.
 
     ``base``: the folder the Markdown is written to; the links to the proof pages are made relative
@@ -155,7 +201,7 @@ def render_markdown(cert: "Certificate", base: Union[str, os.PathLike[str], None
     return "\n".join(lines)
 
 
-def _md_verdict(cert: "Certificate", base: Union[str, os.PathLike[str], None]) -> list[str]:
+def _md_verdict(cert: CertificateView, base: Union[str, os.PathLike[str], None]) -> list[str]:
     lines: list[str] = []
     bad = cert.soundness_failures
     lines.append(f"# injcert certificate: {cert.verdict}")
@@ -173,7 +219,7 @@ def _md_verdict(cert: "Certificate", base: Union[str, os.PathLike[str], None]) -
     return lines
 
 
-def _md_model(cert: "Certificate") -> list[str]:
+def _md_model(cert: CertificateView) -> list[str]:
     m, c = cert.model, cert.config
     lines = ["## Model", "", "| | |", "|---|---|"]
     for k in ("path", "sha256", "architecture", "class", "parameters", "dtype", "lipschitz_budget", "t_max",
@@ -186,7 +232,7 @@ def _md_model(cert: "Certificate") -> list[str]:
     return lines
 
 
-def _md_properties(cert: "Certificate", base: Union[str, os.PathLike[str], None]) -> list[str]:
+def _md_properties(cert: CertificateView, base: Union[str, os.PathLike[str], None]) -> list[str]:
     lines = ["## Properties", "", "| status | property | kind | value | bound | theorem | summary |",
              "|---|---|---|---|---|---|---|"]
     for p in cert.properties:
@@ -200,7 +246,7 @@ def _md_properties(cert: "Certificate", base: Union[str, os.PathLike[str], None]
     return lines
 
 
-def _md_stability(cert: "Certificate") -> list[str]:
+def _md_stability(cert: CertificateView) -> list[str]:
     """The stability constants of ``flow_bilipschitz`` (and the measured ratios), if it was evaluated."""
     try:
         flow = cert["flow_bilipschitz"].details
@@ -240,7 +286,7 @@ def _md_stability(cert: "Certificate") -> list[str]:
     return lines
 
 
-def write_figures(cert: "Certificate", folder: Union[str, os.PathLike[str]]) -> list[Path]:
+def write_figures(cert: CertificateView, folder: Union[str, os.PathLike[str]]) -> list[Path]:
     """Per-layer bounds, per-step margins, round-trip error vs steps and log-dets with intervals (PNG)."""
     import matplotlib  # heavy (seconds to import): only when figures are written
 
@@ -265,7 +311,7 @@ def write_figures(cert: "Certificate", folder: Union[str, os.PathLike[str]]) -> 
     return written
 
 
-def _fig_layers(plt: Any, cert: "Certificate", d: dict[str, Any]) -> Any:
+def _fig_layers(plt: Any, cert: CertificateView, d: dict[str, Any]) -> Any:
     layers = d.get("layers") or []
     if not layers:
         return None
@@ -281,7 +327,7 @@ def _fig_layers(plt: Any, cert: "Certificate", d: dict[str, Any]) -> Any:
     return fig
 
 
-def _fig_margins(plt: Any, cert: "Certificate", d: dict[str, Any]) -> Any:
+def _fig_margins(plt: Any, cert: CertificateView, d: dict[str, Any]) -> Any:
     if not d.get("margins"):
         return None
     # the same numbers and words as the table: "max h_k L_k = ... (step k)", L_k = alpha(s_k) L(t_k)
@@ -303,7 +349,7 @@ def _fig_margins(plt: Any, cert: "Certificate", d: dict[str, Any]) -> Any:
     return fig
 
 
-def _fig_round_trip(plt: Any, cert: "Certificate", d: dict[str, Any]) -> Any:
+def _fig_round_trip(plt: Any, cert: CertificateView, d: dict[str, Any]) -> Any:
     study = d.get("round_trip_study")
     if not study:
         return None
@@ -320,7 +366,7 @@ def _fig_round_trip(plt: Any, cert: "Certificate", d: dict[str, Any]) -> Any:
     return fig
 
 
-def _fig_logdet(plt: Any, cert: "Certificate", d: dict[str, Any]) -> Any:
+def _fig_logdet(plt: Any, cert: CertificateView, d: dict[str, Any]) -> Any:
     if not d.get("logdet_exact"):
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
