@@ -28,7 +28,7 @@ from .io import load_checkpoint
 from .metrics import background_preservation, psnr, region_mse, region_psnr, seam_energy, ssim
 from .model.unet import CondUNet
 from .solvers import Dopri5, get_solver, make_grid, probability_flow_field
-from .tasks.classical import classical_estimate
+from .data.classical import classical_estimate
 from .tasks.edit import EDIT_STARTS, edit_full, make_target
 from .tasks.reconstruct import reconstruct_full
 

@@ -47,7 +47,8 @@ from ..data.corruptions import make_corruption  # noqa: F401  (benchmarks/deblur
 from ..data.images import HELDOUT_IMAGES
 from ..errors import ConfigError
 from ..io import atomic_write, save_figure
-from ..model.analytic import AnalyticMixtureScore, flow_map
+from ..model.analytic import AnalyticMixtureScore
+from ..solvers import flow_map
 from .commands import add_model_argument, add_quiet_argument
 
 __all__ = [

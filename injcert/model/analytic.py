@@ -1,7 +1,8 @@
 r"""An analytic-score problem: a per-pixel Gaussian mixture with a closed-form $\varepsilon$.
 
 The exact-score reference of ``bench`` (:mod:`injcert.cli.compare`), the benchmarks and the tests;
-re-exported by :mod:`injcert.testing` for users' CI.
+re-exported by :mod:`injcert.testing` for users' CI. Its reference flow map :func:`flow_map` lives in
+:mod:`injcert.solvers` (it integrates the flow); ``injcert.model.analytic.flow_map`` still resolves to it.
 
 Data: every pixel is drawn independently from $p_0 = \sum_k w_k\,\mathcal N(\mu_k, s^2)$ (one
 common standard deviation $s$). Under the VP forward process $x_t = \alpha_t x_0 + \sigma_t\varepsilon$,
@@ -41,7 +42,6 @@ from torch import Tensor, nn
 
 from ..errors import ArgumentError
 from .schedule import VPSchedule, get_schedule
-from ..solvers import probability_flow_field
 
 __all__ = ["AnalyticMixtureScore", "flow_map"]
 
@@ -115,23 +115,10 @@ class AnalyticMixtureScore(nn.Module):
         return (self.means[k].reshape(size) + self.std * z).to(dtype)
 
 
-def flow_map(model: nn.Module, x: Tensor, t_from: float, t_to: float, *, rtol: float = 1e-10,
-             atol: float = 1e-10) -> Tensor:
-    r"""The probability-flow map from time ``t_from`` to ``t_to`` in x-space, by torchdiffeq dopri5.
+def __getattr__(name: str):
+    """``flow_map``, moved to :mod:`injcert.solvers` (it integrates the flow), from its old path."""
+    if name == "flow_map":
+        from ..solvers import flow_map  # layout: lazy (the old path of a name that moved up to solvers)
 
-    Integrates $d\bar x/d\varsigma = \varepsilon(\alpha\bar x, t(\varsigma))$ in float64 at tight
-    tolerances: the reference solution for convergence tests and benchmarks.
-    """
-    from torchdiffeq import odeint
-
-
-    field = probability_flow_field(model)
-    sched = field.schedule
-    s0 = float(sched.varsigma(float(t_from)))
-    s1 = float(sched.varsigma(float(t_to)))
-    a0 = float(sched.alpha_of_varsigma(s0))
-    a1 = float(sched.alpha_of_varsigma(s1))
-    xbar = x.to(torch.float64) / a0
-    ts = torch.tensor([s0, s1], dtype=torch.float64)
-    out = odeint(lambda s, z: field(s, z, None), xbar, ts, rtol=rtol, atol=atol, method="dopri5")[-1]
-    return (out * a1).to(x.dtype)
+        return flow_map
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -154,7 +154,7 @@ def draw_training_batch(
             return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m, "delta": delta,
                     "refine": sel.to(x0.device)}
         if bool(sel.any()):
-            from ..tasks.classical import classical_estimate  # the model layer needs it only here
+            from ..data.classical import classical_estimate
 
             idx = sel.nonzero().flatten().to(x0.device)
             _, est = classical_estimate(y[idx] * m[idx, :1], m[idx], "inpaint_biharmonic")

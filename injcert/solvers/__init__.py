@@ -26,6 +26,7 @@ from ._ddim import DDIM as DDIM
 from ._ddim import euler_step as euler_step
 from ._fixed_point import FixedPoint as FixedPoint
 from ._dopri5 import Dopri5 as Dopri5
+from ._dopri5 import flow_map as flow_map
 from ._field import Field as Field
 from ._field import ProbabilityFlowField as ProbabilityFlowField
 from ._field import probability_flow_field as probability_flow_field
@@ -43,5 +44,5 @@ __all__ = [
     "integrate", "DIRECTIONS", "Reset", "Grid", "euler_step",
     "SOLVERS", "Solver", "SolverState", "get_solver", "DDIM", "Dopri5", "Field", "ProbabilityFlowField",
     "probability_flow_field", "unit_roundoff", "GRIDS", "make_grid", "DEFAULT_FRAC_BITS", "dequantize", "quantize",
-    "Leapfrog", "ReversibleHeun", "FixedPoint",
+    "Leapfrog", "ReversibleHeun", "FixedPoint", "flow_map",
 ]

@@ -41,7 +41,7 @@ from torch import Tensor
 from ..data.corruptions import expand_map
 from ..errors import ArgumentError
 from ..solvers import DEFAULT_FRAC_BITS, GRIDS
-from .classical import classical_estimate
+from ..data.classical import classical_estimate
 from .guided import guided_decode
 
 __all__ = ["EDIT_OPERATIONS", "EDIT_STARTS", "EditResult", "edit", "edit_full", "make_target"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from injcert.model.analytic import AnalyticMixtureScore as AnalyticMixtureScore
-from injcert.model.analytic import flow_map as flow_map
+from injcert.solvers import flow_map as flow_map
 from .assertions import assert_bound_sound as assert_bound_sound
 from .assertions import assert_certified as assert_certified
 from .assertions import assert_round_trip_exact as assert_round_trip_exact
