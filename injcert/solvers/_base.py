@@ -38,10 +38,12 @@ class SolverState:
         scale: the lattice holds ``scale * xbar``; $\alpha(\varsigma)$ of the state's end of the grid
             (exactly 1 at $\varsigma = 0$, so data in and out is unscaled).
         nfe: network evaluations spent by the call that produced this state.
-        error_bounds: per-step certified error bounds (``fixed_point`` decode only), in grid order.
-        error_bound: certified bound on the whole decode's distance to the exact inverse of the
-            encode map, propagated through the steps (``fixed_point`` decode only; exact arithmetic
-            for the field, i.e. up to the rounding of the field evaluations).
+        own: the solver's own small state (its ``State`` dataclass, e.g. reversible Heun's drift,
+            ``fixed_point``'s per-step bounds), opaque to the driver: :func:`integrate` starts every
+            run with ``None`` and keeps of it only what :meth:`Solver.rest` says outlives a step.
+
+    The solver-specific results are read through properties of :attr:`own`: :attr:`error_bounds`,
+    :attr:`error_bound` and :attr:`margins` (``fixed_point`` decode), :attr:`carry`.
     """
 
     x: Tensor
@@ -51,14 +53,31 @@ class SolverState:
     frac_bits: Optional[int] = None
     scale: float = 1.0
     nfe: int = 0
-    error_bounds: List[float] = dc_field(default_factory=list)
-    error_bound: Optional[float] = None
-    #: the certified margins $q_n = h_nL_n$ of those steps, in the same order (``fixed_point`` decode only).
-    margins: List[float] = dc_field(default_factory=list)
-    #: a value a scheme carries from one step to the next within one run (reversible Heun's drift at
-    #: ``aux``); the driver clears it before and after every run, so it never outlives the state it
-    #: was computed from.
-    carry: Optional[Tensor] = dc_field(default=None, repr=False)
+    own: Any = dc_field(default=None, repr=False)
+
+    @property
+    def error_bounds(self) -> List[float]:
+        """Per-step certified error bounds (``fixed_point`` decode only), in grid order."""
+        return list(getattr(self.own, "error_bounds", ()))
+
+    @property
+    def error_bound(self) -> Optional[float]:
+        """Certified bound on the whole decode's distance to the exact inverse of the encode map,
+        propagated through the steps (``fixed_point`` decode only; exact arithmetic for the field,
+        i.e. up to the rounding of the field evaluations)."""
+        return getattr(self.own, "error_bound", None)
+
+    @property
+    def margins(self) -> List[float]:
+        """The certified margins $q_n = h_nL_n$ of those steps, in the same order (``fixed_point`` decode only)."""
+        return list(getattr(self.own, "margins", ()))
+
+    @property
+    def carry(self) -> Optional[Tensor]:
+        """The value a scheme carries from one step to the next within one run (reversible Heun's
+        drift at ``aux``, ``fixed_point``'s last drift); ``None`` outside a run: it never outlives
+        the state it was computed from."""
+        return getattr(self.own, "carry", None)
 
     @property
     def is_lattice(self) -> bool:
@@ -165,9 +184,14 @@ class Solver(ABC):
         """From grid point ``n + 1`` to ``n``."""
 
     def finish(self, state: SolverState, plan: Any, direction: str) -> SolverState:
-        """The state after the last step of a run in ``direction`` (default: as is); ``state.carry``
-        is still that of the last step (the driver clears it afterwards)."""
+        """The state after the last step of a run in ``direction`` (default: as is); ``state.own``
+        is still that of the last step (the driver applies :meth:`rest` afterwards)."""
         return state
+
+    def rest(self, own: Any) -> Any:
+        """What of the solver's own state outlives a step (the states ``keep`` records, the state a
+        run returns): default nothing (a step-to-step value must not outlive its run)."""
+        return None
 
     def encode(self, field: Field, x0: Union[Tensor, SolverState], grid: Any, c: Cond = None,
                *, progress: bool = False) -> SolverState:
@@ -253,7 +277,7 @@ def integrate(solver: Union[str, Solver], field: Field, grid: Any, state: Union[
         state = solver.initial_state(state) if encode else solver.noise_state(counter, state, grid, cond)
     plan = solver.prepare(g)
     solver.check_state(state, plan, g[0] if encode else g[-1])
-    state = dataclasses.replace(state, carry=None, nfe=0, error_bounds=[], error_bound=None, margins=[])
+    state = dataclasses.replace(state, own=None, nfe=0)
     if keep is not None:
         keep.append(state)
     n = solver.n_steps(plan, g)
@@ -262,7 +286,8 @@ def integrate(solver: Union[str, Solver], field: Field, grid: Any, state: Union[
     for k in _progress(order, progress, direction):
         state = move(counter, plan, k, state, cond, reset)
         if keep is not None:
-            keep.append(dataclasses.replace(state, carry=None))
-    state = dataclasses.replace(solver.finish(state, plan, direction), carry=None)
+            keep.append(dataclasses.replace(state, own=solver.rest(state.own)))
+    state = solver.finish(state, plan, direction)
+    state = dataclasses.replace(state, own=solver.rest(state.own))
     state.nfe = counter.count
     return state

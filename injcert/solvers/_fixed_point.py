@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
 
 import torch
+from torch import Tensor
 
 from ..errors import ArgumentError, NonConvergenceError
 from ..theory.flow import fixed_point_error_bound, fixed_point_inverse, margin_products
@@ -13,6 +16,17 @@ from ._ddim import _EulerEncode
 from ._field import Cond, Field
 
 __all__ = ["FixedPoint"]
+
+
+@dataclass(frozen=True)
+class _FixedPointState:
+    """``fixed_point``'s own state in a decode: the per-step certified error bounds and margins (in
+    decode order during the run, grid order once finished), the propagated bound once finished, and
+    the last drift evaluated (``carry``: the next step's starting point, within the run only)."""
+    error_bounds: Tuple[float, ...] = ()
+    margins: Tuple[float, ...] = ()
+    error_bound: Optional[float] = None
+    carry: Optional[Tensor] = None
 
 
 @register
@@ -63,17 +77,22 @@ class FixedPoint(_EulerEncode):
         tol = rtol * max(1.0, float(x.flatten(1).norm(dim=1).max()))
         # start from y - h f(s_{n+1}, x_{n+1}) (the drift the previous step last evaluated, close to
         # f(s_n, x_n)) rather than from y: the solution is the same, reached in fewer iterations
-        x0 = None if state.carry is None or state.carry.shape != x.shape else x - h * state.carry
+        own = state.own if isinstance(state.own, _FixedPointState) else _FixedPointState()
+        x0 = None if own.carry is None or own.carry.shape != x.shape else x - h * own.carry
         res = fixed_point_inverse(lambda z: field(s, z, c), x, h=h, lipschitz=L, tol=tol, max_iter=self.max_iter,
                                   x0=x0)
         # bounds and margins collected in decode order (n = N-1, ..., 0); finish() puts them in grid order
-        return SolverState(x=res.x, dtype=state.dtype, error_bounds=state.error_bounds + [float(res.error_bound)],
-                           margins=state.margins + [q], carry=res.last_drift)
+        own = _FixedPointState(own.error_bounds + (float(res.error_bound),), own.margins + (q,), carry=res.last_drift)
+        return SolverState(x=res.x, dtype=state.dtype, own=own)
 
     def finish(self, state: SolverState, plan: List[float], direction: str) -> SolverState:
         if direction == "encode":
             return SolverState(x=state.x, dtype=state.dtype)
-        bounds, margins = state.error_bounds[::-1], state.margins[::-1]
-        out = SolverState(x=state.x, dtype=state.dtype, error_bounds=bounds, margins=margins)
-        out.error_bound = fixed_point_error_bound(bounds, margins)
-        return out
+        own = state.own if isinstance(state.own, _FixedPointState) else _FixedPointState()
+        bounds, margins = list(own.error_bounds[::-1]), list(own.margins[::-1])
+        own = _FixedPointState(tuple(bounds), tuple(margins), fixed_point_error_bound(bounds, margins))
+        return SolverState(x=state.x, dtype=state.dtype, own=own)
+
+    def rest(self, own: Any) -> Any:
+        """The bounds and margins outlive a step; the last drift does not."""
+        return dataclasses.replace(own, carry=None) if isinstance(own, _FixedPointState) else None

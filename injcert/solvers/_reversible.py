@@ -21,7 +21,8 @@ reversible Heun becomes second order and more accurate than DDIM at equal NFE (t
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -139,13 +140,20 @@ class _LatticeSolver(Solver):
         self._check(state, s)
 
     def _pair(self, y: Tensor, yh: Tensor, like: SolverState, k: LatticeCoordinates, n: int,
-              carry: Optional[Tensor] = None) -> SolverState:
+              own: Any = None) -> SolverState:
         return SolverState(x=y, aux=yh, remainder=like.remainder, dtype=like.dtype, frac_bits=self.frac_bits,
-                           scale=self.scale(k.g[n]), carry=carry)
+                           scale=self.scale(k.g[n]), own=own)
 
 
 def _noreset(n: int, which: str, q: Tensor) -> Tensor:
     return q
+
+
+@dataclass(frozen=True)
+class _HeunState:
+    r"""Reversible Heun's own state: the drift $F$ at ``aux`` (and the state's grid point), computed by
+    the step that made the state and reused by the next step of the same run (one evaluation per step)."""
+    carry: Tensor
 
 
 @register
@@ -156,16 +164,16 @@ class ReversibleHeun(_LatticeSolver):
     $\hat y_{n+1} = 2y_n - \hat y_n + 2a_n$, $b_n = Q(\tfrac{h_n}{2} F(\rho_{n+1}, \hat y_{n+1}))$,
     $y_{n+1} = y_n + a_n + b_n$. The inverse recomputes $b_n$, then
     $\hat y_n = 2y_{n+1} - 2b_n - \hat y_{n+1}$, $a_n$, $y_n = y_{n+1} - a_n - b_n$.
-    One network evaluation per step: the value $F(\rho_n, \hat y_n)$ is the state's ``carry``
-    between the steps of one run. With the same ``reset`` hooks, :meth:`unstep` is the exact
+    One network evaluation per step: the value $F(\rho_n, \hat y_n)$ is carried in the solver's own
+    state (``_HeunState``) between the steps of one run. With the same ``reset`` hooks, :meth:`unstep` is the exact
     inverse of :meth:`step` (``proofs/07``).
     """
 
     name = "reversible_heun"
 
     def _f(self, field: Field, k: LatticeCoordinates, n: int, state: SolverState, c: Cond) -> Tensor:
-        if state.carry is not None:
-            return state.carry
+        if isinstance(state.own, _HeunState):
+            return state.own.carry
         return self.drift(field, k, n, state.aux, state.dtype, c)
 
     def step(self, field: Field, k: LatticeCoordinates, n: int, state: SolverState, c: Cond,
@@ -176,7 +184,7 @@ class ReversibleHeun(_LatticeSolver):
         yh = reset(n + 1, "aux", 2 * y - yh + 2 * a)
         f = self.drift(field, k, n + 1, yh, state.dtype, c)
         y = reset(n + 1, "main", y + a + self._q(f, h2))
-        return self._pair(y, yh, state, k, n + 1, f)
+        return self._pair(y, yh, state, k, n + 1, _HeunState(f))
 
     def unstep(self, field: Field, k: LatticeCoordinates, n: int, state: SolverState, c: Cond,
                reset: Optional[Reset] = None) -> SolverState:
@@ -186,7 +194,7 @@ class ReversibleHeun(_LatticeSolver):
         yh = reset(n, "aux", 2 * y - 2 * b - yh)
         f = self.drift(field, k, n, yh, state.dtype, c)
         y = reset(n, "main", y - self._q(f, h2) - b)
-        return self._pair(y, yh, state, k, n, f)
+        return self._pair(y, yh, state, k, n, _HeunState(f))
 
 
 @register
