@@ -97,12 +97,15 @@ def own_estimate(ckpt: str, sizes: list[int]) -> str:
             f"Command: `{_shown(cmd)}` ({seconds:.0f} s)\n" + out.replace("\n### ", "\n#### "))
 
 
-def certificate(ckpt: str) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        js = Path(tmp) / "cert.json"
-        cmd = [sys.executable, "-m", "injcert", "certify", ckpt, "--json", str(js), "--quiet"]
-        out, seconds = _run(cmd)
-    return f"Command: `{_shown(cmd[:5] + ['--quiet'])}` ({seconds:.0f} s)\n\n```\n{out.strip()}\n```"
+def certificate(ckpt: str) -> tuple[str, str]:
+    """The certificate section (its whole table) and the README's excerpt (the property rows and the verdict)."""
+    cmd = [sys.executable, "-m", "injcert", "certify", ckpt, "--threads", "2"]
+    env_out, seconds = _run(cmd)
+    lines = env_out.strip().splitlines()
+    rules = [i for i, ln in enumerate(lines) if ln.startswith("-----")]
+    table = lines[rules[0]:rules[-1] + 1] if len(rules) >= 2 else lines[:20]
+    excerpt = "\n".join(["```", f"$ {_shown(cmd)}", *table, lines[-1], "```"])
+    return f"Command: `{_shown(cmd)}` ({seconds:.0f} s)\n\n```\n" + "\n".join(lines) + "\n```", excerpt
 
 
 def _replace(path: Path, begin: str, end: str, body: str) -> None:
@@ -129,7 +132,9 @@ def main() -> None:
     parts = [stamp, "## Restoration against the best classical method", restore,
              "## The model's own estimate", own_estimate(ckpt, args.sizes)]
     if not args.skip_certify:
-        parts += ["## Certificate", certificate(ckpt)]
+        full, excerpt = certificate(ckpt)
+        parts += ["## Certificate", full]
+        _replace(README, "<!-- certificate:begin -->", "<!-- certificate:end -->", excerpt)
     _replace(RESULTS, "<!-- results:begin -->", "<!-- results:end -->", "\n\n".join(parts))
     _replace(README, "<!-- headline:begin -->", "<!-- headline:end -->", headline)
     print(f"write_results: wrote {RESULTS.relative_to(ROOT)} and the README's headline table")

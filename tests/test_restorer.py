@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from helpers import tiny_unet
 from injcert.data.corruptions import expand_map, make_corruption
-from injcert.model.restorer import Restorer, normalized_convolution, pull_push_fill
+from injcert.model.restorer import (BIHARMONIC_ITERATIONS, Restorer, biharmonic_fill, normalized_convolution,
+                                    pull_push_fill)
 from injcert.model.unet import CondUNet
 from injcert.tasks.guided import guided_encode
 from injcert.tasks.reconstruct import RESTORER, reconstruct_full
@@ -51,7 +52,7 @@ def _obs(seed: int, h: int, w: int, kind: str = "random", dtype=torch.float32):
 @settings(max_examples=25)
 def test_restorer_any_size_keeps_observed_pixels(h: int, w: int, seed: int) -> None:
     torch.manual_seed(seed)
-    r = Restorer(3, 3, width=4, mults=[1, 2, 2])
+    r = Restorer(3, 3, width=4, mults=[1, 2, 2]).eval()
     _randomize(r, seed)
     _, y, m = _obs(seed, h, w)
     with torch.no_grad():
@@ -86,7 +87,31 @@ def test_untrained_restorer_is_the_classical_fill() -> None:
     with torch.no_grad():
         out = net.anchor(y, m)
     known = (m[:, :1] == 1).to(y.dtype)
-    assert torch.equal(out, torch.where(known.bool().expand_as(y), y, pull_push_fill(y, known)))
+    assert torch.equal(out, torch.where(known.bool().expand_as(y), y, biharmonic_fill(y, known, BIHARMONIC_ITERATIONS)))
+
+
+@given(h=st.integers(2, 10), w=st.integers(2, 10), seed=st.integers(0, 1000))
+@settings(max_examples=20)
+def test_biharmonic_fill_solves_its_normal_equations(h: int, w: int, seed: int) -> None:
+    """Conjugate gradients run for as many steps as there are unknowns solve P L^2 P u = -P L^2 (w y)
+    (exact in exact arithmetic): the residual is at rounding level, observed pixels are kept, and an
+    image that is constant stays constant."""
+    from injcert.model.restorer import _neumann_laplacian
+
+    g = torch.Generator().manual_seed(seed)
+    known = (torch.rand(1, 1, h, w, generator=g, dtype=torch.float64) < 0.5).to(torch.float64)
+    known[..., 0, 0] = 1.0
+    y = torch.rand(1, 2, h, w, generator=g, dtype=torch.float64) * known
+    f = biharmonic_fill(y, known, iterations=2 * h * w)
+    one = torch.ones(1, 1, h, w, dtype=torch.float64)
+    deg = _neumann_laplacian(one, torch.zeros_like(one))
+    miss = 1 - known
+    res = miss * _neumann_laplacian(_neumann_laplacian(f, deg), deg)
+    scale = float(_neumann_laplacian(_neumann_laplacian(known * y, deg), deg).abs().max()) + 1.0
+    assert float(res.abs().max()) <= 1e-8 * scale
+    assert torch.equal(f[known.bool().expand_as(f)], y[known.bool().expand_as(y)])
+    const = torch.full_like(y, 0.3) * known
+    assert torch.allclose(biharmonic_fill(const, known, iterations=2 * h * w), torch.full_like(y, 0.3), atol=1e-9)
 
 
 def test_restorer_changes_no_bound() -> None:

@@ -11,14 +11,15 @@ is the Gaussian posterior mean around $R(c)$ (:meth:`~injcert.model.unet.CondUNe
 The restorer sees, besides $y$ and $m$, cheap classical estimates of the image computed from the
 observed pixels (``m[:, 0] == 1``):
 
-* the **pull-push fill** (Gortler et al. 1996, "The Lumigraph", section 3.4): a pyramid of
-  observed-pixel means averaged down to one pixel and interpolated back up, so every missing pixel
-  gets a value from the nearest observed ones at any distance — global context at any resolution
-  in $O(HW)$;
+* the **biharmonic fill** (:func:`biharmonic_fill`, the estimate of
+  :func:`skimage.restoration.inpaint_biharmonic`, by conjugate gradients in torch), started from the
+  **pull-push fill** (Gortler et al. 1996, "The Lumigraph", section 3.4: a pyramid of observed-pixel
+  means averaged down to one pixel and interpolated back up, so every missing pixel gets a value
+  from the nearest observed ones at any distance — global context at any resolution in $O(HW)$);
 * **normalized convolution** (Knutsson and Westin 1993) at three scales: Gaussian-weighted means of
   the observed pixels with their weights (certainties).
 
-It predicts a residual on the pull-push fill of the missing pixels with a U-Net whose bottom level
+It predicts a residual on the biharmonic fill of the missing pixels with a U-Net whose bottom level
 adds a global average of its features (global context); the last layer starts at zero, so an
 untrained restorer *is* the classical fill. Every pixel that was seen (as is, blurred or noisy) is
 returned as observed: $R$ fills holes, and is trained on masks (``configs/restorer.json``).
@@ -31,6 +32,7 @@ $R(c)$ once on the whole image and tiles crop it (:class:`~injcert.tasks.tiling.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -40,10 +42,15 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .bands import lowpass
 
-__all__ = ["Restorer", "pull_push_fill", "normalized_convolution", "DEFAULT_RESTORER"]
+__all__ = ["Restorer", "pull_push_fill", "biharmonic_fill", "normalized_convolution", "DEFAULT_RESTORER"]
 
 #: The restorer the shipped model uses: four levels of 32–128 channels.
 DEFAULT_RESTORER: dict[str, Any] = {"width": 32, "mults": [1, 2, 3, 4]}
+
+#: Conjugate-gradient steps of the biharmonic fill the restorer starts from (:func:`biharmonic_fill`):
+#: enough for holes a few pixels across to converge (random pixels, thin gaps, strokes), while larger
+#: holes get a smooth start that the network refines.
+BIHARMONIC_ITERATIONS = 64
 
 #: Binomial orders of the normalized convolutions (Gaussian std $\sqrt{a/2}$: 1, 2 and 4 pixels).
 NC_ORDERS = (2, 8, 32)
@@ -76,6 +83,47 @@ def pull_push_fill(y: Tensor, w: Tensor) -> Tensor:
     return fill
 
 
+def _neumann_laplacian(f: Tensor, degree: Tensor) -> Tensor:
+    """The grid graph's Laplacian $(Lf)_i = \sum_{j \sim i}(f_j - f_i)$ over the 4-neighbours inside the
+    image (symmetric; ``degree`` is the number of neighbours of each pixel)."""
+    c = f.shape[1]
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=f.dtype, device=f.device)
+    return F.conv2d(F.pad(f, (1, 1, 1, 1)), k.view(1, 1, 3, 3).expand(c, 1, 3, 3), groups=c) - degree * f
+
+
+def biharmonic_fill(y: Tensor, w: Tensor, iterations: int = 64) -> Tensor:
+    r"""Fill the pixels of ``y`` where ``w == 0`` by minimising $\lVert L f\rVert^2$ over them ($L$ the
+    grid Laplacian with free boundary, the observed pixels fixed): the biharmonic fill that
+    :func:`skimage.restoration.inpaint_biharmonic` computes, here by ``iterations`` steps of conjugate
+    gradients (Hestenes and Stiefel 1952) on the normal equations $P L^2 P u = -P L^2 (w y)$, per image
+    and channel, started from :func:`pull_push_fill` — a fixed amount of work, on any device, whatever
+    it has converged to (the restorer reads it as an input)."""
+    known = (w > 0.5).to(y.dtype)
+    miss = 1.0 - known
+    one = torch.ones_like(known[:1, :1])
+    degree = _neumann_laplacian(one, torch.zeros_like(one)).expand_as(known)
+
+    def op(v: Tensor) -> Tensor:
+        return miss * _neumann_laplacian(_neumann_laplacian(miss * v, degree), degree)
+
+    fixed = known * y
+    u = miss * pull_push_fill(y, known)
+    r = -miss * _neumann_laplacian(_neumann_laplacian(fixed, degree), degree) - op(u)
+    p = r.clone()
+    rs = r.pow(2).sum((2, 3), keepdim=True)
+    tiny = torch.finfo(y.dtype).tiny
+    for _ in range(int(iterations)):
+        ap = op(p)
+        pap = (p * ap).sum((2, 3), keepdim=True)
+        alpha = torch.where(pap > tiny, rs / pap.clamp_min(tiny), torch.zeros_like(pap))
+        u = u + alpha * p
+        r = r - alpha * ap
+        rs_new = r.pow(2).sum((2, 3), keepdim=True)
+        p = r + torch.where(rs > tiny, rs_new / rs.clamp_min(tiny), torch.zeros_like(rs)) * p
+        rs = rs_new
+    return fixed + miss * u
+
+
 def normalized_convolution(y: Tensor, w: Tensor, order: int) -> tuple[Tensor, Tensor]:
     r"""Normalized convolution (Knutsson and Westin 1993) with the binomial blur $G_a$ of ``order``:
     $(G(w y)/G(w),\ G(w))$ — the weighted local mean of the observed pixels and its certainty."""
@@ -88,16 +136,21 @@ def _conv(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1)
 
 
+def _norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, c), c)  # up to 8 groups (Wu and He 2018), dividing the channels
+
+
 class _Level(nn.Module):
-    """Two 3×3 convolutions with GELU and a residual connection."""
+    """A pre-activation residual block: GroupNorm, GELU, 3×3 convolution, twice."""
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
+        self.n1, self.n2 = _norm(cin), _norm(cout)
         self.c1, self.c2 = _conv(cin, cout), _conv(cout, cout)
         self.proj = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.proj(h) + self.c2(F.gelu(self.c1(F.gelu(h))))
+        return self.proj(h) + self.c2(F.gelu(self.n2(self.c1(F.gelu(self.n1(h))))))
 
 
 class Restorer(nn.Module):
@@ -134,6 +187,7 @@ class Restorer(nn.Module):
             prev = ch
         self.glob = nn.Linear(prev, prev)
         self.up = nn.ModuleList(_Level(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(len(chans) - 1)))
+        self.out_norm = _norm(chans[0])
         self.out = _conv(chans[0], c)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -144,7 +198,7 @@ class Restorer(nn.Module):
         that were seen (as is, blurred or noisy)."""
         known = (m[:, :1] == 1).to(y.dtype)
         seen = ((m[:, :1] == 1) | (m[:, 1:2] > 0) | (m[:, 2:3] > 0)).to(y.dtype)
-        fill = pull_push_fill(y, known)
+        fill = biharmonic_fill(y, known, BIHARMONIC_ITERATIONS)
         base = seen * y + (1.0 - seen) * fill
         parts = [y * seen, m, base]
         for a in NC_ORDERS:
@@ -159,8 +213,8 @@ class Restorer(nn.Module):
         are the certified flow's work, from a classical start)."""
         inp, base, seen = self.features(y, m)
         h, w = y.shape[-2:]
-        f = self.downsampling_factor
-        ph, pw = (-h) % f, (-w) % f
+        f = self.downsampling_factor  # padded to a multiple of it, at least 2 at the coarsest level (GroupNorm)
+        ph, pw = max(2 * f, h + (-h) % f) - h, max(2 * f, w + (-w) % f) - w
         if ph or pw:
             inp = F.pad(inp, (0, pw, 0, ph), mode="replicate")
         hcur = self.stem(inp)
@@ -173,5 +227,5 @@ class Restorer(nn.Module):
         hcur = hcur + self.glob(hcur.mean(dim=(2, 3)))[:, :, None, None]
         for level in self.up:
             hcur = level(torch.cat([F.interpolate(hcur, scale_factor=2, mode="nearest"), skips.pop()], dim=1))
-        out = base + self.out(F.gelu(hcur))[..., :h, :w]
+        out = base + self.out(F.gelu(self.out_norm(hcur)))[..., :h, :w]
         return torch.where(seen.bool().expand_as(out), y, out)
