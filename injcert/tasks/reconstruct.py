@@ -41,8 +41,8 @@ resets (from the start level, known pixels pasted at the end).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, fields
+from functools import cached_property, partial
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
@@ -52,16 +52,16 @@ from scipy.ndimage import distance_transform_cdt, distance_transform_edt
 from torch import Tensor
 
 from ..data.corruptions import expand_map, local_blur
-from ..errors import ArgumentError
+from ..data.classical import METHODS, classical_estimate
+from ..errors import ArgumentError, ArgumentTypeError
 from ..metrics import ssim
 from ..solvers import Grid, SolverState, integrate, probability_flow_field
-from .classical import METHODS, classical_estimate
 from .guided import GuidedResult, guided_decode
 from .invert import decode_full
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "pyramid_levels", "STARTS",
            "holdout_error", "blur_bootstrap_error", "holdout_gate", "hidden_observation", "hidden_scores", "Holdout",
-           "GATE_OFF", "RESTORER"]
+           "GATE_OFF", "RESTORER", "ReconstructOptions"]
 
 STARTS = ("auto", "estimate", "observation", "noise")
 
@@ -267,47 +267,25 @@ def _level(kind: str, error: Optional[float]) -> float:
     return START_SIGMA[kind]
 
 
-@torch.no_grad()
-def reconstruct_full(
-    model: Any,
-    y: Tensor,
-    m: Tensor,
-    steps: int = 50,
-    seed: int = 0,
-    *,
-    method: str = "reversible",
-    grid: str = "geometric",
-    operator: Optional[Callable[[Tensor], Tensor]] = None,
-    start: str = "auto",
-    sigma_start: Optional[float] = None,
-    noise_scale: float = 0.0,
-    estimate: Union[str, Tensor] = "auto",
-    blur_sigma: float = 2.0,
-    levels: Union[int, str] = "auto",
-    gate: bool = True,
-    progress: bool = False,
-) -> Reconstruction:
-    """Reconstruct and return the audit trail (see :class:`Reconstruction`).
+@dataclass(frozen=True, eq=False)
+class ReconstructOptions:
+    r"""The options of one reconstruction: the keyword arguments of :func:`reconstruct_full` (which
+    builds this object) and what every step of the pipeline reads.
 
-    Arguments:
-        model: the conditional $\\varepsilon$-network.
-        y: the observation, N×C×H×W in $[-1, 1]$ (missing pixels may hold anything).
-        m: the corruption map N×K×H×W (K = 3, or 1 = missing-pixel map only).
-        steps: integration steps (from the start level to 0).
-        seed: seed of the noise (a CPU generator, so results agree across devices).
+    Attributes:
         method: integrator name (``"reversible"`` keeps the observed pixels on their trajectory).
-        grid: the kind of $\\varsigma$ grid from the start level to 0 (``"geometric"`` or ``"uniform"``).
+        grid: the kind of $\varsigma$ grid from the start level to 0 (``"geometric"`` or ``"uniform"``).
         operator: the realised forward operator $A$ (e.g. ``Observation.operator``) for the residual.
-        start: ``"auto"`` = ``"estimate"`` (from the classical estimate at $\\varsigma_e$: biharmonic,
+        start: ``"auto"`` = ``"estimate"`` (from the classical estimate at $\varsigma_e$: biharmonic,
             least-squares deblurring or BM3D by corruption), ``"observation"`` (additive noise only: from
-            $y$ itself at $\\varsigma = \\sigma$) or ``"noise"`` (from pure noise at $t_{\\max}$).
-        sigma_start: $\\varsigma_e$ for ``"estimate"`` (default :func:`start_sigma`).
-        noise_scale: the fresh noise added to the estimate is ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$:
+            $y$ itself at $\varsigma = \sigma$) or ``"noise"`` (from pure noise at $t_{\max}$).
+        sigma_start: $\varsigma_e$ for ``"estimate"`` (default :func:`start_sigma`).
+        noise_scale: the fresh noise added to the estimate is ``noise_scale`` $\cdot\varsigma_e\varepsilon$:
             1 treats the estimate as a clean image to be re-noised (SDEdit, Meng et al. 2022), 0 (the
             default, measured better on the training images) treats it as already noisy at level
-            $\\varsigma_e$: its own error plays the noise.
-        estimate: a classical method name (see :mod:`~injcert.tasks.classical`), ``"auto"``, or an
-            estimate image of ``y``'s shape.
+            $\varsigma_e$: its own error plays the noise.
+        estimate: a classical method name (see :mod:`~injcert.data.classical`), ``"auto"``,
+            :data:`RESTORER`, or an estimate image of ``y``'s shape.
         blur_sigma: the PSF of the deblurring estimate.
         levels: coarse-to-fine for missing pixels: reconstruct the image downsampled ``levels`` times
             by 2 first and start each finer level from the upsampled coarser reconstruction, faded into
@@ -323,103 +301,251 @@ def reconstruct_full(
         progress: show a progress bar.
 
     Raises:
+        ArgumentError: an unknown ``start``, ``noise_scale`` outside ``[0, 1]``, ``sigma_start <= 0``.
+    """
+
+    method: str = "reversible"
+    grid: str = "geometric"
+    operator: Optional[Callable[[Tensor], Tensor]] = None
+    start: str = "auto"
+    sigma_start: Optional[float] = None
+    noise_scale: float = 0.0
+    estimate: Union[str, Tensor] = "auto"
+    blur_sigma: float = 2.0
+    levels: Union[int, str] = "auto"
+    gate: bool = True
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.start not in STARTS:
+            raise ArgumentError(f"start must be one of {list(STARTS)}, got {self.start!r}")
+        if not (0.0 <= float(self.noise_scale) <= 1.0):
+            raise ArgumentError(f"noise_scale must lie in [0, 1], got {self.noise_scale!r}")
+        if self.sigma_start is not None and not float(self.sigma_start) > 0:
+            raise ArgumentError(f"sigma_start must be > 0, got {self.sigma_start!r}")
+
+
+_OPTION_NAMES = frozenset(f.name for f in fields(ReconstructOptions))
+
+
+@dataclass(eq=False)
+class _Run:
+    """One reconstruction as its steps see it: the observation, the seeded noise ``z``, and what each
+    step adds (the start, the start level and the gate's measurement, the decoded flow)."""
+
+    y: Tensor
+    m: Tensor
+    steps: int
+    seed: int
+    z: Tensor
+    #: the start (:func:`_start`): the estimate and its name, the pyramid depth, the start level
+    #: $\varsigma_e$ and its kind (``None`` where the start is not an estimate at a chosen level)
+    est: Optional[Tensor] = None
+    est_name: Optional[str] = None
+    n_levels: int = 0
+    kind: Optional[str] = None
+    level: Optional[float] = None
+    target: Optional[Tensor] = None  # what the region starts from (the estimate, or zeros for noise)
+    xbar: Optional[Tensor] = None  # the whole start state, where the start gives it (observation)
+    t_start: float = 0.0
+    holdout: Optional[Holdout] = None  # (:func:`_gate`)
+    #: the flow (:func:`_flow`)
+    flow: Optional[Tensor] = None
+    state: Optional[SolverState] = None
+    noise: Optional[Tensor] = None
+    guided: Optional[GuidedResult] = None
+
+    @cached_property
+    def known(self) -> Tensor:
+        return self.m[:, :1] == 1
+
+    @cached_property
+    def noisy(self) -> Tensor:
+        return self.m[:, 2:3] > 0
+
+    @cached_property
+    def masks_only(self) -> bool:
+        return not bool((self.m[:, 1:3] > 0).any())
+
+    @cached_property
+    def y_obs(self) -> Tensor:
+        return self.y * self.m[:, :1] if self.masks_only else self.y  # missing pixels carry no information
+
+    @property
+    def region(self) -> Tensor:
+        return ~self.known  # pixels to restore (missing, blurred, noisy)
+
+
+@torch.no_grad()
+def reconstruct_full(model: Any, y: Tensor, m: Tensor, steps: int = 50, seed: int = 0,
+                     **options: Any) -> Reconstruction:
+    """Reconstruct and return the audit trail (see :class:`Reconstruction`).
+
+    Arguments:
+        model: the conditional $\\varepsilon$-network.
+        y: the observation, N×C×H×W in $[-1, 1]$ (missing pixels may hold anything).
+        m: the corruption map N×K×H×W (K = 3, or 1 = missing-pixel map only).
+        steps: integration steps (from the start level to 0).
+        seed: seed of the noise (a CPU generator, so results agree across devices).
+        options: the keyword arguments of :class:`ReconstructOptions` (``method``, ``grid``,
+            ``operator``, ``start``, ``sigma_start``, ``noise_scale``, ``estimate``, ``blur_sigma``,
+            ``levels``, ``gate``, ``progress``), documented there.
+
+    The pipeline is a few steps with one signature ``step(model, run, options)``: :func:`_start`
+    (the estimate and the start level), :func:`_gate` (:func:`holdout_gate`), :func:`_flow` (the
+    guided decode, or a plain one), :func:`_finish`.
+
+    Raises:
         ArgumentError: shapes or dtypes that do not fit, an unknown ``start``, estimate, method or grid.
+        ArgumentTypeError: an unknown option name.
     """
     y, m = _check(y, m)
-    if start not in STARTS:
-        raise ArgumentError(f"start must be one of {list(STARTS)}, got {start!r}")
-    if not (0.0 <= float(noise_scale) <= 1.0):
-        raise ArgumentError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
-    if sigma_start is not None and not float(sigma_start) > 0:
-        raise ArgumentError(f"sigma_start must be > 0, got {sigma_start!r}")
+    unknown = sorted(set(options) - _OPTION_NAMES)
+    if unknown:
+        raise ArgumentTypeError(f"reconstruct_full() got an unexpected keyword argument {unknown[0]!r}")
+    opts = ReconstructOptions(**options)
     gen = torch.Generator().manual_seed(int(seed))
-    sched = model.schedule
     z = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=y.device)
-    noisy = m[:, 2:3] > 0
-    known = m[:, :1] == 1
-    only_noise = bool((known | noisy).all()) and bool(noisy.any())
+    run = _Run(y, m, steps, seed, z)
+    for step in (_start, _gate, _flow):
+        run = step(model, run, opts)
+    return _finish(model, run, opts)
+
+
+def _start(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
+    """Step 1, where the flow starts: the noisy observation itself (``start="observation"``), pure noise
+    at $t_{\\max}$ (``"noise"``), or an estimate (:func:`_choose_estimate`) at the level of
+    :func:`_start_level`."""
+    sched = model.schedule
+    if opts.start == "observation":
+        return _start_observation(model, run, opts)
+    if opts.start == "noise":
+        run.t_start = float(sched.t_max)
+        run.target = torch.zeros_like(run.y)
+        return run
+    run = _choose_estimate(model, run, opts)
+    run.target = run.est
+    return _start_level(model, run, opts)
+
+
+def _start_observation(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
+    """``start="observation"``: $y = x + \\sigma_{\\text{pix}}\\varepsilon$ is the flow's state at
+    $\\varsigma = \\sigma_{\\text{pix}}$; every pixel is topped up to the largest $\\sigma$ with fresh noise."""
+    sched, y, m = model.schedule, run.y, run.m
+    only_noise = bool((run.known | run.noisy).all()) and bool(run.noisy.any())
     s_noise = float(m[:, 2].max()) if only_noise else 0.0
-    if start == "observation" and not (only_noise and 0 < s_noise < float(sched.varsigma(sched.t_max))):
+    if not (only_noise and 0 < s_noise < float(sched.varsigma(sched.t_max))):
         raise ArgumentError("start='observation' needs an observation with additive noise only (map channel 2 set, "
                          f"sigma below varsigma(t_max)); got a map with max sigma {s_noise!r}")
-    if start == "observation":
-        # y = x + sigma_pix * eps is the flow's state at varsigma = sigma_pix; top every pixel up to s_noise
-        t_start = float(sched.t_of_varsigma(s_noise))
-        extra = torch.sqrt(torch.clamp(s_noise**2 - m[:, 2:3].double() ** 2, min=0.0))
-        xbar = (y.double() + extra * z).to(y.dtype)
-        noise = (xbar.double() * float(sched.alpha(t_start))).to(y.dtype)  # x-space start
-        field = probability_flow_field(model)
-        state = integrate(method, field, Grid.make(sched, steps, grid, t_end=t_start), xbar, (y, m),
-                          direction="decode", progress=progress)
-        return _finish(y, m, state.value(), state, noise, operator, state.nfe, t_start)
-    region = ~known  # pixels to restore (missing, blurred, noisy)
-    masks_only = not bool((m[:, 1:3] > 0).any())
-    y_obs = y * m[:, :1] if masks_only else y  # missing pixels carry no information
-    cond = (y_obs, m)
-    est_name: Optional[str] = None
-    est: Optional[Tensor] = None
-    holdout: Optional[Holdout] = None
-    if start == "noise":
-        t_start = float(sched.t_max)
-        target = torch.zeros_like(y)
+    run.t_start = float(sched.t_of_varsigma(s_noise))
+    extra = torch.sqrt(torch.clamp(s_noise**2 - m[:, 2:3].double() ** 2, min=0.0))
+    run.xbar = (y.double() + extra * run.z).to(y.dtype)
+    return run
+
+
+def _choose_estimate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
+    """The estimate the region starts from: a given image, the coarse-to-fine pyramid
+    (:func:`_coarse_estimate`), the model's restorer $R(c)$ for missing pixels (:func:`_uses_restorer`),
+    or a classical estimate; and the pyramid depth."""
+    y, m, estimate = run.y, run.m, opts.estimate
+    use_restorer = _uses_restorer(model, estimate, run.masks_only)
+    n_levels = 0 if use_restorer else pyramid_levels(model, m) if opts.levels == "auto" else int(opts.levels)
+    pyramid = n_levels > 0 and not isinstance(estimate, Tensor) and run.masks_only and min(y.shape[-2:]) >= 16
+    given = (_coarse_estimate(model, y, m, run.steps, run.seed, n_levels, method=opts.method, grid=opts.grid,
+                              sigma_start=opts.sigma_start, noise_scale=opts.noise_scale, progress=opts.progress,
+                              estimate=estimate, blur_sigma=opts.blur_sigma, gate=opts.gate)
+             if pyramid else estimate if isinstance(estimate, Tensor) else None)
+    run.n_levels = n_levels
+    if given is not None:
+        if given.shape != y.shape:
+            raise ArgumentError(f"estimate must have the shape of y {tuple(y.shape)}, got {tuple(given.shape)}")
+        run.est_name, run.est = (f"pyramid{n_levels}" if pyramid else "given"), given.to(y.dtype)
+    elif use_restorer:
+        run.est_name, run.est = RESTORER, model.anchor(run.y_obs, m).to(device=y.device, dtype=y.dtype)
     else:
-        use_restorer = _uses_restorer(model, estimate, masks_only)
-        n_levels = 0 if use_restorer else pyramid_levels(model, m) if levels == "auto" else int(levels)
-        pyramid = n_levels > 0 and not isinstance(estimate, Tensor) and masks_only and min(y.shape[-2:]) >= 16
-        given = (_coarse_estimate(model, y, m, steps, seed, n_levels, method=method, grid=grid,
-                                  sigma_start=sigma_start, noise_scale=noise_scale, progress=progress,
-                                  estimate=estimate, blur_sigma=blur_sigma, gate=gate)
-                 if pyramid else estimate if isinstance(estimate, Tensor) else None)
-        if given is not None:
-            if given.shape != y.shape:
-                raise ArgumentError(f"estimate must have the shape of y {tuple(y.shape)}, got {tuple(given.shape)}")
-            est_name, est = (f"pyramid{n_levels}" if pyramid else "given"), given.to(y.dtype)
-        elif use_restorer:
-            est_name, est = RESTORER, model.anchor(y_obs, m).to(device=y.device, dtype=y.dtype)
-        else:
-            est_name, est = classical_estimate(y_obs, m, estimate, blur_sigma=blur_sigma)
-            est = est.to(device=y.device, dtype=y.dtype)
-        if sigma_start is None:
-            kind = _start_kind(m)
-            err = None
-            if kind == "missing_near" and masks_only and est_name in METHODS:
-                err = holdout_error(y_obs, m, est_name, seed=seed, blur_sigma=blur_sigma)
-            elif kind == "missing_near" and est_name == RESTORER:
-                err = holdout_error(y_obs, m, model.anchor, seed=seed)
-            elif kind == "blur" and est_name in METHODS:
-                err = blur_bootstrap_error(est, m, est_name, blur_sigma=blur_sigma)
-            s_e = _level(kind, err)
-            gated_kind = masks_only or (kind == "blur" and not bool(noisy.any()))
-            if gate and gated_kind and not isinstance(estimate, Tensor) and kind != "noise":
-                if kind == "blur" and not BLUR_FLOW:
-                    s_e = GATE_OFF  # the flow keeps the least-squares estimate; no proxy is run
-                else:
-                    holdout = holdout_gate(model, y_obs, m, steps, seed, kind, s_e, method=method, grid=grid,
-                                           noise_scale=noise_scale, estimate=estimate, blur_sigma=blur_sigma,
-                                           levels=n_levels)
-                    if holdout is not None and not _flow_kept(holdout):
-                        s_e = GATE_OFF
-        else:
-            s_e = float(sigma_start)
-        t_start = min(float(sched.t_of_varsigma(s_e)), float(sched.t_max))
-        target = est
-    if method != "reversible":
-        # no lattice, no resets: decode the whole image from the start level, paste the known pixels
-        s_e = float(sched.varsigma(t_start))
-        xbar = (target.double() + s_e * float(noise_scale) * z).to(y.dtype)
-        xbar = torch.where(region.expand_as(y), xbar, (y.double() + s_e * z).to(y.dtype))
-        field = probability_flow_field(model)
-        state = integrate(method, field, Grid.make(sched, steps, grid, t_end=t_start), xbar, cond,
-                          direction="decode", progress=progress)
-        noise = (xbar.double() * float(sched.alpha(t_start))).to(y.dtype)
-        return _finish(y, m, state.value(), state, noise, operator, state.nfe, t_start, est, est_name)
-    x_ref = torch.where(region.expand_as(y), target, y)
-    res = guided_decode(model, x_ref, region, target, t_start, steps, cond, progress=progress, grid=grid,
-                        noise=z * float(noise_scale) if start != "noise" else z)
+        run.est_name, est = classical_estimate(run.y_obs, m, estimate, blur_sigma=opts.blur_sigma)
+        run.est = est.to(device=y.device, dtype=y.dtype)
+    return run
+
+
+def _start_level(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
+    """The start level $\\varsigma_e$: ``sigma_start``, or :func:`start_sigma` of the map bounded by the
+    estimate's own error (:func:`holdout_error` near observed pixels, :func:`blur_bootstrap_error` for a
+    blurred region)."""
+    if opts.sigma_start is not None:
+        run.level = float(opts.sigma_start)
+        return run
+    m, est_name = run.m, run.est_name
+    kind = _start_kind(m)
+    err = None
+    if kind == "missing_near" and run.masks_only and est_name in METHODS:
+        err = holdout_error(run.y_obs, m, est_name, seed=run.seed, blur_sigma=opts.blur_sigma)
+    elif kind == "missing_near" and est_name == RESTORER:
+        err = holdout_error(run.y_obs, m, model.anchor, seed=run.seed)
+    elif kind == "blur" and est_name in METHODS:
+        err = blur_bootstrap_error(run.est, m, est_name, blur_sigma=opts.blur_sigma)
+    run.kind, run.level = kind, _level(kind, err)
+    return run
+
+
+def _gate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
+    """Step 2, for a start from a classical estimate at the default level (``gate``): keep the flow
+    only where it validates on hidden observed pixels (:func:`holdout_gate`), else start at
+    :data:`GATE_OFF`; a blurred region goes to :data:`GATE_OFF` without a proxy unless :data:`BLUR_FLOW`."""
+    kind = run.kind
+    if kind is None:  # no default level to validate: sigma_start given, or not an estimate start
+        return run
+    gated_kind = run.masks_only or (kind == "blur" and not bool(run.noisy.any()))
+    if not (opts.gate and gated_kind and not isinstance(opts.estimate, Tensor) and kind != "noise"):
+        return run
+    if kind == "blur" and not BLUR_FLOW:
+        run.level = GATE_OFF  # the flow keeps the least-squares estimate; no proxy is run
+        return run
+    run.holdout = holdout_gate(model, run.y_obs, run.m, run.steps, run.seed, kind, run.level, method=opts.method,
+                               grid=opts.grid, noise_scale=opts.noise_scale, estimate=opts.estimate,
+                               blur_sigma=opts.blur_sigma, levels=run.n_levels)
+    if run.holdout is not None and not _flow_kept(run.holdout):
+        run.level = GATE_OFF
+    return run
+
+
+def _flow(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
+    """Step 3, the decode from the start to $t = 0$: guided (the observed pixels reset to their own
+    encoded trajectory after every sub-update, :func:`~injcert.tasks.guided.guided_decode`) for the
+    ``"reversible"`` method, else plain (:func:`_plain_decode`)."""
+    sched = model.schedule
+    if run.level is not None:
+        run.t_start = min(float(sched.t_of_varsigma(run.level)), float(sched.t_max))
+    if run.xbar is not None or opts.method != "reversible":
+        return _plain_decode(model, run, opts)
+    y = run.y
+    x_ref = torch.where(run.region.expand_as(y), run.target, y)
+    res = guided_decode(model, x_ref, run.region, run.target, run.t_start, run.steps, (run.y_obs, run.m),
+                        progress=opts.progress, grid=opts.grid,
+                        noise=run.z * float(opts.noise_scale) if opts.start != "noise" else run.z)
     state = SolverState(x=res.final[0], aux=res.final[1], dtype=y.dtype, frac_bits=res.frac_bits, scale=1.0)
     state.nfe = res.nfe
-    noise = res.start[0].to(torch.float64).mul(2.0 ** -res.frac_bits).to(y.dtype)
-    return _finish(y, m, res.image, state, noise, operator, res.nfe, t_start, est, est_name, res, holdout)
+    run.state, run.flow, run.guided = state, res.image, res
+    run.noise = res.start[0].to(torch.float64).mul(2.0 ** -res.frac_bits).to(y.dtype)
+    return run
+
+
+def _plain_decode(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
+    """No lattice, no resets: decode the whole image from the start level (the observation's own
+    state, or the start inside the region and the re-noised observation outside); :func:`_finish`
+    pastes the known pixels. Reports no gate measurement (as it never has)."""
+    sched, y, z = model.schedule, run.y, run.z
+    xbar = run.xbar
+    if xbar is None:
+        s_e = float(sched.varsigma(run.t_start))
+        xbar = (run.target.double() + s_e * float(opts.noise_scale) * z).to(y.dtype)
+        xbar = torch.where(run.region.expand_as(y), xbar, (y.double() + s_e * z).to(y.dtype))
+    field = probability_flow_field(model)
+    run.state = integrate(opts.method, field, Grid.make(sched, run.steps, opts.grid, t_end=run.t_start), xbar,
+                          (run.y_obs, run.m), direction="decode", progress=opts.progress)
+    run.noise = (xbar.double() * float(sched.alpha(run.t_start))).to(y.dtype)
+    run.flow, run.holdout = run.state.value(), None
+    return run
 
 
 #: What :func:`holdout_gate` hides where the missing pixels are near observed ones (random pixels, thin
@@ -550,17 +676,16 @@ def _coarse_estimate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, le
     return torch.where(known.bool().expand_as(y), y, torch.lerp(fine.to(y), up, weight))
 
 
-
-def _finish(y: Tensor, m: Tensor, flow: Tensor, state: SolverState, noise: Tensor, operator: Any, nfe: int,
-            t_start: float, est: Optional[Tensor] = None, est_name: Optional[str] = None,
-            guided: Optional[GuidedResult] = None, holdout: Optional[Holdout] = None) -> Reconstruction:
-    known = m[:, :1] == 1
-    image = torch.where(known.expand_as(flow), y, flow)
+def _finish(model: Any, run: _Run, opts: ReconstructOptions) -> Reconstruction:
+    """Step 4: the known pixels pasted over the flow, the residual under ``operator``, the audit trail."""
+    y, flow = run.y, run.flow
+    image = torch.where(run.known.expand_as(flow), y, flow)
     residual = None
-    if operator is not None:
-        residual = (operator(image) - y).flatten(1).norm(dim=1)
-    return Reconstruction(image=image, flow_image=flow, state=state, noise=noise, residual=residual, nfe=nfe,
-                          t_start=t_start, estimate=est, estimate_method=est_name, guided=guided, holdout=holdout)
+    if opts.operator is not None:
+        residual = (opts.operator(image) - y).flatten(1).norm(dim=1)
+    return Reconstruction(image=image, flow_image=flow, state=run.state, noise=run.noise, residual=residual,
+                          nfe=run.state.nfe, t_start=run.t_start, estimate=run.est, estimate_method=run.est_name,
+                          guided=run.guided, holdout=run.holdout)
 
 
 def reconstruct(model: Any, y: Tensor, m: Tensor, steps: int = 50, seed: int = 0, *, method: str = "reversible",
