@@ -20,7 +20,7 @@ BENCH = Path(ROOT) / "benchmarks"
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py")
                  if not p.name.startswith(("bench_", "_")) and "load_checkpoint" in p.read_text(encoding="utf-8"))
 #: leading arguments a script needs before its checkpoint
-LEAD = {"sample_grid.py": ["out.png"], "gate_probes.py": ["blur"]}
+LEAD = {"sample_grid.py": ["out.png"], "gate_probes.py": ["blur"], "figures.py": ["figures_out"]}
 
 
 def test_every_checkpoint_script_ends_with_run_script():

@@ -84,7 +84,7 @@ def pull_push_fill(y: Tensor, w: Tensor) -> Tensor:
 
 
 def _neumann_laplacian(f: Tensor, degree: Tensor) -> Tensor:
-    """The grid graph's Laplacian $(Lf)_i = \sum_{j \sim i}(f_j - f_i)$ over the 4-neighbours inside the
+    r"""The grid graph's Laplacian $(Lf)_i = \sum_{j \sim i}(f_j - f_i)$ over the 4-neighbours inside the
     image (symmetric; ``degree`` is the number of neighbours of each pixel)."""
     c = f.shape[1]
     k = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=f.dtype, device=f.device)

@@ -266,21 +266,7 @@ class TrainConfig:
         number("lr_final", 0.0, self.lr)
         if self.loss_sigma_data is not None:
             number("loss_sigma_data", 0.0, math.inf, lo_open=True, hi_open=True)
-        if self.corruptions is not None:
-            from ..data.corruptions import CORRUPTIONS
-
-            if not isinstance(self.corruptions, list) or not self.corruptions or any(
-                    c not in CORRUPTIONS for c in self.corruptions):
-                raise ConfigError(f"training option corruptions must be null or a non-empty list of "
-                                  f"{list(CORRUPTIONS)}, got {self.corruptions!r}")
-        if self.refine_start not in ("biharmonic", "restorer"):
-            raise ConfigError(f"training option refine_start must be 'biharmonic' or 'restorer', got {self.refine_start!r}")
-        if self.refine_start == "restorer" and self.refine_fraction > 0 and not (self.model or {}).get("restorer"):
-            raise ConfigError("training option refine_start 'restorer' needs a model with a restorer")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"training option objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
-        if not isinstance(self.freeze, list) or not all(isinstance(v, str) and v for v in self.freeze):
-            raise ConfigError(f"training option freeze must be a list of parameter-name prefixes, got {self.freeze!r}")
+        self._validate_objective()
         if self.init is not None and (not isinstance(self.init, str) or not self.init):
             raise ConfigError(f"training option init must be a checkpoint path or null, got {self.init!r}")
         if not isinstance(self.model, dict):
@@ -302,6 +288,25 @@ class TrainConfig:
         if self.objective == "restorer" and not model.get("restorer"):
             raise ConfigError("training objective 'restorer' needs a model with a restorer (model option 'restorer')")
         self.model = model
+
+    def _validate_objective(self) -> None:
+        """The options of what is trained and on what: ``corruptions``, ``refine_start``, ``objective``,
+        ``freeze`` (one :class:`ConfigError` line for a bad one)."""
+        if self.corruptions is not None:
+            from ..data.corruptions import CORRUPTIONS
+
+            if not isinstance(self.corruptions, list) or not self.corruptions or any(
+                    c not in CORRUPTIONS for c in self.corruptions):
+                raise ConfigError(f"training option corruptions must be null or a non-empty list of "
+                                  f"{list(CORRUPTIONS)}, got {self.corruptions!r}")
+        if self.refine_start not in ("biharmonic", "restorer"):
+            raise ConfigError(f"training option refine_start must be 'biharmonic' or 'restorer', got {self.refine_start!r}")
+        if self.refine_start == "restorer" and self.refine_fraction > 0 and not (self.model or {}).get("restorer"):
+            raise ConfigError("training option refine_start 'restorer' needs a model with a restorer")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"training option objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if not isinstance(self.freeze, list) or not all(isinstance(v, str) and v for v in self.freeze):
+            raise ConfigError(f"training option freeze must be a list of parameter-name prefixes, got {self.freeze!r}")
 
 
 #: The training objectives (:attr:`TrainConfig.objective`).
