@@ -349,16 +349,8 @@ def _check_reachable(tol: float, ny: Tensor, q: float, one_minus_q: float) -> No
         )
 
 
-def fixed_point_inverse(
-    step_fn: Callable[[Tensor], Tensor],
-    y: Tensor,
-    *,
-    h: float,
-    lipschitz: float,
-    tol: float = 1e-10,
-    max_iter: int = 200,
-    x0: Tensor | None = None,
-) -> FixedPointResult:
+def fixed_point_inverse(step_fn: Callable[[Tensor], Tensor], y: Tensor, *, h: float, lipschitz: float,
+                        tol: float = 1e-10, max_iter: int = 200, x0: Tensor | None = None) -> FixedPointResult:
     r"""Solve $y = x + h f(x)$ for $x$ by $x_{k+1} = y - h f(x_k)$ (Banach; proofs/02).
 
     With $q = |h|L < 1$ the map $T(x) = y - hf(x)$ is a $q$-contraction. Two certified bounds on
@@ -411,6 +403,15 @@ def fixed_point_inverse(
     infl = 1.0 + 2.0 * (n + 8) * _EPS64
     ny = _per_example_norm(y)
     _check_reachable(tol, ny, q, one_minus_q)
+    return _banach_iterate(step_fn, y, x0, h=h, q=q, one_minus_q=one_minus_q, tol=tol, max_iter=max_iter,
+                           ny=ny, infl=infl)
+
+
+def _banach_iterate(step_fn: Callable[[Tensor], Tensor], y: Tensor, x0: Tensor | None, *, h: float, q: float,
+                    one_minus_q: float, tol: float, max_iter: int, ny: Tensor, infl: float) -> FixedPointResult:
+    """The iteration of :func:`fixed_point_inverse` (its constants checked): the first iterate whose
+    certified bound (the smaller of the residual and the step bound) is <= ``tol``; else
+    :class:`NonConvergenceError` (a floating-point fixed point, or the budget spent)."""
     y64 = y.detach().to(torch.float64)
     x = y if x0 is None else x0
     step_bound: Tensor | None = None  # per-example step bound of the current x (None for x0)
@@ -418,17 +419,8 @@ def fixed_point_inverse(
     with torch.no_grad():
         for k in range(1, max_iter + 1):
             fx = step_fn(x)
-            nx, nf = _per_example_norm(x), _per_example_norm(fx)
-            if not (bool(torch.isfinite(nx).all()) and bool(torch.isfinite(nf).all())):
-                raise NonConvergenceError(
-                    f"fixed_point_inverse produced a non-finite iterate or field value at iteration {k}",
-                    error=math.inf,
-                    iterations=k,
-                )
-            scale = nx + abs(h) * nf + ny
-            # residual bound of x
-            r = x.detach().to(torch.float64) + h * fx.detach().to(torch.float64) - y64
-            res_bound = (_per_example_norm(r) * infl + 4.0 * _EPS64 * scale * infl) / one_minus_q * infl
+            scale = _iterate_scale(x, fx, ny, h, k)
+            res_bound = _residual_bound(x, fx, y64, h, scale, infl, one_minus_q)
             bound_t = res_bound if step_bound is None else torch.minimum(res_bound, step_bound)
             err = float(bound_t.max()) if bound_t.numel() else 0.0
             best = min(best, err)
@@ -436,11 +428,7 @@ def fixed_point_inverse(
                 return FixedPointResult(x, err, k, fx)
             # next iterate and its step bound
             x_new = y - h * fx
-            delta = _per_example_norm(x_new.detach().to(torch.float64) - x.detach().to(torch.float64))
-            if not bool(torch.isfinite(delta).all()):
-                raise NonConvergenceError(f"fixed_point_inverse produced a non-finite iterate at iteration {k}", error=math.inf, iterations=k)
-            d_t = 4.0 * _eps(x_new, fx, y) * scale
-            new_step = (q * delta * infl + d_t * infl) / one_minus_q * infl
+            delta, new_step = _step_bound(x, x_new, fx, y, scale, q, infl, one_minus_q, k)
             err_new = float(new_step.max()) if new_step.numel() else 0.0
             best = min(best, err_new)
             if err_new <= tol:
@@ -461,3 +449,32 @@ def fixed_point_inverse(
         error=best,
         iterations=max_iter,
     )
+
+
+def _iterate_scale(x: Tensor, fx: Tensor, ny: Tensor, h: float, k: int) -> Tensor:
+    """``||x|| + |h| ||f(x)|| + ||y||`` per example, the scale of the rounding terms; refuses non-finite values."""
+    nx, nf = _per_example_norm(x), _per_example_norm(fx)
+    if not (bool(torch.isfinite(nx).all()) and bool(torch.isfinite(nf).all())):
+        raise NonConvergenceError(
+            f"fixed_point_inverse produced a non-finite iterate or field value at iteration {k}",
+            error=math.inf,
+            iterations=k,
+        )
+    return nx + abs(h) * nf + ny
+
+
+def _residual_bound(x: Tensor, fx: Tensor, y64: Tensor, h: float, scale: Tensor, infl: float,
+                    one_minus_q: float) -> Tensor:
+    """The residual bound ``(||r|| + delta_r)/(1-q)`` of ``x``, ``r = x + h f(x) - y`` in float64, inflated."""
+    r = x.detach().to(torch.float64) + h * fx.detach().to(torch.float64) - y64
+    return (_per_example_norm(r) * infl + 4.0 * _EPS64 * scale * infl) / one_minus_q * infl
+
+
+def _step_bound(x: Tensor, x_new: Tensor, fx: Tensor, y: Tensor, scale: Tensor, q: float, infl: float,
+                one_minus_q: float, k: int) -> tuple[Tensor, Tensor]:
+    """``(||x_new - x||, (q ||x_new - x|| + delta_T)/(1-q))`` per example, inflated; refuses a non-finite step."""
+    delta = _per_example_norm(x_new.detach().to(torch.float64) - x.detach().to(torch.float64))
+    if not bool(torch.isfinite(delta).all()):
+        raise NonConvergenceError(f"fixed_point_inverse produced a non-finite iterate at iteration {k}", error=math.inf, iterations=k)
+    d_t = 4.0 * _eps(x_new, fx, y) * scale
+    return delta, (q * delta * infl + d_t * infl) / one_minus_q * infl
