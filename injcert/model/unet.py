@@ -205,6 +205,69 @@ def _check_options(in_channels: Any, base_channels: Any, channel_mults: Any, blo
     return in_channels, base_channels, blocks_per_level, emb_dim, mults
 
 
+def _check_heads(cond_head: Any, parameterization: str, bands: Optional[dict], data_variance: Optional[float]) -> None:
+    """The optional heads' options: ``cond_head`` a bool needing the denoiser; bands the denoiser without
+    ``data_variance``."""
+    if not isinstance(cond_head, bool):
+        raise ConfigError(f"cond_head must be true or false, got {cond_head!r} of type {type(cond_head).__name__}")
+    if cond_head and parameterization != "denoiser":
+        raise ConfigError("cond_head needs parameterization 'denoiser' (it adds to the denoiser D)")
+    if bands is not None and (parameterization != "denoiser" or data_variance is not None):
+        raise ConfigError("spectral_bands needs parameterization 'denoiser' and replaces data_variance "
+                          "(set data_variance to null)")
+
+
+def _check_restorer(restorer: Any, parameterization: str) -> None:
+    """``restorer``: null, or ``{'width': ..., 'mults': ...}`` with the denoiser parameterization."""
+    if restorer is not None:
+        if not isinstance(restorer, dict) or not set(restorer) <= {"width", "mults"}:
+            raise ConfigError(f"restorer must be null or {{'width': int, 'mults': [ints]}}, got {restorer!r}")
+        if parameterization != "denoiser":
+            raise ConfigError("restorer needs parameterization 'denoiser' (R(c) anchors the denoiser D)")
+
+
+def _model_config(*, in_channels: int, base_channels: int, channel_mults: Any, blocks_per_level: int,
+                  lipschitz_budget: Optional[float], activation: str, alpha_max: float, modulation: float,
+                  skip_max: float, alpha_init: float, emb_dim: int, schedule: VPSchedule,
+                  data_variance: Optional[float], lipschitz_kappa: Optional[float], parameterization: str,
+                  bands: Optional[dict], cond_head: bool) -> dict[str, Any]:
+    """The JSON-able constructor arguments of a :class:`CondUNet` (the restorer's filled in once built)."""
+    return {
+        "in_channels": in_channels,
+        "base_channels": base_channels,
+        "channel_mults": channel_mults,
+        "blocks_per_level": blocks_per_level,
+        "lipschitz_budget": None if lipschitz_budget is None else float(lipschitz_budget),
+        "activation": activation,
+        "alpha_max": float(alpha_max),
+        "modulation": float(modulation),
+        "skip_max": float(skip_max),
+        "alpha_init": float(alpha_init),
+        "emb_dim": emb_dim,
+        "schedule": schedule.to_config(),
+        "data_variance": data_variance,
+        "lipschitz_kappa": None if lipschitz_kappa is None else float(lipschitz_kappa),
+        "parameterization": parameterization,
+        "spectral_bands": None if bands is None else {k: list(v) for k, v in bands.items()},
+        "cond_head": cond_head,
+        "restorer": None,
+    }
+
+
+def _band_charge(bands: Optional[dict]) -> float:
+    """The float32 rounding of the band skip's coefficients d_0, d_j - d_{j-1} and kernels (proofs/05 item 10)."""
+    return 0.0 if bands is None else 4e-6 * math.fsum(wiener_skip_sup(v) for v in bands["variances"])
+
+
+def _zero_cond_head(chans: Sequence[int], in_channels: int) -> nn.ModuleList:
+    """The condition-only head: a 1x1 convolution per level, zero at initialisation."""
+    head = nn.ModuleList([nn.Conv2d(c, in_channels, 1) for c in chans])
+    for conv in head:
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+    return head
+
+
 @register_model("cond_unet")
 class CondUNet(nn.Module):
     r"""Conditional ε-prediction U-Net, certifiably ``lipschitz_budget``-Lipschitz in $x$.
@@ -270,41 +333,17 @@ class CondUNet(nn.Module):
             in_channels, base_channels, channel_mults, blocks_per_level, lipschitz_budget, activation, alpha_max,
             modulation, skip_max, alpha_init, emb_dim, data_variance, lipschitz_kappa, parameterization)
         self.bands = check_bands(spectral_bands)
-        if not isinstance(cond_head, bool):
-            raise ConfigError(f"cond_head must be true or false, got {cond_head!r} of type {type(cond_head).__name__}")
-        if cond_head and parameterization != "denoiser":
-            raise ConfigError("cond_head needs parameterization 'denoiser' (it adds to the denoiser D)")
-        if self.bands is not None and (parameterization != "denoiser" or data_variance is not None):
-            raise ConfigError("spectral_bands needs parameterization 'denoiser' and replaces data_variance "
-                              "(set data_variance to null)")
+        _check_heads(cond_head, parameterization, self.bands, data_variance)
         self.schedule: VPSchedule = get_schedule(schedule)
         self.data_variance = None if data_variance is None else float(data_variance)
         self.gaussian_skip_max = 0.0 if data_variance is None else gaussian_skip_sup(float(data_variance))
-        self._config = {
-            "in_channels": in_channels,
-            "base_channels": base_channels,
-            "channel_mults": mults,
-            "blocks_per_level": blocks_per_level,
-            "lipschitz_budget": None if lipschitz_budget is None else float(lipschitz_budget),
-            "activation": activation,
-            "alpha_max": float(alpha_max),
-            "modulation": float(modulation),
-            "skip_max": float(skip_max),
-            "alpha_init": float(alpha_init),
-            "emb_dim": emb_dim,
-            "schedule": self.schedule.to_config(),
-            "data_variance": self.data_variance,
-            "lipschitz_kappa": None if lipschitz_kappa is None else float(lipschitz_kappa),
-            "parameterization": parameterization,
-            "spectral_bands": None if self.bands is None else {k: list(v) for k, v in self.bands.items()},
-            "cond_head": cond_head,
-            "restorer": None,
-        }
-        if restorer is not None:
-            if not isinstance(restorer, dict) or not set(restorer) <= {"width", "mults"}:
-                raise ConfigError(f"restorer must be null or {{'width': int, 'mults': [ints]}}, got {restorer!r}")
-            if parameterization != "denoiser":
-                raise ConfigError("restorer needs parameterization 'denoiser' (R(c) anchors the denoiser D)")
+        self._config = _model_config(
+            in_channels=in_channels, base_channels=base_channels, channel_mults=mults,
+            blocks_per_level=blocks_per_level, lipschitz_budget=lipschitz_budget, activation=activation,
+            alpha_max=alpha_max, modulation=modulation, skip_max=skip_max, alpha_init=alpha_init, emb_dim=emb_dim,
+            schedule=self.schedule, data_variance=self.data_variance, lipschitz_kappa=lipschitz_kappa,
+            parameterization=parameterization, bands=self.bands, cond_head=cond_head)
+        _check_restorer(restorer, parameterization)
         self.parameterization = parameterization
         self.wiener_max = 0.0 if data_variance is None else wiener_skip_sup(float(data_variance))
         self.lipschitz_kappa = None if lipschitz_kappa is None else float(lipschitz_kappa)
@@ -314,24 +353,15 @@ class CondUNet(nn.Module):
         chans = [base_channels * k for k in mults]
         self.num_levels = len(chans)
         self.downsampling_factor = 2 ** (self.num_levels - 1)
-
-        # float32 rounding of the band skip's coefficients d_0, d_j - d_{j-1} and kernels (proofs/05 item 10);
-        # set before the budget, which reserves it
-        self.band_charge = 0.0 if self.bands is None else \
-            4e-6 * math.fsum(wiener_skip_sup(v) for v in self.bands["variances"])
+        self.band_charge = _band_charge(self.bands)  # set before the budget, which reserves it
         self._build(chans, emb_dim, activation, cap, alpha_max, modulation, alpha_init, blocks_per_level,
                     skip_max, lipschitz_budget)
         # the condition-only head h(c, t) of the denoiser: zero at initialisation, so a checkpoint without it
         # computes the same function with it; it never reads x, so it adds nothing to Lip in x (Theorem 5)
-        self.cond_head = nn.ModuleList([nn.Conv2d(c, in_channels, 1) for c in chans]) if cond_head else None
-        if self.cond_head is not None:
-            for conv in self.cond_head:
-                nn.init.zeros_(conv.weight)
-                nn.init.zeros_(conv.bias)
+        self.cond_head = _zero_cond_head(chans, in_channels) if cond_head else None
         # R(c): reads only (y, m), so it is a constant for every bound in x (proofs/05, item 11)
         self.restorer = None if restorer is None else Restorer(in_channels, MAP_CHANNELS, **restorer)
-        if self.restorer is not None:
-            self._config["restorer"] = dict(self.restorer.config)
+        self._config["restorer"] = None if self.restorer is None else dict(self.restorer.config)
         self._anchor_cache: Optional[tuple] = None
         self._init_budget(parameterization, skip_max, lipschitz_budget)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
@@ -441,6 +471,28 @@ class CondUNet(nn.Module):
         restorer, ``anchor`` is $R(y, m)$ already computed (:meth:`anchor`; tiled evaluation passes a
         crop of the whole image's); by default it is computed here.
         """
+        x, t, y, m, anchor, (h, w) = self._forward_inputs(x, t, y, m, anchor)
+        emb = self.time_embed(t)
+        conds = self.cond_encoder(torch.cat([y, m], dim=1).to(self.cond_encoder.stem.weight.dtype), emb)
+        conds = [c.to(x.dtype) for c in conds]
+        out = self._deep_path(x, emb, conds)
+        if self.cond_head is not None:
+            out = out + self.condition_estimate(conds)
+        if self.parameterization == "denoiser":
+            return self._denoiser_eps(out, x, t, emb, anchor if self.restorer is not None else None)[:, :, :h, :w]
+        if self.lipschitz_kappa is not None:
+            out = out * self.gain_scale(t).to(x.dtype)[:, None, None, None]
+        if self.skip_max > 0:
+            a = self.skip_max * torch.tanh(self.skip_head(emb)).to(x.dtype)
+            out = out + a[:, :, None, None] * x
+        if self.data_variance is not None:
+            out = out + self.gaussian_skip(t).to(x.dtype)[:, None, None, None] * x
+        return out[:, :, :h, :w]
+
+    def _forward_inputs(self, x: Tensor, t: Union[Tensor, float], y: Optional[Tensor], m: Optional[Tensor],
+                        anchor: Optional[Tensor]) -> tuple:
+        """``forward``'s inputs checked, defaulted and padded to a multiple of the downsampling factor:
+        ``(x, t, y, m, anchor, (h, w))`` with ``t`` of shape (N,) and ``(h, w)`` the unpadded size."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise InputError(f"x must be N×{self.in_channels}×H×W, got shape {tuple(x.shape)}")
         n, _, h, w = x.shape
@@ -465,10 +517,11 @@ class CondUNet(nn.Module):
             x, y, m = (F.pad(v, (0, pw, 0, ph)) for v in (x, y, m))
             if anchor is not None and self.restorer is not None:
                 anchor = F.pad(anchor, (0, pw, 0, ph))
+        return x, t, y, m, anchor, (h, w)
 
-        emb = self.time_embed(t)
-        conds = self.cond_encoder(torch.cat([y, m], dim=1).to(self.cond_encoder.stem.weight.dtype), emb)
-        conds = [c.to(x.dtype) for c in conds]
+    def _deep_path(self, x: Tensor, emb: Tensor, conds: list[Tensor]) -> Tensor:
+        """The U-Net: in_conv, the down levels (their skips saved), the middle block, the up levels, the
+        output convolution times the gain."""
         hcur = self.in_conv(x)
         skips = []
         for lvl, blocks in enumerate(self.down):
@@ -483,19 +536,7 @@ class CondUNet(nn.Module):
             hcur = torch.cat([self.upsample(hcur), skips[lvl]], dim=1)
             for blk in blocks:
                 hcur = blk(hcur, emb, conds[lvl])
-        out = self.out_conv(self.out_act(hcur)) * self.gain.to(x.dtype)
-        if self.cond_head is not None:
-            out = out + self.condition_estimate(conds)
-        if self.parameterization == "denoiser":
-            return self._denoiser_eps(out, x, t, emb, anchor if self.restorer is not None else None)[:, :, :h, :w]
-        if self.lipschitz_kappa is not None:
-            out = out * self.gain_scale(t).to(x.dtype)[:, None, None, None]
-        if self.skip_max > 0:
-            a = self.skip_max * torch.tanh(self.skip_head(emb)).to(x.dtype)
-            out = out + a[:, :, None, None] * x
-        if self.data_variance is not None:
-            out = out + self.gaussian_skip(t).to(x.dtype)[:, None, None, None] * x
-        return out[:, :, :h, :w]
+        return self.out_conv(self.out_act(hcur)) * self.gain.to(x.dtype)
 
     def condition_estimate(self, conds: list[Tensor]) -> Tensor:
         r"""$h(c, t)$, the condition-only term of the denoiser, $D = K_t x + \mathrm{gain}\,F(x, c) + h(c, t)$:
