@@ -142,23 +142,43 @@ def _check_inputs(x0: Tensor, mask: Tensor, target: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def edit_full(
-    model: Any,
-    x0: Tensor,
-    mask: Tensor,
-    target: Union[Tensor, str],
-    strength: float = 0.5,
-    steps: int = 50,
-    *,
-    seed: int = 0,
-    method: str = "reversible",
-    grid: str = "geometric",
-    context: bool = True,
-    frac_bits: int = DEFAULT_FRAC_BITS,
-    noise_scale: float = 0.0,
-    start: str = "encoded",
-    progress: bool = False,
-) -> EditResult:
+def _check_method(method: str, grid: str) -> None:
+    """Only the reversible lattice scheme keeps the outside identical; a known grid kind."""
+    if method != "reversible":
+        raise ArgumentError(f"edit needs method='reversible' (the exact lattice scheme keeps the outside of the "
+                            f"mask identical; Theorem 7), got {method!r}")
+    if grid not in GRIDS:
+        raise ArgumentError(f"unknown grid kind {grid!r}; choices: {list(GRIDS)}")
+
+
+def _check_strength_steps(strength: float, steps: int) -> None:
+    """``strength`` in (0, 1]; ``steps`` an int >= 1."""
+    if not (0.0 < float(strength) <= 1.0):
+        raise ArgumentError(f"strength must lie in (0, 1], got {strength!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ArgumentError(f"steps must be an int >= 1, got {steps!r}")
+
+
+def _start_noise(x0: Tensor, start: str, noise_scale: float, seed: int) -> Optional[Tensor]:
+    """The noise added to the inside's start (checked): ``None`` for the encoded start, else
+    ``noise_scale`` times a float64 normal draw seeded by ``seed``."""
+    if not (0.0 <= float(noise_scale) <= 1.0):
+        raise ArgumentError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
+    if start not in EDIT_STARTS:
+        raise ArgumentError(f"unknown start {start!r}; choices: {list(EDIT_STARTS)}")
+    if start == "encoded" and float(noise_scale) != 0.0:
+        raise ArgumentError(f"noise_scale={noise_scale!r} needs start='noised' (the encoded start adds no noise)")
+    noise = None  # the encoded start adds none
+    if start == "noised":
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+        noise = eps * float(noise_scale)
+    return noise
+
+
+def edit_full(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], strength: float = 0.5,
+              steps: int = 50, *, seed: int = 0, method: str = "reversible", grid: str = "geometric",
+              context: bool = True, frac_bits: int = DEFAULT_FRAC_BITS, noise_scale: float = 0.0,
+              start: str = "encoded", progress: bool = False) -> EditResult:
     """Edit ``x0`` inside ``mask`` towards ``target``; see the module docstring for the algorithm.
 
     Arguments:
@@ -192,33 +212,17 @@ def edit_full(
             other than ``"reversible"``, an unknown grid kind, an unknown ``start``, a
             ``noise_scale`` other than 0 with ``start="encoded"``.
     """
-    if method != "reversible":
-        raise ArgumentError(f"edit needs method='reversible' (the exact lattice scheme keeps the outside of the "
-                            f"mask identical; Theorem 7), got {method!r}")
-    if grid not in GRIDS:
-        raise ArgumentError(f"unknown grid kind {grid!r}; choices: {list(GRIDS)}")
+    _check_method(method, grid)
     if isinstance(target, str):
         target = make_target(x0, (mask > 0.5).to(x0.dtype), target, model=model)
     m = _check_inputs(x0, mask, target)
-    if not (0.0 < float(strength) <= 1.0):
-        raise ArgumentError(f"strength must lie in (0, 1], got {strength!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ArgumentError(f"steps must be an int >= 1, got {steps!r}")
+    _check_strength_steps(strength, steps)
     t_e = float(strength) * float(model.schedule.t_max)
     cond = None
     if context:
         outside = 1 - m
         cond = (x0 * outside, expand_map(outside))
-    if not (0.0 <= float(noise_scale) <= 1.0):
-        raise ArgumentError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
-    if start not in EDIT_STARTS:
-        raise ArgumentError(f"unknown start {start!r}; choices: {list(EDIT_STARTS)}")
-    if start == "encoded" and float(noise_scale) != 0.0:
-        raise ArgumentError(f"noise_scale={noise_scale!r} needs start='noised' (the encoded start adds no noise)")
-    noise = None  # the encoded start adds none
-    if start == "noised":
-        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
-        noise = eps * float(noise_scale)
+    noise = _start_noise(x0, start, noise_scale, seed)
     res = guided_decode(model, x0, m, target, t_e, steps, cond, frac_bits=frac_bits, progress=progress,
                         noise=noise, grid=grid, encode_target=start == "encoded")
     image = res.image
