@@ -79,19 +79,11 @@ def _schedule_of(model: nn.Module):
     return schedule
 
 
-def draw_training_batch(
-    x0: Tensor,
-    generator: torch.Generator,
-    schedule,
-    p_uncond: float = 0.1,
-    t_min: float = T_MIN,
-    low_noise_fraction: float = 0.0,
-    low_noise_varsigma: float = 0.2,
-    refine_fraction: float = 0.0,
-    refine_varsigma: tuple[float, float] = REFINE_VARSIGMA,
-    corruptions: Optional[Sequence[str]] = None,
-    refine_start: str = "biharmonic",
-) -> dict[str, Tensor]:
+def draw_training_batch(x0: Tensor, generator: torch.Generator, schedule, p_uncond: float = 0.1, t_min: float = T_MIN,
+                        low_noise_fraction: float = 0.0, low_noise_varsigma: float = 0.2,
+                        refine_fraction: float = 0.0, refine_varsigma: tuple[float, float] = REFINE_VARSIGMA,
+                        corruptions: Optional[Sequence[str]] = None, refine_start: str = "biharmonic",
+                        ) -> dict[str, Tensor]:
     r"""Every random draw of one training batch, in a fixed order: $t$, $\varepsilon$, the corruption.
 
     With ``low_noise_fraction`` $= f > 0$, each example's $t$ is then redrawn with probability $f$ so that
@@ -136,31 +128,52 @@ def draw_training_batch(
     y, m = corrupt_batch(x0, generator, p_uncond=p_uncond, kinds=corruptions)
     lo = low_noise_range(schedule, t_min, low_noise_fraction, low_noise_varsigma)
     if low_noise_fraction > 0:
-        pick = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev) < low_noise_fraction
-        v = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
-        vs = torch.exp(math.log(lo) + (math.log(low_noise_varsigma) - math.log(lo)) * v)
-        t = torch.where(pick, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
+        t = _low_noise_t(t, generator, schedule, t_min, t_max, lo, low_noise_fraction, low_noise_varsigma)
     delta = torch.zeros_like(x0)
     if refine_fraction > 0:
-        r_lo, r_hi = refine_range(schedule, refine_fraction, refine_varsigma)
-        pick = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev) < refine_fraction
-        v = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
-        vs = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * v)
-        known = m[:, 0] == 1
-        masks = known.flatten(1).any(1) & (~known).flatten(1).any(1) & (m[:, 1:] == 0).flatten(1).all(1)
-        sel = pick & masks.to(gdev)  # t, pick and vs live on the generator's device
-        if refine_start == "restorer":  # the model's own R(c) is the start: its delta is made in loss_on_batch
-            t = torch.where(sel, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
-            return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m, "delta": delta,
-                    "refine": sel.to(x0.device)}
-        if bool(sel.any()):
-            from ..data.classical import classical_estimate
+        return _refine_batch(x0, t, eps, y, m, delta, generator, schedule, t_min, t_max, refine_fraction,
+                             refine_varsigma, refine_start)
+    return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m, "delta": delta}
 
-            idx = sel.nonzero().flatten().to(x0.device)
-            _, est = classical_estimate(y[idx] * m[idx, :1], m[idx], "inpaint_biharmonic")
-            miss = (m[idx, :1] != 1).expand_as(est)
-            delta[idx] = torch.where(miss, est.to(x0) - x0[idx], 0.0)
-            t = torch.where(sel, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
+
+def _low_noise_t(t: Tensor, generator: torch.Generator, schedule, t_min: float, t_max: float, lo: float,
+                 low_noise_fraction: float, low_noise_varsigma: float) -> Tensor:
+    """``t`` with each example redrawn, with probability ``low_noise_fraction``, log-uniform in varsigma
+    on ``[lo, low_noise_varsigma]`` (two draws of N)."""
+    n, gdev = t.shape[0], generator.device
+    pick = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev) < low_noise_fraction
+    v = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
+    vs = torch.exp(math.log(lo) + (math.log(low_noise_varsigma) - math.log(lo)) * v)
+    return torch.where(pick, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
+
+
+def _refine_batch(x0: Tensor, t: Tensor, eps: Tensor, y: Tensor, m: Tensor, delta: Tensor,
+                  generator: torch.Generator, schedule, t_min: float, t_max: float, refine_fraction: float,
+                  refine_varsigma: tuple[float, float], refine_start: str) -> dict[str, Tensor]:
+    """The batch with its refinement examples drawn (two draws of N): their ``t`` log-uniform in varsigma
+    on ``refine_varsigma`` and their ``delta`` (the biharmonic estimate minus ``x0`` at the missing
+    pixels), or with ``refine_start="restorer"`` their selection ``refine`` (the delta made later)."""
+    n = x0.shape[0]
+    gdev = generator.device
+    r_lo, r_hi = refine_range(schedule, refine_fraction, refine_varsigma)
+    pick = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev) < refine_fraction
+    v = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
+    vs = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * v)
+    known = m[:, 0] == 1
+    masks = known.flatten(1).any(1) & (~known).flatten(1).any(1) & (m[:, 1:] == 0).flatten(1).all(1)
+    sel = pick & masks.to(gdev)  # t, pick and vs live on the generator's device
+    if refine_start == "restorer":  # the model's own R(c) is the start: its delta is made in loss_on_batch
+        t = torch.where(sel, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
+        return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m, "delta": delta,
+                "refine": sel.to(x0.device)}
+    if bool(sel.any()):
+        from ..data.classical import classical_estimate
+
+        idx = sel.nonzero().flatten().to(x0.device)
+        _, est = classical_estimate(y[idx] * m[idx, :1], m[idx], "inpaint_biharmonic")
+        miss = (m[idx, :1] != 1).expand_as(est)
+        delta[idx] = torch.where(miss, est.to(x0) - x0[idx], 0.0)
+        t = torch.where(sel, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
     return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m, "delta": delta}
 
 
