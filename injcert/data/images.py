@@ -35,7 +35,7 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Sequence, Union
+from typing import Any, Literal, Sequence, Union
 
 import numpy as np
 import torch
@@ -212,21 +212,7 @@ def _read_png16(path: Path) -> "np.ndarray | None":
         if interlace:
             notice(f"image {str(path)!r} is an interlaced 16-bit PNG; read as 8-bit")
             return None
-        fh.seek(8)
-        idat = []
-        while True:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise InputError(f"cannot read image file {str(path)!r}: truncated PNG")
-            n, kind = struct.unpack(">I4s", head)
-            body = fh.read(n)
-            fh.read(4)
-            if len(body) < n:
-                raise InputError(f"cannot read image file {str(path)!r}: truncated PNG")
-            if kind == b"IDAT":
-                idat.append(body)
-            elif kind == b"IEND":
-                break
+        idat = _png_idat(fh, path)
     channels = {2: 3, 4: 2, 6: 4}[ctype]
     bpp = 2 * channels
     stride = w * bpp
@@ -242,35 +228,63 @@ def _read_png16(path: Path) -> "np.ndarray | None":
     out = np.empty((h, stride), dtype=np.uint8)
     prev = np.zeros(stride, dtype=np.uint8)
     for r in range(h):
-        f = int(rows[r, 0])
-        line = rows[r, 1:]
-        if f == 0:
-            cur = line.copy()
-        elif f == 1:  # Sub: a running sum per byte position of the pixel, modulo 256
-            cur = np.cumsum(line.reshape(w, bpp), axis=0, dtype=np.uint8).reshape(stride)
-        elif f == 2:  # Up
-            cur = line + prev
-        elif f in (3, 4):  # Average, Paeth: sequential along the row
-            cur_l = bytearray(line.tobytes())
-            up = prev.tobytes()
-            for i in range(stride):
-                a = cur_l[i - bpp] if i >= bpp else 0
-                b = up[i]
-                if f == 3:
-                    cur_l[i] = (cur_l[i] + ((a + b) >> 1)) & 0xFF
-                else:
-                    c = up[i - bpp] if i >= bpp else 0
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
-                    cur_l[i] = (cur_l[i] + pred) & 0xFF
-            cur = np.frombuffer(bytes(cur_l), dtype=np.uint8)
-        else:
-            raise InputError(f"cannot read image file {str(path)!r}: unknown PNG filter {f} in row {r}")
+        cur = _png_unfilter(int(rows[r, 0]), rows[r, 1:], prev, w, bpp, path, r)
         out[r] = cur
         prev = cur
     arr = out.view(">u2").reshape(h, w, channels).astype(np.uint16)
     return arr[:, :, 0] if channels == 1 else arr
+
+
+def _png_idat(fh: Any, path: Path) -> list:
+    """The IDAT chunks' bodies of a PNG file, read from just after its signature up to IEND."""
+    import struct
+
+    fh.seek(8)
+    idat = []
+    while True:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise InputError(f"cannot read image file {str(path)!r}: truncated PNG")
+        n, kind = struct.unpack(">I4s", head)
+        body = fh.read(n)
+        fh.read(4)
+        if len(body) < n:
+            raise InputError(f"cannot read image file {str(path)!r}: truncated PNG")
+        if kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+    return idat
+
+
+def _png_unfilter(f: int, line: "np.ndarray", prev: "np.ndarray", w: int, bpp: int, path: Path,
+                  r: int) -> "np.ndarray":
+    """Row ``r`` of a PNG undone from its filter ``f`` (None, Sub, Up, Average, Paeth), given the row above."""
+    stride = w * bpp
+    if f == 0:
+        cur = line.copy()
+    elif f == 1:  # Sub: a running sum per byte position of the pixel, modulo 256
+        cur = np.cumsum(line.reshape(w, bpp), axis=0, dtype=np.uint8).reshape(stride)
+    elif f == 2:  # Up
+        cur = line + prev
+    elif f in (3, 4):  # Average, Paeth: sequential along the row
+        cur_l = bytearray(line.tobytes())
+        up = prev.tobytes()
+        for i in range(stride):
+            a = cur_l[i - bpp] if i >= bpp else 0
+            b = up[i]
+            if f == 3:
+                cur_l[i] = (cur_l[i] + ((a + b) >> 1)) & 0xFF
+            else:
+                c = up[i - bpp] if i >= bpp else 0
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
+                cur_l[i] = (cur_l[i] + pred) & 0xFF
+        cur = np.frombuffer(bytes(cur_l), dtype=np.uint8)
+    else:
+        raise InputError(f"cannot read image file {str(path)!r}: unknown PNG filter {f} in row {r}")
+    return cur
 
 
 @lru_cache(maxsize=64)
