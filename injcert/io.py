@@ -223,6 +223,22 @@ def read_safetensors_header(path: PathLike, what: str = "file") -> tuple[TensorS
     st = regular_input_file(p, CheckpointError, what + " not found: {label}", "cannot read {label}: {reason}",
                             what + " is not a file: {label}")
     size = st.st_size
+    n, raw = _read_raw_header(p, label, what, size)
+    header = _json_loads(raw, label)
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{label} is corrupt: its header is a JSON {type(header).__name__}, not an object")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{label} is corrupt: its metadata is not an object")
+    declared, end, total = _declared_tensors(header, label)
+    if 8 + n + end > size:
+        raise CheckpointError(f"{label} is truncated: expected {8 + n + end} bytes, found {size}")
+    limits.check("params", total, f"numbers stored in {label}")
+    return declared, meta
+
+
+def _read_raw_header(p: Path, label: str, what: str, size: int) -> tuple[int, bytes]:
+    """``(n, the n header bytes)`` of a safetensors file of ``size`` bytes; a pickle or a bad length refused."""
     try:
         with open(p, "rb") as fh:
             head = fh.read(9)
@@ -239,13 +255,12 @@ def read_safetensors_header(path: PathLike, what: str = "file") -> tuple[TensorS
             raw = fh.read(n)
     except OSError as exc:
         raise CheckpointError(f"cannot read {label}: {exc.strerror or exc}") from None
-    header = _json_loads(raw, label)
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{label} is corrupt: its header is a JSON {type(header).__name__}, not an object")
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{label} is corrupt: its metadata is not an object")
-    # every tensor's entry well formed and its byte range inside the file, before reading
+    return n, raw
+
+
+def _declared_tensors(header: dict, label: str) -> tuple[TensorSpecs, int, int]:
+    """``(declared tensors, end of their byte ranges, stored numbers)``: every tensor's entry well formed
+    (known dtype, non-negative shape, a byte range its shape fills), before reading."""
     declared: TensorSpecs = {}
     end = 0
     total = 0
@@ -266,10 +281,7 @@ def read_safetensors_header(path: PathLike, what: str = "file") -> tuple[TensorS
         declared[key] = (dtype, shape)
         end = max(end, b)
         total += numel
-    if 8 + n + end > size:
-        raise CheckpointError(f"{label} is truncated: expected {8 + n + end} bytes, found {size}")
-    limits.check("params", total, f"numbers stored in {label}")
-    return declared, meta
+    return declared, end, total
 
 
 def read_safetensors(path: PathLike, what: str = "file", *,
@@ -456,6 +468,26 @@ def load_checkpoint(path: PathLike, device: str | torch.device = "cpu") -> nn.Mo
     """
     label = repr(os.fspath(path))
     declared, config = _read_header(path, _MODEL_FORMAT)
+    name, model_cfg, metadata = _checkpoint_config(config, label)
+    model = _build_within_budget(MODEL_REGISTRY[name], model_cfg, declared, label, name)
+    _check_declared_tensors(model, declared, label, name)
+    tensors = _load_tensors(path)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{label} does not match the {name!r} architecture: {first[1].strip() if len(first) > 1 else first[0]}"
+        ) from None
+    model.checkpoint_metadata = metadata  # type: ignore[attr-defined]
+    model.checkpoint_path = os.fspath(path)  # type: ignore[attr-defined]
+    if torch.device(device).type == "cuda":
+        strict_float32()
+    return model.to(device).eval()
+
+
+def _checkpoint_config(config: dict, label: str) -> tuple[str, dict, dict]:
+    """``(model name, model_config, metadata)`` of a checkpoint's header config, each checked."""
     _ensure_builtin_models()
     name = config.get("model")
     if not isinstance(name, str) or name not in MODEL_REGISTRY:
@@ -468,18 +500,26 @@ def load_checkpoint(path: PathLike, device: str | torch.device = "cpu") -> nn.Mo
         metadata = {}
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{label} has metadata that is a {type(metadata).__name__}, not an object")
-    cls = MODEL_REGISTRY[name]
+    return name, model_cfg, metadata
+
+
+def _build_within_budget(cls: type, model_cfg: dict, declared: dict, label: str, name: str) -> nn.Module:
+    """``cls.from_config(model_cfg)`` under an allocation budget of 8 x the stored tensor bytes + 64 MiB."""
     stored = sum(math.prod(shape) * _ST_ITEM[dt] for dt, shape in declared.values())
     budget = _BuildBudget(8 * stored + 64 * 2**20)
     try:
         with budget:
-            model = cls.from_config(model_cfg)
+            return cls.from_config(model_cfg)
     except Exception as exc:  # noqa: BLE001 - any failure to build from the file's config is a bad file
         if budget.exceeded:
             raise CheckpointError(
                 f"{label} has a config that declares a model far larger than the {stored} bytes of tensors it "
                 f"stores (more than {budget.budget} bytes to build); refusing to build it") from None
         raise CheckpointError(f"{label} has an unusable config for {name!r}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+
+
+def _check_declared_tensors(model: nn.Module, declared: dict, label: str, name: str) -> None:
+    """The stored tensors are the model's: the same names, shapes and dtypes (nothing is cast)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(declared))
     unexpected = sorted(set(declared) - set(expected))
@@ -495,19 +535,6 @@ def load_checkpoint(path: PathLike, device: str | torch.device = "cpu") -> nn.Mo
         if t.dtype != dt:
             raise CheckpointError(f"{label}: tensor {key!r} is stored as {_DTYPE_NAMES.get(dt, dt)} but the model "
                                   f"declares {str(t.dtype).replace('torch.', '')}; refusing to cast it")
-    tensors = _load_tensors(path)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise CheckpointError(
-            f"{label} does not match the {name!r} architecture: {first[1].strip() if len(first) > 1 else first[0]}"
-        ) from None
-    model.checkpoint_metadata = metadata  # type: ignore[attr-defined]
-    model.checkpoint_path = os.fspath(path)  # type: ignore[attr-defined]
-    if torch.device(device).type == "cuda":
-        strict_float32()
-    return model.to(device).eval()
 
 
 _ST_ITEM = {v[0]: v[1] for v in _ST_DTYPES.values()}
