@@ -95,23 +95,41 @@ def check_output_path(path: PathLike, *, inputs: Iterable[Any] = (), directory: 
     except OSError as exc:
         raise OutputPathError(f"{what} {text!r}: {exc.strerror or exc}") from None
     if st is not None:
-        if directory:
-            if stat.S_ISLNK(st.st_mode):
-                try:
-                    st = os.stat(p)
-                except OSError:
-                    raise OutputPathError(f"{what} folder {text!r} is a dangling symbolic link") from None
-            if not stat.S_ISDIR(st.st_mode):
-                raise OutputPathError(f"{what} folder {text!r} exists and is {_kind(st.st_mode)}")
-        elif stat.S_ISLNK(st.st_mode):
-            raise OutputPathError(f"{what} {text!r} is a symbolic link; refusing to write through it")
-        elif not stat.S_ISREG(st.st_mode):
-            raise OutputPathError(f"{what} {text!r} exists and is {_kind(st.st_mode)}; refusing to replace it")
-        for inp in inputs:
-            if isinstance(inp, (str, os.PathLike)) and os.fspath(inp) and same_file(p, inp):
-                raise OutputPathError(f"{what} {text!r} is the same file as the input {os.fspath(inp)!r}; "
-                                      "refusing to overwrite an input")
-    # the nearest existing folder above must be a writable directory
+        _check_existing(p, st, text, inputs, directory, what)
+    probe = _writable_folder(p, text, directory, what)
+    if not directory:
+        limit = _name_max(probe)
+        n = len(os.fsencode(p.name))
+        if n > limit:
+            raise OutputPathError(f"{what} name is {n} bytes long; this file system allows {limit}")
+    return p
+
+
+def _check_existing(p: Path, st: os.stat_result, text: str, inputs: Iterable[Any], directory: bool,
+                    what: str) -> None:
+    """An existing target: a directory (``directory=True``; a symlink to one followed), else a regular
+    file, never a symlink; and not one of ``inputs``."""
+    if directory:
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                st = os.stat(p)
+            except OSError:
+                raise OutputPathError(f"{what} folder {text!r} is a dangling symbolic link") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise OutputPathError(f"{what} folder {text!r} exists and is {_kind(st.st_mode)}")
+    elif stat.S_ISLNK(st.st_mode):
+        raise OutputPathError(f"{what} {text!r} is a symbolic link; refusing to write through it")
+    elif not stat.S_ISREG(st.st_mode):
+        raise OutputPathError(f"{what} {text!r} exists and is {_kind(st.st_mode)}; refusing to replace it")
+    for inp in inputs:
+        if isinstance(inp, (str, os.PathLike)) and os.fspath(inp) and same_file(p, inp):
+            raise OutputPathError(f"{what} {text!r} is the same file as the input {os.fspath(inp)!r}; "
+                                  "refusing to overwrite an input")
+
+
+def _writable_folder(p: Path, text: str, directory: bool, what: str) -> Path:
+    """The nearest existing folder above the target (the target itself for a directory), which must be a
+    writable directory."""
     folder = p if directory else p.parent
     folder = Path(os.path.abspath(folder))
     probe = folder
@@ -132,12 +150,7 @@ def check_output_path(path: PathLike, *, inputs: Iterable[Any] = (), directory: 
         raise OutputPathError(f"{what} {text!r}: its parent {str(probe)!r} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputPathError(f"{what} {text!r}: the folder {str(probe)!r} is not writable")
-    if not directory:
-        limit = _name_max(probe)
-        n = len(os.fsencode(p.name))
-        if n > limit:
-            raise OutputPathError(f"{what} name is {n} bytes long; this file system allows {limit}")
-    return p
+    return probe
 
 
 def _tmp_name() -> str:
