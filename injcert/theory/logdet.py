@@ -136,26 +136,36 @@ def trace_estimate(
     """
     if method not in ("hutchinson", "hutchpp"):
         raise ArgumentError(f"unknown trace method {method!r}; choose 'hutchinson' or 'hutchpp'")
-    n, shape = x.shape[0], tuple(x.shape[1:])
-    d = int(math.prod(shape))
-
-
     quiet_jvp_decompositions()
 
     def jvp(v: Tensor) -> Tensor:  # v: (N, *shape)
         return torch.func.jvp(fn, (x,), (v,))[1]
 
     if method == "hutchinson":
-        if n_probes < 1:
-            raise ArgumentError(f"n_probes must be >= 1, got {n_probes!r}")
-        vals = []
-        for _ in range(n_probes):
-            z = _probes((n, *shape), 1, probe, x.dtype, x.device, generator)[0]
-            vals.append((z * jvp(z)).flatten(1).sum(1))
-        v = torch.stack(vals)  # (m, N)
-        est = v.mean(0)
-        se = v.std(0, unbiased=True) / math.sqrt(n_probes) if n_probes > 1 else torch.full_like(est, math.inf)
-        return est.detach(), se.detach()
+        return _hutchinson(jvp, x, n_probes, generator, probe)
+    return _hutchpp(jvp, x, n_probes, generator, probe)
+
+
+def _hutchinson(jvp: Callable[[Tensor], Tensor], x: Tensor, n_probes: int, generator: torch.Generator | None,
+                probe: str) -> tuple[Tensor, Tensor]:
+    """Hutchinson's estimate of :func:`trace_estimate` from ``jvp`` (``v -> J v``)."""
+    n, shape = x.shape[0], tuple(x.shape[1:])
+    if n_probes < 1:
+        raise ArgumentError(f"n_probes must be >= 1, got {n_probes!r}")
+    vals = []
+    for _ in range(n_probes):
+        z = _probes((n, *shape), 1, probe, x.dtype, x.device, generator)[0]
+        vals.append((z * jvp(z)).flatten(1).sum(1))
+    v = torch.stack(vals)  # (m, N)
+    est = v.mean(0)
+    se = v.std(0, unbiased=True) / math.sqrt(n_probes) if n_probes > 1 else torch.full_like(est, math.inf)
+    return est.detach(), se.detach()
+
+
+def _hutchpp(jvp: Callable[[Tensor], Tensor], x: Tensor, n_probes: int, generator: torch.Generator | None,
+             probe: str) -> tuple[Tensor, Tensor]:
+    """The Hutch++ estimate of :func:`trace_estimate` from ``jvp`` (``v -> J v``)."""
+    n, shape = x.shape[0], tuple(x.shape[1:])
     k = n_probes // 3
     if k < 1 or n_probes - 2 * k < 2:
         raise ArgumentError(f"hutchpp needs n_probes >= 4 (got {n_probes!r})")
@@ -176,7 +186,6 @@ def trace_estimate(
     v = torch.stack(vals)
     est = exact_part + v.mean(0)
     se = v.std(0, unbiased=True) / math.sqrt(m_res)
-    del d
     return est.detach(), se.detach()
 
 
