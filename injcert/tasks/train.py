@@ -219,20 +219,29 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on the first bad option (and fill in model defaults)."""
+        self._validate_numbers()
+        self._validate_options()
+        self._validate_objective()
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise ConfigError(f"training option init must be a checkpoint path or null, got {self.init!r}")
+        self.model = self._validated_model()
 
-        def integer(name: str, minimum: int) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ConfigError(f"training option {name} must be an int >= {minimum}, got {v!r}")
+    def _integer(self, name: str, minimum: int) -> None:
+        v = getattr(self, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ConfigError(f"training option {name} must be an int >= {minimum}, got {v!r}")
 
-        def number(name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-            v = getattr(self, name)
-            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-            ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-            if not ok:
-                lb, ub = ("(" if lo_open else "["), (")" if hi_open else "]")
-                raise ConfigError(f"training option {name} must lie in {lb}{lo}, {hi}{ub}, got {v!r}")
+    def _number(self, name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+        v = getattr(self, name)
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+        ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            lb, ub = ("(" if lo_open else "["), (")" if hi_open else "]")
+            raise ConfigError(f"training option {name} must lie in {lb}{lo}, {hi}{ub}, got {v!r}")
 
+    def _validate_numbers(self) -> None:
+        """The counts, rates and fractions, and ``refine_varsigma``."""
+        integer, number = self._integer, self._number
         integer("steps", 0)
         integer("batch_size", 1)
         limits.check("batch_size", self.batch_size, "training option batch_size")
@@ -255,6 +264,10 @@ class TrainConfig:
                                                                    or not math.isfinite(v) for v in rv)
                 or not 0 < rv[0] <= rv[1]):
             raise ConfigError(f"training option refine_varsigma must be [lo, hi] with 0 < lo <= hi, got {rv!r}")
+
+    def _validate_options(self) -> None:
+        """``channels``, ``log``, ``images``, the learning-rate schedule and ``loss_sigma_data``."""
+        number = self._number
         if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise ConfigError(f"training option channels must be 1 or 3, got {self.channels!r}")
         if self.log is not None and not isinstance(self.log, str):
@@ -266,9 +279,9 @@ class TrainConfig:
         number("lr_final", 0.0, self.lr)
         if self.loss_sigma_data is not None:
             number("loss_sigma_data", 0.0, math.inf, lo_open=True, hi_open=True)
-        self._validate_objective()
-        if self.init is not None and (not isinstance(self.init, str) or not self.init):
-            raise ConfigError(f"training option init must be a checkpoint path or null, got {self.init!r}")
+
+    def _validated_model(self) -> dict:
+        """The model options checked and completed with the defaults (``in_channels`` = ``channels``)."""
         if not isinstance(self.model, dict):
             raise ConfigError(f"training option model must be an object, got {type(self.model).__name__}")
         unknown = sorted(set(self.model) - set(DEFAULT_MODEL_CONFIG))
@@ -287,7 +300,7 @@ class TrainConfig:
             raise ConfigError(f"model option lipschitz_budget must be a finite number > 0 (or null), got {budget!r}")
         if self.objective == "restorer" and not model.get("restorer"):
             raise ConfigError("training objective 'restorer' needs a model with a restorer (model option 'restorer')")
-        self.model = model
+        return model
 
     def _validate_objective(self) -> None:
         """The options of what is trained and on what: ``corruptions``, ``refine_start``, ``objective``,
@@ -536,6 +549,26 @@ def _env_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _restore_weights(config: TrainConfig, resume: Any, tensors: Any, meta: Any, model: nn.Module, ema: Any,
+                     opt: Any, history: list) -> tuple[int, float, Optional[float], list]:
+    """``(start step, wall time before, last validation loss, history)``: the resumed state's weights,
+    or the ``init`` checkpoint's (recorded as the history), or a fresh start."""
+    start, wall_before, val_loss = 0, 0.0, None
+    if resume is not None:
+        start, wall_before, val_loss = _load_resume(resume, tensors, meta, model, ema, opt)
+    elif config.init is not None:
+        history = [{"init": _load_init(config.init, model, ema)}]
+    return start, wall_before, val_loss, history
+
+
+def _trained_net(config: TrainConfig, model: nn.Module, dist_info: Any, dev: torch.device) -> nn.Module:
+    """The module the optimiser steps (the restorer alone for its objective), under DDP on several ranks."""
+    net: nn.Module = model.restorer if config.objective == "restorer" else model
+    if dist_info.world > 1:
+        net = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    return net
+
+
 def _train(config: Optional[TrainConfig], out: PathLike, resume: Optional[PathLike], device: str, progress: bool, *,
            workers: Optional[int], time_limit: Optional[float], compile_model: bool) -> Path:
     """Train a :class:`~injcert.model.unet.CondUNet`; returns the checkpoint path ``out``.
@@ -578,16 +611,10 @@ def _train(config: Optional[TrainConfig], out: PathLike, resume: Optional[PathLi
         raise ConfigError(f"batch_size={config.batch_size} is not divisible by the world size {dist_info.world}")
     local_b = config.batch_size // dist_info.world
     model, ema, opt = _build_model(config, dev)
-    start, wall_before, val_loss = 0, 0.0, None
-    if resume is not None:
-        start, wall_before, val_loss = _load_resume(resume, tensors, meta, model, ema, opt)
-    elif config.init is not None:
-        history = [{"init": _load_init(config.init, model, ema)}]
+    start, wall_before, val_loss, history = _restore_weights(config, resume, tensors, meta, model, ema, opt, history)
     del tensors
 
-    net: nn.Module = model.restorer if config.objective == "restorer" else model
-    if dist_info.world > 1:
-        net = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    net = _trained_net(config, model, dist_info, dev)
     loader, val_batches, sync_every = _make_loader(config, model, dist_info, dev, local_b, start, workers)
     step_fn: Any = torch.compile(net) if compile_model else net
     log_path = _prepare_log(config, dist_info, resume, start)
