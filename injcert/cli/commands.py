@@ -399,7 +399,6 @@ def _corruption_params(args: argparse.Namespace) -> dict:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     from ..data.corruptions import make_corruption
-    from ..metrics import psnr, region_psnr
     from ..tasks.reconstruct import reconstruct_full
 
     dt = _dtype(args.dtype)
@@ -429,6 +428,23 @@ def run_reconstruct(args: argparse.Namespace) -> int:
                                operator=(lambda v: operator(v.cpu()).to(v.device)) if operator else None,
                                progress=not args.quiet)
     _finite(rec.image, "the reconstruction")
+    info = _reconstruct_info(args, rec, y, m, clean, dt)
+    _write_reconstruction(args, rec, y, m, clean, dt, inputs)
+    _print(info)
+    text = f"wrote {args.out}" + "".join(f", {o}" for o in (args.corrupted_out, args.mask_out) if o) + \
+        (f", {args.figure}" if args.figure else "") + f" ({info['corruption']}, {args.steps} steps, {rec.nfe} NFE)"
+    if "psnr" in info:
+        text += f"; PSNR {info['psnr']:.2f} dB (observed {info['psnr_observed']:.2f} dB)"
+    _summary("reconstruct", text)
+    return 0
+
+
+def _reconstruct_info(args: argparse.Namespace, rec: Any, y: Tensor, m: Tensor, clean: Optional[Tensor],
+                      dt: torch.dtype) -> dict:
+    """The JSON summary of a reconstruction: the hold-out scores, the forward residual and, against the
+    clean image (a synthetic corruption), the PSNRs."""
+    from ..metrics import psnr, region_psnr
+
     info: dict = {"image": args.image, "out": args.out, "corruption": "mask" if args.mask else args.corruption,
                   "steps": args.steps, "nfe": rec.nfe}
     if rec.holdout is not None:
@@ -442,6 +458,12 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         info["psnr_observed"] = float(psnr(y, clean))
         if float(region.sum()) > 0 and float(region.sum()) < region.numel():
             info["psnr_region"] = float(region_psnr(rec.image, clean, region))
+    return info
+
+
+def _write_reconstruction(args: argparse.Namespace, rec: Any, y: Tensor, m: Tensor, clean: Optional[Tensor],
+                          dt: torch.dtype, inputs: Any) -> None:
+    """The reconstruction and the optional observation, mask and figure, every path checked first."""
     from ..io import check_output_path
 
     for out in (args.out, args.corrupted_out, args.figure, args.mask_out):  # all checked before the first is written
@@ -455,13 +477,6 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     if args.figure:
         panels = ([("clean", clean)] if clean is not None else []) + [("observed", y), ("reconstruction", rec.image)]
         side_by_side(panels, args.figure, inputs=inputs)
-    _print(info)
-    text = f"wrote {args.out}" + "".join(f", {o}" for o in (args.corrupted_out, args.mask_out) if o) + \
-        (f", {args.figure}" if args.figure else "") + f" ({info['corruption']}, {args.steps} steps, {rec.nfe} NFE)"
-    if "psnr" in info:
-        text += f"; PSNR {info['psnr']:.2f} dB (observed {info['psnr_observed']:.2f} dB)"
-    _summary("reconstruct", text)
-    return 0
 
 
 # --------------------------------------------------------------------------------------------- edit
