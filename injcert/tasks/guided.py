@@ -70,6 +70,22 @@ def _reset(region: Tensor, traj: List[Tuple[Tensor, Tensor]]):
 
 
 @torch.no_grad()
+def _inside_start(solver: ReversibleHeun, field: Any, grid_: Grid, x_ref: Tensor, target: Tensor,
+                  cond: Optional[Tuple[Tensor, Tensor]], s_e: Any, *, encode_target: bool, noise: Optional[Tensor],
+                  seed: int, progress: bool) -> tuple:
+    """``(x, aux, remainder)`` the inside starts from at ``s_e``: the target's hidden state (its
+    remainder kept), or the lattice point of the target plus ``s_e`` times the noise (no remainder)."""
+    if encode_target:
+        tenc = integrate(solver, field, grid_, target.to(x_ref.dtype), cond, direction="encode", progress=progress)
+        return tenc.x, tenc.aux, tenc.remainder
+    if noise is None:
+        gen = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn(x_ref.shape, generator=gen, dtype=torch.float64)
+    eps = noise.to(device=x_ref.device, dtype=torch.float64)
+    tq = solver.lattice_noise(target.to(torch.float64) + s_e * eps, s_e)
+    return tq, tq, None
+
+
 def guided_decode(model: Any, x_ref: Tensor, region: Tensor, target: Tensor, t_e: float, steps: int,
                   cond: Optional[Tuple[Tensor, Tensor]] = None, *, seed: int = 0, frac_bits: int = DEFAULT_FRAC_BITS,
                   progress: bool = False, noise: Optional[Tensor] = None, grid: str = "geometric",
@@ -110,16 +126,8 @@ def guided_decode(model: Any, x_ref: Tensor, region: Tensor, target: Tensor, t_e
     enc = integrate(solver, field, grid_, x_ref, cond, direction="encode", keep=kept, progress=progress)
     traj = [(st.x, st.aux) for st in kept]
     rem = enc.remainder
-    if encode_target:
-        tenc = integrate(solver, field, grid_, target.to(x_ref.dtype), cond, direction="encode", progress=progress)
-        tq, tq_aux, inside_rem = tenc.x, tenc.aux, tenc.remainder
-    else:
-        inside_rem = None
-        if noise is None:
-            gen = torch.Generator().manual_seed(int(seed))
-            noise = torch.randn(x_ref.shape, generator=gen, dtype=torch.float64)
-        eps = noise.to(device=x_ref.device, dtype=torch.float64)
-        tq = tq_aux = solver.lattice_noise(target.to(torch.float64) + s_e * eps, s_e)
+    tq, tq_aux, inside_rem = _inside_start(solver, field, grid_, x_ref, target, cond, s_e, encode_target=encode_target,
+                                           noise=noise, seed=seed, progress=progress)
     start = (torch.where(inside, tq, traj[-1][0]), torch.where(inside, tq_aux, traj[-1][1]))
     dec = integrate(solver, field, grid_, SolverState(x=start[0], aux=start[1], dtype=x_ref.dtype, frac_bits=frac_bits,
                                                      scale=solver.scale(s_e)),
