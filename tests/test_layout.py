@@ -250,3 +250,57 @@ def test_imports_flow_down_the_layers():
 def test_the_graph_finds_a_planted_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [frozenset({"a", "b", "c"})]
+
+
+MAX_FUNCTION_LINES = 60  # a whole def: end_lineno - lineno + 1 (signature, docstring, body)
+MAX_MODULE_LINES = 600  # longer only with a reason: "Long because ..." in the module docstring
+
+
+def _long_functions(tree: ast.Module) -> list[tuple[int, str, int]]:
+    """``(line, qualified name, lines)`` of every function (methods and nested ones too) over the limit."""
+    out = []
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = child.end_lineno - child.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    out.append((child.lineno, prefix + child.name, n))
+                walk(child, prefix + child.name + ".")
+            elif isinstance(child, ast.ClassDef):
+                walk(child, prefix + child.name + ".")
+            else:
+                walk(child, prefix)
+
+    walk(tree, "")
+    return out
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        bad += [f"{path.relative_to(PACKAGE.parent)}:{line}: {name} is {n} lines"
+                for line, name, n in _long_functions(tree)]
+    assert not bad, (f"functions over {MAX_FUNCTION_LINES} lines (split them into named helpers):\n"
+                     + "\n".join(bad))
+
+
+def test_a_long_module_says_why():
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        n = len(text.splitlines())
+        if n > MAX_MODULE_LINES and "Long because" not in (ast.get_docstring(ast.parse(text)) or ""):
+            bad.append(f"{path.relative_to(PACKAGE.parent)}: {n} lines")
+    assert not bad, (f"modules over {MAX_MODULE_LINES} lines without 'Long because ...' in their docstring "
+                     "(split them along a seam, or say in one sentence why they belong together):\n"
+                     + "\n".join(bad))
+
+
+def test_the_length_rules_see_a_long_function():
+    def source(name: str, lines: int) -> str:  # a method of ``lines`` lines, its def included
+        return f"    def {name}(self):\n" + "".join(f"        x{i} = {i}\n" for i in range(lines - 1))
+
+    tree = ast.parse("class A:\n" + source("f", MAX_FUNCTION_LINES + 1) + source("g", MAX_FUNCTION_LINES))
+    assert [(name, n) for _, name, n in _long_functions(tree)] == [("A.f", MAX_FUNCTION_LINES + 1)]
