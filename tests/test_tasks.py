@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 from torch import nn
 
 from injcert.data.corruptions import expand_map, make_corruption
@@ -331,6 +331,7 @@ def test_random_pixel_start_follows_the_estimates_cross_validated_error(seed, no
 
 
 @given(st.integers(0, 99), st.sampled_from([0.0, 0.02, 0.5]))
+@example(15, 0.5)  # a rough image whose bootstrap error is below the tuned level
 def test_blur_start_follows_the_estimates_bootstrap_error(seed, noise) -> None:
     """A blurred region: the start level is the deblurring estimate's bootstrap error (blur the
     estimate again, deblur it, RMS difference in the region), within [blur_min, blur]: a smooth image,
@@ -351,8 +352,12 @@ def test_blur_start_follows_the_estimates_bootstrap_error(seed, noise) -> None:
     assert s == max(START_SIGMA["blur_min"], min(err, START_SIGMA["blur"]))
     if noise == 0.0:
         assert err < START_SIGMA["blur"] and s < START_SIGMA["blur"]
-    if noise == 0.5:
-        assert s == START_SIGMA["blur"]
+    if noise == 0.5:  # a rough image restores worse than the smooth one under the same blur (not always
+        # beyond the tuned 0.02: seed 15 gives 0.0192), so its start is at least as high
+        smooth = (0.3 * ii + 0.2 * jj).expand(1, 3, 32, 32).clamp(-1, 1)
+        ys, _ = make_corruption("blur")(smooth, seed)
+        err_smooth = blur_bootstrap_error(classical_estimate(ys, m)[1], m)
+        assert err > err_smooth and s >= start_sigma(m, err_smooth)
     r = reconstruct_full(ZeroNet(), y, m, steps=3, seed=seed, gate=False)  # (a flow that ties is gated off)
     assert abs(r.t_start - float(CosineSchedule().t_of_varsigma(s))) < 1e-12
     assert math.isnan(blur_bootstrap_error(est, torch.zeros_like(m)))
