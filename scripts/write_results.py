@@ -103,7 +103,7 @@ def certificate(ckpt: str) -> tuple[str, str]:
     env_out, seconds = _run(cmd)
     lines = env_out.strip().splitlines()
     rules = [i for i, ln in enumerate(lines) if ln.startswith("-----")]
-    table = lines[rules[0]:rules[-1] + 1] if len(rules) >= 2 else lines[:20]
+    table = lines[rules[0]:rules[2] + 1] if len(rules) >= 3 else lines[:20]  # header and property rows
     excerpt = "\n".join(["```", f"$ {_shown(cmd)}", *table, lines[-1], "```"])
     return f"Command: `{_shown(cmd)}` ({seconds:.0f} s)\n\n```\n" + "\n".join(lines) + "\n```", excerpt
 
