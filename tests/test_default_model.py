@@ -63,3 +63,14 @@ def test_shipped_model_certifies_fixed_point_at_50_steps(model) -> None:
     assert all(r["certified"] <= r["budget"] for r in props["lipschitz_bound"].details["per_t"])
     assert math.isfinite(props["logdet_interval"].details["certified_lower"])
     assert props["round_trip_fixed_point"].status == "PASS"
+
+
+def test_the_named_constructor_builds_the_shipped_architecture():
+    """``CondUNet.shipped()`` is the shipped configuration (``CondUNet()``'s defaults are a small model):
+    the same config and the same tensors, by name and shape, as the trained checkpoint."""
+    import injcert
+    from injcert.model.unet import CondUNet
+
+    built, shipped = CondUNet.shipped(), injcert.load_checkpoint(injcert.DEFAULT_CHECKPOINT)
+    assert built.config == shipped.config
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in shipped.state_dict().items()}

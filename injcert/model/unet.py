@@ -39,6 +39,7 @@ multiples of ``downsampling_factor`` (pooling grids must coincide), which is wha
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -80,6 +81,9 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
 }
 
 PARAMETERIZATIONS = ("eps", "denoiser")
+
+#: The shipped checkpoint (the package's ``DEFAULT_CHECKPOINT``), whose architecture :meth:`CondUNet.shipped` builds.
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "default.ckpt"
 
 #: The fixed factor on the condition-only term's output (:meth:`CondUNet.condition_estimate`): an
 #: equalised learning rate (Karras et al. 2018, section 4.1) for a zero-initialised head, whose Adam steps
@@ -460,6 +464,16 @@ class CondUNet(nn.Module):
         if unknown:
             raise ConfigError(f"unknown model option(s) {unknown}; known: {sorted(DEFAULT_MODEL_CONFIG)}")
         return cls(**cfg)
+
+    @classmethod
+    def shipped(cls) -> "CondUNet":
+        """The shipped model's architecture (``injcert/assets/default.ckpt``'s configuration, read from
+        its header without its weights), freshly initialised: what ``CondUNet()``'s small defaults are
+        not. Load the trained weights with :func:`injcert.load_checkpoint` instead."""
+        from ..io import read_checkpoint_header
+
+        cfg = read_checkpoint_header(SHIPPED_CHECKPOINT)
+        return cls.from_config(dict(cfg["model_config"]))
 
     # ------------------------------------------------------------------ forward
 
