@@ -4,8 +4,9 @@ Re-exported by :mod:`injcert.io`, which saves and loads the registered models.""
 
 from __future__ import annotations
 
+import copy
 import hashlib
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 from torch import nn
@@ -95,3 +96,19 @@ def check_finite(model: nn.Module, what: str = "checkpoint") -> None:
 
 #: The former name of :func:`check_finite`.
 check_finite_model = check_finite
+
+
+def frozen_copy(module: nn.Module, dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """A deep copy of ``module`` (cast to ``dtype`` if given) in eval mode with every parameter frozen,
+    to bound or evaluate without touching the user's module (a ``torch.export`` module is always in
+    inference mode and refuses ``eval()``)."""
+    m = copy.deepcopy(module)
+    if dtype is not None:
+        m = m.to(dtype)
+    try:
+        m.eval()
+    except NotImplementedError:  # a torch.export module is always in inference mode
+        pass
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m

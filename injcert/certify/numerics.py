@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.corruptions import corrupt_batch
+from ..registry import frozen_copy
 from ..data.images import PatchDataset
 from ..solvers import get_solver, integrate, make_grid, probability_flow_field
 
@@ -46,13 +47,7 @@ def float64_copy(model: nn.Module) -> nn.Module:
     floating dtype arguments become float64 and its dtype assertions go, as ``.double()`` does to an
     eager module (:func:`_graph_to_float64`).
     """
-    m = copy.deepcopy(model).to(torch.float64)
-    try:
-        m.eval()
-    except NotImplementedError:  # a torch.export module is always in inference mode
-        pass
-    for p in m.parameters():
-        p.requires_grad_(False)
+    m = frozen_copy(model, torch.float64)
     for sub in m.modules():
         if isinstance(sub, torch.fx.GraphModule):
             _graph_to_float64(sub)

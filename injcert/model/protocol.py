@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InjcertError
+from ..registry import frozen_copy
 from .schedule import VPSchedule, get_schedule
 
 __all__ = ["ScoreModel", "ScoreModelError", "PARAMETERIZATIONS", "MASK_CHANNELS", "to_eps", "check_schedule"]
@@ -328,13 +329,7 @@ class ScoreModel(nn.Module):
         key = (float(tt[0]), dtype, size, tuple(p._version for p in self.net.parameters()))
         if key in self._bounds:
             return self._bounds[key]
-        em = copy.deepcopy(self.eps_map).cpu()
-        try:
-            em.eval()
-        except NotImplementedError:  # a torch.export module is always in inference mode
-            pass
-        for p in em.parameters():
-            p.requires_grad_(False)
+        em = frozen_copy(self.eps_map).cpu()
         a, b = (v.to(dtype) for v in self.coefficients(tt))
         if self.condition is None:
             module: nn.Module = em
