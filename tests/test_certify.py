@@ -348,7 +348,7 @@ def test_cuda_unavailable_is_one_line_error(ortho_ckpt, capsys):
 def test_adaptive_budget_certifies_fixed_point_at_50_steps_with_finite_logdet_lower_end():
     """A kappa/sigma_t budget keeps h_k alpha_k L(t_k) = kappa (s_{k+1}/s_k - 1) < 1 on the default
     50-step geometric grid: the Euler steps are certified injective, the fixed-point inverse runs,
-    and the log-det interval has a finite lower end (shared/DESIGN.md)."""
+    and the log-det interval has a finite lower end (docs/design.md, the noise-adaptive budget)."""
     from injcert.theory.flow import LipschitzProfile
     model = tiny_unet(lipschitz_budget=400.0, lipschitz_kappa=3.0, skip_max=0.5, data_variance=0.25)
     cert = certify(model, steps=50, samples=2, patch_size=16, logdet_size=4, hutchpp_steps=3,

@@ -94,7 +94,7 @@ def test_conditioning_is_passed_through():
 
 
 def test_decode_reproduces_the_encode_thread_count_and_refuses_another_device(tmp_path):
-    """Issue 13 item 9: CPU convolution bits depend on the thread count. The latent records it;
+    """CPU convolution bits depend on the thread count. The latent records it;
     decode runs with it (encode with 1 thread, decode under 2 was 4.8e-7 off before), and refuses
     another device type or torch version unless forced."""
     import dataclasses
