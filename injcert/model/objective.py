@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..data.corruptions import corrupt_batch
+from ..data.corruptions import corrupt_batch, expand_map
 from ..errors import ArgumentError
 
 __all__ = ["denoising_loss", "draw_training_batch", "loss_on_batch", "low_noise_range", "refine_range",
@@ -71,9 +71,7 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 
 
 def _schedule_of(model: nn.Module):
-    schedule = getattr(model, "schedule", None) or getattr(getattr(model, "module", None), "schedule", None)
-    if schedule is None:
-        schedule = getattr(getattr(model, "_orig_mod", None), "schedule", None)
+    schedule = getattr(model, "schedule", None) or getattr(_unwrapped(model), "schedule", None)
     if schedule is None:
         raise ArgumentError(f"{type(model).__name__} has no 'schedule' attribute")
     return schedule
@@ -162,8 +160,8 @@ def _refine_batch(x0: Tensor, t: Tensor, eps: Tensor, y: Tensor, m: Tensor, delt
     known = m[:, 0] == 1
     masks = known.flatten(1).any(1) & (~known).flatten(1).any(1) & (m[:, 1:] == 0).flatten(1).all(1)
     sel = pick & masks.to(gdev)  # t, pick and vs live on the generator's device
+    t = torch.where(sel, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
     if refine_start == "restorer":  # the model's own R(c) is the start: its delta is made in loss_on_batch
-        t = torch.where(sel, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
         return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m, "delta": delta,
                 "refine": sel.to(x0.device)}
     if bool(sel.any()):
@@ -173,7 +171,6 @@ def _refine_batch(x0: Tensor, t: Tensor, eps: Tensor, y: Tensor, m: Tensor, delt
         _, est = classical_estimate(y[idx] * m[idx, :1], m[idx], "inpaint_biharmonic")
         miss = (m[idx, :1] != 1).expand_as(est)
         delta[idx] = torch.where(miss, est.to(x0) - x0[idx], 0.0)
-        t = torch.where(sel, schedule.t_of_varsigma(vs).clamp(t_min, t_max).to(torch.float64), t)
     return {"x0": x0, "t": t.to(x0.device), "eps": eps, "y": y, "m": m, "delta": delta}
 
 
@@ -231,7 +228,7 @@ def loss_on_batch(model: nn.Module, batch: dict[str, Tensor], sigma_data: Option
             net = _unwrapped(model)
             m = batch["m"]
             r = net.anchor(batch["y"] * (m[:, :1] == 1).to(x0.dtype), m)
-            miss = ((m[:, :1] != 1) & (m[:, 1:2] == 0) & (m[:, 2:3] == 0)).expand_as(x0)
+            miss = (m[:, :1] != 1).expand_as(x0)  # refinement examples are masks only, as in _refine_batch
             d = torch.where(miss & refine[:, None, None, None], r - x0, torch.zeros_like(x0))
         xt = xt + a * d
         eps = eps + a * d / s
@@ -252,8 +249,6 @@ def restorer_loss(restorer: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     A plain MSE over the batch is dominated by the examples with the largest errors (strong noise,
     large holes) and all but ignores those the restorer must get from a few dB to a few more (random
     pixels, thin gaps). Pixels observed as is are exact, so they add 0."""
-    from ..data.corruptions import expand_map
-
     r = restorer(batch["y"], expand_map(batch["m"]))
     mse = (r - batch["x0"]).pow(2).flatten(1).mean(1)
     return torch.log(mse + 1e-8).mean()

@@ -33,7 +33,7 @@ $R(c)$ once on the whole image and tiles crop it (:class:`~injcert.tasks.tiling.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +42,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .bands import lowpass
 
-__all__ = ["Restorer", "pull_push_fill", "biharmonic_fill", "normalized_convolution", "DEFAULT_RESTORER"]
-
-#: The restorer the shipped model uses: four levels of 32–128 channels.
-DEFAULT_RESTORER: dict[str, Any] = {"width": 32, "mults": [1, 2, 3, 4]}
+__all__ = ["Restorer", "pull_push_fill", "biharmonic_fill", "normalized_convolution"]
 
 #: Conjugate-gradient steps of the biharmonic fill the restorer starts from (:func:`biharmonic_fill`):
 #: enough for holes a few pixels across to converge (random pixels, thin gaps, strokes), while larger

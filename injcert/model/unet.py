@@ -363,7 +363,7 @@ class CondUNet(nn.Module):
         # the condition-only head h(c, t) of the denoiser: zero at initialisation, so a checkpoint without it
         # computes the same function with it; it never reads x, so it adds nothing to Lip in x (Theorem 5)
         self.cond_head = _zero_cond_head(chans, in_channels) if cond_head else None
-        # R(c): reads only (y, m), so it is a constant for every bound in x (proofs/05, item 11)
+        # R(c): reads only (y, m), so it is a constant for every bound in x (proofs/05, item 19)
         self.restorer = None if restorer is None else Restorer(in_channels, MAP_CHANNELS, **restorer)
         self._config["restorer"] = None if self.restorer is None else dict(self.restorer.config)
         self._anchor_cache: Optional[tuple] = None
@@ -493,7 +493,7 @@ class CondUNet(nn.Module):
         if self.cond_head is not None:
             out = out + self.condition_estimate(conds)
         if self.parameterization == "denoiser":
-            return self._denoiser_eps(out, x, t, emb, anchor if self.restorer is not None else None)[:, :, :h, :w]
+            return self._denoiser_eps(out, x, t, emb, anchor)[:, :, :h, :w]
         if self.lipschitz_kappa is not None:
             out = out * self.gain_scale(t).to(x.dtype)[:, None, None, None]
         if self.skip_max > 0:
@@ -515,13 +515,15 @@ class CondUNet(nn.Module):
             t = t.expand(n)
         elif t.shape != (n,):
             raise InputError(f"t must be a scalar or of shape ({n},), got shape {tuple(t.shape)}")
-        if self.restorer is not None and anchor is None:
+        if self.restorer is None:
+            anchor = None  # a model without a restorer has no anchor term
+        elif anchor is None:
             anchor = self.anchor(x.new_zeros(x.shape) if y is None else y, m)
         y = torch.zeros_like(x) if y is None else y.to(x.dtype)
         m = x.new_zeros(n, MAP_CHANNELS, h, w) if m is None else expand_map(m.to(x.dtype))
         if y.shape != x.shape or m.shape[2:] != x.shape[2:] or m.shape[0] != n:
             raise InputError(f"y {tuple(y.shape)} and m {tuple(m.shape)} must match x {tuple(x.shape)}")
-        if self.restorer is not None:
+        if anchor is not None:
             anchor = anchor.to(x.dtype)
             if anchor.shape != x.shape:
                 raise InputError(f"anchor {tuple(anchor.shape)} must match x {tuple(x.shape)}")
@@ -529,7 +531,7 @@ class CondUNet(nn.Module):
         ph, pw = (-h) % f, (-w) % f
         if ph or pw:
             x, y, m = (F.pad(v, (0, pw, 0, ph)) for v in (x, y, m))
-            if anchor is not None and self.restorer is not None:
+            if anchor is not None:
                 anchor = F.pad(anchor, (0, pw, 0, ph))
         return x, t, y, m, anchor, (h, w)
 
@@ -650,15 +652,15 @@ class CondUNet(nn.Module):
             n, h, w = like.shape[0], like.shape[-2], like.shape[-1]
             y = like.new_zeros(n, self.in_channels, h, w) if y is None else y
             m = like.new_zeros(n, MAP_CHANNELS, h, w) if m is None else m
-        key = (y, y._version, m, m._version, self._weights_key(), p.dtype)
-        cached = self._anchor_cache
-        if not torch.is_grad_enabled() and cached is not None and cached[0][0] is y and cached[0][2] is m \
-                and cached[0][1] == key[1] and cached[0][3:] == key[3:]:
-            return cached[1]
+        versions = (y._version, m._version, self._weights_key(), p.dtype)
+        cached = self._anchor_cache  # (y, m, versions, R): y and m held, compared by identity
+        if not torch.is_grad_enabled() and cached is not None and cached[0] is y and cached[1] is m \
+                and cached[2] == versions:
+            return cached[3]
         grad = torch.is_grad_enabled() and (p.requires_grad or y.requires_grad or m.requires_grad)
         with torch.set_grad_enabled(grad):  # a frozen restorer (refiner training) builds no graph
             out = self.restorer(y.to(p.dtype), expand_map(m.to(p.dtype))).to(y.dtype)
-        self._anchor_cache = (key, out) if not torch.is_grad_enabled() else None
+        self._anchor_cache = None if torch.is_grad_enabled() else (y, m, versions, out)
         return out
 
     def wiener_skip(self, t: Tensor) -> Tensor:

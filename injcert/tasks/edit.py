@@ -31,7 +31,7 @@ border, so the texture is kept (compared on the demo's edits by ``make demo``; t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -95,11 +95,8 @@ def make_target(x0: Tensor, mask: Tensor, operation: str, *, offset: Sequence[in
         ArgumentError: an unknown operation (the message lists the choices).
     """
     if operation == "remove":
-        if model is not None and getattr(model, "restorer", None) is not None:
-            inside = (mask > 0.5).to(x0.dtype)
-            filled = model.anchor(x0 * (1 - inside), expand_map(1 - inside))
-            return torch.where(inside.bool().expand_as(x0), filled.to(x0), x0)
-        return inpaint_region(x0, mask)
+        has_restorer = model is not None and getattr(model, "restorer", None) is not None
+        return inpaint_region(x0, mask, model.anchor if has_restorer else None)
     if operation == "recolor":
         c = torch.tensor(list(color)[: x0.shape[1]] + [0.0] * max(0, x0.shape[1] - len(color)),
                          dtype=x0.dtype, device=x0.device).view(1, -1, 1, 1)
@@ -122,11 +119,13 @@ def feather(mask: Tensor, width: float) -> Tensor:
     return torch.from_numpy(w)
 
 
-def inpaint_region(x0: Tensor, mask: Tensor) -> Tensor:
-    """``x0`` with the region ``mask`` (N×1×H×W, 1 inside) filled from its outside by biharmonic
-    inpainting (:func:`~injcert.tasks.classical.classical_estimate`); the outside is ``x0`` exactly."""
+def inpaint_region(x0: Tensor, mask: Tensor, fill: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> Tensor:
+    """``x0`` with the region ``mask`` (N×1×H×W, 1 inside) filled from its outside by ``fill(y, m)``
+    (default: biharmonic inpainting, :func:`~injcert.tasks.classical.classical_estimate`); the outside is
+    ``x0`` exactly."""
     inside = (mask > 0.5).to(x0.dtype)
-    _, filled = classical_estimate(x0 * (1 - inside), expand_map(1 - inside), "inpaint_biharmonic")
+    y, m = x0 * (1 - inside), expand_map(1 - inside)
+    filled = classical_estimate(y, m, "inpaint_biharmonic")[1] if fill is None else fill(y, m)
     return torch.where(inside.bool().expand_as(x0), filled.to(x0), x0)
 
 

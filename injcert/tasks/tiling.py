@@ -243,23 +243,16 @@ class TiledModel(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None,
                 m: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if getattr(self.model, "restorer", None) is not None:
-            # R(c) sees the whole image (it is not local): computed once, whole, and cropped per tile
-            with shape_stable_convolutions(self.shape_stable):
-                anchor = self.model.anchor(x.new_zeros(x.shape) if y is None else y, m)
-
-            def fn_a(xx: torch.Tensor, yy: Optional[torch.Tensor], mm: Optional[torch.Tensor],
-                     aa: torch.Tensor) -> torch.Tensor:
-                return self.model(xx, t, yy, mm, anchor=aa)
-
-            with shape_stable_convolutions(self.shape_stable):
-                return tiled_apply(fn_a, x, (y, m, anchor), tile=self.tile, halo=self.halo, align=self.align)
-
-        def fn(xx: torch.Tensor, yy: Optional[torch.Tensor], mm: Optional[torch.Tensor]) -> torch.Tensor:
-            return self.model(xx, t, yy, mm)
+        def fn(xx: torch.Tensor, yy: Optional[torch.Tensor], mm: Optional[torch.Tensor],
+               *anchor: torch.Tensor) -> torch.Tensor:
+            return self.model(xx, t, yy, mm, *anchor)
 
         with shape_stable_convolutions(self.shape_stable):
-            return tiled_apply(fn, x, (y, m), tile=self.tile, halo=self.halo, align=self.align)
+            spatial: tuple = (y, m)
+            if getattr(self.model, "restorer", None) is not None:
+                # R(c) sees the whole image (it is not local): computed once, whole, and cropped per tile
+                spatial += (self.model.anchor(x.new_zeros(x.shape) if y is None else y, m),)
+            return tiled_apply(fn, x, spatial, tile=self.tile, halo=self.halo, align=self.align)
 
 
 def peak_window_pixels(tile: int, halo: int, align: int = 1) -> int:
