@@ -192,6 +192,12 @@ def test_cli_pt2_gives_a_verdict(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--schedule" in r.stderr
 
 
+def test_cli_says_a_missing_program_is_not_found(tmp_path: Path) -> None:
+    r = _cli(["missing.pt2", "--schedule", "cosine", "--parameterization", "eps", *TINY], tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "not found" in r.stderr and "missing.pt2" in r.stderr
+
+
 def test_cli_refuses_a_hostile_pt2(tmp_path: Path) -> None:
     good = _pt2(tmp_path)
     marker = tmp_path / "PWNED"

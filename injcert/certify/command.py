@@ -152,6 +152,8 @@ def foreign_model(args: argparse.Namespace, path: "str | None") -> "ScoreModel |
                               "--parameterization eps|denoiser|v (the file does not say them)")
         net, channels = load_exported(path)
         return ScoreModel(net, schedule, par, in_channels=channels)
+    if path is not None and not os.path.exists(path):
+        return None  # the checkpoint loader says it is not found
     if schedule is not None or par is not None:
         raise ConfigError("--schedule/--parameterization are for a .pt2 program or --factory; an injcert "
                           "checkpoint has its own")
