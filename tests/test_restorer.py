@@ -200,8 +200,8 @@ def test_reconstruction_from_the_restorer_is_exact(kind: str) -> None:
     net = anchored_unet(seed=3)
     _, y, m = _obs(7, 16, 16, kind)
     with torch.no_grad():
-        r1 = reconstruct_full(net, y, m, steps=4, seed=1)
-        r2 = reconstruct_full(copy.deepcopy(net), y, m, steps=4, seed=1)
+        r1 = reconstruct_full(net, y, m, steps=4, seed=1, estimate=RESTORER)
+        r2 = reconstruct_full(copy.deepcopy(net), y, m, steps=4, seed=1, estimate=RESTORER)
         back = guided_encode(net, r1.guided)
     assert r1.estimate_method == RESTORER
     assert torch.equal(r1.estimate, net.anchor(y * m[:, :1], m))
@@ -209,6 +209,26 @@ def test_reconstruction_from_the_restorer_is_exact(kind: str) -> None:
     known = (m[:, :1] == 1).expand_as(y)
     assert torch.equal(r1.image[known], y[known])
     assert torch.equal(back[0], r1.guided.start[0]) and torch.equal(back[1], r1.guided.start[1])
+
+
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["box", "random", "freeform", "gaps"]))
+@settings(max_examples=12, deadline=None)
+def test_auto_start_is_the_estimate_that_validates(seed: int, kind: str) -> None:
+    """``estimate="auto"`` starts from the restorer only where it restores observed pixels hidden in the
+    shape of the hole at least as well as the classical fill: an oracle restorer (the truth) is chosen,
+    one that fills with a constant is not, and the choice is recorded."""
+    x, y, m = _obs(seed, 16, 16, kind)
+    for fill, wins in ((lambda y2, m2: x, True), (lambda y2, m2: torch.where(m2[:, :1] == 1, y2, 0.9), False)):
+        net = anchored_unet(seed=1)
+        net.anchor = fill  # type: ignore[method-assign]
+        with torch.no_grad():
+            r = reconstruct_full(net, y, m, steps=2, seed=seed)
+        assert r.start_check is not None
+        r_rms, c_rms = r.start_check
+        assert (r_rms <= c_rms) == wins
+        assert (r.estimate_method == RESTORER) == wins
+        known = (m[:, :1] == 1).expand_as(y)
+        assert torch.equal(r.image[known], y[known])
 
 
 # ------------------------------------------------------------------------- training the restorer

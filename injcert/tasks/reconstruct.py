@@ -62,12 +62,12 @@ from .guided import GuidedResult, guided_decode
 from .invert import decode_full
 from .start_levels import (  # noqa: F401  (re-exported: the start level and the hold-out's pieces)
     START_SIGMA, _distance_map, _distance_to_known, _holdout_pixels, _level, _shifted_hole, _start_kind,
-    blur_bootstrap_error, hidden_observation, hidden_scores, holdout_error, start_sigma,
+    blur_bootstrap_error, hidden_observation, hidden_scores, holdout_error, holdout_hide, start_choice, start_sigma,
 )
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "pyramid_levels", "STARTS",
            "holdout_error", "blur_bootstrap_error", "holdout_gate", "hidden_observation", "hidden_scores", "Holdout",
-           "GATE_OFF", "RESTORER", "ReconstructOptions"]
+           "GATE_OFF", "RESTORER", "ReconstructOptions", "start_choice"]
 
 STARTS = ("auto", "estimate", "observation", "noise")
 
@@ -90,6 +90,10 @@ class Reconstruction:
         holdout: the flow's validation (:func:`holdout_gate`, a :class:`Holdout`): RMS error and SSIM
             on held-out observed pixels of the start and of the flow; the flow was kept iff its error
             is lower and its SSIM no lower (:attr:`flow_kept`). ``None`` where it was not run.
+        start_check: where a model with a restorer chose its start for missing pixels
+            (``estimate="auto"``): the cross-validated RMS errors ``(restorer, classical)`` on observed
+            pixels hidden in the shape of the hole (:func:`start_choice`); the restorer starts iff its
+            error is no higher. ``None`` where no choice was made.
     """
 
     image: Tensor
@@ -103,6 +107,7 @@ class Reconstruction:
     estimate_method: Optional[str] = None
     guided: Optional[GuidedResult] = None
     holdout: Optional[Holdout] = None
+    start_check: Optional[tuple[float, float]] = None
 
     @property
     def flow_kept(self) -> Optional[bool]:
@@ -133,9 +138,10 @@ RESTORER = "restorer"
 
 
 def _uses_restorer(model: Any, estimate: Union[str, Tensor], masks_only: bool) -> bool:
-    r"""Whether the start estimate is the model's restorer: asked for by name, or ``"auto"`` for missing
-    pixels (blur and noise keep their classical starts: least squares with the known operator, BM3D
-    given $\sigma$) when the model has one."""
+    r"""Whether the start estimate may be the model's restorer: asked for by name, or ``"auto"`` for
+    missing pixels (blur and noise keep their classical starts: least squares with the known operator,
+    BM3D given $\sigma$) when the model has one; for ``"auto"``, :func:`start_choice` then decides
+    between it and the classical path (:func:`_choose_estimate`)."""
     has = getattr(model, "restorer", None) is not None and callable(getattr(model, "anchor", None))
     if isinstance(estimate, str) and estimate == RESTORER:
         if not has:
@@ -234,6 +240,7 @@ class _Run:
     xbar: Optional[Tensor] = None  # the whole start state, where the start gives it (observation)
     t_start: float = 0.0
     holdout: Optional[Holdout] = None  # (:func:`_gate`)
+    start_check: Optional[tuple[float, float]] = None  # (:func:`_choose_estimate`)
     #: the flow (:func:`_flow`)
     flow: Optional[Tensor] = None
     state: Optional[SolverState] = None
@@ -334,6 +341,9 @@ def _choose_estimate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     or a classical estimate; and the pyramid depth."""
     y, m, estimate = run.y, run.m, opts.estimate
     use_restorer = _uses_restorer(model, estimate, run.masks_only)
+    if use_restorer and isinstance(estimate, str) and estimate == "auto":
+        run.start_check = start_choice(run.y_obs, m, model.anchor, seed=run.seed)
+        use_restorer = run.start_check is None or run.start_check[0] <= run.start_check[1]
     n_levels = 0 if use_restorer else pyramid_levels(model, m) if opts.levels == "auto" else int(opts.levels)
     pyramid = n_levels > 0 and not isinstance(estimate, Tensor) and run.masks_only and min(y.shape[-2:]) >= 16
     given = (_coarse_estimate(model, y, m, run.steps, run.seed, n_levels, method=opts.method, grid=opts.grid,
@@ -472,10 +482,7 @@ def holdout_gate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, kind: 
     those pixels hidden too, without a gate of its own. The truth of the hidden pixels is known,
     nothing else is used: a cross-validated choice between the flow and its start, made per image."""
     known = m[:, :1] == 1
-    if kind == "missing_near" and GATE_NEAR == "pixels":
-        hide = _holdout_pixels(known, seed)
-    else:
-        hide = _shifted_hole(m[:, 1:2] > 0.5 if kind == "blur" else ~known, known)
+    hide = holdout_hide(m, kind, seed, GATE_NEAR)
     if not bool(hide.any()) or not bool((known & ~hide).flatten(1).any(1).all()):
         return None  # nothing to hide, or nothing observed left to restore from
     y2, m2 = hidden_observation(y, m, hide, blurred=kind == "blur", blur_sigma=blur_sigma)
@@ -543,7 +550,7 @@ def _finish(model: Any, run: _Run, opts: ReconstructOptions) -> Reconstruction:
         residual = (opts.operator(image) - y).flatten(1).norm(dim=1)
     return Reconstruction(image=image, flow_image=flow, state=run.state, noise=run.noise, residual=residual,
                           nfe=run.state.nfe, t_start=run.t_start, estimate=run.est, estimate_method=run.est_name,
-                          guided=run.guided, holdout=run.holdout)
+                          guided=run.guided, holdout=run.holdout, start_check=run.start_check)
 
 
 def reconstruct(model: Any, y: Tensor, m: Tensor, steps: int = 50, seed: int = 0, *, method: str = "reversible",

@@ -25,7 +25,7 @@ from ..data.corruptions import local_blur
 from ..metrics import ssim
 
 __all__ = ["START_SIGMA", "start_sigma", "holdout_error", "blur_bootstrap_error", "hidden_observation",
-           "hidden_scores"]
+           "hidden_scores", "holdout_hide", "start_choice"]
 
 
 def _distance_map(known: Tensor, metric: str = "euclidean") -> Tensor:
@@ -174,3 +174,34 @@ def hidden_scores(y: Tensor, known: Tensor, hide: Tensor, start: Tensor, image: 
         return err, 1.0
     ref = torch.where(known.expand_as(y), y, start).to(torch.float64)
     return err, float(ssim(torch.where(sel, image.to(torch.float64), ref), ref))
+
+
+def holdout_hide(m: Tensor, kind: str, seed: int, near: str = "pixels") -> Tensor:
+    """The observed pixels a hold-out hides (N×1×H×W bool): for missing pixels near observed ones
+    (``kind`` ``"missing_near"`` with ``near`` ``"pixels"``), the seeded tenth of
+    :func:`_holdout_pixels`; otherwise the hole (or, for ``"blur"``, the blurred region) moved by
+    half the image onto observed pixels (:func:`_shifted_hole`): a hole of the real one's shape."""
+    known = m[:, :1] == 1
+    if kind == "missing_near" and near == "pixels":
+        return _holdout_pixels(known, seed)
+    return _shifted_hole(m[:, 1:2] > 0.5 if kind == "blur" else ~known, known)
+
+
+def start_choice(y: Tensor, m: Tensor, restorer: Callable[[Tensor, Tensor], Tensor], *, seed: int = 0,
+                 method: str = "auto") -> Optional[tuple[float, float]]:
+    r"""Cross-validated RMS errors ``(restorer, classical)`` on observed pixels hidden in the shape of
+    the hole (:func:`holdout_hide`), each estimate recomputed from the rest: how a reconstruction
+    chooses its start between the model's restorer $R(c)$ and the classical ``method`` for missing
+    pixels. One choice per call (the whole batch), like the hold-out gate. ``None`` where nothing
+    can be hidden, or hiding would leave an image with no observed pixel."""
+    known = m[:, :1] == 1
+    hide = holdout_hide(m, _start_kind(m), seed)
+    if not bool(hide.any()) or not bool((known & ~hide).flatten(1).any(1).all()):
+        return None
+    y2, m2 = hidden_observation(y, m, hide)
+    sel = hide.expand_as(y)
+    truth = y.to(torch.float64)[sel]
+    r_est = restorer(y2, m2).to(torch.float64)[sel]
+    _, c_est = classical_estimate(y2, m2, method)
+    return (float((r_est - truth).pow(2).mean().sqrt()),
+            float((c_est.to(torch.float64)[sel] - truth).pow(2).mean().sqrt()))
