@@ -173,7 +173,38 @@ def test_patch_dataset_matches_source_image():
         assert hit
 
 
+@pytest.mark.parametrize("s_max", [1.0, 4.0, 12.0])
+def test_downscaled_patches_are_resized_crops(tmp_path, s_max: float) -> None:
+    """``max_downscale``: on a horizontal ramp a crop of side s*p resized to p has s times the slope per
+    pixel, so the measured slope gives each patch's scale: within [1, s_max], spread over it, and
+    deterministic per index; ``max_downscale=1`` is the native-resolution stream of draws."""
+    from skimage.io import imsave
+
+    ramp = np.tile(np.linspace(0, 255, 512), (512, 1)).round().astype(np.uint8)
+    path = tmp_path / "ramp.png"
+    imsave(path, ramp, check_contrast=False)
+    ds = PatchDataset(images=(str(path),), patch_size=32, channels=1, length=40, seed=5, max_downscale=s_max)
+    native = PatchDataset(images=(str(path),), patch_size=32, channels=1, length=40, seed=5)
+    slope0 = 2.0 / 511  # native slope per pixel in [-1, 1] units
+    scales = []
+    for i in range(40):
+        p = ds[i]
+        assert p.shape == (1, 32, 32) and torch.equal(p, ds[i])
+        scales.append(float((p[0, :, -5] - p[0, :, 4]).abs().mean()) / 23 / slope0)
+        if s_max == 1.0:
+            assert torch.equal(p, native[i])
+    assert min(scales) >= 0.9 and max(scales) <= s_max * 1.1
+    if s_max > 1:
+        assert max(scales) > 0.6 * s_max and min(scales) < 2.0
+
+
 def test_patch_dataset_validation(tmp_path):
+    for bad in (0.5, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="max_downscale"):
+            PatchDataset(images=("camera",), max_downscale=bad)  # type: ignore[arg-type]
+    for bad in (0.5, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="max_downscale"):
+            PatchDataset(images=("camera",), max_downscale=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="retina"):
         PatchDataset(images=("camera", "retina"), split="train")
     with pytest.raises(ValueError, match="camera"):

@@ -464,11 +464,14 @@ def _seed_for(seed: int, index: int) -> int:
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """Random square patches of bundled (or user) images — deterministic per index.
+    r"""Random square patches of bundled (or user) images — deterministic per index.
 
     Item ``i`` depends only on ``(seed, i)``: a ``torch.Generator`` seeded from both picks an
     image uniformly among ``images``, a crop position uniformly, and a horizontal flip with
-    probability 1/2. Decoded images are cached in memory (module-level LRU cache, per process),
+    probability 1/2. With ``max_downscale`` $s_{\max} > 1$ it also draws a scale $s$ log-uniform on
+    $[1, \min(s_{\max}, h/p, w/p)]$, crops a square of side $\lfloor s p\rceil$ and resizes it to
+    $p$ (antialiased bilinear): the patches then span the scales at which an image is seen whole,
+    down to the few-pixel detail of a photograph shown at 64². Decoded images are cached in memory (module-level LRU cache, per process),
     so the dataset works with ``DataLoader`` for any ``num_workers``.
 
     Arguments:
@@ -479,6 +482,8 @@ class PatchDataset(torch.utils.data.Dataset):
         seed: base seed.
         split: ``"train"`` (no held-out registry image allowed), ``"heldout"`` (only held-out
             registry images allowed) or ``"all"`` (no check). File paths are allowed in any split.
+        max_downscale: the largest downscaling factor $s_{\max} \ge 1$ (1: native-resolution crops,
+            and the same draws as without the option).
 
     Raises:
         ValueError: invalid sizes, an unknown split, an image from the wrong split, an image
@@ -493,6 +498,7 @@ class PatchDataset(torch.utils.data.Dataset):
         length: int = 10_000,
         seed: int = 0,
         split: Literal["train", "heldout", "all"] = "train",
+        max_downscale: float = 1.0,
     ) -> None:
         if split not in ("train", "heldout", "all"):
             raise ConfigError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
@@ -505,6 +511,9 @@ class PatchDataset(torch.utils.data.Dataset):
             raise ConfigError(f"patch_size must be a positive int, got {patch_size!r}")
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {channels!r}")
+        if isinstance(max_downscale, bool) or not isinstance(max_downscale, (int, float)) or not max_downscale >= 1 \
+                or not np.isfinite(max_downscale):
+            raise ConfigError(f"max_downscale must be a finite number >= 1, got {max_downscale!r}")
         if isinstance(length, bool) or not isinstance(length, int) or length < 0:
             raise ConfigError(f"length must be a non-negative int, got {length!r}")
         if split != "all":
@@ -523,6 +532,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.length = length
         self.seed = int(seed)
         self.split = split
+        self.max_downscale = float(max_downscale)
 
     def __len__(self) -> int:
         return self.length
@@ -537,12 +547,18 @@ class PatchDataset(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(_seed_for(self.seed, i))
         k = int(torch.randint(len(self.images), (1,), generator=g))
         img = _decode(*_resolve(self.images[k]))
-        p = self.patch_size
+        p = c = self.patch_size
         h, w = img.shape[-2:]
-        top = int(torch.randint(h - p + 1, (1,), generator=g))
-        left = int(torch.randint(w - p + 1, (1,), generator=g))
+        if self.max_downscale > 1:
+            s_hi = min(self.max_downscale, h / p, w / p)
+            c = min(h, w, int(round(p * s_hi ** float(torch.rand((), generator=g, dtype=torch.float64)))))
+        top = int(torch.randint(h - c + 1, (1,), generator=g))
+        left = int(torch.randint(w - c + 1, (1,), generator=g))
         flip = bool(torch.rand((), generator=g) < 0.5)
-        patch = img[:, top : top + p, left : left + p]
+        patch = img[:, top : top + c, left : left + c]
+        if c != p:
+            patch = torch.nn.functional.interpolate(patch[None].to(torch.float32), size=(p, p), mode="bilinear",
+                                                    antialias=True, align_corners=False)[0].clamp(-1, 1)
         if flip:
             patch = patch.flip(-1)
         return _convert_channels(patch, self.channels).to(torch.float32, copy=True).contiguous()

@@ -131,6 +131,9 @@ class TrainConfig:
         lr: Adam learning rate (linear warm-up over ``warmup_steps``, then ``lr_schedule``).
         seed: seed of the weights' initialisation and of every random draw.
         patch_size: side of the square training patches (pixels).
+        max_downscale: training patches are crops of up to ``max_downscale`` × ``patch_size`` pixels
+            resized to ``patch_size`` (log-uniform scale; 1: native-resolution crops; see
+            :class:`~injcert.data.images.PatchDataset`).
         channels: image channels (1 or 3); the model's ``in_channels``.
         model: :class:`~injcert.model.unet.CondUNet` options (missing ones take defaults).
         ema_decay: EMA decay $\\beta$ (the effective decay is $\\min(\\beta, (1+k)/(10+k))$).
@@ -200,6 +203,7 @@ class TrainConfig:
     freeze: list = field(default_factory=list)
     corruptions: Optional[list] = None
     refine_start: str = "biharmonic"
+    max_downscale: float = 1.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -259,6 +263,7 @@ class TrainConfig:
         number("low_noise_fraction", 0.0, 1.0)
         number("low_noise_varsigma", 0.0, math.inf, lo_open=True, hi_open=True)
         number("refine_fraction", 0.0, 1.0)
+        number("max_downscale", 1.0, 64.0)
         rv = self.refine_varsigma
         if (not isinstance(rv, (list, tuple)) or len(rv) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
                                                                    or not math.isfinite(v) for v in rv)
@@ -755,7 +760,7 @@ def _make_loader(config: TrainConfig, model: CondUNet, dist_info: _Dist, dev: to
     """The ``DataLoader`` of steps ``start..steps-1`` (:class:`StepBatches`), the validation
     batches (rank 0) and ``sync_every`` (steps between loss read-backs)."""
     dataset = PatchDataset(config.images, patch_size=config.patch_size, channels=config.channels,
-                           length=_DATASET_LENGTH, seed=config.seed, split="train")
+                           length=_DATASET_LENGTH, seed=config.seed, split="train", max_downscale=config.max_downscale)
     val_batches = validation_batches(config, model.schedule, dev) if dist_info.main else []
     if workers is None:
         workers = 0 if dev.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
