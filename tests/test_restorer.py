@@ -296,3 +296,33 @@ def test_refinement_examples_start_from_the_models_restorer() -> None:
         delta = torch.where(miss, r - x0, torch.zeros_like(x0))
         by_hand = loss_on_batch(net, dict({k: v for k, v in b.items() if k != "refine"}, delta=delta))
     assert torch.equal(got, by_hand)
+
+
+def test_graft_restorer_script_swaps_only_the_restorer(tmp_path) -> None:
+    """``scripts/graft_restorer.py``: the output is the model with the donor's restorer and nothing else
+    changed (so the same certified bounds), both sources recorded; a model without a restorer or a
+    file that is not a checkpoint: one line, exit 2."""
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+    from injcert.io import load_checkpoint, save_checkpoint
+
+    base, donor, plain = anchored_unet(seed=1), anchored_unet(seed=2), tiny_unet(0, **ANCHORED)
+    for name, net in (("base", base), ("donor", donor), ("plain", plain)):
+        save_checkpoint(net, tmp_path / f"{name}.ckpt")
+    out = tmp_path / "out.ckpt"
+
+    def run(a: str, b: str):
+        return subprocess.run([sys.executable, "scripts/graft_restorer.py", a, b, str(out)], capture_output=True,
+                              text=True, timeout=300, env=subprocess_env())
+
+    ok = run(str(tmp_path / "base.ckpt"), str(tmp_path / "donor.ckpt"))
+    assert ok.returncode == 0, ok.stderr
+    new = load_checkpoint(out)
+    for k, v in new.state_dict().items():
+        assert torch.equal(v, (donor if k.startswith("restorer.") else base).state_dict()[k]), k
+    assert new.checkpoint_metadata["restorer_from"]["path"] == str(tmp_path / "donor.ckpt")
+    for a, b in ((tmp_path / "base.ckpt", tmp_path / "plain.ckpt"), (tmp_path / "base.ckpt", "/etc/passwd")):
+        bad = run(str(a), str(b))
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
