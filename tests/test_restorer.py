@@ -326,3 +326,22 @@ def test_graft_restorer_script_swaps_only_the_restorer(tmp_path) -> None:
     for a, b in ((tmp_path / "base.ckpt", tmp_path / "plain.ckpt"), (tmp_path / "base.ckpt", "/etc/passwd")):
         bad = run(str(a), str(b))
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_unconditional_anchor_runs_the_restorer_once_per_shape_and_weights() -> None:
+    """An unconditional solver calls the network without ``y`` and ``m`` at every step: R of the empty
+    observation is computed once per shape and weights, and is what a fresh computation gives."""
+    net = anchored_unet(seed=4)
+    calls = []
+    net.restorer.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        outs = [net(x, 0.3) for _ in range(3)]
+        assert len(calls) == 1 and all(torch.equal(o, outs[0]) for o in outs)
+        fresh = net(x, 0.3, anchor=net.restorer(torch.zeros_like(x), torch.zeros(2, 3, 8, 8)))
+        assert torch.equal(fresh, outs[0])
+        net(torch.randn(1, 3, 12, 8), 0.3)
+        assert len(calls) == 3  # the fresh anchor above, and a new shape
+        net.restorer.out.bias.add_(0.5)
+        changed = net(x, 0.3)
+    assert len(calls) == 4 and not torch.equal(changed, outs[0])

@@ -367,6 +367,7 @@ class CondUNet(nn.Module):
         self.restorer = None if restorer is None else Restorer(in_channels, MAP_CHANNELS, **restorer)
         self._config["restorer"] = None if self.restorer is None else dict(self.restorer.config)
         self._anchor_cache: Optional[tuple] = None
+        self._uncond_anchor_cache: Optional[tuple] = None
         self._init_budget(parameterization, skip_max, lipschitz_budget)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
         if self.bands is not None:  # the band skip reads x within its largest binomial radius
@@ -517,6 +518,8 @@ class CondUNet(nn.Module):
             raise InputError(f"t must be a scalar or of shape ({n},), got shape {tuple(t.shape)}")
         if self.restorer is None:
             anchor = None  # a model without a restorer has no anchor term
+        elif anchor is None and y is None and m is None:
+            anchor = self._unconditional_anchor(x)
         elif anchor is None:
             anchor = self.anchor(x.new_zeros(x.shape) if y is None else y, m)
         y = torch.zeros_like(x) if y is None else y.to(x.dtype)
@@ -661,6 +664,18 @@ class CondUNet(nn.Module):
         with torch.set_grad_enabled(grad):  # a frozen restorer (refiner training) builds no graph
             out = self.restorer(y.to(p.dtype), expand_map(m.to(p.dtype))).to(y.dtype)
         self._anchor_cache = None if torch.is_grad_enabled() else (y, m, versions, out)
+        return out
+
+    def _unconditional_anchor(self, x: Tensor) -> Tensor:
+        """$R$ of the empty observation (no ``y``, no ``m``) for inputs shaped like ``x``: under
+        ``torch.no_grad`` kept per shape, dtype, device and weights, since an unconditional solver
+        would otherwise run the restorer on a fresh zero condition at every step."""
+        key = (tuple(x.shape), x.dtype, x.device, self._weights_key(), self.restorer.stem.weight.dtype)
+        cached = self._uncond_anchor_cache
+        if not torch.is_grad_enabled() and cached is not None and cached[0] == key:
+            return cached[1]
+        out = self.anchor(x.new_zeros(x.shape), None)
+        self._uncond_anchor_cache = None if torch.is_grad_enabled() else (key, out)
         return out
 
     def wiener_skip(self, t: Tensor) -> Tensor:

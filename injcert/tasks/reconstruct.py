@@ -341,10 +341,13 @@ def _choose_estimate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     or a classical estimate; and the pyramid depth."""
     y, m, estimate = run.y, run.m, opts.estimate
     use_restorer = _uses_restorer(model, estimate, run.masks_only)
+    n_levels = pyramid_levels(model, m) if opts.levels == "auto" else int(opts.levels)
     if use_restorer and isinstance(estimate, str) and estimate == "auto":
-        run.start_check = start_choice(run.y_obs, m, model.anchor, seed=run.seed)
-        use_restorer = run.start_check is None or run.start_check[0] <= run.start_check[1]
-    n_levels = 0 if use_restorer else pyramid_levels(model, m) if opts.levels == "auto" else int(opts.levels)
+        # a hole the coarse-to-fine pyramid fills keeps it: R(c) is checked against the plain classical
+        # fill only, which the pyramid improves on for large holes in large images
+        run.start_check = None if n_levels > 0 else start_choice(run.y_obs, m, model.anchor, seed=run.seed)
+        use_restorer = n_levels == 0 and (run.start_check is None or run.start_check[0] <= run.start_check[1])
+    n_levels = 0 if use_restorer else n_levels
     pyramid = n_levels > 0 and not isinstance(estimate, Tensor) and run.masks_only and min(y.shape[-2:]) >= 16
     given = (_coarse_estimate(model, y, m, run.steps, run.seed, n_levels, method=opts.method, grid=opts.grid,
                               sigma_start=opts.sigma_start, noise_scale=opts.noise_scale, progress=opts.progress,
