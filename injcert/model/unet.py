@@ -366,8 +366,7 @@ class CondUNet(nn.Module):
         # R(c): reads only (y, m), so it is a constant for every bound in x (proofs/05, item 19)
         self.restorer = None if restorer is None else Restorer(in_channels, MAP_CHANNELS, **restorer)
         self._config["restorer"] = None if self.restorer is None else dict(self.restorer.config)
-        self._anchor_cache: Optional[tuple] = None
-        self._uncond_anchor_cache: Optional[tuple] = None
+        self._anchor_cache, self._uncond_anchor_cache = None, None  # (:meth:`anchor`'s caches)
         self._init_budget(parameterization, skip_max, lipschitz_budget)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
         if self.bands is not None:  # the band skip reads x within its largest binomial radius
