@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from injcert.errors import InjcertError  # noqa: E402
+from injcert.cli import run_script  # noqa: E402
+from injcert.errors import InputError  # noqa: E402
 from injcert.io import load_checkpoint, save_checkpoint  # noqa: E402
 
 
@@ -27,26 +28,19 @@ def main() -> int:
     ap.add_argument("restorer")
     ap.add_argument("out")
     args = ap.parse_args()
-    try:
-        model, donor = load_checkpoint(args.model), load_checkpoint(args.restorer)
-        if getattr(model, "restorer", None) is None or getattr(donor, "restorer", None) is None:
-            print("error: both checkpoints need a restorer (model option 'restorer')", file=sys.stderr)
-            return 2
-        if model.config.get("restorer") != donor.config.get("restorer"):
-            print(f"error: the restorers differ in architecture: {model.config.get('restorer')} vs "
-                  f"{donor.config.get('restorer')}", file=sys.stderr)
-            return 2
-        model.restorer.load_state_dict(donor.restorer.state_dict())
-        md = dict(getattr(model, "checkpoint_metadata", {}) or {})
-        md["restorer_from"] = {"path": str(args.restorer),
-                               "metadata": dict(getattr(donor, "checkpoint_metadata", {}) or {})}
-        save_checkpoint(model, args.out, metadata=md, inputs=[args.model, args.restorer])
-    except InjcertError as exc:  # a missing, corrupt or untrusted checkpoint, a bad output path
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model, donor = load_checkpoint(args.model), load_checkpoint(args.restorer)
+    if getattr(model, "restorer", None) is None or getattr(donor, "restorer", None) is None:
+        raise InputError("both checkpoints need a restorer (model option 'restorer')")
+    if model.config.get("restorer") != donor.config.get("restorer"):
+        raise InputError(f"the restorers differ in architecture: {model.config.get('restorer')} vs "
+                         f"{donor.config.get('restorer')}")
+    model.restorer.load_state_dict(donor.restorer.state_dict())
+    md = dict(getattr(model, "checkpoint_metadata", {}) or {})
+    md["restorer_from"] = {"path": str(args.restorer), "metadata": dict(getattr(donor, "checkpoint_metadata", {}) or {})}
+    save_checkpoint(model, args.out, metadata=md, inputs=[args.model, args.restorer])
     print(f"wrote {args.out}: {args.model} with the restorer of {args.restorer}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)
