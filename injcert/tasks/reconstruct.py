@@ -62,7 +62,8 @@ from .guided import GuidedResult, guided_decode
 from .invert import decode_full
 from .start_levels import (  # noqa: F401  (re-exported: the start level and the hold-out's pieces)
     START_SIGMA, _distance_map, _distance_to_known, _holdout_pixels, _level, _shifted_hole, _start_kind,
-    blur_bootstrap_error, hidden_observation, hidden_scores, holdout_error, holdout_hide, start_choice, start_sigma,
+    blur_bootstrap_error, can_hide, hidden_observation, hidden_scores, holdout_error, holdout_hide, start_choice,
+    start_sigma,
 )
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "pyramid_levels", "STARTS",
@@ -486,7 +487,7 @@ def holdout_gate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, kind: 
     nothing else is used: a cross-validated choice between the flow and its start, made per image."""
     known = m[:, :1] == 1
     hide = holdout_hide(m, kind, seed, GATE_NEAR)
-    if not bool(hide.any()) or not bool((known & ~hide).flatten(1).any(1).all()):
+    if not can_hide(known, hide):
         return None  # nothing to hide, or nothing observed left to restore from
     y2, m2 = hidden_observation(y, m, hide, blurred=kind == "blur", blur_sigma=blur_sigma)
     r = reconstruct_full(model, y2, m2, steps, seed, sigma_start=sigma_start, gate=False, blur_sigma=blur_sigma,

@@ -25,7 +25,7 @@ from ..data.corruptions import local_blur
 from ..metrics import ssim
 
 __all__ = ["START_SIGMA", "start_sigma", "holdout_error", "blur_bootstrap_error", "hidden_observation",
-           "hidden_scores", "holdout_hide", "start_choice"]
+           "hidden_scores", "can_hide", "holdout_hide", "start_choice"]
 
 
 def _distance_map(known: Tensor, metric: str = "euclidean") -> Tensor:
@@ -176,6 +176,12 @@ def hidden_scores(y: Tensor, known: Tensor, hide: Tensor, start: Tensor, image: 
     return err, float(ssim(torch.where(sel, image.to(torch.float64), ref), ref))
 
 
+def can_hide(known: Tensor, hide: Tensor) -> bool:
+    """Whether a hold-out can hide ``hide`` (N×1×H×W bool): some pixel is hidden, and every image keeps
+    an observed pixel to restore from."""
+    return bool(hide.any()) and bool((known & ~hide).flatten(1).any(1).all())
+
+
 def holdout_hide(m: Tensor, kind: str, seed: int, near: str = "pixels") -> Tensor:
     """The observed pixels a hold-out hides (N×1×H×W bool): for missing pixels near observed ones
     (``kind`` ``"missing_near"`` with ``near`` ``"pixels"``), the seeded tenth of
@@ -190,15 +196,15 @@ def holdout_hide(m: Tensor, kind: str, seed: int, near: str = "pixels") -> Tenso
 def start_choice(y: Tensor, m: Tensor, restorer: Callable[[Tensor, Tensor], Tensor], *, seed: int = 0,
                  method: str = "auto") -> Optional[tuple[float, float]]:
     r"""Cross-validated RMS errors ``(restorer, classical)`` on observed pixels hidden in the shape of
-    the hole (:func:`holdout_hide`: the hole moved by half the image, also where the missing pixels
+    the hole (:func:`_shifted_hole`: the hole moved by half the image, also where the missing pixels
     are near observed ones — a tenth of the pixels at random does not look like a thin stroke),
     each estimate recomputed from the rest: how a reconstruction
     chooses its start between the model's restorer $R(c)$ and the classical ``method`` for missing
     pixels. One choice per call (the whole batch), like the hold-out gate. ``None`` where nothing
     can be hidden, or hiding would leave an image with no observed pixel."""
     known = m[:, :1] == 1
-    hide = holdout_hide(m, _start_kind(m), seed, near="shape")  # the hole's own shape, even for thin strokes
-    if not bool(hide.any()) or not bool((known & ~hide).flatten(1).any(1).all()):
+    hide = _shifted_hole(~known, known)  # the hole's own shape, even for thin strokes
+    if not can_hide(known, hide):
         return None
     y2, m2 = hidden_observation(y, m, hide)
     sel = hide.expand_as(y)
