@@ -345,3 +345,44 @@ def test_unconditional_anchor_runs_the_restorer_once_per_shape_and_weights() -> 
         net.restorer.out.bias.add_(0.5)
         changed = net(x, 0.3)
     assert len(calls) == 4 and not torch.equal(changed, outs[0])
+
+
+def test_restorer_validation_draws_the_corruptions_it_trains_on() -> None:
+    """The restorer returns every seen pixel as observed, so blurred or noisy validation examples add a
+    loss it cannot change: its validation batches hold only the config's corruptions (masks here), the
+    denoising objective's hold all of them."""
+    from helpers import tiny_config
+    from injcert.tasks.train import TrainConfig, validation_batches
+
+    base = dict(tiny_config())
+    model_cfg = dict(base["model"], in_channels=3, **ANCHORED, restorer={"width": 4, "mults": [1, 2]})
+    cfg = TrainConfig.from_dict(dict(base, model=model_cfg, objective="restorer", corruptions=["box", "random"],
+                                     val_batches=3, batch_size=8))
+    net = tiny_unet(0, **model_cfg)
+    ms = torch.cat([b["m"] for b in validation_batches(cfg, net.schedule, torch.device("cpu"))])
+    assert float(ms[:, 1:].abs().max()) == 0.0  # no blurred, no noisy pixel
+    assert bool((ms[:, :1] == 0).flatten(1).any(1).all())  # every example misses pixels
+    den = TrainConfig.from_dict(dict(base, model=model_cfg, corruptions=["box", "random"], val_batches=3, batch_size=8))
+    ms = torch.cat([b["m"] for b in validation_batches(den, net.schedule, torch.device("cpu"))])
+    assert float(ms[:, 1:].abs().max()) > 0.0  # the denoising validation keeps blur and noise
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.05, 0.95))
+def test_restorer_loss_is_the_mean_squared_error_over_the_missing_pixels(seed: int, ratio: float) -> None:
+    """Each example's squared error is averaged over its missing pixels (not the image), then over the
+    examples; an example with nothing missing adds 0."""
+    from injcert.model.objective import restorer_loss
+
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
+    y, m = make_corruption("random", ratio=ratio)(x0, seed)
+    m[2] = 0.0
+    m[2, 0] = 1.0  # the third example is fully observed
+    m = expand_map(m)
+    err = torch.rand(3, 3, 8, 8, generator=g)
+    restorer = lambda yy, mm: torch.where(mm[:, :1] == 1, x0, x0 + err)  # noqa: E731
+    miss = (m[:, :1] != 1).expand_as(x0)
+    want = [float(err[i][miss[i]].pow(2).mean()) if bool(miss[i].any()) else 0.0 for i in range(3)]
+    got = restorer_loss(restorer, {"y": y * m[:, :1], "m": m, "x0": x0})
+    assert abs(float(got) - sum(want) / 3) <= 1e-6 * max(1.0, sum(want))

@@ -166,7 +166,8 @@ class TrainConfig:
             ``"restorer"`` (only the conditional restorer $R(c)$, by direct supervision on $x_0$:
             :func:`~injcert.model.objective.restorer_loss`; every other weight stays as it is).
         corruptions: the corruption types training draws (names of
-            :data:`~injcert.data.corruptions.CORRUPTIONS`; ``None``: all of them; validation draws all).
+            :data:`~injcert.data.corruptions.CORRUPTIONS`; ``None``: all of them; validation draws all, except for
+            the ``"restorer"`` objective, whose validation draws these).
         freeze: parameter-name prefixes that the denoising objective does not train (e.g.
             ``["restorer."]``: refine the certified network around a trained restorer).
         loss_sigma_data: ``None`` (the plain ε loss) or $\\sigma_d > 0$: weigh each example's ε error by
@@ -442,11 +443,14 @@ def validation_batches(config: "TrainConfig", schedule: Any, device: torch.devic
         return []
     vds = PatchDataset(None, patch_size=config.patch_size, channels=config.channels,
                        length=config.val_batches * config.batch_size, seed=VAL_SEED, split="heldout")
+    # the restorer fills missing pixels and returns every seen one as observed: blurred or noisy examples
+    # would add a loss it cannot change, so its validation draws the corruptions it trains on
+    kinds = config.corruptions if config.objective == "restorer" else None
     out = []
     for i in range(config.val_batches):
         x0 = _batch(vds, i * config.batch_size, config.batch_size, torch.device("cpu"))
         g = torch.Generator().manual_seed(_mix(VAL_SEED, i))
-        b = draw_training_batch(x0, g, schedule, p_uncond=config.p_uncond, t_min=config.t_min)
+        b = draw_training_batch(x0, g, schedule, p_uncond=config.p_uncond, t_min=config.t_min, corruptions=kinds)
         out.append(_to_device(b, device))
     return out
 
