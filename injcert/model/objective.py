@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..data.corruptions import corrupt_batch, expand_map
 from ..errors import ArgumentError
+from .restorer import seen_pixels
 
 __all__ = ["denoising_loss", "draw_training_batch", "loss_on_batch", "low_noise_range", "refine_range",
            "REFINE_VARSIGMA", "T_MIN"]
@@ -251,6 +252,6 @@ def restorer_loss(restorer: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     examples with the fewest missing pixels drive every step, and it does not learn."""
     m = expand_map(batch["m"])
     r = restorer(batch["y"], m)
-    miss = ((m[:, :1] != 1) & (m[:, 1:2] <= 0) & (m[:, 2:3] <= 0)).to(r.dtype)  # neither observed, blurred nor noisy
+    miss = (~seen_pixels(m)).to(r.dtype)
     se = ((r - batch["x0"]).pow(2) * miss).flatten(1).sum(1)
     return (se / (miss.flatten(1).sum(1) * r.shape[1]).clamp_min(1.0)).mean()

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .bands import lowpass
 
-__all__ = ["Restorer", "pull_push_fill", "biharmonic_fill", "normalized_convolution"]
+__all__ = ["Restorer", "seen_pixels", "pull_push_fill", "biharmonic_fill", "normalized_convolution"]
 
 #: Conjugate-gradient steps of the biharmonic fill the restorer starts from (:func:`biharmonic_fill`):
 #: enough for holes a few pixels across to converge (random pixels, thin gaps, strokes), while larger
@@ -51,6 +51,12 @@ BIHARMONIC_ITERATIONS = 64
 
 #: Binomial orders of the normalized convolutions (Gaussian std $\sqrt{a/2}$: 1, 2 and 4 pixels).
 NC_ORDERS = (2, 8, 32)
+
+
+def seen_pixels(m: Tensor) -> Tensor:
+    """The pixels of an expanded corruption map ``m`` (N×3×H×W) that were seen — as is, blurred or
+    noisy — as an N×1×H×W bool: those the restorer returns as observed; the rest are missing."""
+    return (m[:, :1] == 1) | (m[:, 1:2] > 0) | (m[:, 2:3] > 0)
 
 
 def pull_push_fill(y: Tensor, w: Tensor) -> Tensor:
@@ -194,7 +200,7 @@ class Restorer(nn.Module):
         """The network's input, the base image it predicts a residual on, and the mask of the pixels
         that were seen (as is, blurred or noisy)."""
         known = (m[:, :1] == 1).to(y.dtype)
-        seen = ((m[:, :1] == 1) | (m[:, 1:2] > 0) | (m[:, 2:3] > 0)).to(y.dtype)
+        seen = seen_pixels(m).to(y.dtype)
         fill = biharmonic_fill(y, known, BIHARMONIC_ITERATIONS)
         base = seen * y + (1.0 - seen) * fill
         parts = [y * seen, m, base]
