@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-__all__ = ["quiet_jvp_decompositions"]
+__all__ = ["quiet_jvp_decompositions", "transform_wrapped"]
 
 _done = False
 
@@ -28,3 +28,13 @@ def quiet_jvp_decompositions() -> None:
             import torch._decomp.decompositions_for_jvp  # noqa: F401
         except ImportError:  # pragma: no cover - another torch layout: nothing to silence
             pass
+
+
+def transform_wrapped(t: object) -> bool:
+    """Whether ``t`` was made inside a ``torch.func`` transform (``grad``, ``jacrev``, ``vmap``, ``jvp``):
+    such a tensor belongs to that transform and must not be kept past it. ``True`` when this torch
+    cannot tell, so a caller that caches only on ``False`` stays safe."""
+    import torch
+
+    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return True if check is None else bool(check(t))

@@ -373,3 +373,76 @@ def test_adaptive_budget_certifies_fixed_point_at_50_steps_with_finite_logdet_lo
     # the model runs in float32: the field multiplies by fl32(alpha), charged alpha (1 + 2^-24)
     assert step_margins(g, prof, model.schedule, alpha_rel=2.0**-24)[2] == integ.details["margins"]["per_step"]
     assert step_margins(g, prof, model.schedule)[2] < integ.details["margins"]["per_step"]
+
+
+# ----------------------------------------------------------------------------- checks side by side
+
+
+def test_checks_side_by_side_give_the_sequential_certificate(unet_ckpt):
+    """With two CPU threads the checks after the flow constants run as two lanes in threads; the
+    report (every property, value, detail and the data behind the figures) is the one the same
+    checks give run in order with one thread, and the thread count is restored afterwards."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        seq = certify(unet_ckpt, steps=8, samples=4, patch_size=16, logdet_size=4, hutchpp_steps=3)
+        torch.set_num_threads(2)
+        par = certify(unet_ckpt, steps=8, samples=4, patch_size=16, logdet_size=4, hutchpp_steps=3)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    strip = lambda r: {k: v for k, v in json.loads(r.to_json()).items() if k != "timings"}  # noqa: E731
+    assert strip(par) == strip(seq)
+    assert [p.name for p in par.properties][-6:] == ["lipschitz_empirical", "round_trip_reversible",
+                                                      "round_trip_fixed_point", "round_trip_ddim",
+                                                      "injectivity_empirical", "growth_empirical"]
+    assert set(par.timings) == {"load", "lipschitz", "flow", "integrator", "logdet", "empirical", "total"}
+
+
+def test_an_error_in_a_lane_reaches_the_caller(unet_ckpt, monkeypatch):
+    """A check that raises inside a lane's thread raises in the caller, not in the thread's log."""
+    import importlib
+
+    certificate = importlib.import_module("injcert.certify.certificate")
+
+    def broken(ctx):
+        raise RuntimeError("planted failure in a lane")
+
+    checks = tuple((p, broken if c.__name__ == "pairs_check" else c, lane) for p, c, lane in certificate.CHECKS)
+    monkeypatch.setattr(certificate, "CHECKS", checks)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="planted failure in a lane"):
+            certify(unet_ckpt, steps=6, samples=2, patch_size=16, logdet_size=4, hutchpp_steps=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_shared_context_attributes_are_computed_once_across_threads():
+    """The context's attributes (the held-out flows, the round trip) are computed once even when two
+    lanes ask for them at the same moment."""
+    import threading
+    import time
+
+    from injcert.certify.context import cached_property
+
+    class Ctx:
+        calls = 0
+
+        @cached_property
+        def slow(self):
+            Ctx.calls += 1
+            time.sleep(0.05)
+            return object()
+
+    ctx = Ctx()
+    got = []
+    workers = [threading.Thread(target=lambda: got.append(ctx.slow)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert Ctx.calls == 1 and all(g is got[0] for g in got)
+    assert Ctx().slow is not got[0] and Ctx.calls == 2

@@ -386,3 +386,43 @@ def test_restorer_loss_is_the_mean_squared_error_over_the_missing_pixels(seed: i
     want = [float(err[i][miss[i]].pow(2).mean()) if bool(miss[i].any()) else 0.0 for i in range(3)]
     got = restorer_loss(restorer, {"y": y * m[:, :1], "m": m, "x0": x0})
     assert abs(float(got) - sum(want) / 3) <= 1e-6 * max(1.0, sum(want))
+
+
+def test_anchor_is_kept_while_no_gradient_can_reach_the_restorer() -> None:
+    """The certificate's Jacobians in x run with gradients on: R(c) is then computed once per condition
+    (it is a constant in x), also inside torch.func transforms, and equals a fresh computation; while
+    the restorer's weights take gradients (training it), every call computes R anew."""
+    net = anchored_unet(seed=5)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    calls = []
+    net.restorer.register_forward_hook(lambda *a: calls.append(1))
+    x, y, m = _obs(3, 8, 8)
+    t = torch.tensor([0.4])
+    outs = [net(x, t, y, m) for _ in range(2)]
+    jac = torch.func.jacrev(lambda z: net(z, t, y, m))(x)
+    assert len(calls) == 1 and torch.equal(outs[0], outs[1]) and jac.shape == (*x.shape, *x.shape)
+    with torch.no_grad():
+        fresh = net(x, t, y, m, anchor=net.restorer(y, m))
+    assert torch.equal(fresh, outs[0])
+    net2 = anchored_unet(seed=5)
+    calls2 = []
+    net2.restorer.register_forward_hook(lambda *a: calls2.append(1))
+    loss = sum(net2(x, t, y, m).sum() for _ in range(2))
+    loss.backward()
+    assert len(calls2) == 2 and net2.restorer.out.weight.grad is not None
+
+
+def test_anchor_made_inside_a_transform_is_not_kept() -> None:
+    """R(c) computed inside a torch.func transform belongs to it: the next plain call recomputes it
+    rather than reuse a tensor of a finished transform."""
+    net = anchored_unet(seed=6)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x, y, m = _obs(4, 8, 8)
+    t = torch.tensor([0.4])
+    torch.func.jacrev(lambda z: net(z, t, y, m))(x)  # the first R(c) is made inside the transform
+    calls = []
+    net.restorer.register_forward_hook(lambda *a: calls.append(1))
+    out = net(x, t, y, m)
+    assert len(calls) == 1 and torch.isfinite(out).all()

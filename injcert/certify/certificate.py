@@ -32,9 +32,11 @@ flows), and :mod:`~injcert.certify.report` (table, Markdown, figures).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Callable, Optional, Union
 
+import torch
 from torch import nn
 
 from .._progress import Stages
@@ -53,14 +55,17 @@ __all__ = ["CertContext", "CHECKS", "certify", "finite_weights", "steps_needed"]
 _PHASES = {"load": "load checkpoint", "lipschitz": "Lipschitz bound", "flow": "flow constants",
            "integrator": "integrator", "logdet": "log-determinants", "empirical": "empirical checks"}
 
-#: The checks after ``finite_weights``, in report order, each with the phase it is timed under.
-#: Every entry after ``lipschitz`` needs the certified bound (``SKIPPED`` without one).
-CHECKS: tuple[tuple[str, Callable[[CertContext], list[Property]]], ...] = (
-    ("lipschitz", lipschitz.check),
-    ("flow", flow.check),
-    ("integrator", integrator.check),
-    ("logdet", logdet.check),
-    ("empirical", empirical.check),
+#: The checks after ``finite_weights``, in report order, each with the phase it is timed under (a
+#: phase's time is the sum of its checks') and its lane (:func:`_run_checks`). Every entry after
+#: ``lipschitz`` needs the certified bound (``SKIPPED`` without one).
+CHECKS: tuple[tuple[str, Callable[[CertContext], list[Property]], int], ...] = (
+    ("lipschitz", lipschitz.check, 0),
+    ("flow", flow.check, 0),
+    ("integrator", integrator.check, 1),
+    ("logdet", logdet.check, 1),
+    ("empirical", empirical.lipschitz_check, 1),
+    ("empirical", empirical.round_trip_check, 2),
+    ("empirical", empirical.pairs_check, 2),
 )
 
 
@@ -74,8 +79,11 @@ class _Timer:
         self.t0 = time.perf_counter()
         return self
 
+    _lock = threading.Lock()  # checks of one phase may end at the same time in two lanes
+
     def __exit__(self, *exc: Any) -> None:
-        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
+        with _Timer._lock:
+            self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
         if self.stages is not None:
             self.stages._bar.update(1)
 
@@ -83,6 +91,12 @@ class _Timer:
 def _phases(cfg: CertifyConfig) -> list[str]:
     """The phases that run (the empirical checks only with ``empirical`` and some samples)."""
     return [k for k in _PHASES if k != "empirical" or (cfg.empirical and cfg.samples > 0)]
+
+
+def _stages(cfg: CertifyConfig) -> list[str]:
+    """The progress bar's stages: loading, then one per entry of :data:`CHECKS` that runs."""
+    phases = _phases(cfg)
+    return ["load"] + [phase for phase, _, _ in CHECKS if phase in phases]
 
 
 def certify(model_or_path: Union[str, os.PathLike[str], nn.Module], config: Optional[CertifyConfig] = None,
@@ -108,7 +122,7 @@ def certify(model_or_path: Union[str, os.PathLike[str], nn.Module], config: Opti
     cfg = (config or CertifyConfig()).replace(**options) if options else (config or CertifyConfig())
     if not isinstance(cfg, CertifyConfig):
         raise ConfigError(f"config must be a CertifyConfig, got {type(cfg).__name__}")
-    stages = Stages("certify", _phases(cfg), enabled=progress)
+    stages = Stages("certify", _stages(cfg), enabled=progress)
     try:
         return _certify(model_or_path, cfg, stages)
     finally:
@@ -133,17 +147,65 @@ def _certify(model_or_path: Union[str, os.PathLike[str], nn.Module], cfg: Certif
 
 
 def _run_checks(ctx: CertContext, timings: dict[str, float], stages: Any) -> list[Property]:
-    """The entries of :data:`CHECKS`, each check timed under its phase."""
+    """The entries of :data:`CHECKS`, each timed under its phase, returned in report order. Lane 0
+    (the bound, the flow constants) runs first; the rest need the bound (``SKIPPED`` without one) and
+    their lanes, which share no work but what the context computes once, run side by side on a CPU
+    with two threads or more (:func:`_side_by_side`), else in order."""
     props: list[Property] = []
     phases = _phases(ctx.cfg)
-    for phase, check in CHECKS:
-        if phase not in phases:
-            continue
+    todo = [(k, phase, check, lane) for k, (phase, check, lane) in enumerate(CHECKS) if phase in phases]
+    for k, phase, check, lane in [e for e in todo if e[3] == 0]:
         if phase != "lipschitz" and ctx.L is None:
             return props + lipschitz.not_evaluated()
         with _Timer(timings, phase, stages):
             props.extend(check(ctx))
-    return props
+    rest = [e for e in todo if e[3] != 0]
+    if rest and ctx.L is None:
+        return props + lipschitz.not_evaluated()
+    lanes = [[e for e in rest if e[3] == lane] for lane in sorted({e[3] for e in rest})]
+    threads = torch.get_num_threads()
+    if ctx.device.type != "cpu" or threads < 2 or len(lanes) < 2:
+        lanes = [rest] if rest else []
+    results = _side_by_side(ctx, lanes, timings, stages, threads)
+    return props + [p for k, *_ in rest for p in results[k]]
+
+
+def _side_by_side(ctx: CertContext, lanes: list[list[tuple]], timings: dict[str, float],
+                  stages: Any, threads: int) -> dict[int, list[Property]]:
+    """Run each lane's checks (``(index, phase, check, lane)``) in order, the lanes in threads (torch's
+    intra-op threads shared out between them, and restored after): the network is evaluated by small batches that one thread
+    barely keeps busy, so two independent checks at once use the cores far better. Results do not
+    depend on it (every random draw has its own seeded generator; shared state is computed once,
+    :class:`~injcert.certify.context.cached_property`). A check's error is raised here, in the
+    caller's thread; the threads are daemons, so an interrupt does not wait for them."""
+    results: dict[int, list[Property]] = {}
+    errors: list[BaseException] = []
+
+    def run(lane: list[tuple]) -> None:
+        try:
+            for k, phase, check, _ in lane:
+                with _Timer(timings, phase, stages):
+                    results[k] = check(ctx)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    if len(lanes) <= 1:
+        for lane in lanes:
+            run(lane)
+    else:
+        torch.set_num_threads(max(1, threads // len(lanes)))
+        try:
+            workers = [threading.Thread(target=run, args=(lane,), daemon=True) for lane in lanes]
+            for w in workers:
+                w.start()
+            for w in workers:
+                while w.is_alive():
+                    w.join(0.2)  # short waits: Ctrl-C reaches the caller
+        finally:
+            torch.set_num_threads(threads)
+    if errors:
+        raise errors[0]
+    return results
 
 
 def finite_weights(ctx: CertContext) -> Property:

@@ -1,6 +1,7 @@
 r"""What the checks of a certificate share: the model and its float64 copy, the grid, the bound $L$,
 the step margins, the held-out batch and the reversible round trip — each computed once, when a
-check first asks for it (:class:`CertContext`).
+check first asks for it (:class:`CertContext`), also when two checks run side by side in threads
+(:func:`~injcert.certify.certificate.certify` does on a CPU with two threads or more).
 
 :func:`load_model` reads the checkpoint (or takes a model object) and describes it; the
 certificate's ``model`` entry is that description.
@@ -13,7 +14,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
@@ -75,6 +76,35 @@ class RoundTrip(NamedTuple):
     exact: bool
     err: float
     overflow: Optional[str] = None
+
+
+class cached_property:  # noqa: N801 - a drop-in for functools.cached_property
+    """:func:`functools.cached_property` that computes each attribute once per instance even when
+    threads ask for it at the same time: one lock per instance and attribute (the attributes depend on
+    one another without cycles, so threads waiting on each other's locks cannot deadlock). Python
+    3.12 dropped the lock of :func:`functools.cached_property`; without one two checks would both
+    compute, say, the Euler flows of the held-out pairs."""
+
+    _guard = threading.Lock()
+
+    def __init__(self, func: Any) -> None:
+        self.func, self.__doc__, self.name = func, func.__doc__, func.__name__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, inst: Any, owner: Optional[type] = None) -> Any:
+        if inst is None:
+            return self
+        store = inst.__dict__
+        if self.name in store:
+            return store[self.name]
+        with cached_property._guard:
+            lock = store.setdefault(f"_lock_{self.name}", threading.Lock())
+        with lock:
+            if self.name not in store:
+                store[self.name] = self.func(inst)
+        return store[self.name]
 
 
 def steps_needed(lipschitz: Union[float, LipschitzProfile], schedule: Any, grid_kind: str = "geometric",

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._compat import transform_wrapped
 from ..data.corruptions import expand_map
 from ..errors import ConfigError, InputError
 from ..io import register_model
@@ -636,10 +637,12 @@ class CondUNet(nn.Module):
 
     def anchor(self, y: Optional[Tensor], m: Optional[Tensor]) -> Tensor:
         r"""$R(y, m)$, the restorer's estimate of the image from the condition alone (zeros for ``y`` and
-        ``m`` that are ``None``). Under ``torch.no_grad`` the last result is kept, with the very tensors it
+        ``m`` that are ``None``). Without a gradient to carry the last result is kept, with the very tensors it
         was computed from (so their memory cannot be reused by others), and returned again while
         ``y``, ``m`` (by identity and version), the weights and the dtype are unchanged: a solver calls
-        the network with the same condition at every step, and $R$ runs once.
+        the network with the same condition at every step, and $R$ runs once. The same holds with
+        gradients enabled as long as none can flow into $R$ (no weight of the restorer and neither
+        ``y`` nor ``m`` requires one): the Jacobians in $x$ of the certificate reuse it.
 
         Raises:
             ConfigError: the model has no restorer.
@@ -654,27 +657,30 @@ class CondUNet(nn.Module):
             n, h, w = like.shape[0], like.shape[-2], like.shape[-1]
             y = like.new_zeros(n, self.in_channels, h, w) if y is None else y
             m = like.new_zeros(n, MAP_CHANNELS, h, w) if m is None else m
+        grad = torch.is_grad_enabled() and (p.requires_grad or y.requires_grad or m.requires_grad)
         versions = (y._version, m._version, self._weights_key(), p.dtype)
         cached = self._anchor_cache  # (y, m, versions, R): y and m held, compared by identity
-        if not torch.is_grad_enabled() and cached is not None and cached[0] is y and cached[1] is m \
-                and cached[2] == versions:
+        if not grad and cached is not None and cached[0] is y and cached[1] is m and cached[2] == versions:
             return cached[3]
-        grad = torch.is_grad_enabled() and (p.requires_grad or y.requires_grad or m.requires_grad)
         with torch.set_grad_enabled(grad):  # a frozen restorer (refiner training) builds no graph
             out = self.restorer(y.to(p.dtype), expand_map(m.to(p.dtype))).to(y.dtype)
-        self._anchor_cache = None if torch.is_grad_enabled() else (y, m, versions, out)
+        # kept when no gradient can flow into it and it is a plain tensor (one made inside a torch.func
+        # transform belongs to that transform and must not leave it)
+        self._anchor_cache = None if grad or transform_wrapped(out) else (y, m, versions, out)
         return out
 
     def _unconditional_anchor(self, x: Tensor) -> Tensor:
-        """$R$ of the empty observation (no ``y``, no ``m``) for inputs shaped like ``x``: under
-        ``torch.no_grad`` kept per shape, dtype, device and weights, since an unconditional solver
+        """$R$ of the empty observation (no ``y``, no ``m``) for inputs shaped like ``x``: kept (when no
+        gradient can flow into the restorer, as in :meth:`anchor`) per shape, dtype, device and weights, since an unconditional solver
         would otherwise run the restorer on a fresh zero condition at every step."""
-        key = (tuple(x.shape), x.dtype, x.device, self._weights_key(), self.restorer.stem.weight.dtype)
+        p = self.restorer.stem.weight
+        key = (tuple(x.shape), x.dtype, x.device, self._weights_key(), p.dtype)
+        grad = torch.is_grad_enabled() and p.requires_grad
         cached = self._uncond_anchor_cache
-        if not torch.is_grad_enabled() and cached is not None and cached[0] == key:
+        if not grad and cached is not None and cached[0] == key:
             return cached[1]
         out = self.anchor(x.new_zeros(x.shape), None)
-        self._uncond_anchor_cache = None if torch.is_grad_enabled() else (key, out)
+        self._uncond_anchor_cache = None if grad or transform_wrapped(out) else (key, out)
         return out
 
     def wiener_skip(self, t: Tensor) -> Tensor:
