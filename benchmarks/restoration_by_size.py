@@ -44,7 +44,7 @@ def main() -> None:
                    help="also run the pipeline without its holdout gate (row 'no gate': the flow always kept)")
     p.add_argument("--json", metavar="OUT", help="also write every row as JSON (scripts/write_results.py reads it)")
     args = p.parse_args()
-    records = []
+    records, seconds = [], {}
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = injcert.load_checkpoint(args.checkpoint)
     levels = args.levels if args.levels == "auto" else int(args.levels)
@@ -60,7 +60,8 @@ def main() -> None:
         rows = reconstruction_rows(model, load_batch(args.images, size), args.steps, 0, args.corruptions,
                                    baselines=base, options={"levels": levels},
                                    variants=variants)
-        print(f"\n### {size}×{size} ({time.perf_counter() - t0:.0f} s)\n")
+        seconds[size] = time.perf_counter() - t0
+        print(f"\n### {size}×{size} ({seconds[size]:.0f} s)\n")
         print(markdown_table(["corruption", "method", "PSNR [dB]", "SSIM", "PSNR in region [dB]", "time [s]",
                               "produced by"],
                              [[r.corruption, r.method, r.psnr, r.ssim, r.psnr_region, r.seconds, r.source or "—"]
@@ -81,8 +82,11 @@ def main() -> None:
         import json
         from pathlib import Path
 
-        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "images": args.images,
-                                               "steps": args.steps, "rows": records}, indent=1))
+        from injcert.io import weights_fingerprint
+
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "weights": weights_fingerprint(model),
+                                               "images": args.images, "steps": args.steps, "seconds": seconds,
+                                               "rows": records}, indent=1))
 
 
 if __name__ == "__main__":

@@ -82,3 +82,29 @@ def test_reconstruction_rows_variant_without_flow_keeps_the_estimate():
         assert abs(by["no flow"].psnr - by["inpaint_biharmonic"].psnr) < 1e-3
         assert abs(by["ours"].psnr - by["inpaint_biharmonic"].psnr) > 1e-3  # the default level does move it
         assert keep[c][5] == "inpaint_biharmonic"
+
+
+def test_write_results_takes_saved_rows_only_of_the_same_weights_and_steps(tmp_path):
+    """``scripts/write_results.py --rows`` merges earlier ``restoration_by_size.py --json`` outputs
+    (each size may run separately), and refuses a file of other weights, other steps or missing a size."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("write_results", Path(ROOT) / "scripts" / "write_results.py")
+    wr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wr)
+
+    def saved(name, size, weights="abc", steps=20):
+        row = dict(size=size, corruption="box", method="ours", psnr=30.0, ssim=0.9, psnr_region=20.0,
+                   seconds=1.0, source="restorer")
+        path = tmp_path / name
+        path.write_text(json.dumps({"weights": weights, "steps": steps, "images": ["chelsea"],
+                                    "seconds": {str(size): 5.0}, "rows": [row, dict(row, method="tv")]}))
+        return str(path)
+
+    data, seconds = wr._saved_rows([saved("a.json", 64), saved("b.json", 256)], [64, 256], 20, "abc")
+    assert sorted({r["size"] for r in data["rows"]}) == [64, 256] and seconds == 10.0
+    for files, sizes in (([saved("c.json", 64, weights="other")], [64]), ([saved("d.json", 64, steps=50)], [64]),
+                         ([saved("e.json", 64)], [64, 256])):
+        with pytest.raises(SystemExit):
+            wr._saved_rows(files, sizes, 20, "abc")
