@@ -1,6 +1,7 @@
 """Edits against their start noise and strength: grain ratio, seam energy and a picture grid.
 
     python benchmarks/edit_start_noise_sweep.py [CKPT] [--image coffee] [--size 64] [--out edit_grid.png] [--steps 30]
+        [--ops remove] [--settings START:NOISE:STRENGTH ...]
 
 The demo's edit (the box over the upper middle, ``recolor`` and ``remove``) with the encoded start
 (``start="encoded"``, the default) and, with ``start="noised"``, several ``(noise_scale, strength)``
@@ -34,6 +35,15 @@ SETTINGS = [("encoded", 0.0, 0.3), ("encoded", 0.0, 0.6), ("noised", 0.0, 0.3), 
             ("noised", 0.5, 0.6)]
 
 
+def _setting(text: str) -> tuple:
+    """``START:NOISE:STRENGTH`` as ``(start, noise_scale, strength)``."""
+    try:
+        start, noise, strength = text.split(":")
+        return start, float(noise), float(strength)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:NOISE:STRENGTH (e.g. noised:1.0:0.3), got {text!r}") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", nargs="?", default=str(injcert.DEFAULT_CHECKPOINT))
@@ -41,6 +51,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--image", default="astronaut")
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--ops", nargs="+", default=["recolor", "remove"], choices=["recolor", "remove"])
+    ap.add_argument("--settings", nargs="+", metavar="START:NOISE:STRENGTH", type=_setting,
+                    help="the settings to run instead of the default sweep, e.g. noised:1.0:0.3 encoded:0:0.6")
     args = ap.parse_args()
     model = injcert.load_checkpoint(args.checkpoint).eval()
     size = args.size
@@ -52,9 +65,9 @@ def main() -> None:
     print("| op | start | noise_scale | strength | grain ratio | colour grain ratio | seam energy | PSNR vs target |\n"
           "|---|---|---|---|---|---|---|---|")
     rows = []
-    for op in ("recolor", "remove"):
+    for op in args.ops:
         row = [x[0]]
-        for start, noise, strength in SETTINGS:
+        for start, noise, strength in args.settings or SETTINGS:
             with torch.no_grad():
                 r = edit_full(model, x, mask, op, strength=strength, steps=args.steps, noise_scale=noise, start=start)
             print(f"| {op} | {start} | {noise} | {strength} | {grain_ratio(r.image, mask):.2f} | "
