@@ -1,13 +1,13 @@
 """How fast a restorer learns under a training recipe: R(c) against ``inpaint_biharmonic``, as it trains.
 
     python benchmarks/restorer_recipes.py [--kinds random] [--max-downscale 8] [--loss mse] [--minutes 10]
-                                          [--images NAME_OR_DIR ...] [--threads 1] [CKPT]
+                                          [--images NAME_OR_DIR ...] [--threads 1] [--sizes 64] [CKPT]
 
 Trains a fresh :class:`~injcert.model.restorer.Restorer` (or the restorer of the checkpoint ``CKPT``) alone with
 Adam at a constant learning rate on patches of the training images, corrupted by ``--kinds``, and
 every two minutes (and last at the first report after ``--minutes``) prints, as one JSON line, $R(c)$ minus ``inpaint_biharmonic`` (dB, at the missing
-pixels, pooled) on the held-out images at 64² for a random half of the pixels, the benchmark's box,
-free-form strokes and gaps. Run two recipes side by side on the two cores (``--threads 1`` each) and
+pixels, pooled) on the held-out images at 64² (or ``--sizes``) for a random half of the pixels, the
+benchmark's box, free-form strokes and gaps. ``--minutes 0`` only measures ``CKPT``'s restorer. Run two recipes side by side on the two cores (``--threads 1`` each) and
 compare the lines at the same minute; a run is a few minutes, so it chooses a recipe before a run of
 hours. ``--loss log`` is the former objective (log of the image-wide MSE), for comparison;
 ``mse`` is :func:`~injcert.model.objective.restorer_loss`.
@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--images", nargs="+", default=list(TRAIN_IMAGES))
     ap.add_argument("checkpoint", nargs="?", help="a model checkpoint whose restorer starts the run")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -80,7 +81,7 @@ def main() -> None:
     files = [n for n in args.images if n in TRAIN_IMAGES] + (image_files(paths) if paths else [])
     data = PatchDataset(files, patch_size=args.patch, length=10**9, seed=args.seed + 1, max_downscale=args.max_downscale)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    cells, g = _cells(64), torch.Generator().manual_seed(args.seed + 2)
+    cells, g = [c for size in args.sizes for c in _cells(size)], torch.Generator().manual_seed(args.seed + 2)
     start, step, report = time.perf_counter(), 0, 0.0
     while True:
         elapsed = time.perf_counter() - start
