@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # Turn a few minutes of one GPU into the largest training run they buy: the restorer first (direct
-# supervision, cheap, most of the restoration quality: random pixels, then every mask kind), then
-# the certified refiner around it.
+# supervision, cheap, most of the restoration quality), then the certified refiner around it.
 #
 #   bash scripts/gpu_train.sh OUT_DIR [SECONDS] [IMAGES...]
 #
-# OUT_DIR receives restorer_random.ckpt, restorer.ckpt, model.ckpt (the refined model to ship), their .state files (resume
+# OUT_DIR receives restorer.ckpt, model.ckpt (the refined model to ship), their .state files (resume
 # with `python -m injcert train --resume OUT_DIR/model.ckpt.state ...`) and JSON-lines logs.
-# SECONDS (default 480) is the whole budget: 30 % restorer on random pixels (configs/restorer.json),
-# 10 % its fine-tune on every mask kind (configs/restorer_finetune.json), 60 % refiner, each stopped and saved
+# SECONDS (default 480) is the whole budget: 40 % restorer, 60 % refiner, each stopped and saved
 # by --time-limit at a step boundary. IMAGES default to the bundled training images; give folders
 # of your own photographs to add them (searched recursively, unreadable files skipped).
 # Runs from a plain checkout on a machine with torch, torchdiffeq, scikit-image and safetensors:
@@ -25,16 +23,12 @@ DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
 IMAGES=()
 if [ "$#" -gt 0 ]; then IMAGES=(--images camera coffee rocket brick grass gravel immunohistochemistry moon coins cell motorcycle lfw_faces "$@"); fi
-R_LIMIT=$(( BUDGET * 3 / 10 ))
-M_LIMIT=$(( BUDGET / 10 ))
-F_LIMIT=$(( BUDGET - R_LIMIT - M_LIMIT ))
+R_LIMIT=$(( BUDGET * 2 / 5 ))
+F_LIMIT=$(( BUDGET - R_LIMIT ))
 # on a GPU a step is far faster than on the CPU: larger batches, more steps (the cosine schedule
 # needs the step count; a run stopped by the time limit keeps its last checkpoint)
 "$VPY" -m injcert train --config configs/restorer.json "${IMAGES[@]}" --device "$DEVICE" \
     --batch-size 64 --steps 20000 --time-limit "$R_LIMIT" \
-    --out "$OUT/restorer_random.ckpt" --log "$OUT/restorer_random.log.jsonl" --quiet
-"$VPY" -m injcert train --config configs/restorer_finetune.json "${IMAGES[@]}" --device "$DEVICE" \
-    --init "$OUT/restorer_random.ckpt" --batch-size 64 --steps 6000 --time-limit "$M_LIMIT" \
     --out "$OUT/restorer.ckpt" --log "$OUT/restorer.log.jsonl" --quiet
 "$VPY" -m injcert train --config configs/refiner.json "${IMAGES[@]}" --device "$DEVICE" \
     --init "$OUT/restorer.ckpt" --batch-size 128 --steps 20000 --time-limit "$F_LIMIT" \
