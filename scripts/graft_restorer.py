@@ -1,4 +1,4 @@
-"""Put another run's restorer into a model: ``python scripts/graft_restorer.py MODEL RESTORER OUT``.
+"""Put another run's restorer into a model: ``python scripts/graft_restorer.py MODEL RESTORER OUT [--average OTHER]``.
 
 ``OUT`` is ``MODEL`` (its certified score network: the deep path, the band skip, the schedule) with the
 restorer weights ``restorer.*`` of ``RESTORER`` (a checkpoint of the same architecture, e.g. a
@@ -7,6 +7,11 @@ changes: the restorer is a function of the condition alone (proofs/05, item 19),
 the bounds ``MODEL`` does. Whether the refiner still fits the new restorer is for the benchmarks to
 say; a short refiner run (``train --config configs/refiner.json --init OUT``) adapts it. Both sources
 are recorded in the metadata (``restorer_from``).
+
+``--average OTHER [--weight W]`` grafts the average $(1 - W)\,\theta_{RESTORER} + W\,\theta_{OTHER}$
+of two restorers' weights (default $W = 1/2$): for a run fine-tuned from the other (the same
+start, so the two lie in one basin), the average keeps much of what each learned ("model soups",
+Wortsman et al., ICML 2022). Integer buffers come from ``OTHER``.
 """
 
 from __future__ import annotations
@@ -27,18 +32,34 @@ def main() -> int:
     ap.add_argument("model")
     ap.add_argument("restorer")
     ap.add_argument("out")
+    ap.add_argument("--average", metavar="OTHER", help="a second restorer checkpoint to average the weights with")
+    ap.add_argument("--weight", type=float, default=0.5, help="OTHER's share of the average (default 0.5)")
     args = ap.parse_args()
+    if not 0.0 <= args.weight <= 1.0:
+        raise InputError(f"--weight must lie in [0, 1], got {args.weight!r}")
     model, donor = load_checkpoint(args.model), load_checkpoint(args.restorer)
     if getattr(model, "restorer", None) is None or getattr(donor, "restorer", None) is None:
         raise InputError("both checkpoints need a restorer (model option 'restorer')")
     if model.config.get("restorer") != donor.config.get("restorer"):
         raise InputError(f"the restorers differ in architecture: {model.config.get('restorer')} vs "
                          f"{donor.config.get('restorer')}")
-    model.restorer.load_state_dict(donor.restorer.state_dict())
+    state, inputs = donor.restorer.state_dict(), [args.model, args.restorer]
     md = dict(getattr(model, "checkpoint_metadata", {}) or {})
     md["restorer_from"] = {"path": str(args.restorer), "metadata": dict(getattr(donor, "checkpoint_metadata", {}) or {})}
-    save_checkpoint(model, args.out, metadata=md, inputs=[args.model, args.restorer])
-    print(f"wrote {args.out}: {args.model} with the restorer of {args.restorer}")
+    if args.average:
+        other = load_checkpoint(args.average)
+        if getattr(other, "restorer", None) is None or other.config.get("restorer") != donor.config.get("restorer"):
+            raise InputError(f"{args.average!r} has no restorer of the same architecture to average with")
+        theirs, w = other.restorer.state_dict(), float(args.weight)
+        state = {k: (1 - w) * v + w * theirs[k] if v.is_floating_point() else theirs[k] for k, v in state.items()}
+        md["restorer_from"]["averaged_with"] = {"path": str(args.average), "weight": w,
+                                                "metadata": dict(getattr(other, "checkpoint_metadata", {}) or {})}
+        inputs.append(args.average)
+    model.restorer.load_state_dict(state)
+    save_checkpoint(model, args.out, metadata=md, inputs=inputs)
+    what = f"the average of the restorers of {args.restorer} and {args.average} (weight {args.weight:g})" \
+        if args.average else f"the restorer of {args.restorer}"
+    print(f"wrote {args.out}: {args.model} with {what}")
     return 0
 
 

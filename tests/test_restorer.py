@@ -313,9 +313,9 @@ def test_graft_restorer_script_swaps_only_the_restorer(tmp_path) -> None:
         save_checkpoint(net, tmp_path / f"{name}.ckpt")
     out = tmp_path / "out.ckpt"
 
-    def run(a: str, b: str):
-        return subprocess.run([sys.executable, "scripts/graft_restorer.py", a, b, str(out)], capture_output=True,
-                              text=True, timeout=300, env=subprocess_env())
+    def run(a: str, b: str, *extra: str):
+        return subprocess.run([sys.executable, "scripts/graft_restorer.py", a, b, str(out), *extra],
+                              capture_output=True, text=True, timeout=300, env=subprocess_env())
 
     ok = run(str(tmp_path / "base.ckpt"), str(tmp_path / "donor.ckpt"))
     assert ok.returncode == 0, ok.stderr
@@ -325,6 +325,22 @@ def test_graft_restorer_script_swaps_only_the_restorer(tmp_path) -> None:
     assert new.checkpoint_metadata["restorer_from"]["path"] == str(tmp_path / "donor.ckpt")
     for a, b in ((tmp_path / "base.ckpt", tmp_path / "plain.ckpt"), (tmp_path / "base.ckpt", "/etc/passwd")):
         bad = run(str(a), str(b))
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    # --average: the weights' convex combination in the restorer, the rest of the model untouched
+    third = anchored_unet(seed=3)
+    save_checkpoint(third, tmp_path / "third.ckpt")
+    avg = run(str(tmp_path / "base.ckpt"), str(tmp_path / "donor.ckpt"), "--average", str(tmp_path / "third.ckpt"),
+              "--weight", "0.25")
+    assert avg.returncode == 0, avg.stderr
+    new = load_checkpoint(out)
+    d, t, b = donor.state_dict(), third.state_dict(), base.state_dict()
+    for k, v in new.state_dict().items():
+        want = 0.75 * d[k] + 0.25 * t[k] if k.startswith("restorer.") and v.is_floating_point() else b[k]
+        assert torch.allclose(v, want, rtol=0, atol=1e-6), k
+    assert new.checkpoint_metadata["restorer_from"]["averaged_with"]["weight"] == 0.25
+    for extra in (("--average", str(tmp_path / "plain.ckpt")), ("--average", str(tmp_path / "third.ckpt"),
+                                                                 "--weight", "1.5")):
+        bad = run(str(tmp_path / "base.ckpt"), str(tmp_path / "donor.ckpt"), *extra)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
