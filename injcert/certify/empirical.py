@@ -24,14 +24,7 @@ from .integrator import FIXED_POINT_TOL
 from .numerics import frozen, model_dtype, norms, round_trip
 from .result import FAIL, FLOAT64_TOLERANCE, PASS, THEOREMS, Property, fmt_exp
 
-__all__ = ["check", "lipschitz_check", "pairs_check", "round_trip_check", "round_trip_study"]
-
-
-def check(ctx: CertContext) -> list[Property]:
-    """Lipschitz lower bound, round trips of every integrator, injectivity and growth of the Euler map
-    (and the round-trip study into ``ctx.data`` when ``cfg.round_trip_study``): :func:`lipschitz_check`,
-    :func:`round_trip_check` and :func:`pairs_check` in turn."""
-    return lipschitz_check(ctx) + round_trip_check(ctx) + pairs_check(ctx)
+__all__ = ["lipschitz_check", "pairs_check", "round_trip_check", "round_trip_study"]
 
 
 def lipschitz_check(ctx: CertContext) -> list[Property]:
