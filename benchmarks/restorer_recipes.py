@@ -3,14 +3,16 @@
     python benchmarks/restorer_recipes.py [--kinds random] [--max-downscale 8] [--loss mse] [--minutes 10]
                                           [--images NAME_OR_DIR ...] [--threads 1] [--sizes 64] [CKPT]
 
-Trains a fresh :class:`~injcert.model.restorer.Restorer` (or the restorer of the checkpoint ``CKPT``) alone with
-Adam at a constant learning rate on patches of the training images, corrupted by ``--kinds``, and
-every two minutes (and last at the first report after ``--minutes``) prints, as one JSON line, $R(c)$ minus ``inpaint_biharmonic`` (dB, at the missing
-pixels, pooled) on the held-out images at 64² (or ``--sizes``) for a random half of the pixels, the
-benchmark's box, free-form strokes and gaps. ``--minutes 0`` only measures ``CKPT``'s restorer. Run two recipes side by side on the two cores (``--threads 1`` each) and
-compare the lines at the same minute; a run is a few minutes, so it chooses a recipe before a run of
-hours. ``--loss log`` is the former objective (log of the image-wide MSE), for comparison;
-``mse`` is :func:`~injcert.model.objective.restorer_loss`.
+Trains a fresh :class:`~injcert.model.restorer.Restorer` (or the restorer of the checkpoint
+``CKPT``) alone with Adam at a constant learning rate on patches of the training images, corrupted
+by ``--kinds``, and every two minutes (and last at the first report after ``--minutes``) prints, as
+one JSON line, $R(c)$ minus ``inpaint_biharmonic`` (dB, at the missing pixels, pooled) on the
+held-out images at 64² (or ``--sizes``) for a random half of the pixels, the benchmark's box,
+free-form strokes and gaps. ``--minutes 0`` only measures ``CKPT``'s restorer. Run two recipes side
+by side on the two cores (``--threads 1`` each) and compare the lines at the same minute; a run is
+a few minutes, so it chooses a recipe before a run of hours. ``--loss log`` is the former objective
+(log of the image-wide MSE), for comparison; ``mse`` is
+:func:`~injcert.model.objective.restorer_loss`.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     paths = [n for n in args.images if n not in TRAIN_IMAGES]
     files = [n for n in args.images if n in TRAIN_IMAGES] + (image_files(paths) if paths else [])
-    data = PatchDataset(files, patch_size=args.patch, length=10**9, seed=args.seed + 1, max_downscale=args.max_downscale)
+    data = PatchDataset(files, patch_size=args.patch, length=10**9, seed=args.seed + 1,
+                        max_downscale=args.max_downscale)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     cells, g = [c for size in args.sizes for c in _cells(size)], torch.Generator().manual_seed(args.seed + 2)
     start, step, report = time.perf_counter(), 0, 0.0

@@ -173,8 +173,9 @@ def _run_checks(ctx: CertContext, timings: dict[str, float], stages: Any) -> lis
 def _side_by_side(ctx: CertContext, lanes: list[list[tuple]], timings: dict[str, float],
                   stages: Any, threads: int) -> dict[int, list[Property]]:
     """Run each lane's checks (``(index, phase, check, lane)``) in order, the lanes in threads (torch's
-    intra-op threads shared out between them, and restored after): the network is evaluated by small batches that one thread
-    barely keeps busy, so two independent checks at once use the cores far better. Results do not
+    intra-op threads shared out between them, and restored after): the network is evaluated by small
+    batches that one thread barely keeps busy, so two independent checks at once use the cores far
+    better. Results do not
     depend on it (every random draw has its own seeded generator; shared state is computed once,
     :class:`~injcert.certify.context.cached_property`). A check's error is raised here, in the
     caller's thread; the threads are daemons, so an interrupt does not wait for them."""

@@ -671,8 +671,9 @@ class CondUNet(nn.Module):
 
     def _unconditional_anchor(self, x: Tensor) -> Tensor:
         """$R$ of the empty observation (no ``y``, no ``m``) for inputs shaped like ``x``: kept (when no
-        gradient can flow into the restorer, as in :meth:`anchor`) per shape, dtype, device and weights, since an unconditional solver
-        would otherwise run the restorer on a fresh zero condition at every step."""
+        gradient can flow into the restorer, as in :meth:`anchor`) per shape, dtype, device and
+        weights, since an unconditional solver would otherwise run the restorer on a fresh zero
+        condition at every step."""
         p = self.restorer.stem.weight
         key = (tuple(x.shape), x.dtype, x.device, self._weights_key(), p.dtype)
         grad = torch.is_grad_enabled() and p.requires_grad
