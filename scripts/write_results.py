@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import injcert  # noqa: E402
+from injcert.cli import run_script  # noqa: E402
 from injcert.io import weights_fingerprint  # noqa: E402
 
 RESULTS = ROOT / "docs" / "benchmarks" / "results.md"
@@ -102,7 +103,13 @@ def _saved_rows(files: list[str], sizes: list[int], steps: int, fingerprint: str
     data: dict = {"rows": []}
     seconds = 0.0
     for f in files:
-        part = json.loads(Path(f).read_text())
+        try:
+            part = json.loads(Path(f).read_text())
+        except (OSError, ValueError) as exc:  # a JSON or Unicode decoding error is a ValueError
+            part = exc
+        if not isinstance(part, dict) or not {"images", "rows"} <= set(part):
+            why = f" ({type(part).__name__}: {part})" if isinstance(part, Exception) else ""
+            sys.exit(f"write_results: {f} is not the JSON of `restoration_by_size.py --json`{why}")
         if part.get("weights") != fingerprint or part.get("steps") != steps:
             sys.exit(f"write_results: {f} is not a run of these weights with {steps} steps "
                      f"(weights {str(part.get('weights'))[:16]}, steps {part.get('steps')})")
@@ -173,4 +180,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

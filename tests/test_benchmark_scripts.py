@@ -105,6 +105,9 @@ def test_write_results_takes_saved_rows_only_of_the_same_weights_and_steps(tmp_p
     data, seconds = wr._saved_rows([saved("a.json", 64), saved("b.json", 256)], [64, 256], 20, "abc")
     assert sorted({r["size"] for r in data["rows"]}) == [64, 256] and seconds == 10.0
     for files, sizes in (([saved("c.json", 64, weights="other")], [64]), ([saved("d.json", 64, steps=50)], [64]),
-                         ([saved("e.json", 64)], [64, 256])):
+                         ([saved("e.json", 64)], [64, 256]), ([str(tmp_path / "missing.json")], [64])):
         with pytest.raises(SystemExit):
             wr._saved_rows(files, sizes, 20, "abc")
+    (tmp_path / "garbage.json").write_bytes(b"\x00not json")
+    with pytest.raises(SystemExit, match="is not the JSON"):
+        wr._saved_rows([str(tmp_path / "garbage.json")], [64], 20, "abc")
