@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from injcert.errors import ConfigError
 from injcert.model import CondUNet
-from injcert.model.bands import band_symbols, binomial_kernel, check_bands, fit_band_variances, lowpass
+from injcert.model.bands import (band_symbols, binomial_kernel, check_bands, fit_band_variances,
+                                 fit_residual_band_variances, lowpass)
 from tests.helpers import dense_jacobian, tiny_unet
 
 BANDS = {"orders": [1, 3], "variances": [0.01, 0.3, 5.0]}
@@ -139,6 +140,40 @@ def test_fit_band_variances_is_deterministic_and_monotone():
     assert all(a <= b * (1 + 1e-12) for a, b in zip(p, p[1:]))  # more power at lower frequencies
     with pytest.raises(ConfigError, match="at least"):
         fit_band_variances([1], images=["lfw_faces"], size=400, scales=(1,))
+
+
+def test_residual_variances_of_a_zero_restorer_are_the_image_variances():
+    """R = 0 leaves the image itself: the residual fit is the image fit (same crops, same fit)."""
+    kw = dict(images=["camera", "coffee"], size=32, crops=2, scales=(1, 2))
+    q = fit_residual_band_variances(lambda y, m: torch.zeros_like(y), [1, 4], batch=3, **kw)
+    p = fit_band_variances([1, 4], **kw)
+    assert q == pytest.approx(p, rel=1e-6)  # the fit amplifies the ulps of a gray image read as three channels
+
+
+@settings(max_examples=4, deadline=None)
+@given(s=st.floats(0.01, 0.3), seed=st.integers(0, 2**16))
+def test_residual_variances_of_white_errors_are_flat(s, seed):
+    """A restorer that returns the truth plus white noise of standard deviation s leaves a residual
+    with a flat spectrum s^2: every fitted band variance is s^2 (within the periodogram's sampling
+    error), whatever the band; the truth alone leaves nothing (the fit's floor)."""
+    from injcert.model.bands import _training_crops
+
+    kw = dict(images=["camera", "coffee"], size=32, crops=6, scales=(1,))
+    crops = torch.stack([c.float() for c in _training_crops(kw["images"], 32, 6, (1,), 0, channels=3)])
+
+    def oracle(noise: float):
+        gen = torch.Generator().manual_seed(seed)
+
+        def restore(y, m):  # finds each example's crop by its observed pixels
+            known = (m[:, :1] > 0).float()
+            dist = (((y[:, None] - crops[None]) * known[:, None]) ** 2).flatten(2).sum(2)
+            x0 = crops[dist.argmin(1)]
+            return x0 + noise * torch.randn(x0.shape, generator=gen)
+        return restore
+
+    q = fit_residual_band_variances(oracle(s), [1, 4], kinds=["random"], **kw)
+    assert q == pytest.approx([s * s] * 3, rel=0.2)  # ~4 standard errors of the lowest band; P spans 400x
+    assert max(fit_residual_band_variances(oracle(0.0), [1, 4], kinds=["random"], **kw)) < 1e-10
 
 
 def test_reskip_script_keeps_the_deep_path_and_moves_the_skip_into_the_linear_part(tmp_path):

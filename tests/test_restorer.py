@@ -344,6 +344,47 @@ def test_graft_restorer_script_swaps_only_the_restorer(tmp_path) -> None:
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_residual_bands_script_refits_only_the_band_variances(tmp_path) -> None:
+    """``scripts/residual_bands.py``: the output has the input's weights and the band variances that
+    :func:`fit_residual_band_variances` gives for its restorer; ``--config-out`` writes a training config
+    whose model options are the output's (so ``train --init`` accepts it); a model without bands or a
+    restorer, a file that is not a checkpoint, or ``--config`` alone: one line, exit 2."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+    from injcert.io import load_checkpoint, save_checkpoint
+    from injcert.model.bands import fit_residual_band_variances
+
+    bands = {"orders": [1, 3], "variances": [0.01, 0.3, 5.0]}
+    kw = dict(ANCHORED, data_variance=None, spectral_bands=bands)
+    src, plain = tiny_unet(0, restorer={"width": 4, "mults": [1, 2]}, **kw), anchored_unet(seed=1)
+    _randomize(src.restorer, 3)
+    save_checkpoint(src, tmp_path / "src.ckpt")
+    save_checkpoint(plain, tmp_path / "plain.ckpt")
+    (tmp_path / "train.json").write_text(json.dumps({"steps": 3, "model": {}}))
+    out, cfg_out = tmp_path / "out.ckpt", tmp_path / "train2.json"
+
+    def run(a, *extra):
+        return subprocess.run([sys.executable, "scripts/residual_bands.py", str(a), str(out), "--size", "32", *extra],
+                              capture_output=True, text=True, timeout=300, env=subprocess_env())
+
+    ok = run(tmp_path / "src.ckpt", "--config", str(tmp_path / "train.json"), "--config-out", str(cfg_out))
+    assert ok.returncode == 0, ok.stderr
+    new = load_checkpoint(out)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), new.state_dict().values()))
+    want = fit_residual_band_variances(src.eval().anchor, [1, 3], size=32)
+    assert new.bands["variances"] == pytest.approx(want, rel=1e-12) and new.bands["variances"] != bands["variances"]
+    assert new.checkpoint_metadata["bands_refit_from"]["variances"] == bands["variances"]
+    written = json.loads(cfg_out.read_text())
+    assert written["steps"] == 3 and written["model"] == new.config
+    for a, extra in ((tmp_path / "plain.ckpt", ()), ("/etc/passwd", ()),
+                     (tmp_path / "src.ckpt", ("--config", str(tmp_path / "train.json")))):
+        bad = run(a, *extra)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_unconditional_anchor_runs_the_restorer_once_per_shape_and_weights() -> None:
     """An unconditional solver calls the network without ``y`` and ``m`` at every step: R of the empty
     observation is computed once per shape and weights, and is what a fresh computation gives."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
-__all__ = ["binomial_kernel", "lowpass", "band_symbols", "check_bands", "fit_band_variances", "MAX_ORDER"]
+__all__ = ["binomial_kernel", "lowpass", "band_symbols", "check_bands", "fit_band_variances",
+           "fit_residual_band_variances", "MAX_ORDER"]
 
 MAX_ORDER = 128
 """Largest binomial order allowed (support radius in pixels)."""
@@ -109,16 +110,64 @@ def fit_band_variances(orders: Sequence[int], images: Optional[Sequence[str]] = 
     image at each downscale factor in ``scales`` (``avg_pool``), so the fit sees the spectrum below
     the training patch's frequency too. Deterministic for a given ``seed``.
     """
-    import numpy as np
-    from scipy.optimize import nnls
+    spec, count = torch.zeros(size, size, dtype=torch.float64), 0
+    for crop in _training_crops(images, size, crops, scales, seed):
+        spec += _periodogram(crop)
+        count += 1
+    return _fit_log_spectrum(spec / count, orders)
 
+
+def fit_residual_band_variances(restore: Callable[[Tensor, Tensor], Tensor], orders: Sequence[int],
+                                images: Optional[Sequence[str]] = None, size: int = 64, crops: int = 6,
+                                scales: Sequence[int] = (1, 2, 4), seed: int = 0,
+                                kinds: Optional[Sequence[str]] = None, batch: int = 32) -> list[float]:
+    r"""Band variances $Q_j$ of what a restorer leaves: the fit of :func:`fit_band_variances` to the mean
+    periodogram of $x_0 - R(c)$ instead of $x_0$.
+
+    The crops are those of :func:`fit_band_variances` (three channels); each gets one training
+    corruption (:func:`~injcert.data.corruptions.corrupt_batch` over ``kinds``, none unconditional)
+    and ``restore(y, m)`` (e.g. :meth:`~injcert.model.CondUNet.anchor`) is run on it in batches of
+    ``batch``. With these variances the band skip around the anchor,
+    $R + K_t(x_t - \alpha_t R)$, is the posterior mean of a Gaussian model of the restorer's error
+    rather than of the image: it trusts the noisy state as much as the restorer's residual, not the
+    image's own power, warrants. Any positive variances keep every bound (``proofs/05``, item 10).
+    Deterministic for a given ``seed``.
+    """
+    from ..data.corruptions import corrupt_batch
+
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    spec, count, pending = torch.zeros(size, size, dtype=torch.float64), 0, []
+
+    def flush() -> None:
+        nonlocal spec, count
+        x0 = torch.stack(pending)
+        y, m = corrupt_batch(x0, gen, p_uncond=0.0, kinds=kinds)
+        with torch.no_grad():
+            r = x0.to(torch.float64) - restore(y, m).to(torch.float64)
+        for k in range(r.shape[0]):
+            spec += _periodogram(r[k])
+        count += r.shape[0]
+        pending.clear()
+
+    for crop in _training_crops(images, size, crops, scales, seed, channels=3):
+        pending.append(crop.to(torch.float32))
+        if len(pending) == batch:
+            flush()
+    if pending:
+        flush()
+    return _fit_log_spectrum(spec / count, orders)
+
+
+def _training_crops(images: Optional[Sequence[str]], size: int, crops: int, scales: Sequence[int], seed: int,
+                    channels: Optional[int] = None) -> Iterator[Tensor]:
+    """``crops`` random ``size``² crops (float64) of every image at each downscale in ``scales``;
+    ``channels=3`` repeats a gray image's channel. No image large enough: a ConfigError."""
     from ..data.images import TRAIN_IMAGES, load_image
 
     gen = torch.Generator().manual_seed(int(seed))
-    spec = torch.zeros(size, size, dtype=torch.float64)
     count = 0
     for name in (TRAIN_IMAGES if images is None else images):
-        x = load_image(name).to(torch.float64)
+        x = load_image(name, gray=None if channels is None else False).to(torch.float64)
         for s in scales:
             y = F.avg_pool2d(x[None], s)[0] if s > 1 else x
             if y.shape[1] < size or y.shape[2] < size:
@@ -126,13 +175,27 @@ def fit_band_variances(orders: Sequence[int], images: Optional[Sequence[str]] = 
             for _ in range(crops):
                 i = int(torch.randint(0, y.shape[1] - size + 1, (1,), generator=gen))
                 j = int(torch.randint(0, y.shape[2] - size + 1, (1,), generator=gen))
-                spec += torch.fft.fft2(y[:, i:i + size, j:j + size]).abs().pow(2).mean(0) / (size * size)
                 count += 1
+                yield y[:, i:i + size, j:j + size]
     if count == 0:
         raise ConfigError(f"no image is at least {size}×{size}")
+
+
+def _periodogram(x: Tensor) -> Tensor:
+    """The periodogram per pixel of a ``C×n×n`` crop, channels averaged (float64)."""
+    n = x.shape[-1]
+    return torch.fft.fft2(x.to(torch.float64)).abs().pow(2).mean(0) / (n * n)
+
+
+def _fit_log_spectrum(spec: Tensor, orders: Sequence[int]) -> list[float]:
+    """The monotone least-squares fit of $\log S \approx \sum_j \hat B_j \log P_j$ (non-DC frequencies)."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    size = spec.shape[-1]
     w = torch.fft.fftfreq(size, dtype=torch.float64) * 2 * math.pi
     basis = band_symbols(orders, w, w).reshape(len(orders) + 1, -1).T.numpy()[1:]  # drop DC
-    target = (spec / count).clamp_min(1e-12).log().reshape(-1).numpy()[1:]
+    target = spec.clamp_min(1e-12).log().reshape(-1).numpy()[1:]
     tri = np.tril(np.ones((len(orders) + 1, len(orders) + 1)))  # log P = tri @ (c, increments >= 0)
     design = basis @ tri
     sol, _ = nnls(np.concatenate([design, -design[:, :1]], axis=1), target)
