@@ -1,13 +1,14 @@
-"""Fit the band skip to what the restorer leaves: ``python scripts/residual_bands.py IN OUT [--config C --config-out C2]``.
+"""Give the band skip the restorer's residual: ``python scripts/residual_bands.py IN OUT [--config C --config-out C2]``.
 
-``OUT`` is ``IN`` with ``spectral_bands.variances`` refitted by
+``OUT`` is ``IN`` with ``spectral_bands.residual_variances`` fitted by
 :func:`~injcert.model.bands.fit_residual_band_variances`: the spectrum of $x_0 - R(c)$ over the
-training images and corruptions, instead of the spectrum of $x_0$. The exact linear part around the
-anchor, $R + K_t(x_t - \\alpha_t R)$, then trusts the noisy state only as far as the restorer's error
-leaves room (with the image's variances it returns most of the noise at mid noise levels, far below
-$R$ itself). The bound's form is unchanged (``proofs/05``, item 10: any positive band variances);
-the deep path was trained around the old skip, so ``OUT`` starts a refiner run
-(``train --config C2 --init OUT``). ``--config C --config-out C2`` writes the training config ``C``
+training images and corruptions. The exact linear part around the anchor,
+$R + K_t(c)(x_t - \\alpha_t R)$, then uses the image's band skip only inside the condition's holes and
+the residual's elsewhere (:meth:`~injcert.model.CondUNet.mixed_band_skip`): it trusts the noisy state
+only as far as the restorer's error leaves room, where with the image's variances alone it returns
+most of the noise at mid noise levels, far below $R$ itself. The bounds keep their form
+(``proofs/05``, item 19); the deep path was trained around the old skip, so ``OUT`` starts a refiner
+run (``train --config C2 --init OUT``). ``--config C --config-out C2`` writes the training config ``C``
 with ``OUT``'s model options, so that the run accepts ``OUT`` as its init.
 """
 
@@ -50,16 +51,17 @@ def main() -> int:
     cfg = dict(src.config)
     old = list(cfg["spectral_bands"]["variances"])
     new = fit_residual_band_variances(src.eval().anchor, cfg["spectral_bands"]["orders"], size=args.size)
-    cfg["spectral_bands"] = {"orders": list(cfg["spectral_bands"]["orders"]), "variances": new}
+    cfg["spectral_bands"] = {"orders": list(cfg["spectral_bands"]["orders"]), "variances": old,
+                             "residual_variances": new}
     model = CondUNet.from_config(cfg)
     model.load_state_dict(src.state_dict(), strict=True)
     md = dict(getattr(src, "checkpoint_metadata", {}) or {})
-    md["bands_refit_from"] = {"path": str(args.src), "variances": old}
+    md["residual_bands_from"] = {"path": str(args.src), "size": args.size}
     save_checkpoint(model, args.out, metadata=md, inputs=[args.src])
     if train_cfg is not None:
         train_cfg["model"] = cfg
         atomic_write_bytes(args.config_out, (json.dumps(train_cfg, indent=2) + "\n").encode())
-    print(f"wrote {args.out}: band variances {', '.join(f'{v:.4g}' for v in old)} -> "
+    print(f"wrote {args.out}: band variances {', '.join(f'{v:.4g}' for v in old)}; the restorer's residual "
           f"{', '.join(f'{v:.4g}' for v in new)}; deep-path gain {float(src.gain):.6g} -> {float(model.gain):.6g}")
     return 0
 

@@ -252,3 +252,170 @@ def test_the_budget_reserves_the_band_skips_rounding_charge(seed, small):
     deep = product_bound(model.structural_bound, float(model.gain))
     lip_d = sum_bound(deep, model.wiener_max, model._skip_charge(), model.band_charge)
     assert lip_d <= model.lipschitz_kappa - 1.0
+
+
+# ----------------------------------------------------- two band skips mixed by the condition (item 19)
+
+MIXED = {"orders": [1, 3], "variances": [0.01, 0.3, 5.0], "residual_variances": [0.002, 0.01, 0.05]}
+RESTORER = {"width": 4, "mults": [1, 2]}
+
+
+def _mixed_model(seed: int, bands: dict = MIXED) -> CondUNet:
+    return tiny_unet(seed, restorer=RESTORER, **dict(KW, spectral_bands=bands))
+
+
+def _condition_map(seed: int, h: int, w: int, p: float, dtype=torch.float64) -> torch.Tensor:
+    """A missing-pixel map: pixels missing at random with probability p, plus a random box."""
+    g = torch.Generator().manual_seed(seed)
+    m = (torch.rand(1, 1, h, w, generator=g) >= p).to(dtype)
+    i, j = (int(torch.randint(0, n, (1,), generator=g)) for n in (h, w))
+    m[..., i:i + h // 2, j:j + w // 2] = 0
+    return m
+
+
+@given(seed=st.integers(0, 10**6), t=st.floats(1e-3, 0.99), h=st.integers(2, 9), w=st.integers(2, 9),
+       p=st.floats(0.0, 1.0), var=st.lists(st.floats(1e-3, 50.0), min_size=6, max_size=6))
+@settings(max_examples=25, deadline=None)
+def test_mixed_linear_part_eigenvalues_lie_in_the_range_of_both_skips(seed, t, h, w, p, var):
+    """For any condition, the dense Jacobian of x -> w(x - alpha K_t(c) x), K_t(c) = sqrt(S) K^P sqrt(S) +
+    sqrt(1-S) K^Q sqrt(1-S), is symmetric with eigenvalues in [min c_j, max c_j] over the bands of both
+    skips (proofs/05 item 19): the range the certificate's bounds use."""
+    from injcert.model.bands import mix_weights
+
+    bands = {"orders": [1, 3], "variances": var[:3], "residual_variances": var[3:]}
+    model = _mixed_model(seed, bands).double()
+    tt = torch.tensor([t], dtype=torch.float64)
+    wt, at = model._denoiser_coefficients(tt)
+    mix = mix_weights(_condition_map(seed, h, w, p), torch.float64)
+    jac = dense_jacobian(lambda v: wt * (v - at * model.mixed_band_skip(v, tt, mix)), torch.zeros(1, 3, h, w,
+                                                                                               dtype=torch.float64))
+    assert torch.allclose(jac, jac.T, atol=1e-12)
+    ev = torch.linalg.eigvalsh(jac)
+    s = model.schedule.sigma(tt)
+    c = wt * s * s / (at * at * torch.tensor(var, dtype=torch.float64) + s * s)
+    assert float(ev.min()) >= float(c.min()) * (1 - 1e-9) - 1e-12
+    assert float(ev.max()) <= float(c.max()) * (1 + 1e-9) + 1e-12
+
+
+@given(seed=st.integers(0, 10**6), h=st.integers(1, 40), w=st.integers(1, 40), p=st.floats(0.0, 1.0))
+@settings(max_examples=25, deadline=None)
+def test_mixing_weights_are_a_partition_within_the_charged_slack(seed, h, w, p):
+    """(s, c) lie in [0, 1] and s^2 + c^2 is within MIX_SLACK of 1 in float32 (the slack the log-det
+    enclosure charges); a seen pixel far from any hole gets s = 0, a pixel deep in a hole s = 1."""
+    from injcert.model.bands import MIX_ORDER, mix_weights
+    from injcert.model.unet import MIX_SLACK
+
+    m = _condition_map(seed, h, w, p, torch.float32)
+    s, c = mix_weights(m, torch.float32)
+    assert bool(((s >= 0) & (s <= 1) & (c >= 0) & (c <= 1)).all())
+    err = (s.double() ** 2 + c.double() ** 2 - 1).abs().max()
+    assert float(err) <= MIX_SLACK
+    seen, hole = torch.ones(1, 1, 2 * MIX_ORDER + 3, 2 * MIX_ORDER + 3), torch.zeros(1, 1, 5, 5)
+    assert float(mix_weights(seen, torch.float32)[0].max()) == 0.0
+    assert float(mix_weights(hole, torch.float32)[0].min()) == 1.0
+
+
+def test_mixed_skip_is_the_image_skip_without_a_condition_and_the_residual_skip_when_all_is_seen():
+    """Nothing observed (the unconditional model): exactly the image's band skip; every pixel seen:
+    exactly the restorer residual's."""
+    from injcert.model.bands import mix_weights
+
+    model = _mixed_model(1)
+    x, tt = torch.randn(2, 3, 12, 10), torch.tensor([0.3, 0.7])
+    none, every = torch.zeros(2, 3, 12, 10), torch.ones(2, 1, 12, 10)
+    with torch.no_grad():
+        assert torch.equal(model.mixed_band_skip(x, tt, mix_weights(none, x.dtype)), model.band_skip(x, tt))
+        assert torch.equal(model.mixed_band_skip(x, tt, mix_weights(every, x.dtype)),
+                           model.band_skip(x, tt, "residual_variances"))
+
+
+@given(seed=st.integers(0, 10**4), t=st.floats(0.01, 0.99), p=st.floats(0.0, 1.0))
+@settings(max_examples=8, deadline=None)
+def test_mixed_model_jacobian_is_within_the_certified_bound(seed, t, p):
+    """The whole network with the mixed skip and a random restorer: the dense Jacobian of eps in x,
+    for a random condition, has its spectral norm within the certified L(t)."""
+    model = _mixed_model(seed).double().eval()
+    for q in model.restorer.out.parameters():  # an untrained restorer's last layer is zero
+        q.data.normal_(0, 0.3)
+    m = _condition_map(seed, 8, 8, p)
+    y = torch.randn(1, 3, 8, 8, dtype=torch.float64) * m
+    tt = torch.tensor([t], dtype=torch.float64)
+    jac = dense_jacobian(lambda v: model(v, tt, y, m), torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    assert float(torch.linalg.matrix_norm(jac, 2)) <= model.certified_lipschitz_at(t) * (1 + 1e-9)
+
+
+@given(seed=st.integers(0, 100), s0=st.floats(0.0, 50.0), span=st.floats(1e-3, 100.0))
+@settings(max_examples=20, deadline=None)
+def test_mixed_linear_integral_encloses_the_eigenvalue_range_of_both_skips(seed, s0, span):
+    """With residual variances, linear_part_integral encloses the integrals of min and max of alpha c_j
+    over the bands of both skips (dense quadrature), and is wider than the image skip's alone."""
+    model, plain = _mixed_model(seed), tiny_unet(seed, **KW)
+    s1 = s0 + span
+    lo, hi = model.linear_part_integral(s0, s1)
+    grid = torch.sinh(torch.linspace(math.asinh(s0), math.asinh(s1), 20001, dtype=torch.float64))
+    a = 1 / torch.sqrt(1 + grid * grid)
+    sig = grid * a
+    wv = 1 / torch.clamp(sig, min=model.sigma_cap)
+    p = torch.tensor(MIXED["variances"] + MIXED["residual_variances"], dtype=torch.float64).view(1, -1)
+    ac = (a * wv).view(-1, 1) * (sig * sig).view(-1, 1) / ((a * a).view(-1, 1) * p + (sig * sig).view(-1, 1))
+    lo_true = float(torch.trapezoid(ac.min(dim=1).values, grid))
+    hi_true = float(torch.trapezoid(ac.max(dim=1).values, grid))
+    slack = 1e-6 * (1 + abs(hi_true))
+    assert lo <= lo_true + slack and hi_true <= hi + slack
+    plo, phi = plain.linear_part_integral(s0, s1)
+    assert lo <= plo and phi <= hi
+
+
+def test_mixed_options_are_validated_and_round_trip():
+    model = _mixed_model(0)
+    again = CondUNet.from_config(model.config)
+    assert again.config == model.config and again.bands == MIXED and again.band_mix
+    assert model.band_charge > tiny_unet(0, **KW).band_charge  # both skips' rounding
+    for bad in ([1.0, 1.0], [1.0, 0.0, 1.0], None, "x"):
+        with pytest.raises(ConfigError, match="residual_variances"):
+            _mixed_model(0, dict(MIXED, residual_variances=bad))
+    with pytest.raises(ConfigError, match="spectral_bands"):
+        _mixed_model(0, dict(MIXED, other=[1.0, 1.0, 1.0]))
+    with pytest.raises(ConfigError, match="needs a restorer"):
+        tiny_unet(0, **dict(KW, spectral_bands=MIXED))
+
+
+def test_mixed_model_tiles_exactly():
+    """The mixing weights are read within the receptive field (the blur of the map plus the bands'):
+    tiled evaluation is whole-image evaluation, bit for bit."""
+    from injcert.tasks.tiling import TiledModel, shape_stable_convolutions
+
+    model = _mixed_model(3).eval()
+    for q in model.restorer.out.parameters():
+        q.data.normal_(0, 0.3)
+    m = _condition_map(2, 40, 36, 0.3, torch.float32)
+    y = torch.randn(1, 3, 40, 36) * m
+    x, tt = torch.randn(1, 3, 40, 36), torch.full((1,), 0.4)
+    with torch.no_grad(), shape_stable_convolutions():
+        whole = model(x, tt, y, m)
+    with torch.no_grad():
+        assert torch.equal(TiledModel(model, tile=8)(x, tt, y, m), whole)
+
+
+def test_mixed_model_receptive_field_covers_the_map_blur():
+    """With a fixed anchor, a pixel of eps depends on the condition map only within
+    receptive_field_radius, which covers the bands' blur plus the map's (MIX_ORDER)."""
+    from injcert.model.bands import MIX_ORDER
+
+    model = _mixed_model(0, dict(MIXED, orders=[1, 40])).double().eval()
+    r = model.receptive_field_radius
+    assert r >= 40 + MIX_ORDER
+    n = 2 * r + 8
+    x = torch.randn(1, 3, n, n, dtype=torch.float64)
+    anchor = torch.randn(1, 3, n, n, dtype=torch.float64)
+    m = _condition_map(1, n, n, 0.5)
+    m2 = m.clone()
+    m2[..., :, r + 5:] = 1 - m2[..., :, r + 5:]  # change only pixels farther than r from column 4
+    t = torch.tensor([0.4], dtype=torch.float64)
+    with torch.no_grad():
+        a, b = model(x, t, x * m, m, anchor), model(x, t, x * m2, m2, anchor)
+    assert torch.equal(a[..., :, :5], b[..., :, :5])
+    near = m.clone()
+    near[..., :, 6:] = 1 - near[..., :, 6:]
+    with torch.no_grad():  # a change near it does move it (the comparison can tell)
+        assert not torch.equal(a[..., :, :1], model(x, t, x * near, near, anchor)[..., :, :1])

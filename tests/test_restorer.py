@@ -344,9 +344,9 @@ def test_graft_restorer_script_swaps_only_the_restorer(tmp_path) -> None:
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_residual_bands_script_refits_only_the_band_variances(tmp_path) -> None:
-    """``scripts/residual_bands.py``: the output has the input's weights and the band variances that
-    :func:`fit_residual_band_variances` gives for its restorer; ``--config-out`` writes a training config
+def test_residual_bands_script_adds_only_the_residual_variances(tmp_path) -> None:
+    """``scripts/residual_bands.py``: the output has the input's weights and band variances, plus the
+    residual variances that :func:`fit_residual_band_variances` gives for its restorer; ``--config-out`` writes a training config
     whose model options are the output's (so ``train --init`` accepts it); a model without bands or a
     restorer, a file that is not a checkpoint, or ``--config`` alone: one line, exit 2."""
     import json
@@ -375,8 +375,9 @@ def test_residual_bands_script_refits_only_the_band_variances(tmp_path) -> None:
     new = load_checkpoint(out)
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), new.state_dict().values()))
     want = fit_residual_band_variances(src.eval().anchor, [1, 3], size=32)
-    assert new.bands["variances"] == pytest.approx(want, rel=1e-12) and new.bands["variances"] != bands["variances"]
-    assert new.checkpoint_metadata["bands_refit_from"]["variances"] == bands["variances"]
+    assert new.bands["residual_variances"] == pytest.approx(want, rel=1e-12)
+    assert new.bands["variances"] == bands["variances"] and new.band_mix
+    assert new.checkpoint_metadata["residual_bands_from"]["path"] == str(tmp_path / "src.ckpt")
     written = json.loads(cfg_out.read_text())
     assert written["steps"] == 3 and written["model"] == new.config
     for a, extra in ((tmp_path / "plain.ckpt", ()), ("/etc/passwd", ()),

@@ -56,8 +56,10 @@ def lognorm(model: Any, schedule: Any, s_max: float) -> Optional[dict[str, Any]]
         return None
     bands = getattr(model, "bands", None)
     if bands is not None:
-        what = (f"w(t)(I - alpha K_t) with the spectral band skip (orders {bands['orders']}, "
-                f"variances {min(bands['variances']):.4g}..{max(bands['variances']):.4g})")
+        var = bands["variances"] + bands.get("residual_variances", [])
+        mixed = " and the restorer residual's, mixed by the condition" if "residual_variances" in bands else ""
+        what = (f"w(t)(I - alpha K_t) with the spectral band skip{mixed} (orders {bands['orders']}, "
+                f"variances {min(var):.4g}..{max(var):.4g})")
     elif getattr(model, "parameterization", "eps") == "denoiser":
         what = "w(t) x of the denoiser parameterisation"
     else:

@@ -40,7 +40,8 @@ from torch import Tensor
 from ..errors import ConfigError
 
 __all__ = ["binomial_kernel", "lowpass", "band_symbols", "check_bands", "fit_band_variances",
-           "fit_residual_band_variances", "MAX_ORDER"]
+           "fit_residual_band_variances", "mix_weights", "MAX_ORDER",
+           "MIX_ORDER", "MIX_POWER"]
 
 MAX_ORDER = 128
 """Largest binomial order allowed (support radius in pixels)."""
@@ -82,22 +83,52 @@ def band_symbols(orders: Sequence[int], wy: Tensor, wx: Tensor) -> Tensor:
 
 
 def check_bands(value: Any) -> Optional[dict[str, list]]:
-    """Validate the ``spectral_bands`` model option (``None`` or ``{"orders": [...], "variances": [...]}``);
-    one :class:`~injcert.errors.ConfigError` line for a bad one. Returns a normalised copy."""
+    """Validate the ``spectral_bands`` model option (``None`` or ``{"orders": [...], "variances": [...]}``,
+    optionally with ``"residual_variances"``, one per band too: the variances of what the restorer
+    leaves, :data:`MIX_ORDER`); one :class:`~injcert.errors.ConfigError` line for a bad one. Returns a
+    normalised copy."""
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) != {"orders", "variances"}:
-        raise ConfigError(f"spectral_bands must be null or {{'orders': [...], 'variances': [...]}}, got {value!r}")
-    orders, variances = value["orders"], value["variances"]
+    if not isinstance(value, dict) or not {"orders", "variances"} <= set(value) \
+            or not set(value) <= {"orders", "variances", "residual_variances"}:
+        raise ConfigError("spectral_bands must be null or {'orders': [...], 'variances': [...]} (optionally "
+                          f"'residual_variances': [...]), got {value!r}")
+    orders = value["orders"]
     if not isinstance(orders, (list, tuple)) or not orders or any(
             isinstance(a, bool) or not isinstance(a, int) or not 1 <= a <= MAX_ORDER for a in orders) \
             or any(b <= a for a, b in zip(orders, orders[1:])):
         raise ConfigError(f"spectral_bands.orders must be increasing ints in [1, {MAX_ORDER}], got {orders!r}")
-    if not isinstance(variances, (list, tuple)) or len(variances) != len(orders) + 1 or any(
-            isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf for v in variances):
-        raise ConfigError(f"spectral_bands.variances must be {len(orders) + 1} finite numbers > 0 (one per band), "
-                          f"got {variances!r}")
-    return {"orders": [int(a) for a in orders], "variances": [float(v) for v in variances]}
+    out = {"orders": [int(a) for a in orders]}
+    for key in ("variances", "residual_variances"):
+        if key not in value:
+            continue
+        variances = value[key]
+        if not isinstance(variances, (list, tuple)) or len(variances) != len(orders) + 1 or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf for v in variances):
+            raise ConfigError(f"spectral_bands.{key} must be {len(orders) + 1} finite numbers > 0 (one per band), "
+                              f"got {variances!r}")
+        out[key] = [float(v) for v in variances]
+    return out
+
+
+MIX_ORDER = 4
+"""Binomial order of the local missing fraction that mixes the two band skips around a restorer."""
+
+MIX_POWER = 4
+r"""Power of that fraction: $S = (G_a\,\mathrm{miss} / G_a 1)^{4}$ is near 1 only inside a hole and near 0
+where pixels are seen or scattered pixels are missing (half the pixels missing at random: $S \approx 0.07$)."""
+
+
+def mix_weights(m: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    r"""$(\sqrt S, \sqrt{1 - S})$ (``N×1×H×W`` in ``dtype``) for a corruption map ``m``: $S = (G_a u/G_a 1)^p$,
+    $u$ = 1 where a pixel is not observed as is (``m[:, 0] != 1``), with $a$ = :data:`MIX_ORDER`, $p$ =
+    :data:`MIX_POWER`, computed in float64 and clamped to $[0, 1]$. Both roots are rounded once to
+    ``dtype``, so $s^2 + c^2$ is within $2^{-20}$ of 1 (the slack ``proofs/05`` item 19 charges). A function
+    of the condition alone."""
+    miss = (m[:, :1] != 1).to(torch.float64)
+    frac = lowpass(miss, MIX_ORDER) / lowpass(torch.ones_like(miss), MIX_ORDER)
+    s = frac.clamp(0.0, 1.0).pow(MIX_POWER)
+    return s.sqrt().to(dtype), (1.0 - s).clamp_min(0.0).sqrt().to(dtype)
 
 
 def fit_band_variances(orders: Sequence[int], images: Optional[Sequence[str]] = None, size: int = 128,

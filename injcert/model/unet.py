@@ -51,7 +51,7 @@ from ..data.corruptions import expand_map
 from ..errors import ConfigError, InputError
 from ..io import register_model
 from ..theory.lipschitz import concat_bound, lipschitz_bound, product_bound, register_lipschitz_rule, sum_bound
-from .bands import check_bands, lowpass
+from .bands import MIX_ORDER, check_bands, lowpass, mix_weights
 from .layers import ACTIVATIONS, LipConv2d, ResBlock, make_activation
 from .restorer import Restorer
 from .schedule import VPSchedule, get_schedule
@@ -259,9 +259,19 @@ def _model_config(*, in_channels: int, base_channels: int, channel_mults: Any, b
     }
 
 
+MIX_SLACK = 2.0**-20
+r"""With two band skips mixed (:meth:`CondUNet.mixed_band_skip`), the float roots of the mixing weights
+satisfy $|s^2 + c^2 - 1| \le$ ``MIX_SLACK``, which widens the linear part's eigenvalue range by that much."""
+
+
 def _band_charge(bands: Optional[dict]) -> float:
-    """The float32 rounding of the band skip's coefficients d_0, d_j - d_{j-1} and kernels (proofs/05 item 10)."""
-    return 0.0 if bands is None else 4e-6 * math.fsum(wiener_skip_sup(v) for v in bands["variances"])
+    """The float32 rounding of the band skip's coefficients d_0, d_j - d_{j-1} and kernels (proofs/05 item 10);
+    with ``residual_variances`` both skips' (they are summed) and the products with the mixing weights
+    (proofs/05 item 19)."""
+    if bands is None:
+        return 0.0
+    sups = [wiener_skip_sup(v) for v in bands["variances"] + bands.get("residual_variances", [])]
+    return 4e-6 * (math.fsum(sups) + (max(sups) if "residual_variances" in bands else 0.0))
 
 
 def _zero_cond_head(chans: Sequence[int], in_channels: int) -> nn.ModuleList:
@@ -366,12 +376,18 @@ class CondUNet(nn.Module):
         self.cond_head = _zero_cond_head(chans, in_channels) if cond_head else None
         # R(c): reads only (y, m), so it is a constant for every bound in x (proofs/05, item 19)
         self.restorer = None if restorer is None else Restorer(in_channels, MAP_CHANNELS, **restorer)
+        #: two band skips mixed by where the condition leaves holes (spectral_bands.residual_variances)
+        self.band_mix = self.bands is not None and "residual_variances" in self.bands
+        if self.band_mix and self.restorer is None:
+            raise ConfigError("spectral_bands.residual_variances needs a restorer (they are the variances of "
+                              "what it leaves)")
         self._config["restorer"] = None if self.restorer is None else dict(self.restorer.config)
         self._anchor_cache, self._uncond_anchor_cache = None, None  # (:meth:`anchor`'s caches)
         self._init_budget(parameterization, skip_max, lipschitz_budget)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
         if self.bands is not None:  # the band skip reads x within its largest binomial radius
-            self.receptive_field_radius = max(self.receptive_field_radius, max(self.bands["orders"]))
+            self.receptive_field_radius = max(self.receptive_field_radius, max(self.bands["orders"])
+                                              + (MIX_ORDER if self.band_mix else 0))
 
     def _build(self, chans: Sequence[int], emb_dim: int, activation: str, cap: Optional[float], alpha_max: float,
                modulation: float, alpha_init: float, blocks_per_level: int, skip_max: float,
@@ -494,7 +510,8 @@ class CondUNet(nn.Module):
         if self.cond_head is not None:
             out = out + self.condition_estimate(conds)
         if self.parameterization == "denoiser":
-            return self._denoiser_eps(out, x, t, emb, anchor)[:, :, :h, :w]
+            mix = mix_weights(m, x.dtype) if self.band_mix and anchor is not None else None
+            return self._denoiser_eps(out, x, t, emb, anchor, mix)[:, :, :h, :w]
         if self.lipschitz_kappa is not None:
             out = out * self.gain_scale(t).to(x.dtype)[:, None, None, None]
         if self.skip_max > 0:
@@ -606,7 +623,7 @@ class CondUNet(nn.Module):
         return w, self.schedule.alpha(t64)
 
     def _denoiser_eps(self, deep: Tensor, x: Tensor, t: Tensor, emb: Tensor,
-                      anchor: Optional[Tensor] = None) -> Tensor:
+                      anchor: Optional[Tensor] = None, mix: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
         r"""$\varepsilon = w(t)\,(x - \alpha_t D)$ with $D = $ ``deep`` $+ (d(t) + b(t))\,x$: the denoiser
         parameterisation (Karras et al. 2022 precondition the same way). The ideal $\varepsilon$'s slope
         $\approx 1/\sigma_t$ across the data comes from the exact linear term $w\,x$; the network learns a
@@ -615,22 +632,22 @@ class CondUNet(nn.Module):
         if self.data_variance is not None:
             d = d + self.wiener_skip(t).to(x.dtype)[:, None, None, None] * x
         if self.bands is not None:
-            d = d + self.band_skip(x, t)
+            d = d + (self.band_skip(x, t) if mix is None else self.mixed_band_skip(x, t, mix))
         if anchor is not None:
             # the Gaussian posterior mean around R: K_t x + (I - alpha_t K_t) R; the R terms are constant in x
             d = d + anchor - self.schedule.alpha(t.detach().to(torch.float64)).to(x.dtype)[:, None, None, None] \
-                * self.linear_skip(anchor, t)
+                * self.linear_skip(anchor, t, mix)
         if self.skip_max > 0:
             b = self.skip_max * torch.tanh(self.skip_head(emb)).to(x.dtype)
             d = d + b[:, :, None, None] * x
         w, a = self._denoiser_coefficients(t)
         return w.to(x.dtype)[:, None, None, None] * x - (w * a).to(x.dtype)[:, None, None, None] * d
 
-    def linear_skip(self, v: Tensor, t: Tensor) -> Tensor:
-        r"""$K_t v$: the denoiser's exact linear part applied to ``v`` (the band skip, the scalar Wiener
-        skip, or 0)."""
+    def linear_skip(self, v: Tensor, t: Tensor, mix: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        r"""$K_t v$: the denoiser's exact linear part applied to ``v`` (the band skip, the two band skips
+        mixed by ``mix`` (:meth:`mixed_band_skip`), the scalar Wiener skip, or 0)."""
         if self.bands is not None:
-            return self.band_skip(v, t)
+            return self.band_skip(v, t) if mix is None else self.mixed_band_skip(v, t, mix)
         if self.data_variance is not None:
             return self.wiener_skip(t).to(v.dtype)[:, None, None, None] * v
         return torch.zeros_like(v)
@@ -693,18 +710,28 @@ class CondUNet(nn.Module):
         s = self.schedule.sigma(t64)
         return a * float(self.data_variance) / (a * a * float(self.data_variance) + s * s)
 
-    def band_slopes(self, t: Tensor) -> Tensor:
+    def band_slopes(self, t: Tensor, key: str = "variances") -> Tensor:
         r"""$d_j(t) = \alpha_t P_j/(\alpha_t^2 P_j + \sigma_t^2)$ per band (float64, ``N×(J+1)``): the Wiener
-        slope of each band of ``spectral_bands`` (``injcert.model.bands``)."""
+        slope of each band of ``spectral_bands`` (``injcert.model.bands``; ``key="residual_variances"``
+        for the skip of the restorer's residual)."""
         t64 = t.detach().to(torch.float64).reshape(-1, 1)
         a, s = self.schedule.alpha(t64), self.schedule.sigma(t64)
-        p = torch.tensor(self.bands["variances"], dtype=torch.float64, device=t64.device).view(1, -1)
+        p = torch.tensor(self.bands[key], dtype=torch.float64, device=t64.device).view(1, -1)
         return a * p / (a * a * p + s * s)
 
-    def band_skip(self, x: Tensor, t: Tensor) -> Tensor:
+    def mixed_band_skip(self, x: Tensor, t: Tensor, mix: tuple[Tensor, Tensor]) -> Tensor:
+        r"""$K_t(c)\,x = \sqrt S\,K^P_t(\sqrt S x) + \sqrt{1-S}\,K^Q_t(\sqrt{1-S}\,x)$ with ``mix`` $=
+        (\sqrt S, \sqrt{1-S})$ (:func:`~injcert.model.bands.mix_weights`): the image's band skip $K^P$ inside
+        the condition's holes, the skip $K^Q$ of the restorer's residual where pixels are seen or scattered
+        pixels are missing. Symmetric, with every eigenvalue between the smallest and the largest band
+        slope of the two skips (``proofs/05`` item 19)."""
+        s, c = mix
+        return s * self.band_skip(s * x, t) + c * self.band_skip(c * x, t, "residual_variances")
+
+    def band_skip(self, x: Tensor, t: Tensor, key: str = "variances") -> Tensor:
         r"""$K_t x = \sum_j d_j(t) B_j x = d_0 x + \sum_{j \ge 1}(d_j - d_{j-1}) G_{a_j} x$: the stationary
         Gaussian-data denoiser, band by band (``injcert.model.bands``; zero-padded, so local)."""
-        d = self.band_slopes(t).to(x.dtype)
+        d = self.band_slopes(t, key).to(x.dtype)
         out = d[:, :1, None, None] * x
         for j, a in enumerate(self.bands["orders"], start=1):
             out = out + (d[:, j] - d[:, j - 1])[:, None, None, None] * lowpass(x, a)
@@ -918,15 +945,19 @@ class CondUNet(nn.Module):
         $\int$ is $\tfrac12\log\frac{P + \varsigma_1^2}{P + \varsigma_0^2}$ at $P_{\min}$ for the upper end, at
         $P_{\max}$ for the lower) and in $[0, \alpha/\sigma_c]$ below (upper end $(\operatorname{asinh}\varsigma_1 -
         \operatorname{asinh}\varsigma_0)/\sigma_c$, lower end 0)."""
-        p_min, p_max = min(self.bands["variances"]), max(self.bands["variances"])
+        variances = self.bands["variances"] + self.bands.get("residual_variances", [])
+        p_min, p_max = min(variances), max(variances)
+        eps = MIX_SLACK if self.band_mix else 0.0  # s^2 + c^2 within eps of 1 (proofs/05 item 19)
         lo = hi = 0.0
         below, above = self._split_at_cap(s0, s1)
         if below is not None:
-            hi += (math.asinh(below[1]) - math.asinh(below[0])) / self.sigma_cap * hi_r
+            v = (math.asinh(below[1]) - math.asinh(below[0])) / self.sigma_cap
+            hi += v * hi_r
+            lo -= eps * v * hi_r
         if above is not None:
             a, b = above
-            hi += 0.5 * (math.log1p(b * b / p_min) - math.log1p(a * a / p_min)) * hi_r
-            lo += 0.5 * (math.log1p(b * b / p_max) - math.log1p(a * a / p_max)) * lo_r
+            hi += (0.5 * (math.log1p(b * b / p_min) - math.log1p(a * a / p_min)) + eps * math.log(b / a)) * hi_r
+            lo += 0.5 * (math.log1p(b * b / p_max) - math.log1p(a * a / p_max)) * lo_r - eps * math.log(b / a) * hi_r
         return lo, hi
 
     def _split_at_cap(self, s0: float, s1: float) -> tuple[Optional[tuple[float, float]], Optional[tuple[float, float]]]:
