@@ -219,7 +219,7 @@ def _periodogram(x: Tensor) -> Tensor:
 
 
 def _fit_log_spectrum(spec: Tensor, orders: Sequence[int]) -> list[float]:
-    """The monotone least-squares fit of $\log S \approx \sum_j \hat B_j \log P_j$ (non-DC frequencies)."""
+    r"""The monotone least-squares fit of $\log S \approx \sum_j \hat B_j \log P_j$ (non-DC frequencies)."""
     import numpy as np
     from scipy.optimize import nnls
 
