@@ -222,8 +222,12 @@ def _check_heads(cond_head: Any, parameterization: str, bands: Optional[dict], d
                           "(set data_variance to null)")
 
 
-def _check_restorer(restorer: Any, parameterization: str) -> None:
-    """``restorer``: null, or ``{'width': ..., 'mults': ...}`` with the denoiser parameterization."""
+def _check_restorer(restorer: Any, parameterization: str, bands: Optional[dict] = None) -> None:
+    """``restorer``: null, or ``{'width': ..., 'mults': ...}`` with the denoiser parameterization; band
+    ``residual_variances`` need one."""
+    if restorer is None and bands is not None and "residual_variances" in bands:
+        raise ConfigError("spectral_bands.residual_variances needs a restorer (they are the variances of what it "
+                          "leaves)")
     if restorer is not None:
         if not isinstance(restorer, dict) or not set(restorer) <= {"width", "mults"}:
             raise ConfigError(f"restorer must be null or {{'width': int, 'mults': [ints]}}, got {restorer!r}")
@@ -358,7 +362,7 @@ class CondUNet(nn.Module):
             alpha_max=alpha_max, modulation=modulation, skip_max=skip_max, alpha_init=alpha_init, emb_dim=emb_dim,
             schedule=self.schedule, data_variance=self.data_variance, lipschitz_kappa=lipschitz_kappa,
             parameterization=parameterization, bands=self.bands, cond_head=cond_head)
-        _check_restorer(restorer, parameterization)
+        _check_restorer(restorer, parameterization, self.bands)
         self.parameterization = parameterization
         self.wiener_max = 0.0 if data_variance is None else wiener_skip_sup(float(data_variance))
         self.lipschitz_kappa = None if lipschitz_kappa is None else float(lipschitz_kappa)
@@ -378,16 +382,10 @@ class CondUNet(nn.Module):
         self.restorer = None if restorer is None else Restorer(in_channels, MAP_CHANNELS, **restorer)
         #: two band skips mixed by where the condition leaves holes (spectral_bands.residual_variances)
         self.band_mix = self.bands is not None and "residual_variances" in self.bands
-        if self.band_mix and self.restorer is None:
-            raise ConfigError("spectral_bands.residual_variances needs a restorer (they are the variances of "
-                              "what it leaves)")
         self._config["restorer"] = None if self.restorer is None else dict(self.restorer.config)
         self._anchor_cache, self._uncond_anchor_cache = None, None  # (:meth:`anchor`'s caches)
         self._init_budget(parameterization, skip_max, lipschitz_budget)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
-        if self.bands is not None:  # the band skip reads x within its largest binomial radius
-            self.receptive_field_radius = max(self.receptive_field_radius, max(self.bands["orders"])
-                                              + (MIX_ORDER if self.band_mix else 0))
 
     def _build(self, chans: Sequence[int], emb_dim: int, activation: str, cap: Optional[float], alpha_max: float,
                modulation: float, alpha_init: float, blocks_per_level: int, skip_max: float,
@@ -983,7 +981,15 @@ class CondUNet(nn.Module):
         return float(lip)
 
     def _receptive_field_radius(self, chans: Sequence[int], blocks_per_level: int) -> int:
-        """Conservative sum of every layer's reach on the $x$ path plus the condition encoder's."""
+        """Conservative sum of every layer's reach on the $x$ path plus the condition encoder's; at least
+        the band skip's largest binomial radius (plus the mixing weights' blur of the map)."""
+        deep = self._deep_receptive_field_radius(blocks_per_level)
+        if self.bands is None:
+            return deep
+        return max(deep, max(self.bands["orders"]) + (MIX_ORDER if self.band_mix else 0))
+
+    def _deep_receptive_field_radius(self, blocks_per_level: int) -> int:
+        """The deep path's and the condition encoder's reach."""
 
         def conv_reach(k: int, lvl: int) -> int:
             s = 2**lvl
