@@ -10,7 +10,8 @@ instead, ``--sizes`` for several sizes). A network that uses its condition retur
 observed pixels (PSNR far above the noisy input's there) and interpolates the missing ones at least
 as well as ``inpaint_biharmonic`` once the noise drowns them. The last row is $D$ at $t_{\\max}$
 from the condition alone (the state is pure noise): the network's own inpainting; a model with a
-restorer adds the row ``R(c)``, the restorer's own estimate.
+restorer adds the row ``R(c)``, the restorer's own estimate. The last column is the denoiser's exact
+linear part alone, $R + K_t(c)(x_t - \\alpha_t R)$ (what the certified deep path adds to is the rest).
 """
 
 from __future__ import annotations
@@ -29,7 +30,22 @@ from injcert.data.corruptions import expand_map, make_corruption  # noqa: E402
 from injcert.cli import run_script  # noqa: E402
 from injcert.io import load_checkpoint  # noqa: E402
 from injcert.metrics import region_psnr  # noqa: E402
+from injcert.model.bands import mix_weights  # noqa: E402
 from injcert.tasks.classical import classical_estimate  # noqa: E402
+
+
+@torch.no_grad()
+def _linear_part(model, z: torch.Tensor, t: float, y: torch.Tensor, m: torch.Tensor):
+    """The denoiser's exact linear part with the condition, $R + K_t(c)(z - \\alpha_t R)$ (``K_t z`` without
+    a restorer); ``None`` for a model without one (an ε-network, or no skip)."""
+    if getattr(model, "parameterization", None) != "denoiser" or not hasattr(model, "linear_skip"):
+        return None
+    tt = torch.full((z.shape[0],), t)
+    mix = mix_weights(m, z.dtype) if getattr(model, "band_mix", False) else None
+    if getattr(model, "restorer", None) is None:
+        return model.linear_skip(z, tt)
+    r = model.anchor(y, m)
+    return r + model.linear_skip(z, tt, mix) - float(model.schedule.alpha(t)) * model.linear_skip(r, tt, mix)
 
 
 @torch.no_grad()
@@ -80,19 +96,22 @@ def _report(models, args, size: int, kind: str) -> None:
             z = float(sched.alpha(t)) * (x + lv * noise)
             with_c = _denoise(model, z, t, (y, m))
             without = _denoise(model, z, t, (None, None))
+            lin = _linear_part(model, z, t, y, m)
             rows.append([Path(path).name, f"{lv:g}", psnr(x + lv * noise, True),
                          psnr(without, True), psnr(with_c, True),
-                         psnr(without, False), psnr(with_c, False)])
+                         psnr(without, False), psnr(with_c, False), "—" if lin is None else psnr(lin, False)])
         t = float(sched.t_max)
         z = float(sched.alpha(t)) * x + float(sched.sigma(t)) * noise
-        d = _denoise(model, z, t, (y, m))
-        rows.append([Path(path).name, "t_max", "—", "—", psnr(d, True), "—", psnr(d, False)])
+        d, lin = _denoise(model, z, t, (y, m)), _linear_part(model, z, t, y, m)
+        rows.append([Path(path).name, "t_max", "—", "—", psnr(d, True), "—", psnr(d, False),
+                     "—" if lin is None else psnr(lin, False)])
         if getattr(model, "restorer", None) is not None:
             with torch.no_grad():
                 r = model.anchor(y, m)
-            rows.append([Path(path).name, "R(c)", "—", "—", psnr(r, True), "—", psnr(r, False)])
+            rows.append([Path(path).name, "R(c)", "—", "—", psnr(r, True), "—", psnr(r, False), "—"])
     print(markdown_table(["checkpoint", "ς", "noisy input, observed [dB]", "D without c, observed",
-                          "D with c, observed", "D without c, missing", "D with c, missing"], rows))
+                          "D with c, observed", "D without c, missing", "D with c, missing",
+                          "linear part with c, missing"], rows))
 
 
 if __name__ == "__main__":
