@@ -4,7 +4,9 @@
 #
 #   bash scripts/gpu_train.sh OUT_DIR [SECONDS] [IMAGES...]
 #
-# OUT_DIR receives restorer.ckpt, model.ckpt (the refined model to ship), their .state files (resume
+# OUT_DIR receives restorer.ckpt, start.ckpt and refiner.json (the restorer with the band skip of its
+# residual, scripts/residual_bands.py, and the refiner config that accepts it), model.ckpt (the
+# refined model to ship), their .state files (resume
 # with `python -m injcert train --resume OUT_DIR/model.ckpt.state ...`) and JSON-lines logs.
 # SECONDS (default 480) is the whole budget: 40 % restorer, 60 % refiner, each stopped and saved
 # by --time-limit at a step boundary. IMAGES default to the bundled training images; give folders
@@ -30,7 +32,10 @@ F_LIMIT=$(( BUDGET - R_LIMIT ))
 "$VPY" -m injcert train --config configs/restorer.json "${IMAGES[@]}" --device "$DEVICE" \
     --batch-size 64 --steps 20000 --time-limit "$R_LIMIT" \
     --out "$OUT/restorer.ckpt" --log "$OUT/restorer.log.jsonl" --quiet
-"$VPY" -m injcert train --config configs/refiner.json "${IMAGES[@]}" --device "$DEVICE" \
-    --init "$OUT/restorer.ckpt" --batch-size 128 --steps 20000 --time-limit "$F_LIMIT" \
+# the band skip of what the restorer leaves (fitted on the CPU in seconds), then the refiner around it
+"$VPY" scripts/residual_bands.py "$OUT/restorer.ckpt" "$OUT/start.ckpt" \
+    --config configs/refiner.json --config-out "$OUT/refiner.json"
+"$VPY" -m injcert train --config "$OUT/refiner.json" "${IMAGES[@]}" --device "$DEVICE" \
+    --init "$OUT/start.ckpt" --batch-size 128 --steps 20000 --time-limit "$F_LIMIT" \
     --out "$OUT/model.ckpt" --log "$OUT/model.log.jsonl" --quiet
 echo "gpu-train: wrote $OUT/model.ckpt; certify it with: python -m injcert certify $OUT/model.ckpt"
