@@ -107,7 +107,7 @@ def test_reconstruction_rejects_bad_shapes(net) -> None:
 
 @given(seed=st.integers(0, 1000), strength=st.floats(0.05, 1.0), steps=st.integers(1, 12),
        h=st.integers(6, 16), w=st.integers(6, 16), dtype=st.sampled_from([torch.float32, torch.float64]),
-       context=st.booleans(), start=st.sampled_from(["encoded", "noised"]))
+       context=st.booleans(), start=st.sampled_from(["encoded", "noised", "luma"]))
 def test_edit_leaves_every_outside_pixel_identical(net, seed, strength, steps, h, w, dtype, context, start) -> None:
     g = torch.Generator().manual_seed(seed)
     x0 = torch.rand(1, 3, h, w, generator=g, dtype=dtype) * 2 - 1
@@ -157,6 +157,20 @@ def test_edit_start_options(net) -> None:
         a = edit(net.float(), x0, mask, "remove", steps=2, start="noised", noise_scale=0.5)
         b = edit(net.float(), x0, mask, "remove", steps=2)
     assert not torch.equal(a, b)
+
+
+def test_luma_start_noise_is_one_draw_shared_by_the_channels() -> None:
+    """start='luma': the noised start's draw, one per pixel, equal on every channel and scaled by
+    noise_scale; 'noised' draws the channels independently."""
+    from injcert.tasks.edit import _start_noise
+
+    x0 = torch.zeros(2, 3, 5, 7)
+    luma = _start_noise(x0, "luma", 0.5, seed=3)
+    assert luma.shape == x0.shape and torch.equal(luma[:, :1].expand_as(luma), luma)
+    assert float(luma.abs().max()) > 0
+    assert torch.equal(_start_noise(x0, "luma", 1.0, seed=3), 2 * luma)
+    colour = _start_noise(x0, "noised", 0.5, seed=3)
+    assert not torch.equal(colour[:, :1].expand_as(colour), colour)
 
 
 def test_recolor_target_fades_in_from_the_border() -> None:

@@ -9,7 +9,9 @@ region = the mask and the target of the edit:
 2. Inside the mask, replace the hidden state at $\varsigma_e$ by the target's own hidden state
    (``start="encoded"``, the default: the target encoded by the same flow and condition from 0 to
    $\varsigma_e$), or by the noised target $\bar x = x_{\text{target}} + \varsigma_e\,\varepsilon$
-   (``start="noised"``, SDEdit's start; seeded $\varepsilon$; the lattice holds $x = \alpha_e\bar x$).
+   (``start="noised"``, SDEdit's start; seeded $\varepsilon$; the lattice holds $x = \alpha_e\bar x$), or
+   the same with one $\varepsilon$ per pixel shared by every channel (``start="luma"``: grain without
+   the colour speckle of independent channels).
 3. Decode back to $\varsigma = 0$ with the exact inverse steps; after every sub-update, reset the
    state **outside** the mask to the stored trajectory (integer copy). The network sees the whole
    image at every step, so the inside stays coherent with the outside across the border.
@@ -49,7 +51,7 @@ __all__ = ["EDIT_OPERATIONS", "EDIT_STARTS", "EditResult", "edit", "edit_full", 
 EDIT_OPERATIONS = ("remove", "recolor", "move")
 
 #: How the inside starts at $\varsigma_e$ (:func:`edit_full`'s ``start``).
-EDIT_STARTS = ("encoded", "noised")
+EDIT_STARTS = ("encoded", "noised", "luma")
 
 #: Width in pixels of the ramp over which a recolor target fades in from the mask's border, on
 #: images up to 128 px on the short side; it grows in proportion above (16 px at 512²): at 512² a
@@ -160,7 +162,8 @@ def _check_strength_steps(strength: float, steps: int) -> None:
 
 def _start_noise(x0: Tensor, start: str, noise_scale: float, seed: int) -> Optional[Tensor]:
     """The noise added to the inside's start (checked): ``None`` for the encoded start, else
-    ``noise_scale`` times a float64 normal draw seeded by ``seed``."""
+    ``noise_scale`` times a float64 normal draw seeded by ``seed`` (``"luma"``: one draw per pixel,
+    the same on every channel)."""
     if not (0.0 <= float(noise_scale) <= 1.0):
         raise ArgumentError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
     if start not in EDIT_STARTS:
@@ -168,9 +171,10 @@ def _start_noise(x0: Tensor, start: str, noise_scale: float, seed: int) -> Optio
     if start == "encoded" and float(noise_scale) != 0.0:
         raise ArgumentError(f"noise_scale={noise_scale!r} needs start='noised' (the encoded start adds no noise)")
     noise = None  # the encoded start adds none
-    if start == "noised":
-        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
-        noise = eps * float(noise_scale)
+    if start in ("noised", "luma"):
+        shape = x0.shape if start == "noised" else (x0.shape[0], 1, *x0.shape[2:])
+        eps = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+        noise = eps.expand(x0.shape).contiguous() * float(noise_scale)
     return noise
 
 
@@ -194,9 +198,10 @@ def edit_full(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], 
         context: condition the network on the unedited outside (default) or not at all.
         frac_bits: lattice resolution.
         start: ``"encoded"`` (default): the inside starts from the target's hidden state at
-            $\\varsigma_e$; ``"noised"``: from the noised target (``noise_scale``). See the module
+            $\\varsigma_e$; ``"noised"``: from the noised target (``noise_scale``); ``"luma"``: the same
+            with the noise shared by every channel. See the module
             docstring for the measurements behind the default.
-        noise_scale: with ``start="noised"``, the inside starts from target $+$
+        noise_scale: with ``start="noised"`` or ``"luma"``, the inside starts from target $+$
             ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$; 1 is the SDEdit start. 0 (default): the
             shipped model does not remove fresh noise, so any start noise stays as coloured grain
             (:func:`~injcert.metrics.colour_grain_ratio`). Chosen on a training image by ``python
