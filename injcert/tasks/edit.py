@@ -29,7 +29,7 @@ decodes back to the target, changed only where the stored outside differs from t
 outside, that is across the border, so a target with texture keeps it (``recolor``, ``move``, a
 target image; compared on the demo's edits by ``make demo``). A target equal to $x_0$ returns
 $x_0$ bit for bit. The target of ``remove`` is a smooth fill: encoded, it decodes to the same
-smooth fill. There the inside starts from the target plus noise shared by the channels
+smooth fill. There the inside starts from the target plus noise shared by the three channels
 (:data:`REMOVE_NOISE_SCALE`), which the flow turns into grain like the surroundings'; independent
 noise per channel stays as coloured speckle.
 """
