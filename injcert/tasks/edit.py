@@ -22,16 +22,12 @@ $x_0$ there bit for bit: every pixel outside the mask is identical to the input.
 By default the network is conditioned on the unedited context — $y = x_0$ outside the mask, map
 "observed" outside and "missing" inside — the inpainting condition it is trained with.
 
-Why the default start (``"auto"``) depends on the target: a noise-free target placed at
-$\varsigma_e$ is read by the flow as a *noisy* state of level $\varsigma_e$, and the decode "denoises"
-it into a flat, washed-out region that loses the input's texture. The target's own hidden state
-decodes back to the target, changed only where the stored outside differs from the target's
-outside, that is across the border, so a target with texture keeps it (``recolor``, ``move``, a
-target image; compared on the demo's edits by ``make demo``). A target equal to $x_0$ returns
-$x_0$ bit for bit. The target of ``remove`` is a smooth fill: encoded, it decodes to the same
-smooth fill. There the inside starts from the target plus noise shared by the three channels
-(:data:`REMOVE_NOISE_SCALE`), which the flow turns into grain like the surroundings'; independent
-noise per channel stays as coloured speckle.
+Why the encoded start is the default: a noise-free target placed at $\varsigma_e$ is read by the
+flow as a *noisy* state of level $\varsigma_e$, and the decode "denoises" it into a flat,
+washed-out region that loses the input's texture. The target's own hidden state decodes back to the
+target, changed only where the stored outside differs from the target's outside, that is across the
+border, so the texture is kept (compared on the demo's edits by ``make demo``; the figures are in
+``docs/notes/history.md``). A target equal to $x_0$ returns $x_0$ bit for bit.
 """
 
 from __future__ import annotations
