@@ -151,16 +151,8 @@ def test_edit_start_options(net) -> None:
     mask[..., 2:6, 2:6] = 1
     with pytest.raises(ValueError, match="unknown start"):
         edit(net.float(), x0, mask, "remove", steps=2, start="sdedit")
-    with pytest.raises(ValueError, match="needs start='noised' or 'luma'"):
-        edit(net.float(), x0, mask, "recolor", steps=2, noise_scale=0.5)
-    with pytest.raises(ValueError, match="needs start='noised' or 'luma'"):
-        edit(net.float(), x0, mask, "remove", steps=2, start="encoded", noise_scale=0.5)
-    from injcert.tasks.edit import REMOVE_NOISE_SCALE, resolve_start
-
-    assert resolve_start("auto", "remove", None) == ("luma", REMOVE_NOISE_SCALE)
-    assert resolve_start("auto", "recolor", None) == ("encoded", 0.0)
-    assert resolve_start("auto", None, None) == ("encoded", 0.0)  # a target image keeps its texture
-    assert resolve_start("noised", "remove", None) == ("noised", 0.0)
+    with pytest.raises(ValueError, match="needs start='noised'"):
+        edit(net.float(), x0, mask, "remove", steps=2, noise_scale=0.5)
     with torch.no_grad():
         a = edit(net.float(), x0, mask, "remove", steps=2, start="noised", noise_scale=0.5)
         b = edit(net.float(), x0, mask, "remove", steps=2)

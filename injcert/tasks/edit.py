@@ -46,19 +46,12 @@ from ..solvers import DEFAULT_FRAC_BITS, GRIDS
 from ..data.classical import classical_estimate
 from .guided import guided_decode
 
-__all__ = ["EDIT_OPERATIONS", "EDIT_STARTS", "EditResult", "REMOVE_NOISE_SCALE", "edit", "edit_full", "make_target",
-           "resolve_start"]
+__all__ = ["EDIT_OPERATIONS", "EDIT_STARTS", "EditResult", "edit", "edit_full", "make_target"]
 
 EDIT_OPERATIONS = ("remove", "recolor", "move")
 
 #: How the inside starts at $\varsigma_e$ (:func:`edit_full`'s ``start``).
-EDIT_STARTS = ("auto", "encoded", "noised", "luma")
-
-REMOVE_NOISE_SCALE = 0.5
-"""``start="auto"``'s noise for ``remove``: the luma start at half the SDEdit noise. The target of
-``remove`` is a smooth fill, and its encoded start decodes to that smooth fill; this much shared
-noise decodes to grain like the surroundings' without colour speckle (chosen on the training image
-coffee by ``benchmarks/edit_start_noise_sweep.py``; the measurements are in ``docs/model.md``)."""
+EDIT_STARTS = ("encoded", "noised", "luma")
 
 #: Width in pixels of the ramp over which a recolor target fades in from the mask's border, on
 #: images up to 128 px on the short side; it grows in proportion above (16 px at 512²): at 512² a
@@ -167,28 +160,16 @@ def _check_strength_steps(strength: float, steps: int) -> None:
         raise ArgumentError(f"steps must be an int >= 1, got {steps!r}")
 
 
-def resolve_start(start: str, target: Union[Tensor, str], noise_scale: Optional[float]) -> tuple[str, float]:
-    """``(start, noise_scale)`` as used: ``"auto"`` is the luma start at :data:`REMOVE_NOISE_SCALE` for the
-    ``remove`` operation (its target has no texture to keep) and the encoded start for every other
-    target; ``noise_scale=None`` is that default, else 0."""
-    if start == "auto":
-        start = "luma" if isinstance(target, str) and target == "remove" else "encoded"
-        if noise_scale is None and start == "luma":
-            noise_scale = REMOVE_NOISE_SCALE
-    return start, 0.0 if noise_scale is None else noise_scale
-
-
 def _start_noise(x0: Tensor, start: str, noise_scale: float, seed: int) -> Optional[Tensor]:
     """The noise added to the inside's start (checked): ``None`` for the encoded start, else
     ``noise_scale`` times a float64 normal draw seeded by ``seed`` (``"luma"``: one draw per pixel,
     the same on every channel)."""
-    if isinstance(noise_scale, bool) or not isinstance(noise_scale, (int, float)) or not (0.0 <= float(noise_scale) <= 1.0):
+    if not (0.0 <= float(noise_scale) <= 1.0):
         raise ArgumentError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
     if start not in EDIT_STARTS:
         raise ArgumentError(f"unknown start {start!r}; choices: {list(EDIT_STARTS)}")
     if start == "encoded" and float(noise_scale) != 0.0:
-        raise ArgumentError(f"noise_scale={noise_scale!r} needs start='noised' or 'luma' (the encoded start adds "
-                            "no noise)")
+        raise ArgumentError(f"noise_scale={noise_scale!r} needs start='noised' (the encoded start adds no noise)")
     noise = None  # the encoded start adds none
     if start in ("noised", "luma"):
         shape = x0.shape if start == "noised" else (x0.shape[0], 1, *x0.shape[2:])
@@ -199,8 +180,8 @@ def _start_noise(x0: Tensor, start: str, noise_scale: float, seed: int) -> Optio
 
 def edit_full(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], strength: float = 0.5,
               steps: int = 50, *, seed: int = 0, method: str = "reversible", grid: str = "geometric",
-              context: bool = True, frac_bits: int = DEFAULT_FRAC_BITS, noise_scale: Optional[float] = None,
-              start: str = "auto", progress: bool = False) -> EditResult:
+              context: bool = True, frac_bits: int = DEFAULT_FRAC_BITS, noise_scale: float = 0.0,
+              start: str = "encoded", progress: bool = False) -> EditResult:
     """Edit ``x0`` inside ``mask`` towards ``target``; see the module docstring for the algorithm.
 
     Arguments:
@@ -216,16 +197,16 @@ def edit_full(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], 
         grid: the kind of $\\varsigma$ grid from $t_e$ to 0 (``"geometric"`` or ``"uniform"``).
         context: condition the network on the unedited outside (default) or not at all.
         frac_bits: lattice resolution.
-        start: ``"auto"`` (default): :func:`resolve_start` (``"luma"`` for ``remove``, else
-            ``"encoded"``); ``"encoded"``: the inside starts from the target's hidden state at
+        start: ``"encoded"`` (default): the inside starts from the target's hidden state at
             $\\varsigma_e$; ``"noised"``: from the noised target (``noise_scale``); ``"luma"``: the same
-            with the noise shared by every channel. See the module docstring and
-            :data:`REMOVE_NOISE_SCALE` for the measurements behind the default.
+            with the noise shared by every channel. See the module
+            docstring for the measurements behind the default.
         noise_scale: with ``start="noised"`` or ``"luma"``, the inside starts from target $+$
-            ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$; 1 is the SDEdit start. ``None`` (default):
-            :data:`REMOVE_NOISE_SCALE` for ``start="auto"`` and ``remove``, else 0. Noise the flow
-            does not remove stays as grain; independent channels leave it as coloured speckle
-            (:func:`~injcert.metrics.colour_grain_ratio`; ``benchmarks/edit_start_noise_sweep.py``).
+            ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$; 1 is the SDEdit start. 0 (default): the
+            shipped model does not remove fresh noise, so any start noise stays as coloured grain
+            (:func:`~injcert.metrics.colour_grain_ratio`). Chosen on a training image by ``python
+            benchmarks/edit_start_noise_sweep.py --image coffee --size 128``; see
+            ``docs/notes/history.md``.
 
     Returns:
         An :class:`EditResult`.
@@ -236,7 +217,6 @@ def edit_full(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], 
             ``noise_scale`` other than 0 with ``start="encoded"``.
     """
     _check_method(method, grid)
-    target_name = target if isinstance(target, str) else None
     if isinstance(target, str):
         target = make_target(x0, (mask > 0.5).to(x0.dtype), target, model=model)
     m = _check_inputs(x0, mask, target)
@@ -246,7 +226,6 @@ def edit_full(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], 
     if context:
         outside = 1 - m
         cond = (x0 * outside, expand_map(outside))
-    start, noise_scale = resolve_start(start, target_name, noise_scale)
     noise = _start_noise(x0, start, noise_scale, seed)
     res = guided_decode(model, x0, m, target, t_e, steps, cond, frac_bits=frac_bits, progress=progress,
                         noise=noise, grid=grid, encode_target=start == "encoded")
