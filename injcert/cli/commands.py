@@ -489,11 +489,12 @@ def add_edit_arguments(p: argparse.ArgumentParser) -> None:
                         help="a named edit: remove (fill the region from its border colour), recolor (tint it "
                              "red), move (put the content 16 px to the left of the region into it)")
     p.add_argument("--strength", type=float, default=0.5, help="edit strength in (0, 1]")
-    p.add_argument("--start", choices=("encoded", "noised"), default="encoded",
+    p.add_argument("--start", choices=("encoded", "noised", "luma"), default="encoded",
                    help="the inside starts from the target's own hidden state (encoded, default: the target's "
-                        "detail is kept) or from the noised target (noised: SDEdit, regenerates the region)")
+                        "detail is kept), from the noised target (noised: SDEdit, regenerates the region) or the "
+                        "same with one noise shared by the channels (luma: grain without colour speckle)")
     p.add_argument("--noise-scale", type=float, default=0.0, dest="noise_scale",
-                   help="with --start noised: the start noise, a fraction of the SDEdit start (default 0)")
+                   help="with --start noised or luma: the start noise, a fraction of the SDEdit start (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise added to the target (--start noised)")
     p.add_argument("--out", required=True, help="edited image (PNG)")
     p.add_argument("--figure", default=None, help="also write a PNG: image | mask | target | edited")
