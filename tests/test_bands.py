@@ -55,16 +55,36 @@ def test_band_linear_part_eigenvalues_lie_in_the_certified_range(seed, t, h, w, 
     eigenvalues lie in [min_j c_j, max_j c_j], c_j = w sigma^2/(alpha^2 P_j + sigma^2) (proofs/05 item 10)."""
     model = tiny_unet(seed, **dict(KW, spectral_bands={"orders": [1, 3], "variances": var})).double()
     tt = torch.tensor([t], dtype=torch.float64)
+    c, wt = _assert_linear_part_in_range(model, lambda v: model.band_skip(v, tt), tt, (h, w), var)
+    assert float(c.max()) <= float(wt) * (1 + 1e-12)  # the part of L(t) the bound charges
+
+
+def _assert_linear_part_in_range(model, skip, tt, hw, var):
+    """The dense Jacobian of x -> w(x - alpha skip(x)) is symmetric with eigenvalues in [min c_j, max c_j],
+    c_j = w sigma^2/(alpha^2 P_j + sigma^2) over the variances ``var``; returns ``(c, w)``."""
     wt, at = model._denoiser_coefficients(tt)
-    x = torch.zeros(1, 3, h, w, dtype=torch.float64)
-    jac = dense_jacobian(lambda v: wt * (v - at * model.band_skip(v, tt)), x)
+    jac = dense_jacobian(lambda v: wt * (v - at * skip(v)), torch.zeros(1, 3, *hw, dtype=torch.float64))
     assert torch.allclose(jac, jac.T, atol=1e-12)
     ev = torch.linalg.eigvalsh(jac)
     s = model.schedule.sigma(tt)
     c = wt * s * s / (at * at * torch.tensor(var, dtype=torch.float64) + s * s)
     assert float(ev.min()) >= float(c.min()) * (1 - 1e-9) - 1e-12
     assert float(ev.max()) <= float(c.max()) * (1 + 1e-9) + 1e-12
-    assert float(c.max()) <= float(wt) * (1 + 1e-12)  # the part of L(t) the bound charges
+    return c, wt
+
+
+def _quadrature_range(model, s0: float, s1: float, variances) -> tuple[float, float]:
+    """The integrals over [s0, s1] of min_j and max_j of alpha c_j(varsigma), by dense quadrature."""
+    # nodes uniform in asinh(varsigma): dense where the integrand (about 1/varsigma) bends, so the
+    # trapezoid's own error (h^2/12 * f'') stays far below the slack; a uniform grid overestimates
+    # the convex 1/varsigma by ~1e-5 near varsigma = 0.25 over a span of 56
+    grid = torch.sinh(torch.linspace(math.asinh(s0), math.asinh(s1), 20001, dtype=torch.float64))
+    a = 1 / torch.sqrt(1 + grid * grid)
+    sig = grid * a
+    wv = 1 / torch.clamp(sig, min=model.sigma_cap)
+    p = torch.tensor(variances, dtype=torch.float64).view(1, -1)
+    ac = (a * wv).view(-1, 1) * (sig * sig).view(-1, 1) / ((a * a).view(-1, 1) * p + (sig * sig).view(-1, 1))
+    return float(torch.trapezoid(ac.min(dim=1).values, grid)), float(torch.trapezoid(ac.max(dim=1).values, grid))
 
 
 @given(seed=st.integers(0, 100), s0=st.floats(0.0, 50.0), span=st.floats(1e-3, 100.0))
@@ -75,17 +95,7 @@ def test_band_linear_integral_encloses_the_eigenvalue_range(seed, s0, span):
     model = tiny_unet(seed, **KW)
     s1 = s0 + span
     lo, hi = model.linear_part_integral(s0, s1)
-    # nodes uniform in asinh(varsigma): dense where the integrand (about 1/varsigma) bends, so the
-    # trapezoid's own error (h^2/12 * f'') stays far below the slack; a uniform grid overestimates
-    # the convex 1/varsigma by ~1e-5 near varsigma = 0.25 over a span of 56
-    grid = torch.sinh(torch.linspace(math.asinh(s0), math.asinh(s1), 20001, dtype=torch.float64))
-    a = 1 / torch.sqrt(1 + grid * grid)
-    sig = grid * a
-    wv = 1 / torch.clamp(sig, min=model.sigma_cap)
-    p = torch.tensor(KW["spectral_bands"]["variances"], dtype=torch.float64).view(1, -1)
-    ac = (a * wv).view(-1, 1) * (sig * sig).view(-1, 1) / ((a * a).view(-1, 1) * p + (sig * sig).view(-1, 1))
-    lo_true = float(torch.trapezoid(ac.min(dim=1).values, grid))
-    hi_true = float(torch.trapezoid(ac.max(dim=1).values, grid))
+    lo_true, hi_true = _quadrature_range(model, s0, s1, KW["spectral_bands"]["variances"])
     slack = 1e-6 * (1 + abs(hi_true))
     assert lo <= lo_true + slack and hi_true <= hi + slack
     assert lo <= hi
@@ -285,16 +295,8 @@ def test_mixed_linear_part_eigenvalues_lie_in_the_range_of_both_skips(seed, t, h
     bands = {"orders": [1, 3], "variances": var[:3], "residual_variances": var[3:]}
     model = _mixed_model(seed, bands).double()
     tt = torch.tensor([t], dtype=torch.float64)
-    wt, at = model._denoiser_coefficients(tt)
     mix = mix_weights(_condition_map(seed, h, w, p), torch.float64)
-    jac = dense_jacobian(lambda v: wt * (v - at * model.mixed_band_skip(v, tt, mix)), torch.zeros(1, 3, h, w,
-                                                                                               dtype=torch.float64))
-    assert torch.allclose(jac, jac.T, atol=1e-12)
-    ev = torch.linalg.eigvalsh(jac)
-    s = model.schedule.sigma(tt)
-    c = wt * s * s / (at * at * torch.tensor(var, dtype=torch.float64) + s * s)
-    assert float(ev.min()) >= float(c.min()) * (1 - 1e-9) - 1e-12
-    assert float(ev.max()) <= float(c.max()) * (1 + 1e-9) + 1e-12
+    _assert_linear_part_in_range(model, lambda v: model.mixed_band_skip(v, tt, mix), tt, (h, w), var)
 
 
 @given(seed=st.integers(0, 10**6), h=st.integers(1, 40), w=st.integers(1, 40), p=st.floats(0.0, 1.0))
@@ -352,14 +354,7 @@ def test_mixed_linear_integral_encloses_the_eigenvalue_range_of_both_skips(seed,
     model, plain = _mixed_model(seed), tiny_unet(seed, **KW)
     s1 = s0 + span
     lo, hi = model.linear_part_integral(s0, s1)
-    grid = torch.sinh(torch.linspace(math.asinh(s0), math.asinh(s1), 20001, dtype=torch.float64))
-    a = 1 / torch.sqrt(1 + grid * grid)
-    sig = grid * a
-    wv = 1 / torch.clamp(sig, min=model.sigma_cap)
-    p = torch.tensor(MIXED["variances"] + MIXED["residual_variances"], dtype=torch.float64).view(1, -1)
-    ac = (a * wv).view(-1, 1) * (sig * sig).view(-1, 1) / ((a * a).view(-1, 1) * p + (sig * sig).view(-1, 1))
-    lo_true = float(torch.trapezoid(ac.min(dim=1).values, grid))
-    hi_true = float(torch.trapezoid(ac.max(dim=1).values, grid))
+    lo_true, hi_true = _quadrature_range(model, s0, s1, MIXED["variances"] + MIXED["residual_variances"])
     slack = 1e-6 * (1 + abs(hi_true))
     assert lo <= lo_true + slack and hi_true <= hi + slack
     plo, phi = plain.linear_part_integral(s0, s1)
