@@ -39,12 +39,16 @@ def main() -> int:
     args = ap.parse_args()
     if (args.config is None) != (args.config_out is None):
         raise InputError("--config and --config-out go together")
+    if args.size < 8:
+        raise InputError(f"--size must be at least 8 (pixels of the fitted crops), got {args.size}")
     train_cfg = None
     if args.config is not None:
         try:
             train_cfg = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read the training config {args.config!r}: {exc}") from None
+        if not isinstance(train_cfg, dict):
+            raise InputError(f"the training config {args.config!r} is not a JSON object")
     src = load_checkpoint(args.src)
     if getattr(src, "restorer", None) is None or src.bands is None:
         raise InputError(f"{args.src} needs a restorer and spectral_bands")

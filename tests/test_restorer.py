@@ -380,8 +380,11 @@ def test_residual_bands_script_adds_only_the_residual_variances(tmp_path) -> Non
     assert new.checkpoint_metadata["residual_bands_from"]["path"] == str(tmp_path / "src.ckpt")
     written = json.loads(cfg_out.read_text())
     assert written["steps"] == 3 and written["model"] == new.config
+    (tmp_path / "list.json").write_text("[1, 2]")
     for a, extra in ((tmp_path / "plain.ckpt", ()), ("/etc/passwd", ()),
-                     (tmp_path / "src.ckpt", ("--config", str(tmp_path / "train.json")))):
+                     (tmp_path / "src.ckpt", ("--config", str(tmp_path / "train.json"))),
+                     (tmp_path / "src.ckpt", ("--size", "0")),
+                     (tmp_path / "src.ckpt", ("--config", str(tmp_path / "list.json"), "--config-out", str(cfg_out)))):
         bad = run(a, *extra)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 

@@ -10,6 +10,7 @@ import math
 from typing import Any, Optional
 
 from ..errors import UnsupportedModuleError
+from ..model.bands import all_band_variances
 from ..theory.flow import LipschitzProfile, discrete_log_constants, gronwall_exponent, gronwall_profile, \
     lognorm_exponents
 from .context import CertContext
@@ -56,7 +57,7 @@ def lognorm(model: Any, schedule: Any, s_max: float) -> Optional[dict[str, Any]]
         return None
     bands = getattr(model, "bands", None)
     if bands is not None:
-        var = bands["variances"] + bands.get("residual_variances", [])
+        var = all_band_variances(bands)
         mixed = " and the restorer residual's, mixed by the condition" if "residual_variances" in bands else ""
         what = (f"w(t)(I - alpha K_t) with the spectral band skip{mixed} (orders {bands['orders']}, "
                 f"variances {min(var):.4g}..{max(var):.4g})")

@@ -40,7 +40,7 @@ from torch import Tensor
 from ..errors import ConfigError
 
 __all__ = ["binomial_kernel", "lowpass", "band_symbols", "check_bands", "fit_band_variances",
-           "fit_residual_band_variances", "mix_weights", "MAX_ORDER",
+           "fit_residual_band_variances", "all_band_variances", "mix_weights", "MAX_ORDER",
            "MIX_ORDER", "MIX_POWER"]
 
 MAX_ORDER = 128
@@ -85,7 +85,7 @@ def band_symbols(orders: Sequence[int], wy: Tensor, wx: Tensor) -> Tensor:
 def check_bands(value: Any) -> Optional[dict[str, list]]:
     """Validate the ``spectral_bands`` model option (``None`` or ``{"orders": [...], "variances": [...]}``,
     optionally with ``"residual_variances"``, one per band too: the variances of what the restorer
-    leaves, :data:`MIX_ORDER`); one :class:`~injcert.errors.ConfigError` line for a bad one. Returns a
+    leaves, mixed in by :func:`mix_weights`); one :class:`~injcert.errors.ConfigError` line for a bad one. Returns a
     normalised copy."""
     if value is None:
         return None
@@ -109,6 +109,12 @@ def check_bands(value: Any) -> Optional[dict[str, list]]:
                               f"got {variances!r}")
         out[key] = [float(v) for v in variances]
     return out
+
+
+def all_band_variances(bands: dict) -> list[float]:
+    """The variances of every band skip of a checked ``spectral_bands`` option (the image's, then the
+    restorer residual's if any): the range the bounds of the mixed skip use (``proofs/05`` item 19)."""
+    return bands["variances"] + bands.get("residual_variances", [])
 
 
 MIX_ORDER = 4
@@ -167,26 +173,16 @@ def fit_residual_band_variances(restore: Callable[[Tensor, Tensor], Tensor], ord
     from ..data.corruptions import corrupt_batch
 
     gen = torch.Generator().manual_seed(int(seed) + 1)
-    spec, count, pending = torch.zeros(size, size, dtype=torch.float64), 0, []
-
-    def flush() -> None:
-        nonlocal spec, count
-        x0 = torch.stack(pending)
+    x = torch.stack([c.to(torch.float32) for c in _training_crops(images, size, crops, scales, seed, channels=3)])
+    spec = torch.zeros(size, size, dtype=torch.float64)
+    for k in range(0, x.shape[0], batch):
+        x0 = x[k:k + batch]
         y, m = corrupt_batch(x0, gen, p_uncond=0.0, kinds=kinds)
         with torch.no_grad():
             r = x0.to(torch.float64) - restore(y, m).to(torch.float64)
-        for k in range(r.shape[0]):
-            spec += _periodogram(r[k])
-        count += r.shape[0]
-        pending.clear()
-
-    for crop in _training_crops(images, size, crops, scales, seed, channels=3):
-        pending.append(crop.to(torch.float32))
-        if len(pending) == batch:
-            flush()
-    if pending:
-        flush()
-    return _fit_log_spectrum(spec / count, orders)
+        for one in r:
+            spec += _periodogram(one)
+    return _fit_log_spectrum(spec / x.shape[0], orders)
 
 
 def _training_crops(images: Optional[Sequence[str]], size: int, crops: int, scales: Sequence[int], seed: int,

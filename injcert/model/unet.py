@@ -51,7 +51,7 @@ from ..data.corruptions import expand_map
 from ..errors import ConfigError, InputError
 from ..io import register_model
 from ..theory.lipschitz import concat_bound, lipschitz_bound, product_bound, register_lipschitz_rule, sum_bound
-from .bands import MIX_ORDER, check_bands, lowpass, mix_weights
+from .bands import MIX_ORDER, all_band_variances, check_bands, lowpass, mix_weights
 from .layers import ACTIVATIONS, LipConv2d, ResBlock, make_activation
 from .restorer import Restorer
 from .schedule import VPSchedule, get_schedule
@@ -274,7 +274,7 @@ def _band_charge(bands: Optional[dict]) -> float:
     (proofs/05 item 19)."""
     if bands is None:
         return 0.0
-    sups = [wiener_skip_sup(v) for v in bands["variances"] + bands.get("residual_variances", [])]
+    sups = [wiener_skip_sup(v) for v in all_band_variances(bands)]
     return 4e-6 * (math.fsum(sups) + (max(sups) if "residual_variances" in bands else 0.0))
 
 
@@ -630,7 +630,7 @@ class CondUNet(nn.Module):
         if self.data_variance is not None:
             d = d + self.wiener_skip(t).to(x.dtype)[:, None, None, None] * x
         if self.bands is not None:
-            d = d + (self.band_skip(x, t) if mix is None else self.mixed_band_skip(x, t, mix))
+            d = d + self.linear_skip(x, t, mix)
         if anchor is not None:
             # the Gaussian posterior mean around R: K_t x + (I - alpha_t K_t) R; the R terms are constant in x
             d = d + anchor - self.schedule.alpha(t.detach().to(torch.float64)).to(x.dtype)[:, None, None, None] \
@@ -943,8 +943,7 @@ class CondUNet(nn.Module):
         $\int$ is $\tfrac12\log\frac{P + \varsigma_1^2}{P + \varsigma_0^2}$ at $P_{\min}$ for the upper end, at
         $P_{\max}$ for the lower) and in $[0, \alpha/\sigma_c]$ below (upper end $(\operatorname{asinh}\varsigma_1 -
         \operatorname{asinh}\varsigma_0)/\sigma_c$, lower end 0)."""
-        variances = self.bands["variances"] + self.bands.get("residual_variances", [])
-        p_min, p_max = min(variances), max(variances)
+        p_min, p_max = min(all_band_variances(self.bands)), max(all_band_variances(self.bands))
         eps = MIX_SLACK if self.band_mix else 0.0  # s^2 + c^2 within eps of 1 (proofs/05 item 19)
         lo = hi = 0.0
         below, above = self._split_at_cap(s0, s1)
