@@ -167,6 +167,29 @@ def gaussian_skip_sup(v: float) -> float:
     return math.nextafter(exact * (1.0 + 1e-6), math.inf)
 
 
+def band_linear_sup(p: float, s_lo: float, s_cap: float) -> float:
+    r"""A certified upper bound of $\sup_{\sigma \ge s_{lo}} \sigma^2 / (\max(\sigma, s_{cap})\,(\alpha^2 p +
+    \sigma^2))$ over every VP schedule: the norm of the band skip's exact linear part $w(I - \alpha K_t)$ in
+    the band of variance $p$, at every noise level from $s_{lo}$ on (``proofs/05`` item 10).
+
+    Below the cap ($\sigma \le s_{cap}$, $w = 1/s_{cap}$) the value increases with $\sigma$ and meets the
+    uncapped one at $s_{cap}$. Above it, with $\alpha^2 = 1 - \sigma^2$, it is
+    $g(\sigma) = \sigma/(p + (1 - p)\sigma^2)$, whose derivative has the sign of $p - (1 - p)\sigma^2$: for
+    $p \ge 1/2$ it increases on $[0, 1]$ (sup $g(1) = 1$); otherwise it increases up to
+    $\sigma^* = \sqrt{p/(1-p)} \le 1$, where $g = 1/(2\sqrt{p(1-p)})$, and decreases after. So the sup over
+    $[\max(s_{lo}, s_{cap}), 1]$ is $g(\sigma^*)$ if $\sigma^*$ lies in it, else its value at the left end.
+    Inflated by $10^{-9}$ relative for its own float64 evaluation.
+    """
+    s = max(float(s_lo), float(s_cap))
+    if p >= 0.5:
+        exact = 1.0
+    elif s <= math.sqrt(p / (1.0 - p)):
+        exact = 1.0 / (2.0 * math.sqrt(p * (1.0 - p)))
+    else:
+        exact = s / (p + (1.0 - p) * s * s)
+    return math.nextafter(exact * (1.0 + 1e-9), math.inf)
+
+
 def _check_options(in_channels: Any, base_channels: Any, channel_mults: Any, blocks_per_level: Any,
                    lipschitz_budget: Any, activation: Any, alpha_max: Any, modulation: Any, skip_max: Any,
                    alpha_init: Any, emb_dim: Any, data_variance: Any, lipschitz_kappa: Any,
@@ -896,14 +919,28 @@ class CondUNet(nn.Module):
         w, a = (float(v) for v in self._denoiser_coefficients(tt))
         w_up, wa_up = w * (1.0 + 1e-6), w * a * (1.0 + 1e-6) * (1.0 + 1e-6)
         deep_part = product_bound(deep, abs(float(self.gain.detach().to(torch.float64))))
-        # with spectral_bands, K_t is part of the exact linear part w(I - alpha K_t), whose norm is <= w
-        # (its eigenvalues are convex combinations of w sigma^2/(alpha^2 P_j + sigma^2) in [0, w]); only
-        # its rounding is charged to D
+        # with spectral_bands, K_t is part of the exact linear part w(I - alpha K_t) (band_linear_norm);
+        # only its rounding is charged to D
         lip_d = sum_bound(deep_part, self.wiener_max, self._skip_charge(), self.band_charge)
         if not nonlinear:
-            return sum_bound(w_up, product_bound(wa_up, lip_d))
+            linear = w_up if self.bands is None else self.band_linear_norm(t)
+            return sum_bound(linear, product_bound(wa_up, lip_d))
         # the exact linear part is w(t) x (linear_part_integral); w's float32 rounding costs 1e-6 w
         return sum_bound(product_bound(wa_up, lip_d), 1e-6 * w_up)
+
+    def band_linear_norm(self, t: Optional[float]) -> float:
+        r"""A bound, valid for every $t' \ge t$ ($t = $ ``None``: every $t$), of the norm of the band skip's
+        exact linear part as it runs: $w(I - \alpha K_t)$ has eigenvalues $w\sigma^2/(\alpha^2 P_j + \sigma^2)$
+        (their convex combinations), largest at the smallest variance, whose sup over $t' \ge t$ is
+        :func:`band_linear_sup`; the mixed skip widens the range by $\epsilon w$ (``MIX_SLACK``), and the
+        float32 $w$ and $w\alpha$ (each within $10^{-6}$ relative) add $3\cdot10^{-6} w$. The rounding of $t$
+        is covered by taking the sup from $\sigma_t(1 - 10^{-6})$ on (``proofs/05`` item 10)."""
+        tt = torch.tensor(0.0 if t is None else float(t), dtype=torch.float64)
+        w = float(self._denoiser_coefficients(tt)[0])
+        s_lo = float(self.schedule.sigma(tt)) * (1.0 - 1e-6)
+        eps = MIX_SLACK if self.band_mix else 0.0
+        sup = band_linear_sup(min(all_band_variances(self.bands)), s_lo, self.sigma_cap)
+        return sum_bound(sup, product_bound(w, eps + 3e-6))
 
     def linear_part_integral(self, s0: float, s1: float) -> tuple[float, float]:
         r"""Enclosure $[\underline I, \overline I]$ of $\int_{\varsigma_0}^{\varsigma_1} s(\varsigma)\,d\varsigma$, where $s\,\bar x$
