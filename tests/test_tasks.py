@@ -151,8 +151,11 @@ def test_edit_start_options(net) -> None:
     mask[..., 2:6, 2:6] = 1
     with pytest.raises(ValueError, match="unknown start"):
         edit(net.float(), x0, mask, "remove", steps=2, start="sdedit")
-    with pytest.raises(ValueError, match="needs start='noised'"):
+    with pytest.raises(ValueError, match="needs start='noised' or 'luma'"):
         edit(net.float(), x0, mask, "remove", steps=2, noise_scale=0.5)
+    for bad in (True, "0.5", float("nan"), 1.5):
+        with pytest.raises(ValueError, match="noise_scale must lie in"):
+            edit(net.float(), x0, mask, "remove", steps=2, start="noised", noise_scale=bad)
     with torch.no_grad():
         a = edit(net.float(), x0, mask, "remove", steps=2, start="noised", noise_scale=0.5)
         b = edit(net.float(), x0, mask, "remove", steps=2)

@@ -164,12 +164,13 @@ def _start_noise(x0: Tensor, start: str, noise_scale: float, seed: int) -> Optio
     """The noise added to the inside's start (checked): ``None`` for the encoded start, else
     ``noise_scale`` times a float64 normal draw seeded by ``seed`` (``"luma"``: one draw per pixel,
     the same on every channel)."""
-    if not (0.0 <= float(noise_scale) <= 1.0):
+    if isinstance(noise_scale, bool) or not isinstance(noise_scale, (int, float)) or not (0.0 <= float(noise_scale) <= 1.0):
         raise ArgumentError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
     if start not in EDIT_STARTS:
         raise ArgumentError(f"unknown start {start!r}; choices: {list(EDIT_STARTS)}")
     if start == "encoded" and float(noise_scale) != 0.0:
-        raise ArgumentError(f"noise_scale={noise_scale!r} needs start='noised' (the encoded start adds no noise)")
+        raise ArgumentError(f"noise_scale={noise_scale!r} needs start='noised' or 'luma' (the encoded start adds "
+                            "no noise)")
     noise = None  # the encoded start adds none
     if start in ("noised", "luma"):
         shape = x0.shape if start == "noised" else (x0.shape[0], 1, *x0.shape[2:])
