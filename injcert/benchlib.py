@@ -295,8 +295,8 @@ def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int,
                         variants: Optional[Dict[str, Dict[str, Any]]] = None) -> List[ReconRow]:
     """Ours vs the classical baselines per corruption, same images and same masks.
 
-    ``baselines`` overrides :data:`BASELINES` per corruption (e.g. without ``bm3d`` at 1024², where
-    it takes minutes per image); ``options`` are passed to
+    ``baselines`` overrides :data:`BASELINES` per corruption (e.g. one method only, for a quick
+    check); ``options`` are passed to
     :func:`~injcert.tasks.reconstruct.reconstruct_full` (e.g. ``levels="auto"``); ``variants`` adds
     one row per entry, ``label: options`` (on top of ``options``), for ablations.
 

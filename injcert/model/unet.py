@@ -980,7 +980,8 @@ class CondUNet(nn.Module):
         $\int$ is $\tfrac12\log\frac{P + \varsigma_1^2}{P + \varsigma_0^2}$ at $P_{\min}$ for the upper end, at
         $P_{\max}$ for the lower) and in $[0, \alpha/\sigma_c]$ below (upper end $(\operatorname{asinh}\varsigma_1 -
         \operatorname{asinh}\varsigma_0)/\sigma_c$, lower end 0)."""
-        p_min, p_max = min(all_band_variances(self.bands)), max(all_band_variances(self.bands))
+        variances = all_band_variances(self.bands)
+        p_min, p_max = min(variances), max(variances)
         eps = MIX_SLACK if self.band_mix else 0.0  # s^2 + c^2 within eps of 1 (proofs/05 item 19)
         lo = hi = 0.0
         below, above = self._split_at_cap(s0, s1)
