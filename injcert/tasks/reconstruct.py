@@ -23,7 +23,10 @@ estimate again and deblur it: :func:`blur_bootstrap_error`).
 **Additive noise only** (every pixel observed as is or with additive Gaussian noise of known
 $\sigma$, channel 2 of the map): by default the same start from a classical estimate (BM3D given
 $\sigma$; chosen on the training images by ``python benchmarks/tune_start_levels.py``, where it
-beat both BM3D itself and the start from the observation below; see ``docs/benchmarks/results.md``). With ``start="observation"``: $y = x + \sigma\varepsilon$ *is* a point of the flow in the
+beat both BM3D itself and the start from the observation below; see ``docs/benchmarks/results.md``), at a
+level bounded by BM3D's own error, estimated without the truth by Stein's unbiased risk estimate
+(:func:`sure_error`): BM3D's estimate of a large, smooth image is far more accurate than the tuned
+level, and re-noising it there loses detail BM3D had kept. With ``start="observation"``: $y = x + \sigma\varepsilon$ *is* a point of the flow in the
 coordinates $\bar x = x_0 + \varsigma\varepsilon$, at $\varsigma = \sigma$. The reconstruction then
 starts there — at $\bar x = y$ plus fresh noise of std $\sqrt{\sigma_{\max}^2 - \sigma_{\text{pix}}^2}$
 where a pixel is less noisy than the most noisy one — and integrates from $\varsigma = \sigma_{\max}$ to 0.
@@ -63,11 +66,11 @@ from .invert import decode_full
 from .start_levels import (  # noqa: F401  (re-exported: the start level and the hold-out's pieces)
     START_SIGMA, _distance_map, _distance_to_known, _holdout_pixels, _level, _shifted_hole, _start_kind,
     blur_bootstrap_error, can_hide, hidden_observation, hidden_scores, holdout_error, holdout_hide, start_choice,
-    start_sigma,
+    start_sigma, sure_error,
 )
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "pyramid_levels", "STARTS",
-           "holdout_error", "blur_bootstrap_error", "holdout_gate", "hidden_observation", "hidden_scores", "Holdout",
+           "holdout_error", "blur_bootstrap_error", "sure_error", "holdout_gate", "hidden_observation", "hidden_scores", "Holdout",
            "GATE_OFF", "RESTORER", "ReconstructOptions", "start_choice"]
 
 STARTS = ("auto", "estimate", "observation", "noise")
@@ -370,7 +373,7 @@ def _choose_estimate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
 def _start_level(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     """The start level $\\varsigma_e$: ``sigma_start``, or :func:`start_sigma` of the map bounded by the
     estimate's own error (:func:`holdout_error` near observed pixels, :func:`blur_bootstrap_error` for a
-    blurred region)."""
+    blurred region, :func:`sure_error` for additive noise)."""
     if opts.sigma_start is not None:
         run.level = float(opts.sigma_start)
         return run
@@ -383,6 +386,8 @@ def _start_level(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
         err = holdout_error(run.y_obs, m, model.anchor, seed=run.seed)
     elif kind == "blur" and est_name in METHODS:
         err = blur_bootstrap_error(run.est, m, est_name, blur_sigma=opts.blur_sigma)
+    elif kind == "noise" and est_name in METHODS:
+        err = sure_error(run.y_obs, m, est_name, seed=run.seed)
     run.kind, run.level = kind, _level(kind, err)
     return run
 

@@ -24,7 +24,7 @@ from ..data.classical import classical_estimate
 from ..data.corruptions import local_blur
 from ..metrics import ssim
 
-__all__ = ["START_SIGMA", "start_sigma", "holdout_error", "blur_bootstrap_error", "hidden_observation",
+__all__ = ["START_SIGMA", "start_sigma", "holdout_error", "blur_bootstrap_error", "sure_error", "hidden_observation",
            "hidden_scores", "can_hide", "holdout_hide", "start_choice"]
 
 
@@ -55,7 +55,12 @@ def _distance_to_known(known: Tensor) -> float:
 #: ``blur_min``: the lowest start for a blurred region, used when the estimate's bootstrap error
 #: (:func:`blur_bootstrap_error`) is below ``blur``.
 START_SIGMA = {"near": 3, "missing_near": 0.02, "missing_far": 0.1, "blur": 0.02, "noise": 0.05,
-               "missing_min": 0.002, "blur_min": 0.002}
+               "missing_min": 0.002, "blur_min": 0.002, "noise_min": 0.002}
+
+#: The largest side of the window :func:`sure_error` measures a denoiser's error on: larger images
+#: are measured on their central crop of this size (the denoisers are local; two runs on a 1024²
+#: image would cost minutes).
+SURE_CROP = 256
 
 
 def _holdout_pixels(known: Tensor, seed: int, fraction: float = 0.1) -> Tensor:
@@ -119,6 +124,39 @@ def blur_bootstrap_error(estimate: Tensor, m: Tensor, method: str = "lsmr_local"
     return float(diff.pow(2).mean().sqrt())
 
 
+def sure_error(y: Tensor, m: Tensor, method: Union[str, Callable[[Tensor, Tensor], Tensor]] = "bm3d", *,
+               seed: int = 0, eps: float = 0.1, crop: int = SURE_CROP) -> float:
+    r"""RMS error of a classical denoiser on the noisy pixels (channel 2 of ``m`` holds their
+    $\sigma_i$), estimated without the truth by Stein's unbiased risk estimate:
+
+    $$\mathbb E\,\lVert f(y) - x\rVert^2 = \mathbb E\Big[\lVert f(y) - y\rVert^2
+      - \textstyle\sum_i \sigma_i^2 + 2 \sum_i \sigma_i^2\, \partial f_i/\partial y_i\Big],$$
+
+    with the divergence by one Monte-Carlo probe (Ramani, Blu and Unser 2008):
+    $\sum_i \sigma_i b_i\,(f(y + \epsilon\,\sigma \odot b) - f(y))_i/\epsilon$, $b$ a seeded normal draw
+    ($\epsilon$ relative to $\sigma$: the denoisers are not smooth, a tiny probe only sees their kinks).
+    Two runs of ``method`` (a classical method's name, or a denoiser ``(y, m) -> x_hat``); an image
+    above ``crop`` px on a side is measured on its central ``crop``² window. ``nan`` without a noisy
+    pixel."""
+    h, w = y.shape[-2:]
+    top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+    y = y[..., top:top + crop, left:left + crop].to(torch.float64)
+    m = m[..., top:top + crop, left:left + crop]
+    s = m[:, 2:3].to(torch.float64).expand_as(y)
+    if not bool((s > 0).any()):
+        return float("nan")
+    gen = torch.Generator().manual_seed((int(seed) * 2654435761 + 0x5B3E) % 2**63)
+    b = torch.randn(tuple(y.shape), generator=gen, dtype=torch.float64).to(y.device) * (s > 0)
+    def run(u: Tensor) -> Tensor:
+        out = method(u, m) if callable(method) else classical_estimate(u, m, method)[1]
+        return out.to(torch.float64)
+
+    f0, f1 = run(y.float()), run((y + eps * s * b).float())
+    n = int((s > 0).sum())
+    risk = ((f0 - y).pow(2) * (s > 0)).sum() - s.pow(2).sum() + 2 * (s * b * (f1 - f0)).sum() / eps
+    return math.sqrt(max(float(risk) / n, 0.0))
+
+
 def start_sigma(m: Tensor, error: Optional[float] = None) -> float:
     r"""The default start level $\varsigma_e$ for a map ``m`` (N×3×H×W), from :data:`START_SIGMA`: by the
     largest distance from a missing pixel to an observed one, or for a blurred region.
@@ -127,7 +165,8 @@ def start_sigma(m: Tensor, error: Optional[float] = None) -> float:
     error, :func:`holdout_error`) lowers the level to it, within ``[missing_min, missing_near]``: the
     flow then treats the estimate as an image noised at the level of its own error, so an accurate
     biharmonic fill of a large image is not perturbed at a level far above that error. For a blurred region a
-    finite ``error`` (:func:`blur_bootstrap_error`) does the same within ``[blur_min, blur]``."""
+    finite ``error`` (:func:`blur_bootstrap_error`) does the same within ``[blur_min, blur]``, and for
+    additive noise (:func:`sure_error` of the denoiser) within ``[noise_min, noise]``."""
     return _level(_start_kind(m), error)
 
 
@@ -143,8 +182,8 @@ def _start_kind(m: Tensor) -> str:
 
 
 def _level(kind: str, error: Optional[float]) -> float:
-    if kind in ("missing_near", "blur") and error is not None and math.isfinite(error):
-        low = START_SIGMA["missing_min" if kind == "missing_near" else "blur_min"]
+    if kind in ("missing_near", "blur", "noise") and error is not None and math.isfinite(error):
+        low = START_SIGMA[{"missing_near": "missing_min", "blur": "blur_min", "noise": "noise_min"}[kind]]
         return min(START_SIGMA[kind], max(low, float(error)))
     return START_SIGMA[kind]
 
