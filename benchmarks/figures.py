@@ -3,8 +3,9 @@
     python benchmarks/figures.py OUT_DIR CKPT [CKPT ...] [--labels old new] [--size 256] [--image chelsea] [--steps 20]
 
 Writes ``OUT_DIR/reconstruction.png`` (one row per corruption: the observation, the best classical
-method, each checkpoint, the truth; the PSNR of each in its label), ``OUT_DIR/edits.png`` (remove and recolor
-with each model: the input, the target, the edit) and ``OUT_DIR/samples.png`` (the same three N(0, I)
+method, each checkpoint, the truth; the PSNR of each in its label), ``OUT_DIR/edits.png`` (remove, with the
+smooth fill alone and with the surroundings' texture, and recolor with each model: the input, the
+target, the edit) and ``OUT_DIR/samples.png`` (the same three N(0, I)
 latents decoded by each model). Held-out image, the same corruptions and seeds for every method.
 Prints one line per figure with the numbers in it.
 """
@@ -54,13 +55,14 @@ def _edits(models, x, steps, out: Path) -> None:
     mask = torch.zeros(1, 1, size, size)
     mask[..., size // 4: size // 2, size // 3: 2 * size // 3] = 1
     panels = []
-    for op in ("remove", "recolor"):
+    for op, texture in (("remove", False), ("remove", True), ("recolor", True)):
+        name = op if op != "remove" else f"remove, {'textured' if texture else 'smooth fill'}"
         for label, model in models:
             with torch.no_grad():
-                res = edit_full(model, x, mask, op, strength=0.6, steps=steps)
+                res = edit_full(model, x, mask, op, strength=0.6, steps=steps, texture=texture)
             g = grain_ratio(res.image, mask)
-            print(f"edit: {op} {label}: grain inside/ring {g:.3f}, outside max |change| {res.outside_max_abs:g}")
-            panels.append([(f"{op} ({label})", x), ("target", res.target), (f"edited, grain {g:.2f}", res.image)])
+            print(f"edit: {name} {label}: grain inside/ring {g:.3f}, outside max |change| {res.outside_max_abs:g}")
+            panels.append([(f"{name} ({label})", x), ("target", res.target), (f"edited, grain {g:.2f}", res.image)])
     _grid(panels, out)
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import example, given, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from torch import nn
 
 from injcert.data.corruptions import expand_map, make_corruption
@@ -211,19 +211,73 @@ def test_named_operations(net, op: str) -> None:
 
 
 def test_remove_target_is_the_biharmonic_fill_of_the_region() -> None:
+    """``texture=False``: the fill alone (the texture's own tests are below)."""
     from skimage.restoration import inpaint_biharmonic
 
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
     x0 = torch.stack([0.5 * xx, 0.3 * yy, 0.2 * xx * yy])[None]  # smooth: the fill continues it
     mask = torch.zeros(1, 1, 16, 16)
     mask[..., 4:10, 5:11] = 1
-    t = make_target(x0, mask, "remove")
+    t = make_target(x0, mask, "remove", texture=False)
     out = (mask == 0).expand_as(x0)
     assert torch.equal(t[out], x0[out])
     ref = inpaint_biharmonic((x0 * (1 - mask))[0].permute(1, 2, 0).double().numpy(), mask[0, 0].bool().numpy(),
                              channel_axis=-1)
     assert torch.allclose(t[0].permute(1, 2, 0).double(), torch.from_numpy(ref), atol=1e-5)
     assert float((t - x0)[~out].abs().max()) < 0.05  # a smooth continuation, not a flat box
+
+
+def _textured(seed: int, size: int = 64, amp: float = 0.15) -> torch.Tensor:
+    """A ramp plus white noise of std ``amp``: grain everywhere, as grass or gravel."""
+    g = torch.Generator().manual_seed(seed)
+    ii, jj = torch.meshgrid(torch.linspace(-0.5, 0.5, size, dtype=torch.float64),
+                            torch.linspace(-0.5, 0.5, size, dtype=torch.float64), indexing="ij")
+    return (0.4 * ii + 0.2 * jj).expand(1, 3, size, size) + amp * torch.randn(1, 3, size, size, generator=g,
+                                                                               dtype=torch.float64)
+
+
+@given(st.integers(0, 999))
+def test_ring_texture_is_the_gaussian_texture_of_the_ring(seed) -> None:
+    """The spot noise of the ring's fine detail: the content inside the mask never enters (an exact
+    equality), its mean square is the ring's detail variance (robust 0); the median-deviation amplitude
+    (robust 1) agrees on a grain-only ring but is lower where a strong edge crosses the ring, and
+    robust 0.5 is the geometric mean of the two; seeded; 0 without a ring."""
+    from injcert.tasks.edit import ring_texture
+
+    x0 = _textured(seed)
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 20:44, 16:40] = 1
+    other = torch.where(mask.bool().expand_as(x0), torch.randn_like(x0), x0)
+    t = ring_texture(x0, mask, seed=seed, robust=0.0)
+    assert torch.equal(t, ring_texture(other, mask, seed=seed, robust=0.0))
+    assert torch.equal(t, ring_texture(x0, mask, seed=seed, robust=0.0))
+    assert not torch.equal(t, ring_texture(x0, mask, seed=seed + 1, robust=0.0))
+    # the detail of white noise of std 0.15 after removing its sigma-2 blur: nearly all of it
+    assert 0.10 < float(t.pow(2).mean().sqrt()) < 0.16
+    robust = ring_texture(x0, mask, seed=seed, robust=1.0)
+    assert 0.75 < float(robust.pow(2).mean() / t.pow(2).mean()) <= 1.0 + 1e-12
+    edged = x0 + 1.5 * (torch.arange(64, dtype=torch.float64) >= 42).view(1, 1, 1, 64)  # an edge in the ring
+    e0, e_half, e1 = (ring_texture(edged, mask, seed=seed, robust=b).pow(2).mean(dim=(0, 2, 3)) for b in (0.0, 0.5, 1.0))
+    assert bool((e1 < 0.7 * e0).all())
+    assert torch.allclose(e_half, (e0 * e1).sqrt(), rtol=1e-9)  # per channel, the amplitudes' geometric mean
+    assert torch.equal(ring_texture(x0, torch.ones(1, 1, 64, 64)), torch.zeros_like(x0))
+
+
+@given(st.integers(0, 99))
+def test_remove_has_the_grain_of_its_surroundings(seed) -> None:
+    """``remove`` on a grainy image: the fill alone is smooth (grain ratio below 0.3), the fill plus
+    the ring's texture has its surroundings' grain (ratio in [0.7, 1.3]); the outside stays identical
+    (ZeroNet: the flow is the identity, so the edit returns its target)."""
+    from injcert.metrics import grain_ratio
+
+    x0 = _textured(seed).float()
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 20:44, 16:40] = 1
+    smooth = edit_full(ZeroNet(), x0, mask, "remove", strength=0.5, steps=3, seed=seed, texture=False)
+    textured = edit_full(ZeroNet(), x0, mask, "remove", strength=0.5, steps=3, seed=seed)
+    assert grain_ratio(smooth.image, mask) < 0.3
+    assert 0.7 < grain_ratio(textured.image, mask) < 1.3
+    assert smooth.outside_max_abs == textured.outside_max_abs == 0.0
 
 
 def test_edit_rejects_bad_input(net) -> None:
@@ -378,6 +432,61 @@ def test_blur_start_follows_the_estimates_bootstrap_error(seed, noise) -> None:
     r = reconstruct_full(ZeroNet(), y, m, steps=3, seed=seed, gate=False)  # (a flow that ties is gated off)
     assert abs(r.t_start - float(CosineSchedule().t_of_varsigma(s))) < 1e-12
     assert math.isnan(blur_bootstrap_error(est, torch.zeros_like(m)))
+
+
+_K121 = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+
+
+def _blur121(u: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """A linear denoiser (the [1 2 1]² / 16 blur, circular), whose divergence SURE can probe."""
+    k = (_K121[:, None] * _K121[None]) / 16
+    c = u.shape[1]
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(u.double(), (1, 1, 1, 1), mode="circular"),
+                                      k.view(1, 1, 3, 3).expand(c, 1, 3, 3), groups=c)
+
+
+@given(st.integers(0, 999), st.sampled_from([0.0, 0.05, 0.2]), st.sampled_from([0.05, 0.1, 0.2]))
+def test_sure_error_estimates_a_denoisers_error_without_the_truth(seed, rough, sigma) -> None:
+    """Stein's unbiased risk estimate with one Monte-Carlo divergence probe: the RMS error of a
+    denoiser on the noisy pixels within 15 % of the true one (a 3×32² image: the estimate's own noise
+    is a few per cent), deterministic for a seed, nan without a noisy pixel; a large image is measured
+    on its central crop."""
+    from injcert.tasks.reconstruct import sure_error
+
+    g = torch.Generator().manual_seed(seed)
+    ii, jj = torch.meshgrid(torch.linspace(-0.5, 0.5, 32, dtype=torch.float64),
+                            torch.linspace(-0.5, 0.5, 32, dtype=torch.float64), indexing="ij")
+    x = (ii + 0.5 * jj).expand(1, 3, 32, 32) + rough * torch.randn(1, 3, 32, 32, generator=g, dtype=torch.float64)
+    obs = make_corruption("noise", sigma=sigma).sample(x, seed)
+    true = float((_blur121(obs.y, obs.m) - x).pow(2).mean().sqrt())
+    est = sure_error(obs.y, obs.m, _blur121, seed=seed)
+    assert abs(est / true - 1) < 0.15
+    assert est == sure_error(obs.y, obs.m, _blur121, seed=seed)
+    assert math.isnan(sure_error(obs.y, torch.zeros_like(obs.m), _blur121))
+    shapes = []
+    sure_error(obs.y, obs.m, lambda u, m: shapes.append((tuple(u.shape), tuple(m.shape))) or u, crop=20)
+    assert shapes == [((1, 3, 20, 20), (1, 3, 20, 20))] * 2
+
+
+@settings(max_examples=10)
+@given(st.integers(0, 99))
+def test_noise_start_follows_the_denoisers_sure_error(seed) -> None:
+    """Additive noise: the flow starts at its estimate's SURE error, within [noise_min, noise] (an
+    accurate estimate of a smooth image is not re-noised at the tuned 0.05). TV stands in for the
+    default BM3D, which is slower and estimated the same way."""
+    from injcert.tasks.reconstruct import START_SIGMA, start_sigma, sure_error
+
+    ii, jj = torch.meshgrid(torch.linspace(-0.5, 0.5, 16, dtype=torch.float64),
+                            torch.linspace(-0.5, 0.5, 16, dtype=torch.float64), indexing="ij")
+    x = (ii + 0.5 * jj).expand(1, 3, 16, 16).float()
+    obs = make_corruption("noise", sigma=0.1).sample(x, seed)
+    err = sure_error(obs.y, obs.m, "denoise_tv_chambolle", seed=seed)
+    s = start_sigma(obs.m, err)
+    assert s == max(START_SIGMA["noise_min"], min(err, START_SIGMA["noise"]))
+    assert start_sigma(obs.m, float("nan")) == start_sigma(obs.m) == START_SIGMA["noise"]
+    r = reconstruct_full(ZeroNet(), obs.y, obs.m, steps=3, seed=seed, estimate="denoise_tv_chambolle")
+    assert r.estimate_method == "denoise_tv_chambolle"
+    assert abs(r.t_start - float(CosineSchedule().t_of_varsigma(s))) < 1e-12
 
 
 def test_observation_start_refuses_other_corruptions(net) -> None:

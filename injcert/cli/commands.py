@@ -486,8 +486,11 @@ def add_edit_arguments(p: argparse.ArgumentParser) -> None:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target", default=None, help="target image (PNG) whose content goes inside the mask")
     target.add_argument("--op", choices=("remove", "recolor", "move"), default=None,
-                        help="a named edit: remove (fill the region from its border colour), recolor (tint it "
-                             "red), move (put the content 16 px to the left of the region into it)")
+                        help="a named edit: remove (fill the region with what the model believes is there, plus "
+                             "the texture of its surroundings), recolor (tint it red), move (put the content 16 px to "
+                             "the left of the region into it)")
+    p.add_argument("--no-texture", action="store_false", dest="texture",
+                   help="with --op remove: the smooth fill alone, without the surroundings' texture")
     p.add_argument("--strength", type=float, default=0.5, help="edit strength in (0, 1]")
     p.add_argument("--start", choices=("encoded", "noised", "luma"), default="encoded",
                    help="the inside starts from the target's own hidden state (encoded, default: the target's "
@@ -495,7 +498,7 @@ def add_edit_arguments(p: argparse.ArgumentParser) -> None:
                         "same with one noise shared by the channels (luma: grain without colour speckle)")
     p.add_argument("--noise-scale", type=float, default=0.0, dest="noise_scale",
                    help="with --start noised or luma: the start noise, a fraction of the SDEdit start (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise added to the target (--start noised)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise added to the target (--start noised) and of the texture (--op remove)")
     p.add_argument("--out", required=True, help="edited image (PNG)")
     p.add_argument("--figure", default=None, help="also write a PNG: image | mask | target | edited")
     _common(p, method=False)
@@ -521,7 +524,7 @@ def run_edit(args: argparse.Namespace) -> int:
             raise InputError(f"target {tuple(target.shape)} and image {tuple(x.shape)} differ in shape")
     with torch.no_grad():
         res = edit_full(model, x, mask, target, args.strength, args.steps, seed=args.seed, progress=not args.quiet,
-                        start=args.start, noise_scale=args.noise_scale)
+                        start=args.start, noise_scale=args.noise_scale, texture=args.texture)
     _finite(res.image, "the edited image")
     info = {"image": args.image, "out": args.out, "outside_max_abs": res.outside_max_abs, "nfe": res.nfe,
             "seam_energy": float(seam_energy(res.image, mask)), "seam_energy_input": float(seam_energy(x, mask)),

@@ -19,6 +19,11 @@ region = the mask and the target of the edit:
 At $\varsigma = 0$ the state outside the mask is $Y_0 = Q(x_0)$ and the stored remainder restores
 $x_0$ there bit for bit: every pixel outside the mask is identical to the input.
 
+The named ``remove`` target is what the model believes is there, $R(c)$ of the outside (biharmonic
+without a restorer), plus a Gaussian texture with the fine detail of the region's surroundings
+(:func:`ring_texture`): $R(c)$ is a posterior *mean*, smooth where a natural region has grain, and
+the flow decodes the encoded target back to it, so without the texture the region comes out flat.
+
 By default the network is conditioned on the unedited context — $y = x_0$ outside the mask, map
 "observed" outside and "missing" inside — the inpainting condition it is trained with.
 
@@ -37,7 +42,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 from torch import Tensor
 
 from ..data.corruptions import expand_map
@@ -46,7 +51,7 @@ from ..solvers import DEFAULT_FRAC_BITS, GRIDS
 from ..data.classical import classical_estimate
 from .guided import guided_decode
 
-__all__ = ["EDIT_OPERATIONS", "EDIT_STARTS", "EditResult", "edit", "edit_full", "make_target"]
+__all__ = ["EDIT_OPERATIONS", "EDIT_STARTS", "EditResult", "edit", "edit_full", "make_target", "ring_texture"]
 
 EDIT_OPERATIONS = ("remove", "recolor", "move")
 
@@ -58,6 +63,15 @@ EDIT_STARTS = ("encoded", "noised", "luma")
 #: 4-px ramp left a seam 1.33× the input's (the README's edit command), the ramp scaled with the
 #: image keeps it as it is at 128².
 RECOLOR_FEATHER = 4.0
+
+#: :func:`ring_texture`'s defaults for a remove: the width in pixels of the ring outside the region
+#: whose fine detail is sampled, the standard deviation in pixels of the Gaussian blur whose
+#: residual is that detail (what the smooth fill $R(c)$ lacks), and how far the amplitude moves from
+#: the ring's std towards its median deviation. Chosen on the *training* images by
+#: ``python benchmarks/edit_texture.py --images coffee camera rocket grass --robust 0 0.5 1``.
+TEXTURE_RING = 8
+TEXTURE_SCALE = 2.0
+TEXTURE_ROBUST = 0.5
 
 
 @dataclass
@@ -78,7 +92,8 @@ class EditResult:
 
 
 def make_target(x0: Tensor, mask: Tensor, operation: str, *, offset: Sequence[int] = (0, 16),
-                color: Sequence[float] = (0.6, -0.4, -0.4), model: Any = None) -> Tensor:
+                color: Sequence[float] = (0.6, -0.4, -0.4), model: Any = None, texture: bool = True,
+                seed: int = 0) -> Tensor:
     """Build a target for a named edit.
 
     Arguments:
@@ -88,7 +103,9 @@ def make_target(x0: Tensor, mask: Tensor, operation: str, *, offset: Sequence[in
             :func:`skimage.restoration.inpaint_biharmonic`, a smooth continuation of the context that
             the flow then renders; a flat fill with the border's mean colour left a visible box; with a
             ``model`` that has a restorer, what the model believes is there: $R(c)$ of the outside,
-            :meth:`~injcert.model.unet.CondUNet.anchor`), ``"recolor"`` (the region
+            :meth:`~injcert.model.unet.CondUNet.anchor`; with ``texture``, plus a Gaussian texture
+            with the fine detail of the region's surroundings, :func:`ring_texture` seeded by ``seed``:
+            a fill is a posterior *mean*, smooth where the surroundings have grain), ``"recolor"`` (the region
             tinted towards ``color``, the tint fading in over :data:`RECOLOR_FEATHER` pixels (scaled
             with the image above 128²) from the mask's border: a tint with a hard edge is a seam the edit would reproduce), ``"move"`` (the
             image shifted by ``offset`` = (dy, dx): the mask marks the destination).
@@ -98,7 +115,11 @@ def make_target(x0: Tensor, mask: Tensor, operation: str, *, offset: Sequence[in
     """
     if operation == "remove":
         has_restorer = model is not None and getattr(model, "restorer", None) is not None
-        return inpaint_region(x0, mask, model.anchor if has_restorer else None)
+        filled = inpaint_region(x0, mask, model.anchor if has_restorer else None)
+        if not texture:
+            return filled
+        inside = (mask > 0.5).expand_as(x0)
+        return torch.where(inside, filled + ring_texture(x0, mask, seed=seed).to(filled), filled)
     if operation == "recolor":
         c = torch.tensor(list(color)[: x0.shape[1]] + [0.0] * max(0, x0.shape[1] - len(color)),
                          dtype=x0.dtype, device=x0.device).view(1, -1, 1, 1)
@@ -119,6 +140,50 @@ def feather(mask: Tensor, width: float) -> Tensor:
     d = np.stack([distance_transform_edt(m) for m in inside.reshape(-1, *inside.shape[-2:])])
     w = np.clip(d / max(float(width), 1e-12), 0.0, 1.0).reshape(inside.shape)
     return torch.from_numpy(w)
+
+
+def ring_texture(x0: Tensor, mask: Tensor, *, ring: int = TEXTURE_RING, scale: float = TEXTURE_SCALE,
+                 seed: int = 0, robust: float = TEXTURE_ROBUST) -> Tensor:
+    r"""A stationary Gaussian texture with the fine detail of the surroundings of ``mask``.
+
+    The fine detail is the residual $h = x_0 - G_s * x_0$ of a Gaussian blur of std ``scale`` px,
+    the blur normalized over the outside of the mask (the content being replaced never leaks in).
+    On the ring $\mathcal R$ of pixels outside the mask within ``ring`` px (Chebyshev) of it, the
+    spot $p = (h - \bar h)\,\mathbb 1_{\mathcal R} / \sqrt{|\mathcal R|}$ is convolved
+    (circularly) with one white noise $W$ per pixel shared by the channels: $t = p * W$ is the
+    asymptotic discrete spot noise of Galerne, Gousseau and Morel (2011), the Gaussian field whose
+    covariance is the ring's empirical autocovariance, so each channel's variance, its spectrum and
+    the channels' correlation are the ring's. ``robust`` $= \beta \in [0, 1]$ lowers each channel's
+    amplitude from the ring's std $s$ to $s^{1-\beta} d^{\beta}$, $d$ its median absolute deviation
+    × 1.4826 (the std of a Gaussian; never raised): a ring crossed by a few strong edges (a cup's
+    rim, a limb) has a large variance that is not grain, and its spot noise is a tangle of edge
+    fragments ($\beta = 0$), while $d$ alone leaves a faint haze where the surroundings are edges
+    ($\beta = 1$); on a textured ring (grass, gravel) $s \approx d$ and $\beta$ does not matter.
+    Returns N×C×H×W float64 on ``x0``'s device (0 for an image whose ring is empty); the caller keeps
+    it inside the mask. The content inside the mask never enters.
+    """
+    x = x0.detach().to(torch.float64).cpu()
+    inside = (mask > 0.5).detach().cpu().to(torch.float64).expand(x.shape[0], 1, *x.shape[-2:])
+    out = (1 - inside).numpy()
+    num = np.stack([[gaussian_filter(c, scale, mode="reflect") for c in xi] for xi in (x * (1 - inside)).numpy()])
+    den = np.stack([[gaussian_filter(oi[0], scale, mode="reflect")] for oi in out])
+    h = x - torch.from_numpy(num / np.maximum(den, 1e-12))
+    grown = torch.nn.functional.max_pool2d(inside, 2 * int(ring) + 1, 1, int(ring))
+    rng = grown * (1 - inside)
+    count = rng.sum(dim=(1, 2, 3), keepdim=True)
+    mean = (h * rng).sum(dim=(2, 3), keepdim=True) / count.clamp_min(1)
+    spot = (h - mean) * rng / count.clamp_min(1).sqrt()
+    if robust > 0:  # the amplitude towards the ring's median deviation: its strong edges are not grain
+        dev = ((h - mean).abs() * rng).flatten(2)
+        sel = rng.flatten(2)[:, 0] > 0.5
+        mad = torch.stack([dev[i][:, sel[i]].median(dim=-1).values if bool(sel[i].any()) else dev[i, :, 0]
+                           for i in range(dev.shape[0])]).view(*dev.shape[:2], 1, 1) * 1.4826
+        std = (spot.pow(2).sum(dim=(2, 3), keepdim=True)).sqrt()
+        spot = spot * (mad / std.clamp_min(1e-12)).clamp(max=1.0).pow(float(robust))
+    gen = torch.Generator().manual_seed(int(seed))
+    w = torch.randn((x.shape[0], 1, *x.shape[-2:]), generator=gen, dtype=torch.float64)
+    t = torch.fft.irfft2(torch.fft.rfft2(spot) * torch.fft.rfft2(w), s=x.shape[-2:])
+    return t.to(x0.device)
 
 
 def inpaint_region(x0: Tensor, mask: Tensor, fill: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> Tensor:
@@ -182,7 +247,7 @@ def _start_noise(x0: Tensor, start: str, noise_scale: float, seed: int) -> Optio
 def edit_full(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], strength: float = 0.5,
               steps: int = 50, *, seed: int = 0, method: str = "reversible", grid: str = "geometric",
               context: bool = True, frac_bits: int = DEFAULT_FRAC_BITS, noise_scale: float = 0.0,
-              start: str = "encoded", progress: bool = False) -> EditResult:
+              start: str = "encoded", texture: bool = True, progress: bool = False) -> EditResult:
     """Edit ``x0`` inside ``mask`` towards ``target``; see the module docstring for the algorithm.
 
     Arguments:
@@ -202,6 +267,8 @@ def edit_full(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], 
             $\\varsigma_e$; ``"noised"``: from the noised target (``noise_scale``); ``"luma"``: the same
             with the noise shared by every channel. See the module
             docstring for the measurements behind the default.
+        texture: for ``target="remove"``, add the surroundings' texture to the fill
+            (:func:`ring_texture`, seeded by ``seed``; :func:`make_target`).
         noise_scale: with ``start="noised"`` or ``"luma"``, the inside starts from target $+$
             ``noise_scale`` $\\cdot\\varsigma_e\\varepsilon$; 1 is the SDEdit start. 0 (default): the
             shipped model does not remove fresh noise, so any start noise stays as coloured grain
@@ -219,7 +286,7 @@ def edit_full(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], 
     """
     _check_method(method, grid)
     if isinstance(target, str):
-        target = make_target(x0, (mask > 0.5).to(x0.dtype), target, model=model)
+        target = make_target(x0, (mask > 0.5).to(x0.dtype), target, model=model, seed=seed, texture=texture)
     m = _check_inputs(x0, mask, target)
     _check_strength_steps(strength, steps)
     t_e = float(strength) * float(model.schedule.t_max)
@@ -242,6 +309,7 @@ def edit(model: Any, x0: Tensor, mask: Tensor, target: Union[Tensor, str], stren
     """Edit ``x0`` inside ``mask`` towards ``target`` (an image or a named operation); every pixel
     outside the mask is returned identical to ``x0``. ``steps``, ``seed``, ``method``, ``grid`` and
     ``progress`` mean what they mean for :func:`~injcert.encode` and :func:`~injcert.reconstruct`;
-    ``options`` are the edit's own (``context``, ``start``, ``noise_scale``, ``frac_bits``). See :func:`edit_full`."""
+    ``options`` are the edit's own (``context``, ``start``, ``noise_scale``, ``texture``, ``frac_bits``). See
+    :func:`edit_full`."""
     return edit_full(model, x0, mask, target, strength, steps, seed=seed, method=method, grid=grid,
                      progress=progress, **options).image
