@@ -387,7 +387,7 @@ def _start_level(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     elif kind == "blur" and est_name in METHODS:
         err = blur_bootstrap_error(run.est, m, est_name, blur_sigma=opts.blur_sigma)
     elif kind == "noise" and est_name in METHODS:
-        err = sure_error(run.y_obs, m, est_name, seed=run.seed)
+        err = sure_error(run.y_obs, m, est_name, seed=run.seed, estimate=run.est)
     run.kind, run.level = kind, _level(kind, err)
     return run
 

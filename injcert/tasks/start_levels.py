@@ -57,10 +57,6 @@ def _distance_to_known(known: Tensor) -> float:
 START_SIGMA = {"near": 3, "missing_near": 0.02, "missing_far": 0.1, "blur": 0.02, "noise": 0.05,
                "missing_min": 0.002, "blur_min": 0.002, "noise_min": 0.002}
 
-#: The largest side of the window :func:`sure_error` measures a denoiser's error on: larger images
-#: are measured on their central crop of this size (the denoisers are local; two runs on a 1024²
-#: image would cost minutes).
-SURE_CROP = 256
 
 
 def _holdout_pixels(known: Tensor, seed: int, fraction: float = 0.1) -> Tensor:
@@ -125,7 +121,8 @@ def blur_bootstrap_error(estimate: Tensor, m: Tensor, method: str = "lsmr_local"
 
 
 def sure_error(y: Tensor, m: Tensor, method: Union[str, Callable[[Tensor, Tensor], Tensor]] = "bm3d", *,
-               seed: int = 0, eps: float = 0.1, crop: int = SURE_CROP) -> float:
+               seed: int = 0, eps: float = 0.1, crop: Optional[int] = None,
+               estimate: Optional[Tensor] = None) -> float:
     r"""RMS error of a classical denoiser on the noisy pixels (channel 2 of ``m`` holds their
     $\sigma_i$), estimated without the truth by Stein's unbiased risk estimate:
 
@@ -135,23 +132,26 @@ def sure_error(y: Tensor, m: Tensor, method: Union[str, Callable[[Tensor, Tensor
     with the divergence by one Monte-Carlo probe (Ramani, Blu and Unser 2008):
     $\sum_i \sigma_i b_i\,(f(y + \epsilon\,\sigma \odot b) - f(y))_i/\epsilon$, $b$ a seeded normal draw
     ($\epsilon$ relative to $\sigma$: the denoisers are not smooth, a tiny probe only sees their kinks).
-    Two runs of ``method`` (a classical method's name, or a denoiser ``(y, m) -> x_hat``); an image
-    above ``crop`` px on a side is measured on its central ``crop``² window. ``nan`` without a noisy
-    pixel."""
-    h, w = y.shape[-2:]
-    top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
-    y = y[..., top:top + crop, left:left + crop].to(torch.float64)
-    m = m[..., top:top + crop, left:left + crop]
+    Two runs of ``method`` (a classical method's name, or a denoiser ``(y, m) -> x_hat``), one where
+    ``estimate`` $= f(y)$ is given; with ``crop``, on the central ``crop``² window only (``estimate``
+    is then ignored: the denoiser's output near a crop's border differs). ``nan`` without a noisy pixel."""
+    if crop is not None:
+        h, w = y.shape[-2:]
+        top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+        y, m, estimate = y[..., top:top + crop, left:left + crop], m[..., top:top + crop, left:left + crop], None
+    y = y.to(torch.float64)
     s = m[:, 2:3].to(torch.float64).expand_as(y)
     if not bool((s > 0).any()):
         return float("nan")
     gen = torch.Generator().manual_seed((int(seed) * 2654435761 + 0x5B3E) % 2**63)
     b = torch.randn(tuple(y.shape), generator=gen, dtype=torch.float64).to(y.device) * (s > 0)
+
     def run(u: Tensor) -> Tensor:
         out = method(u, m) if callable(method) else classical_estimate(u, m, method)[1]
         return out.to(torch.float64)
 
-    f0, f1 = run(y.float()), run((y + eps * s * b).float())
+    f0 = run(y.float()) if estimate is None else estimate.to(torch.float64)
+    f1 = run((y + eps * s * b).float())
     n = int((s > 0).sum())
     risk = ((f0 - y).pow(2) * (s > 0)).sum() - s.pow(2).sum() + 2 * (s * b * (f1 - f0)).sum() / eps
     return math.sqrt(max(float(risk) / n, 0.0))
