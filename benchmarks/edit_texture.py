@@ -1,7 +1,7 @@
 """The texture of a removed region: the smooth fill against the fill plus the surroundings' texture.
 
     python benchmarks/edit_texture.py [CKPT] [--images coffee camera ...] [--size 128] [--steps 50]
-        [--rings 8] [--scales 2] [--robust 0.5] [--out edit_texture.png]
+        [--rings 8] [--scales 2] [--robust 0.5] [--local yes no] [--out edit_texture.png]
 
 On each image, the demo's box (the upper middle) is removed by :func:`injcert.tasks.edit.edit_full`
 with ``target="remove"``: the model's fill alone (``texture=False``), and the fill plus
@@ -32,13 +32,13 @@ from injcert.metrics import colour_grain_ratio, grain_ratio, seam_energy  # noqa
 from injcert.tasks import edit as edit_module  # noqa: E402
 
 
-def _variants(rings, scales, robust):
-    """``(label, texture options or None)``: the smooth fill, then each ``(ring, scale, robust)``."""
+def _variants(rings, scales, robust, local):
+    """``(label, texture options or None)``: the smooth fill, then each ``(ring, scale, robust, local)``."""
     out = [("smooth", None)]
     for ring in rings:
         for scale in scales:
-            out += [(f"ring {ring}, scale {scale:g}, robust {b:g}", {"ring": ring, "scale": scale, "robust": b})
-                    for b in robust]
+            out += [(f"ring {ring}, scale {scale:g}, robust {b:g}, {'local' if lo else 'stationary'}",
+                     {"ring": ring, "scale": scale, "robust": b, "local": lo}) for b in robust for lo in local]
     return out
 
 
@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--rings", nargs="+", type=int, default=[edit_module.TEXTURE_RING])
     ap.add_argument("--scales", nargs="+", type=float, default=[edit_module.TEXTURE_SCALE])
     ap.add_argument("--robust", nargs="+", type=float, default=[edit_module.TEXTURE_ROBUST])
+    ap.add_argument("--local", nargs="+", choices=["yes", "no"], default=["yes"],
+                    help="the amplitude follows the nearest part of the ring (yes) or is the same everywhere (no)")
     ap.add_argument("--out", default="edit_texture.png")
     args = ap.parse_args()
     model = injcert.load_checkpoint(args.checkpoint).eval()
@@ -72,7 +74,7 @@ def main() -> None:
         print(f"| {name} | input | {grain_ratio(x, mask):.2f} | {colour_grain_ratio(x, mask):.2f} | "
               f"{seam_energy(x, mask):.4f} |", flush=True)
         row = [x[0]]
-        for label, options in _variants(args.rings, args.scales, args.robust):
+        for label, options in _variants(args.rings, args.scales, args.robust, [v == "yes" for v in args.local]):
             with torch.no_grad():
                 r = edit_module.edit_full(model, x, mask, _target(model, x, mask, options), steps=args.steps)
             print(f"| {name} | {label} | {grain_ratio(r.image, mask):.2f} | {colour_grain_ratio(r.image, mask):.2f} | "

@@ -263,6 +263,26 @@ def test_ring_texture_is_the_gaussian_texture_of_the_ring(seed) -> None:
     assert torch.equal(ring_texture(x0, torch.ones(1, 1, 64, 64)), torch.zeros_like(x0))
 
 
+@given(st.integers(0, 999))
+def test_ring_texture_follows_the_nearest_part_of_the_ring(seed) -> None:
+    """Grain on the left of the hole, a smooth ramp on its right: with ``local`` the texture is at
+    least twice as strong in the hole's left third as in its right third; without, the same."""
+    from injcert.tasks.edit import ring_texture
+
+    x0 = _textured(seed)
+    x0[..., 32:] = _textured(seed, amp=0.0)[..., 32:]
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 20:44, 20:44] = 1
+
+    def thirds(t):
+        return float(t[..., 20:44, 20:28].pow(2).mean()), float(t[..., 20:44, 36:44].pow(2).mean())
+
+    left, right = thirds(ring_texture(x0, mask, seed=seed))
+    assert left > 4 * right  # energies: amplitudes twice
+    left0, right0 = thirds(ring_texture(x0, mask, seed=seed, local=False))
+    assert 0.5 < left0 / right0 < 2.0
+
+
 @given(st.integers(0, 99))
 def test_remove_has_the_grain_of_its_surroundings(seed) -> None:
     """``remove`` on a grainy image: the fill alone is smooth (grain ratio below 0.3), the fill plus
