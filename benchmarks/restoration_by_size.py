@@ -4,7 +4,9 @@
 
 For each size: the held-out images (centre crops resized to ``size²``), every corruption of
 :data:`injcert.cli.compare.CORRUPTION_SETTINGS` (pixel sizes scale with the image), ours
-(:func:`injcert.tasks.reconstruct.reconstruct_full`) next to every classical baseline of
+(:func:`injcert.tasks.reconstruct.reconstruct_full`, one call per image, as a user restores one
+photograph per call; ``--one-call`` restores each batch in one call, with one start check and one
+gate decision for all its images) next to every classical baseline of
 :data:`injcert.cli.compare.BASELINES`, BM3D included at every size (minutes per image at 1024² on a
 CPU; ours starts from it). Prints one Markdown table per size and, per corruption, ours minus the
 best baseline (PSNR, SSIM, region PSNR).
@@ -42,6 +44,8 @@ def main() -> None:
                    help="also run the same pipeline started at varsigma_e = 1e-6 (row 'no flow')")
     p.add_argument("--ablate-gate", action="store_true",
                    help="also run the pipeline without its holdout gate (row 'no gate': the flow always kept)")
+    p.add_argument("--one-call", action="store_true",
+                   help="restore all the images of a size in one call (one start check and gate decision for all)")
     p.add_argument("--json", metavar="OUT", help="also write every row as JSON (scripts/write_results.py reads it)")
     args = p.parse_args()
     records, seconds = [], {}
@@ -56,7 +60,7 @@ def main() -> None:
         t0 = time.perf_counter()
         rows = reconstruction_rows(model, load_batch(args.images, size), args.steps, 0, args.corruptions,
                                    options={"levels": levels},
-                                   variants=variants)
+                                   variants=variants, per_image=not args.one_call)
         seconds[size] = time.perf_counter() - t0
         print(f"\n### {size}×{size} ({seconds[size]:.0f} s)\n")
         print(markdown_table(["corruption", "method", "PSNR [dB]", "SSIM", "PSNR in region [dB]", "time [s]",
@@ -83,6 +87,7 @@ def main() -> None:
 
         Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "weights": weights_fingerprint(model),
                                                "images": args.images, "steps": args.steps, "seconds": seconds,
+                                               "per_image": not args.one_call,
                                                "rows": records}, indent=1))
 
 

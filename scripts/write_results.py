@@ -87,8 +87,9 @@ def restoration(ckpt: str, sizes: list[int], steps: int, rows_files: Optional[li
                             f"{_fmt(d, True)} dB |")
     text = (f"Held-out images ({', '.join(data['images'])}), the same corruptions and seeds for every "
             f"method, {steps} steps; PSNR and SSIM averaged over the images. \"Produced by\" names our start "
-            "estimate and in how many of its runs the holdout gate kept the flow (one run per corruption "
-            "takes all the images as one batch, with one gate decision).\n\n"
+            "estimates (with how many images started from each where they differ) and in how many images "
+            "the holdout gate kept the flow; each image is restored in a call of its own, with its own "
+            "start check, start level and gate decision.\n\n"
             f"Command: `{_shown(cmd[:-2])}` ({seconds:.0f} s{' over the sizes, run separately' if rows_files else ''})"
             "\n\n" + "\n".join(lines))
     headline = (f"Held-out images at {sizes[0]}², PSNR averaged over {len(data['images'])} images "
@@ -110,6 +111,9 @@ def _saved_rows(files: list[str], sizes: list[int], steps: int, fingerprint: str
         if not isinstance(part, dict) or not {"images", "rows"} <= set(part):
             why = f" ({type(part).__name__}: {part})" if isinstance(part, Exception) else ""
             sys.exit(f"write_results: {f} is not the JSON of `restoration_by_size.py --json`{why}")
+        if not part.get("per_image", False):
+            sys.exit(f"write_results: {f} restored each batch in one call (--one-call, or a run from before "
+                     "one call per image); the page reports one call per image")
         if part.get("weights") != fingerprint or part.get("steps") != steps:
             sys.exit(f"write_results: {f} is not a run of these weights with {steps} steps "
                      f"(weights {str(part.get('weights'))[:16]}, steps {part.get('steps')})")

@@ -86,7 +86,8 @@ def test_reconstruction_rows_variant_without_flow_keeps_the_estimate():
 
 def test_write_results_takes_saved_rows_only_of_the_same_weights_and_steps(tmp_path):
     """``scripts/write_results.py --rows`` merges earlier ``restoration_by_size.py --json`` outputs
-    (each size may run separately), and refuses a file of other weights, other steps or missing a size."""
+    (each size may run separately), and refuses a file of other weights, other steps, missing a size or
+    restored in one call per batch."""
     import importlib.util
     import json
 
@@ -94,20 +95,54 @@ def test_write_results_takes_saved_rows_only_of_the_same_weights_and_steps(tmp_p
     wr = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(wr)
 
-    def saved(name, size, weights="abc", steps=20):
+    def saved(name, size, weights="abc", steps=20, per_image=True):
         row = dict(size=size, corruption="box", method="ours", psnr=30.0, ssim=0.9, psnr_region=20.0,
                    seconds=1.0, source="restorer")
         path = tmp_path / name
-        path.write_text(json.dumps({"weights": weights, "steps": steps, "images": ["chelsea"],
+        path.write_text(json.dumps({"weights": weights, "steps": steps, "images": ["chelsea"], "per_image": per_image,
                                     "seconds": {str(size): 5.0}, "rows": [row, dict(row, method="tv")]}))
         return str(path)
 
     data, seconds = wr._saved_rows([saved("a.json", 64), saved("b.json", 256)], [64, 256], 20, "abc")
     assert sorted({r["size"] for r in data["rows"]}) == [64, 256] and seconds == 10.0
     for files, sizes in (([saved("c.json", 64, weights="other")], [64]), ([saved("d.json", 64, steps=50)], [64]),
-                         ([saved("e.json", 64)], [64, 256]), ([str(tmp_path / "missing.json")], [64])):
+                         ([saved("e.json", 64)], [64, 256]), ([str(tmp_path / "missing.json")], [64]),
+                         ([saved("f.json", 64, per_image=False)], [64])):
         with pytest.raises(SystemExit):
             wr._saved_rows(files, sizes, 20, "abc")
     (tmp_path / "garbage.json").write_bytes(b"\x00not json")
     with pytest.raises(SystemExit, match="is not the JSON"):
         wr._saved_rows([str(tmp_path / "garbage.json")], [64], 20, "abc")
+
+
+def test_reconstruction_rows_restore_each_image_in_its_own_call():
+    """By default each image of a batch is restored in a call of its own (its own start check and gate),
+    so its row is the mean over single-image calls; ``per_image=False`` is one call for the batch; the
+    source counts the start estimates where they differ."""
+    import torch
+
+    from injcert.benchlib import _source
+    from injcert.data.corruptions import make_corruption
+    from injcert.metrics import psnr
+    from injcert.tasks.reconstruct import reconstruct_full
+    from tests.helpers import tiny_unet
+
+    torch.manual_seed(0)
+    net = tiny_unet().eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    rows = {per: next(r for r in reconstruction_rows_of(net, x, per) if r.method == "ours") for per in (True, False)}
+    obs = make_corruption("random").sample(x, 0)
+    with torch.no_grad():
+        single = [reconstruct_full(net, obs.y[i:i + 1], obs.m[i:i + 1], 2, 0).image for i in range(2)]
+        batch = reconstruct_full(net, obs.y, obs.m, 2, 0, operator=obs.operator).image
+    assert rows[True].psnr == pytest.approx(psnr(torch.cat(single), x), abs=1e-9)
+    assert rows[False].psnr == pytest.approx(psnr(batch, x), abs=1e-9)
+    assert _source([("restorer", False), ("inpaint_biharmonic", True), ("restorer", None)]) == \
+        "inpaint_biharmonic 1, restorer 2; flow kept 1/2"
+    assert _source([("bm3d", None)] * 3) == "bm3d; flow"
+
+
+def reconstruction_rows_of(net, x, per_image):
+    from injcert.cli.compare import reconstruction_rows
+
+    return reconstruction_rows(net, [x], 2, 0, ["random"], per_image=per_image)
