@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import injcert  # noqa: E402
 from injcert.cli import run_script  # noqa: E402
 from injcert.data.grid import square_image  # noqa: E402
-from injcert.data.images import save_image  # noqa: E402
+from injcert.benchlib import grain_cells, save_image_rows  # noqa: E402
 from injcert.metrics import colour_grain_ratio, grain_ratio, region_psnr, seam_energy  # noqa: E402
 from injcert.tasks.edit import edit_full  # noqa: E402
 
@@ -70,15 +70,11 @@ def main() -> None:
         for start, noise, strength in args.settings or SETTINGS:
             with torch.no_grad():
                 r = edit_full(model, x, mask, op, strength=strength, steps=args.steps, noise_scale=noise, start=start)
-            print(f"| {op} | {start} | {noise} | {strength} | {grain_ratio(r.image, mask):.2f} | "
-                  f"{colour_grain_ratio(r.image, mask):.2f} | {seam_energy(r.image, mask):.4f} | "
+            print(f"| {op} | {start} | {noise} | {strength} | {grain_cells(r.image, mask)} | "
                   f"{float(region_psnr(r.image, r.target, mask)):.2f} |", flush=True)
             row.append(r.image[0])
-        rows.append(torch.cat(row, dim=2))
-    grid = torch.nn.functional.interpolate(torch.cat(rows, dim=1)[None], scale_factor=3, mode="nearest")[0]
-    save_image(grid, args.out)
-    print(f"wrote {args.out}")
-
+        rows.append(row)
+    save_image_rows(rows, args.out)
 
 if __name__ == "__main__":
     run_script(main)

@@ -25,10 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import injcert  # noqa: E402
-from injcert.benchlib import load_batch  # noqa: E402
+from injcert.benchlib import grain_cells, load_batch, save_image_rows  # noqa: E402
 from injcert.cli import run_script  # noqa: E402
-from injcert.data.images import save_image  # noqa: E402
-from injcert.metrics import colour_grain_ratio, grain_ratio, seam_energy  # noqa: E402
 from injcert.tasks import edit as edit_module  # noqa: E402
 
 
@@ -71,20 +69,15 @@ def main() -> None:
     print("| image | fill | grain ratio | colour grain ratio | seam energy |\n|---|---|---|---|---|")
     rows = []
     for name, x in zip(args.images, load_batch(args.images, size)[0].split(1)):
-        print(f"| {name} | input | {grain_ratio(x, mask):.2f} | {colour_grain_ratio(x, mask):.2f} | "
-              f"{seam_energy(x, mask):.4f} |", flush=True)
+        print(f"| {name} | input | {grain_cells(x, mask)} |", flush=True)
         row = [x[0]]
         for label, options in _variants(args.rings, args.scales, args.robust, [v == "yes" for v in args.local]):
             with torch.no_grad():
                 r = edit_module.edit_full(model, x, mask, _target(model, x, mask, options), steps=args.steps)
-            print(f"| {name} | {label} | {grain_ratio(r.image, mask):.2f} | {colour_grain_ratio(r.image, mask):.2f} | "
-                  f"{seam_energy(r.image, mask):.4f} |", flush=True)
+            print(f"| {name} | {label} | {grain_cells(r.image, mask)} |", flush=True)
             row.append(r.image[0])
-        rows.append(torch.cat(row, dim=2))
-    grid = torch.nn.functional.interpolate(torch.cat(rows, dim=1)[None], scale_factor=3, mode="nearest")[0]
-    save_image(grid, args.out)
-    print(f"wrote {args.out}")
-
+        rows.append(row)
+    save_image_rows(rows, args.out)
 
 if __name__ == "__main__":
     run_script(main)

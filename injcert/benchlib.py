@@ -25,7 +25,8 @@ from .data.grid import square_image
 from .data.images import load_image
 from .errors import ArgumentError, NonConvergenceError
 from .io import load_checkpoint
-from .metrics import background_preservation, psnr, region_mse, region_psnr, seam_energy, ssim
+from .metrics import (background_preservation, colour_grain_ratio, grain_ratio, psnr, region_mse, region_psnr,
+                      seam_energy, ssim)
 from .model.unet import CondUNet
 from .solvers import Dopri5, get_solver, make_grid, probability_flow_field
 from .data.classical import classical_estimate
@@ -50,6 +51,8 @@ __all__ = [
     "naive_ddim_edit",
     "editing_rows",
     "edit_mask",
+    "grain_cells",
+    "save_image_rows",
     "ReconRow",
     "EditRow",
     "markdown_table",
@@ -474,3 +477,20 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in cells)])
+
+
+def grain_cells(image: Tensor, mask: Tensor) -> str:
+    """``"grain | colour grain | seam"``: an edit's Markdown cells (:func:`~injcert.metrics.grain_ratio`,
+    :func:`~injcert.metrics.colour_grain_ratio`, :func:`~injcert.metrics.seam_energy`)."""
+    return (f"{grain_ratio(image, mask):.2f} | {colour_grain_ratio(image, mask):.2f} | "
+            f"{float(seam_energy(image, mask)):.4f}")
+
+
+def save_image_rows(rows: Sequence[Sequence[Tensor]], out: str, scale: int = 3) -> None:
+    """Rows of ``C×H×W`` images side by side, one row under the other, enlarged ``scale``× (nearest
+    neighbour, so grain stays visible), written as one PNG to ``out``; prints the path."""
+    from .data.images import save_image  # layout: lazy (PIL is only needed to write a figure)
+
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)
+    save_image(torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0], out)
+    print(f"wrote {out}")
