@@ -1,7 +1,7 @@
 """The texture of a removed region: the smooth fill against the fill plus the surroundings' texture.
 
     python benchmarks/edit_texture.py [CKPT] [--images coffee camera ...] [--size 128] [--steps 50]
-        [--rings 8] [--scales 2] [--robust 0.5] [--local yes no] [--out edit_texture.png]
+        [--rings 8] [--scales 2] [--robust 0.5] [--local yes no] [--colour yes no] [--out edit_texture.png]
 
 On each image, the demo's box (the upper middle) is removed by :func:`injcert.tasks.edit.edit_full`
 with ``target="remove"``: the model's fill alone (``texture=False``), and the fill plus
@@ -30,13 +30,16 @@ from injcert.cli import run_script  # noqa: E402
 from injcert.tasks import edit as edit_module  # noqa: E402
 
 
-def _variants(rings, scales, robust, local):
-    """``(label, texture options or None)``: the smooth fill, then each ``(ring, scale, robust, local)``."""
+def _variants(rings, scales, robust, local, colour):
+    """``(label, texture options or None)``: the smooth fill, then each ``(ring, scale, robust, local,
+    colour)``."""
     out = [("smooth", None)]
     for ring in rings:
         for scale in scales:
-            out += [(f"ring {ring}, scale {scale:g}, robust {b:g}, {'local' if lo else 'stationary'}",
-                     {"ring": ring, "scale": scale, "robust": b, "local": lo}) for b in robust for lo in local]
+            out += [(f"ring {ring}, scale {scale:g}, robust {b:g}, {'local' if lo else 'stationary'}, "
+                     f"{'colour' if co else 'luma'}",
+                     {"ring": ring, "scale": scale, "robust": b, "local": lo, "colour": co})
+                    for b in robust for lo in local for co in colour]
     return out
 
 
@@ -60,6 +63,8 @@ def main() -> None:
     ap.add_argument("--robust", nargs="+", type=float, default=[edit_module.TEXTURE_ROBUST])
     ap.add_argument("--local", nargs="+", choices=["yes", "no"], default=["yes"],
                     help="the amplitude follows the nearest part of the ring (yes) or is the same everywhere (no)")
+    ap.add_argument("--colour", nargs="+", choices=["yes", "no"], default=["no"],
+                    help="the texture of every channel's detail (yes) or the luminance's on every channel (no)")
     ap.add_argument("--out", default="edit_texture.png")
     args = ap.parse_args()
     model = injcert.load_checkpoint(args.checkpoint).eval()
@@ -71,7 +76,8 @@ def main() -> None:
     for name, x in zip(args.images, load_batch(args.images, size)[0].split(1)):
         print(f"| {name} | input | {grain_cells(x, mask)} |", flush=True)
         row = [x[0]]
-        for label, options in _variants(args.rings, args.scales, args.robust, [v == "yes" for v in args.local]):
+        for label, options in _variants(args.rings, args.scales, args.robust, [v == "yes" for v in args.local],
+                                        [v == "yes" for v in args.colour]):
             with torch.no_grad():
                 r = edit_module.edit_full(model, x, mask, _target(model, x, mask, options), steps=args.steps)
             print(f"| {name} | {label} | {grain_cells(r.image, mask)} |", flush=True)

@@ -68,8 +68,10 @@ RECOLOR_FEATHER = 4.0
 #: whose fine detail is sampled, the standard deviation in pixels of the Gaussian blur whose
 #: residual is that detail (what the smooth fill $R(c)$ lacks), and how far the amplitude moves from
 #: the ring's std towards its median deviation (the amplitude also follows the nearest part of the
-#: ring, ``local``: on coffee, camera, rocket and grass the grain ratio came closer to the input's). Chosen on the *training* images by
-#: ``python benchmarks/edit_texture.py --images coffee camera rocket grass --robust 0 0.5 1 --local yes no``.
+#: ring, ``local``, which brought the grain ratio closer to the input's; the luminance's texture, not
+#: each channel's, keeps the grain ratio and drops the colour speckle). Chosen on the *training*
+#: images by ``python benchmarks/edit_texture.py --images coffee camera rocket grass --robust 0 0.5 1
+#: --local yes no --colour yes no``; see ``docs/model.md``.
 TEXTURE_RING = 8
 TEXTURE_SCALE = 2.0
 TEXTURE_ROBUST = 0.5
@@ -144,7 +146,8 @@ def feather(mask: Tensor, width: float) -> Tensor:
 
 
 def ring_texture(x0: Tensor, mask: Tensor, *, ring: int = TEXTURE_RING, scale: float = TEXTURE_SCALE,
-                 seed: int = 0, robust: float = TEXTURE_ROBUST, local: bool = True) -> Tensor:
+                 seed: int = 0, robust: float = TEXTURE_ROBUST, local: bool = True,
+                 colour: bool = False) -> Tensor:
     r"""A stationary Gaussian texture with the fine detail of the surroundings of ``mask``.
 
     The fine detail is the residual $h = x_0 - G_s * x_0$ of a Gaussian blur of std ``scale`` px,
@@ -163,11 +166,15 @@ def ring_texture(x0: Tensor, mask: Tensor, *, ring: int = TEXTURE_RING, scale: f
     With ``local`` the amplitude also follows the nearest part of the ring: the field is multiplied
     by $\sqrt{E(p)/\bar E}$, $E$ the ring's detail energy averaged with Gaussian weights (std
     ``ring`` px) over the ring pixels near $p$, $\bar E$ its mean over the ring, so the side of a hole
-    that borders sky stays calm and the side that borders fur is grainy.
+    that borders sky stays calm and the side that borders fur is grainy. By default the texture is
+    the luminance's (the channels' mean), the same on every channel: natural images carry their fine
+    detail in the luminance, and a ring that crosses colourful edges (a red suit, a blue flag) makes
+    the colour spot noise a speckle of saturated dots; ``colour=True`` draws every channel's detail.
     Returns N×C×H×W float64 on ``x0``'s device (0 for an image whose ring is empty); the caller keeps
     it inside the mask. The content inside the mask never enters.
     """
     x = x0.detach().to(torch.float64).cpu()
+    x = x if colour else x.mean(dim=1, keepdim=True)
     inside = (mask > 0.5).detach().cpu().to(torch.float64).expand(x.shape[0], 1, *x.shape[-2:])
     out = (1 - inside).numpy()
     num = np.stack([[gaussian_filter(c, scale, mode="reflect") for c in xi] for xi in (x * (1 - inside)).numpy()])
@@ -190,11 +197,11 @@ def ring_texture(x0: Tensor, mask: Tensor, *, ring: int = TEXTURE_RING, scale: f
     t = torch.fft.irfft2(torch.fft.rfft2(spot) * torch.fft.rfft2(w), s=x.shape[-2:])
     if local:
         t = t * _local_gain(((h - mean).pow(2) * rng).sum(dim=1, keepdim=True), rng, count, float(ring))
-    return t.to(x0.device)
+    return t.expand(x0.shape).contiguous().to(x0.device)
 
 
 def _local_gain(energy: Tensor, rng: Tensor, count: Tensor, width: float) -> Tensor:
-    """$\sqrt{E(p)/\bar E}$: the ring's detail energy (summed over the channels) near each pixel,
+    r"""$\sqrt{E(p)/\bar E}$: the ring's detail energy (summed over the channels) near each pixel,
     carried into the region by a normalized Gaussian average (std ``width``) of the ring's pixels,
     over its mean on the ring (N×1×H×W; 1 where no ring pixel is near)."""
     num = np.stack([[gaussian_filter(e[0], width, mode="constant")] for e in energy.numpy()])
