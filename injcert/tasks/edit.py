@@ -148,7 +148,7 @@ def feather(mask: Tensor, width: float) -> Tensor:
 def ring_texture(x0: Tensor, mask: Tensor, *, ring: int = TEXTURE_RING, scale: float = TEXTURE_SCALE,
                  seed: int = 0, robust: float = TEXTURE_ROBUST, local: bool = True,
                  colour: bool = False) -> Tensor:
-    r"""A stationary Gaussian texture with the fine detail of the surroundings of ``mask``.
+    r"""A Gaussian texture with the fine detail of the surroundings of ``mask``.
 
     The fine detail is the residual $h = x_0 - G_s * x_0$ of a Gaussian blur of std ``scale`` px,
     the blur normalized over the outside of the mask (the content being replaced never leaks in).
@@ -176,9 +176,7 @@ def ring_texture(x0: Tensor, mask: Tensor, *, ring: int = TEXTURE_RING, scale: f
     x = x0.detach().to(torch.float64).cpu()
     x = x if colour else x.mean(dim=1, keepdim=True)
     inside = (mask > 0.5).detach().cpu().to(torch.float64).expand(x.shape[0], 1, *x.shape[-2:])
-    out = (1 - inside).numpy()
-    num = np.stack([[gaussian_filter(c, scale, mode="reflect") for c in xi] for xi in (x * (1 - inside)).numpy()])
-    den = np.stack([[gaussian_filter(oi[0], scale, mode="reflect")] for oi in out])
+    num, den = _masked_blur(x, 1 - inside, scale, "reflect")
     h = x - torch.from_numpy(num / np.maximum(den, 1e-12))
     grown = torch.nn.functional.max_pool2d(inside, 2 * int(ring) + 1, 1, int(ring))
     rng = grown * (1 - inside)
@@ -204,12 +202,19 @@ def _local_gain(energy: Tensor, rng: Tensor, count: Tensor, width: float) -> Ten
     r"""$\sqrt{E(p)/\bar E}$: the ring's detail energy (summed over the channels) near each pixel,
     carried into the region by a normalized Gaussian average (std ``width``) of the ring's pixels,
     over its mean on the ring (N×1×H×W; 1 where no ring pixel is near)."""
-    num = np.stack([[gaussian_filter(e[0], width, mode="constant")] for e in energy.numpy()])
-    den = np.stack([[gaussian_filter(r[0], width, mode="constant")] for r in rng.numpy()])
+    num, den = _masked_blur(energy, rng, width, "constant")  # energy is 0 off the ring: energy·rng = energy
     local = torch.from_numpy(num / np.maximum(den, 1e-300))
     mean = energy.sum(dim=(2, 3), keepdim=True) / count.clamp_min(1)
     gain = (local / mean.clamp_min(1e-300)).sqrt()
     return torch.where(torch.from_numpy(den > 1e-12) & (mean > 0), gain, torch.ones_like(gain))
+
+
+def _masked_blur(v: Tensor, w: Tensor, sigma: float, mode: str) -> tuple:
+    """Per image and channel, scipy's Gaussian blur (std ``sigma``, boundary ``mode``) of ``v·w`` and
+    of the weight ``w`` (N×1×H×W): the numerator and denominator of a normalized convolution."""
+    num = np.stack([[gaussian_filter(c, sigma, mode=mode) for c in vi] for vi in (v * w).numpy()])
+    den = np.stack([[gaussian_filter(wi[0], sigma, mode=mode)] for wi in w.numpy()])
+    return num, den
 
 
 def inpaint_region(x0: Tensor, mask: Tensor, fill: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> Tensor:

@@ -58,7 +58,6 @@ START_SIGMA = {"near": 3, "missing_near": 0.02, "missing_far": 0.1, "blur": 0.02
                "missing_min": 0.002, "blur_min": 0.002, "noise_min": 0.002}
 
 
-
 def _holdout_pixels(known: Tensor, seed: int, fraction: float = 0.1) -> Tensor:
     """A seeded ``fraction`` of the observed pixels (N×1×H×W bool), to hide."""
     # a stream of its own: the corruptions draw their masks with torch.rand from the same seeds
@@ -121,8 +120,7 @@ def blur_bootstrap_error(estimate: Tensor, m: Tensor, method: str = "lsmr_local"
 
 
 def sure_error(y: Tensor, m: Tensor, method: Union[str, Callable[[Tensor, Tensor], Tensor]] = "bm3d", *,
-               seed: int = 0, eps: float = 0.1, crop: Optional[int] = None,
-               estimate: Optional[Tensor] = None) -> float:
+               seed: int = 0, eps: float = 0.1, estimate: Optional[Tensor] = None) -> float:
     r"""RMS error of a classical denoiser on the noisy pixels (channel 2 of ``m`` holds their
     $\sigma_i$), estimated without the truth by Stein's unbiased risk estimate:
 
@@ -133,12 +131,7 @@ def sure_error(y: Tensor, m: Tensor, method: Union[str, Callable[[Tensor, Tensor
     $\sum_i \sigma_i b_i\,(f(y + \epsilon\,\sigma \odot b) - f(y))_i/\epsilon$, $b$ a seeded normal draw
     ($\epsilon$ relative to $\sigma$: the denoisers are not smooth, a tiny probe only sees their kinks).
     Two runs of ``method`` (a classical method's name, or a denoiser ``(y, m) -> x_hat``), one where
-    ``estimate`` $= f(y)$ is given; with ``crop``, on the central ``crop``² window only (``estimate``
-    is then ignored: the denoiser's output near a crop's border differs). ``nan`` without a noisy pixel."""
-    if crop is not None:
-        h, w = y.shape[-2:]
-        top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
-        y, m, estimate = y[..., top:top + crop, left:left + crop], m[..., top:top + crop, left:left + crop], None
+    ``estimate`` $= f(y)$ is given. ``nan`` without a noisy pixel."""
     y = y.to(torch.float64)
     s = m[:, 2:3].to(torch.float64).expand_as(y)
     if not bool((s > 0).any()):
