@@ -216,19 +216,22 @@ def test_reconstruction_from_the_restorer_is_exact(kind: str) -> None:
 def test_auto_start_is_the_estimate_that_validates(seed: int, kind: str) -> None:
     """``estimate="auto"`` starts from the restorer only where it restores observed pixels hidden in the
     shape of the hole nearly as well as the classical fill (within ``START_MARGIN``): an oracle restorer
-    (the truth) is chosen, the classical fill pushed 0.02 away from the truth (a little worse) too, one that fills with
-    a constant is not, and the choice is recorded."""
+    (the truth) is chosen, the classical fill pushed 0.02 away from the truth (a little worse) too, one pushed by 2 is
+    not, and the choice is recorded."""
     from injcert.tasks.classical import classical_estimate
     from injcert.tasks.reconstruct import START_MARGIN
 
     x, y, m = _obs(seed, 16, 16, kind)
 
-    def nudged(y2, m2):
-        c = classical_estimate(y2, m2, "auto")[1]
-        return c + 0.02 * torch.sign(c - x) * (m2[:, :1] != 1)  # away from the truth: worse everywhere
+    def pushed(step):
+        def fill(y2, m2):  # the classical fill moved ``step`` away from the truth: worse everywhere
+            c = classical_estimate(y2, m2, "auto")[1]
+            return c + step * torch.where(c >= x, 1.0, -1.0) * (m2[:, :1] != 1)
+        return fill
 
-    for fill, wins in ((lambda y2, m2: x, True), (nudged, True),
-                       (lambda y2, m2: torch.where(m2[:, :1] == 1, y2, 0.9), False)):
+    # pushed by 2 on pixels in [-1, 1]: rms**2 >= c_rms**2 + 4 > START_MARGIN**2 * c_rms**2 for any c_rms <= 2
+    nudged = pushed(0.02)
+    for fill, wins in ((lambda y2, m2: x, True), (nudged, True), (pushed(2.0), False)):
         net = anchored_unet(seed=1)
         net.anchor = fill  # type: ignore[method-assign]
         with torch.no_grad():
