@@ -63,6 +63,16 @@ def test_reconstruct_and_edit(files, capsys) -> None:
     code, info = _run(capsys, ["reconstruct", str(files["img"]), "--mask", str(files["mask"]), "--out",
                                str(d / "r2.png"), "--model", str(files["model"]), "--steps", "4", "--quiet"])
     assert code == 0
+    # noise: the gate's record is the two SURE estimates (no SSIM); --no-gate records none
+    code, info = _run(capsys, ["reconstruct", str(files["img"]), "--corruption", "noise", "--out", str(d / "rn.png"),
+                               "--model", str(files["model"]), "--steps", "4", "--quiet"])
+    sure = info["sure_rms"]
+    assert code == 0 and "holdout_rms" not in info and sure["flow_kept"] == (sure["flow"] < sure["start"])
+    code, other = _run(capsys, ["reconstruct", str(files["img"]), "--corruption", "noise", "--out",
+                                str(d / "rn_other.png"), "--model", str(files["model"]), "--steps", "4", "--quiet",
+                                "--no-gate"])
+    assert code == 0 and "sure_rms" not in other
+    assert torch.equal(load_image(d / "rn_other.png"), load_image(d / "rn.png")) == sure["flow_kept"]
     code, info = _run(capsys, ["edit", str(files["img"]), "--mask", str(files["mask"]), "--op", "recolor",
                                "--out", str(d / "e.png"), "--model", str(files["model"]), "--steps", "4", "--quiet"])
     assert code == 0 and info["outside_max_abs"] == 0.0

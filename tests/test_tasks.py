@@ -508,9 +508,72 @@ def test_noise_start_follows_the_denoisers_sure_error(seed) -> None:
     s = start_sigma(obs.m, err)
     assert s == max(START_SIGMA["noise_min"], min(err, START_SIGMA["noise"]))
     assert start_sigma(obs.m, float("nan")) == start_sigma(obs.m) == START_SIGMA["noise"]
-    r = reconstruct_full(ZeroNet(), obs.y, obs.m, steps=3, seed=seed, estimate="denoise_tv_chambolle")
+    r = reconstruct_full(ZeroNet(), obs.y, obs.m, steps=3, seed=seed, estimate="denoise_tv_chambolle", gate=False)
     assert r.estimate_method == "denoise_tv_chambolle"
     assert abs(r.t_start - float(CosineSchedule().t_of_varsigma(s))) < 1e-12
+
+
+def _noisy_ramp(seed: int, size: int = 12):
+    ii, jj = torch.meshgrid(torch.linspace(-0.5, 0.5, size, dtype=torch.float64),
+                            torch.linspace(-0.5, 0.5, size, dtype=torch.float64), indexing="ij")
+    x = (ii + 0.5 * jj).expand(1, 3, size, size).float()
+    return make_corruption("noise", sigma=0.1).sample(x, seed)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 99))
+def test_noise_gate_compares_the_sure_errors_of_the_denoiser_and_of_the_whole_pipeline(net, seed) -> None:
+    """The noise gate's two numbers are Stein's estimates, with the same probe, of the denoiser and of
+    the pipeline (denoiser, then the flow from the same level and seed); it keeps the flow iff the
+    second is lower. A flow that changes nothing (eps = 0) has the same risk."""
+    from injcert.tasks.reconstruct import sure_error
+
+    obs, tv = _noisy_ramp(seed), "denoise_tv_chambolle"
+    for model in (net.float(), ZeroNet()):
+        with torch.no_grad():
+            r = reconstruct_full(model, obs.y, obs.m, steps=3, seed=seed, estimate=tv)
+            ungated = reconstruct_full(model, obs.y, obs.m, steps=3, seed=seed, estimate=tv, gate=False)
+            level = float(model.schedule.varsigma(ungated.t_start))
+
+            def pipeline(u, m):
+                return reconstruct_full(model, u, m, 3, seed, estimate=tv, gate=False, sigma_start=level).image
+
+            flow_err = sure_error(obs.y, obs.m, pipeline, seed=seed, estimate=ungated.image)
+        assert r.holdout is not None
+        assert r.holdout.start == sure_error(obs.y, obs.m, tv, seed=seed)
+        assert r.holdout.flow == flow_err
+        assert r.flow_kept == (flow_err < r.holdout.start)
+        if model is not net:  # the same risk, up to the float32 lattice of the decode
+            assert abs(flow_err - r.holdout.start) < 1e-5
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 99), kept=st.booleans())
+def test_noise_gate_returns_the_flow_or_the_denoiser_exactly_invertible(net, seed, kept) -> None:
+    """Kept, the gated reconstruction is the ungated one bit for bit; not kept, it starts at GATE_OFF
+    and returns the denoiser's estimate to float precision. Either way deterministic and the decode
+    exactly invertible (the decision forced by a stand-in for the flow's risk estimate)."""
+    import injcert.tasks.reconstruct as rec
+
+    obs, tv = _noisy_ramp(seed), "denoise_tv_chambolle"
+    real = rec.sure_error
+
+    def forced(y, m, method="bm3d", **kw):  # the pipeline's risk: below or above any denoiser's
+        return (-1.0 if kept else math.inf) if callable(method) else real(y, m, method, **kw)
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rec, "sure_error", forced)
+        r1 = reconstruct_full(net.float(), obs.y, obs.m, steps=3, seed=seed, estimate=tv)
+        r2 = reconstruct_full(net, obs.y, obs.m, steps=3, seed=seed, estimate=tv)
+        ungated = reconstruct_full(net, obs.y, obs.m, steps=3, seed=seed, estimate=tv, gate=False)
+        back = guided_encode(net, r1.guided)
+    assert r1.flow_kept == kept and torch.equal(r1.image, r2.image)
+    assert torch.equal(back[0], r1.guided.start[0]) and torch.equal(back[1], r1.guided.start[1])
+    if kept:
+        assert torch.equal(r1.image, ungated.image) and r1.t_start == ungated.t_start
+    else:
+        assert r1.t_start == float(net.schedule.t_of_varsigma(rec.GATE_OFF))
+        assert float((r1.image - r1.estimate).abs().max()) < 1e-4
 
 
 def test_observation_start_refuses_other_corruptions(net) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -448,8 +449,12 @@ def _reconstruct_info(args: argparse.Namespace, rec: Any, y: Tensor, m: Tensor, 
     info: dict = {"image": args.image, "out": args.out, "corruption": "mask" if args.mask else args.corruption,
                   "steps": args.steps, "nfe": rec.nfe}
     if rec.holdout is not None:
-        info["holdout_rms"] = {"start": rec.holdout.start, "flow": rec.holdout.flow, "flow_kept": rec.flow_kept}
-        info["holdout_ssim"] = {"start": rec.holdout.start_ssim, "flow": rec.holdout.flow_ssim}
+        h = rec.holdout
+        if math.isnan(h.start_ssim):  # the noise gate: Stein's unbiased estimates, no SSIM
+            info["sure_rms"] = {"start": h.start, "flow": h.flow, "flow_kept": rec.flow_kept}
+        else:
+            info["holdout_rms"] = {"start": h.start, "flow": h.flow, "flow_kept": rec.flow_kept}
+            info["holdout_ssim"] = {"start": h.start_ssim, "flow": h.flow_ssim}
     if rec.residual is not None:
         info["forward_residual"] = [float(v) for v in rec.residual]
     if clean is not None:

@@ -285,8 +285,9 @@ def _report(s: dict[str, Any]) -> str:
               "`start`: what the flow started from — `restorer`, the model's own estimate $R(c)$ from the "
               "observation (missing pixels), or a classical estimate (least squares for blur, BM3D for noise). "
               "`flow`: `kept` where the flow restored observed pixels hidden in the shape of the hole better "
-              "than its start (the holdout gate), `gated off` where it did not: that row's result is "
-              "the start, to float precision; `—` where no gate ran: noise, and blur, whose flow is "
+              "than its start (the holdout gate) or, for noise, where Stein's unbiased estimate of its error "
+              "was below BM3D's, `gated off` where it did not: that row's result is "
+              "the start, to float precision; `—` where no gate ran: blur, whose flow is "
               "off by default (`BLUR_FLOW`: the result is the least-squares estimate).", ""]
     keys = list(s["reconstruction"][0])
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

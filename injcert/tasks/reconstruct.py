@@ -26,7 +26,8 @@ $\sigma$; chosen on the training images by ``python benchmarks/tune_start_levels
 beat both BM3D itself and the start from the observation below; see ``docs/benchmarks/results.md``), at a
 level bounded by BM3D's own error, estimated without the truth by Stein's unbiased risk estimate
 (:func:`sure_error`): BM3D's estimate of a large, smooth image is far more accurate than the tuned
-level, and re-noising it there loses detail BM3D had kept. With ``start="observation"``: $y = x + \sigma\varepsilon$ *is* a point of the flow in the
+level, and re-noising it there loses detail BM3D had kept. The flow is then kept only where the
+same estimate of its own error, for the whole pipeline, is lower than BM3D's (:func:`_noise_gate`). With ``start="observation"``: $y = x + \sigma\varepsilon$ *is* a point of the flow in the
 coordinates $\bar x = x_0 + \varsigma\varepsilon$, at $\varsigma = \sigma$. The reconstruction then
 starts there — at $\bar x = y$ plus fresh noise of std $\sqrt{\sigma_{\max}^2 - \sigma_{\text{pix}}^2}$
 where a pixel is less noisy than the most noisy one — and integrates from $\varsigma = \sigma_{\max}$ to 0.
@@ -91,13 +92,15 @@ class Reconstruction:
         estimate: the classical estimate the decode started from (``None`` without one).
         estimate_method: its name.
         guided: the guided flow's data (:func:`~injcert.tasks.guided.guided_encode` inverts it).
-        holdout: the flow's validation (:func:`holdout_gate`, a :class:`Holdout`): RMS error and SSIM
-            on held-out observed pixels of the start and of the flow; the flow was kept iff its error
-            is lower and its SSIM no lower (:attr:`flow_kept`). ``None`` where it was not run.
+        holdout: the flow's validation (a :class:`Holdout`): for missing pixels or a blurred region
+            (:func:`holdout_gate`) the RMS error and SSIM on held-out observed pixels of the start and
+            of the flow, the flow kept iff its error is lower and its SSIM no lower; for additive noise
+            (:func:`_noise_gate`) the SURE estimates of the RMS error of the denoiser and of the flow,
+            the flow kept iff its estimate is lower (:attr:`flow_kept`). ``None`` where it was not run.
         start_check: where a model with a restorer chose its start for missing pixels
             (``estimate="auto"``): the cross-validated RMS errors ``(restorer, classical)`` on observed
-            pixels hidden in the shape of the hole (:func:`start_choice`); the restorer starts iff its
-            error is no higher. ``None`` where no choice was made.
+            pixels hidden in the shape of the hole (:func:`start_choice`); the restorer starts unless its
+            error exceeds :data:`START_MARGIN` times the classical one. ``None`` where no choice was made.
     """
 
     image: Tensor
@@ -115,7 +118,7 @@ class Reconstruction:
 
     @property
     def flow_kept(self) -> Optional[bool]:
-        """Whether :func:`holdout_gate` kept the flow (``None`` where it did not run)."""
+        """Whether the gate kept the flow (``None`` where it did not run)."""
         return None if self.holdout is None else _flow_kept(self.holdout)
 
 
@@ -123,7 +126,8 @@ class Holdout(NamedTuple):
     """What :func:`holdout_gate` measured on the observed pixels it hid: the RMS error of the start
     (the classical or coarse-to-fine estimate) and of the flow there, and the SSIM of each against the
     truth with only the hidden pixels taken from it (every other pixel is the truth, or, inside the
-    real hole, the start: the same in all three images)."""
+    real hole, the start: the same in all three images). For additive noise (:func:`_noise_gate`):
+    the SURE estimates of the RMS error of the denoiser and of the flow, and no SSIM (``nan``)."""
 
     start: float
     flow: float
@@ -133,8 +137,9 @@ class Holdout(NamedTuple):
 
 def _flow_kept(holdout: Holdout) -> bool:
     """The gate's rule: the flow restores the hidden pixels with a lower RMS error than its start and,
-    where :data:`GATE_SSIM`, an SSIM no lower."""
-    return holdout.flow < holdout.start and (not GATE_SSIM or holdout.flow_ssim >= holdout.start_ssim)
+    where :data:`GATE_SSIM` and an SSIM was measured, an SSIM no lower."""
+    no_ssim = math.isnan(holdout.start_ssim) or math.isnan(holdout.flow_ssim)
+    return holdout.flow < holdout.start and (not GATE_SSIM or no_ssim or holdout.flow_ssim >= holdout.start_ssim)
 
 
 #: The name of the start estimate that is the model's own restorer $R(c)$ (``Reconstruction.estimate_method``).
@@ -198,7 +203,9 @@ class ReconstructOptions:
             with observed pixels hidden (or blurred) in the shape of the hole, must restore them better
             than its start; otherwise the start level is :data:`GATE_OFF`, where the flow keeps the
             estimate. Doubles the cost. A blurred region starts at :data:`GATE_OFF` without a proxy
-            unless :data:`BLUR_FLOW`. Every guarantee holds either way.
+            unless :data:`BLUR_FLOW`. For additive noise the flow is kept only where Stein's unbiased
+            estimate of its error is below the denoiser's (:func:`_noise_gate`). Every guarantee holds
+            either way.
         progress: show a progress bar.
 
     Raises:
@@ -249,6 +256,7 @@ class _Run:
     target: Optional[Tensor] = None  # what the region starts from (the estimate, or zeros for noise)
     xbar: Optional[Tensor] = None  # the whole start state, where the start gives it (observation)
     t_start: float = 0.0
+    est_error: Optional[float] = None  # the estimate's own error estimate behind the start level
     holdout: Optional[Holdout] = None  # (:func:`_gate`)
     start_check: Optional[tuple[float, float]] = None  # (:func:`_choose_estimate`)
     #: the flow (:func:`_flow`)
@@ -395,7 +403,7 @@ def _start_level(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
         err = blur_bootstrap_error(run.est, m, est_name, blur_sigma=opts.blur_sigma)
     elif kind == "noise" and est_name in METHODS:
         err = sure_error(run.y_obs, m, est_name, seed=run.seed, estimate=run.est)
-    run.kind, run.level = kind, _level(kind, err)
+    run.kind, run.level, run.est_error = kind, _level(kind, err), err
     return run
 
 
@@ -406,8 +414,10 @@ def _gate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     kind = run.kind
     if kind is None:  # no default level to validate: sigma_start given, or not an estimate start
         return run
+    if kind == "noise":
+        return _noise_gate(model, run, opts)
     gated_kind = run.masks_only or (kind == "blur" and not bool(run.noisy.any()))
-    if not (opts.gate and gated_kind and not isinstance(opts.estimate, Tensor) and kind != "noise"):
+    if not (opts.gate and gated_kind and not isinstance(opts.estimate, Tensor)):
         return run
     if kind == "blur" and not BLUR_FLOW:
         run.level = GATE_OFF  # the flow keeps the least-squares estimate; no proxy is run
@@ -420,10 +430,40 @@ def _gate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     return run
 
 
+def _noise_gate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
+    r"""Step 2 for additive noise started from a classical denoiser at the default level (``gate``):
+    keep the flow only where its risk is lower than the denoiser's. Noise hides nothing to hold out;
+    both risks are Stein's unbiased estimates (:func:`sure_error`, one seeded probe, the same for
+    both): the denoiser's is the one behind the start level, the flow's is that of the whole pipeline
+    $y \mapsto \hat x$ (the denoiser, then the flow from the same level with the same seed), which
+    costs one more run of both. The flow is decoded here; where it is not kept, the start level is
+    :data:`GATE_OFF` and :func:`_flow` decodes again from there (the denoiser's estimate)."""
+    err = run.est_error
+    if not (opts.gate and run.est_name in METHODS and not isinstance(opts.estimate, Tensor)
+            and err is not None and math.isfinite(err)):
+        return run
+    run = _flow(model, run, opts)
+    image = torch.where(run.known.expand_as(run.flow), run.y, run.flow)
+    options = {k: getattr(opts, k) for k in ("method", "grid", "noise_scale", "estimate", "blur_sigma")}
+
+    def pipeline(u: Tensor, m: Tensor) -> Tensor:
+        return reconstruct_full(model, u.to(run.y.dtype), m, run.steps, run.seed, sigma_start=run.level,
+                                gate=False, **options).image
+
+    flow_err = sure_error(run.y_obs, run.m, pipeline, seed=run.seed, estimate=image)
+    run.holdout = Holdout(err, flow_err, math.nan, math.nan)
+    if not _flow_kept(run.holdout):
+        run.level, run.flow, run.state, run.noise, run.guided = GATE_OFF, None, None, None, None
+    return run
+
+
 def _flow(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     """Step 3, the decode from the start to $t = 0$: guided (the observed pixels reset to their own
     encoded trajectory after every sub-update, :func:`~injcert.tasks.guided.guided_decode`) for the
-    ``"reversible"`` method, else plain (:func:`_plain_decode`)."""
+    ``"reversible"`` method, else plain (:func:`_plain_decode`). Nothing to do where the gate
+    (:func:`_noise_gate`) already decoded the flow it kept."""
+    if run.flow is not None:
+        return run
     sched = model.schedule
     if run.level is not None:
         run.t_start = min(float(sched.t_of_varsigma(run.level)), float(sched.t_max))
