@@ -356,7 +356,8 @@ def add_reconstruct_arguments(p: argparse.ArgumentParser) -> None:
                         "pixel is within reach of the network (default: auto)")
     p.add_argument("--no-gate", dest="gate", action="store_false",
                    help="keep the flow even where it restores observed pixels hidden in the shape of the hole "
-                        "worse than its classical start (default: the flow is kept only where it does better)")
+                        "worse than its classical start, or (noise) where Stein's unbiased estimate of its error "
+                        "is higher than BM3D's (default: the flow is kept only where it does better)")
     _common(p)
 
 

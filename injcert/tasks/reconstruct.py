@@ -1,5 +1,8 @@
 r"""Conditional reconstruction of a corrupted image through the exactly invertible flow.
 
+Long because the pipeline's steps call the pipeline itself: both gates and every coarse level of the
+pyramid run :func:`reconstruct_full` again on a modified observation.
+
 The observation is used **during the whole trajectory**, not only at $t = 0$
 (``docs/design.md``, Restoration):
 
