@@ -1,7 +1,7 @@
 """Should a coarse-to-fine start fall back to the plain classical fill? On the TRAINING images.
 
-``python benchmarks/pyramid_fallback.py [CKPT] [--sizes 256 512] [--masks 2] [--steps 20]
-[--corruptions box freeform]``
+``python benchmarks/pyramid_fallback.py [CKPT] [--sizes 256 512] [--masks 1] [--steps 20]
+[--corruptions box]``
 
 Holes far from observed pixels start from the coarse-to-fine pyramid, which the hold-out gate
 validates against its own flow only. For every mask whose reconstruction used the pyramid
@@ -11,7 +11,8 @@ start), of the plain classical fill, and of the rule that also lets the classica
 hold-out: on the same hidden pixels (the hole moved by half the image), the classical fill of the
 hidden observation is scored like the start and the flow, and the lowest RMS error (with an SSIM no
 lower than the chosen one's) wins. Sums per corruption and size; how many masks each rule loses to
-the classical fill by more than 0.005 dB.
+the classical fill by more than 0.005 dB. With the shipped network (receptive field radius 87 pixels)
+free-form strokes reach the pyramid only from 1024² on; masks that do not use it are skipped.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", nargs="?", default=str(injcert.DEFAULT_CHECKPOINT))
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--masks", type=int, default=2, help="masks (seeds) per image")
+    p.add_argument("--masks", type=int, default=1, help="masks (seeds) per image")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--images", nargs="+", default=list(TUNING_IMAGES))
-    p.add_argument("--corruptions", nargs="+", default=["box", "freeform"])
+    p.add_argument("--corruptions", nargs="+", default=["box"])
     args = p.parse_args()
     model = injcert.load_checkpoint(args.checkpoint)
     rows = []

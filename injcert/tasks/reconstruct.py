@@ -30,7 +30,8 @@ beat both BM3D itself and the start from the observation below; see ``docs/bench
 level bounded by BM3D's own error, estimated without the truth by Stein's unbiased risk estimate
 (:func:`sure_error`): BM3D's estimate of a large, smooth image is far more accurate than the tuned
 level, and re-noising it there loses detail BM3D had kept. The flow is then kept only where the
-same estimate of its own error, for the whole pipeline, is lower than BM3D's (:func:`_noise_gate`). With ``start="observation"``: $y = x + \sigma\varepsilon$ *is* a point of the flow in the
+same estimate of its own error, for the whole pipeline, is lower than BM3D's (:func:`_noise_gate`).
+With ``start="observation"``: $y = x + \sigma\varepsilon$ *is* a point of the flow in the
 coordinates $\bar x = x_0 + \varsigma\varepsilon$, at $\varsigma = \sigma$. The reconstruction then
 starts there — at $\bar x = y$ plus fresh noise of std $\sqrt{\sigma_{\max}^2 - \sigma_{\text{pix}}^2}$
 where a pixel is less noisy than the most noisy one — and integrates from $\varsigma = \sigma_{\max}$ to 0.
