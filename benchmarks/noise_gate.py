@@ -15,6 +15,7 @@ import argparse
 import torch
 
 import injcert
+from injcert.cli import run_script
 from injcert.benchlib import TUNING_IMAGES, load_batch, markdown_table
 from injcert.data.corruptions import expand_map, make_corruption
 from injcert.tasks.reconstruct import reconstruct_full
@@ -52,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -23,6 +23,7 @@ import torch
 
 import injcert
 import injcert.tasks.reconstruct as rec
+from injcert.cli import run_script
 from injcert.benchlib import TUNING_IMAGES, markdown_table, tuning_observations
 from injcert.metrics import region_psnr
 from injcert.tasks.classical import classical_estimate
@@ -83,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
