@@ -31,7 +31,7 @@ from .model.unet import CondUNet
 from .solvers import Dopri5, get_solver, make_grid, probability_flow_field
 from .data.classical import classical_estimate
 from .tasks.edit import EDIT_STARTS, edit_full, make_target
-from .tasks.reconstruct import reconstruct_full
+from .tasks.reconstruct import GATE_OFF, reconstruct_full
 
 __all__ = [
     "ROUND_TRIP_METHODS",
@@ -278,8 +278,9 @@ class ReconRow:
 
 def _source(runs: Sequence[Tuple[Optional[str], Optional[bool]]]) -> str:
     """``"inpaint_biharmonic 1, restorer 3; flow kept 2/4"``: the start estimates of a method's runs
-    (with their counts where they differ) and how often the gate kept the flow (``"flow"`` where no
-    gate ran); empty for the baselines."""
+    (with their counts where they differ) and how often the flow shaped the result (:func:`_flow_used`:
+    the gate kept it, or ``0/n`` where it started at ``GATE_OFF`` without a gate; ``"flow"`` where it
+    ran ungated); empty for the baselines."""
     if not runs:
         return ""
     names = [str(e or "noise") for e, _ in runs]
@@ -303,10 +304,20 @@ def _ours(model: nn.Module, obs: Any, steps: int, seed: int, per_image: bool,
     with torch.no_grad():
         if not per_image:
             rec = reconstruct_full(model, obs.y, obs.m, steps, seed, operator=obs.operator, **options)
-            return rec.image, [(rec.estimate_method, rec.flow_kept)]
+            return rec.image, [(rec.estimate_method, _flow_used(model, rec))]
         recs = [reconstruct_full(model, obs.y[i:i + 1], obs.m[i:i + 1], steps, seed, **options)
                 for i in range(obs.y.shape[0])]
-    return torch.cat([r.image for r in recs]), [(r.estimate_method, r.flow_kept) for r in recs]
+    return torch.cat([r.image for r in recs]), [(r.estimate_method, _flow_used(model, r)) for r in recs]
+
+
+def _flow_used(model: nn.Module, rec: Any) -> Optional[bool]:
+    """Whether the flow shaped the result: the gate's decision where one ran, ``False`` where the
+    decode started at :data:`~injcert.tasks.reconstruct.GATE_OFF` without a gate (a blurred region
+    while ``BLUR_FLOW`` is off: the result is the start estimate), else ``None``."""
+    if rec.flow_kept is not None:
+        return rec.flow_kept
+    off = float(model.schedule.t_of_varsigma(GATE_OFF))
+    return False if rec.estimate is not None and rec.t_start <= off * (1 + 1e-9) else None
 
 
 def reconstruction_rows(model: nn.Module, batches: Sequence[Tensor], steps: int, seed: int = 0,

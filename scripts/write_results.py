@@ -88,7 +88,8 @@ def restoration(ckpt: str, sizes: list[int], steps: int, rows_files: Optional[li
     text = (f"Held-out images ({', '.join(data['images'])}), the same corruptions and seeds for every "
             f"method, {steps} steps; PSNR and SSIM averaged over the images. \"Produced by\" names our start "
             "estimates (with how many images started from each where they differ) and in how many images "
-            "the holdout gate kept the flow; each image is restored in a call of its own, with its own "
+            "the gate kept the flow (blur: 0, its flow is off by default and the result is the least-squares "
+            "estimate); each image is restored in a call of its own, with its own "
             "start check, start level and gate decision.\n\n"
             f"Command: `{_shown(cmd[:-2])}` ({seconds:.0f} s{' over the sizes, run separately' if rows_files else ''})"
             "\n\n" + "\n".join(lines))

@@ -142,6 +142,26 @@ def test_reconstruction_rows_restore_each_image_in_its_own_call():
     assert _source([("bm3d", None)] * 3) == "bm3d; flow"
 
 
+def test_a_blur_started_at_gate_off_is_reported_as_its_start() -> None:
+    """A blurred region starts at GATE_OFF without a gate while BLUR_FLOW is off: the table says the
+    flow did not shape it (``flow kept 0/n``), and where the flow runs ungated it says ``flow``."""
+    import torch
+
+    from injcert.benchlib import _flow_used
+    from injcert.data.corruptions import make_corruption
+    from injcert.tasks.reconstruct import reconstruct_full
+    from tests.helpers import tiny_unet
+
+    torch.manual_seed(0)
+    net = tiny_unet().eval()
+    obs = make_corruption("blur").sample(torch.rand(1, 3, 16, 16) * 2 - 1, 0)
+    with torch.no_grad():
+        off = reconstruct_full(net, obs.y, obs.m, 2, 0)
+        ungated = reconstruct_full(net, obs.y, obs.m, 2, 0, gate=False)
+    assert off.flow_kept is None and _flow_used(net, off) is False
+    assert ungated.flow_kept is None and _flow_used(net, ungated) is None
+
+
 def reconstruction_rows_of(net, x, per_image):
     from injcert.cli.compare import reconstruction_rows
 
