@@ -41,7 +41,8 @@ def main() -> None:
             obs = make_corruption("noise", sigma=args.sigma).sample(x, 0)
             with torch.no_grad():
                 r = reconstruct_full(model, obs.y, expand_map(obs.m), args.steps, 0)
-                flow = reconstruct_full(model, obs.y, expand_map(obs.m), args.steps, 0, gate=False).image
+                flow = (r.image if r.flow_kept  # kept: the ungated result, bit for bit
+                        else reconstruct_full(model, obs.y, expand_map(obs.m), args.steps, 0, gate=False).image)
             h = r.holdout
             true_start, true_flow = _rms(r.estimate, x), _rms(flow, x)
             right += r.flow_kept == (true_flow < true_start)

@@ -125,7 +125,7 @@ def test_band_linear_sup_bounds_a_dense_grid(p, s_lo, cap):
     # attained: within what the function moves over a grid step or two next to the grid's maximum
     # (steep near a small cap, where one step of 5e-6 moves it by 1e-5 relative)
     i = int(vals.argmax())
-    step = float(vals[max(i - 2, 0):i + 3].diff().abs().max()) if vals.numel() > 1 else 0.0
+    step = float(vals[max(i - 2, 0):i + 3].diff().abs().max())
     assert bound <= float(vals.max()) * (1 + 1e-6) + 2 * step + 1e-9
 
 

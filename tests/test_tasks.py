@@ -492,6 +492,13 @@ def test_sure_error_estimates_a_denoisers_error_without_the_truth(seed, rough, s
     assert math.isnan(sure_error(obs.y, torch.zeros_like(obs.m), _blur121))
 
 
+def _noisy_ramp(seed: int, size: int = 12):
+    ii, jj = torch.meshgrid(torch.linspace(-0.5, 0.5, size, dtype=torch.float64),
+                            torch.linspace(-0.5, 0.5, size, dtype=torch.float64), indexing="ij")
+    x = (ii + 0.5 * jj).expand(1, 3, size, size).float()
+    return make_corruption("noise", sigma=0.1).sample(x, seed)
+
+
 @settings(max_examples=10)
 @given(st.integers(0, 99))
 def test_noise_start_follows_the_denoisers_sure_error(seed) -> None:
@@ -500,10 +507,7 @@ def test_noise_start_follows_the_denoisers_sure_error(seed) -> None:
     default BM3D, which is slower and estimated the same way."""
     from injcert.tasks.reconstruct import START_SIGMA, start_sigma, sure_error
 
-    ii, jj = torch.meshgrid(torch.linspace(-0.5, 0.5, 16, dtype=torch.float64),
-                            torch.linspace(-0.5, 0.5, 16, dtype=torch.float64), indexing="ij")
-    x = (ii + 0.5 * jj).expand(1, 3, 16, 16).float()
-    obs = make_corruption("noise", sigma=0.1).sample(x, seed)
+    obs = _noisy_ramp(seed, 16)
     err = sure_error(obs.y, obs.m, "denoise_tv_chambolle", seed=seed)
     s = start_sigma(obs.m, err)
     assert s == max(START_SIGMA["noise_min"], min(err, START_SIGMA["noise"]))
@@ -511,13 +515,6 @@ def test_noise_start_follows_the_denoisers_sure_error(seed) -> None:
     r = reconstruct_full(ZeroNet(), obs.y, obs.m, steps=3, seed=seed, estimate="denoise_tv_chambolle", gate=False)
     assert r.estimate_method == "denoise_tv_chambolle"
     assert abs(r.t_start - float(CosineSchedule().t_of_varsigma(s))) < 1e-12
-
-
-def _noisy_ramp(seed: int, size: int = 12):
-    ii, jj = torch.meshgrid(torch.linspace(-0.5, 0.5, size, dtype=torch.float64),
-                            torch.linspace(-0.5, 0.5, size, dtype=torch.float64), indexing="ij")
-    x = (ii + 0.5 * jj).expand(1, 3, size, size).float()
-    return make_corruption("noise", sigma=0.1).sample(x, seed)
 
 
 @settings(max_examples=6, deadline=None)

@@ -426,12 +426,21 @@ def _gate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     if kind == "blur" and not BLUR_FLOW:
         run.level = GATE_OFF  # the flow keeps the least-squares estimate; no proxy is run
         return run
-    run.holdout = holdout_gate(model, run.y_obs, run.m, run.steps, run.seed, kind, run.level, method=opts.method,
-                               grid=opts.grid, noise_scale=opts.noise_scale, estimate=opts.estimate,
-                               blur_sigma=opts.blur_sigma, levels=run.n_levels)
+    run.holdout = holdout_gate(model, run.y_obs, run.m, run.steps, run.seed, kind, run.level,
+                               levels=run.n_levels, **_rerun_options(opts))
     if run.holdout is not None and not _flow_kept(run.holdout):
         run.level = GATE_OFF
     return run
+
+
+def _rerun_options(opts: ReconstructOptions) -> dict[str, Any]:
+    """The options a gate reruns the same pipeline with (the start level and the gate are its own)."""
+    return {k: getattr(opts, k) for k in ("method", "grid", "noise_scale", "estimate", "blur_sigma")}
+
+
+def _pasted(run: _Run) -> Tensor:
+    """The decoded flow with the known pixels pasted over it: the reconstruction's image."""
+    return torch.where(run.known.expand_as(run.flow), run.y, run.flow)
 
 
 def _noise_gate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
@@ -447,14 +456,12 @@ def _noise_gate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
             and err is not None and math.isfinite(err)):
         return run
     run = _flow(model, run, opts)
-    image = torch.where(run.known.expand_as(run.flow), run.y, run.flow)
-    options = {k: getattr(opts, k) for k in ("method", "grid", "noise_scale", "estimate", "blur_sigma")}
 
     def pipeline(u: Tensor, m: Tensor) -> Tensor:
         return reconstruct_full(model, u.to(run.y.dtype), m, run.steps, run.seed, sigma_start=run.level,
-                                gate=False, **options).image
+                                gate=False, **_rerun_options(opts)).image
 
-    flow_err = sure_error(run.y_obs, run.m, pipeline, seed=run.seed, estimate=image)
+    flow_err = sure_error(run.y_obs, run.m, pipeline, seed=run.seed, estimate=_pasted(run))
     run.holdout = Holdout(err, flow_err, math.nan, math.nan)
     if not _flow_kept(run.holdout):
         run.level, run.flow, run.state, run.noise, run.guided = GATE_OFF, None, None, None, None
@@ -604,7 +611,7 @@ def _coarse_estimate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, le
 def _finish(model: Any, run: _Run, opts: ReconstructOptions) -> Reconstruction:
     """Step 4: the known pixels pasted over the flow, the residual under ``operator``, the audit trail."""
     y, flow = run.y, run.flow
-    image = torch.where(run.known.expand_as(flow), y, flow)
+    image = _pasted(run)
     residual = None
     if opts.operator is not None:
         residual = (opts.operator(image) - y).flatten(1).norm(dim=1)
