@@ -304,10 +304,15 @@ def _ours(model: nn.Module, obs: Any, steps: int, seed: int, per_image: bool,
     with torch.no_grad():
         if not per_image:
             rec = reconstruct_full(model, obs.y, obs.m, steps, seed, operator=obs.operator, **options)
-            return rec.image, [(rec.estimate_method, _flow_used(model, rec))]
+            return rec.image, [(_start_name(rec), _flow_used(model, rec))]
         recs = [reconstruct_full(model, obs.y[i:i + 1], obs.m[i:i + 1], steps, seed, **options)
                 for i in range(obs.y.shape[0])]
-    return torch.cat([r.image for r in recs]), [(r.estimate_method, _flow_used(model, r)) for r in recs]
+    return torch.cat([r.image for r in recs]), [(_start_name(r), _flow_used(model, r)) for r in recs]
+
+
+def _start_name(rec: Any) -> Optional[str]:
+    """The start estimate's name; ``"restorer over pyramid"`` where $R(c)$ won a pyramid start's hold-out."""
+    return rec.estimate_method if getattr(rec, "pyramid_holdout", None) is None else f"{rec.estimate_method} over pyramid"
 
 
 def _flow_used(model: nn.Module, rec: Any) -> Optional[bool]:

@@ -7,13 +7,19 @@ must be caught by the same dense-Jacobian check that tests every bound.
 from __future__ import annotations
 
 import copy
+import json
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import tiny_unet
+from injcert.benchlib import _start_name
+from injcert.cli.commands import _reconstruct_info
 from injcert.data.corruptions import expand_map, make_corruption
 from injcert.model.restorer import (BIHARMONIC_ITERATIONS, Restorer, biharmonic_fill, normalized_convolution,
                                     pull_push_fill)
@@ -244,6 +250,72 @@ def test_auto_start_is_the_estimate_that_validates(seed: int, kind: str) -> None
         assert (r.estimate_method == RESTORER) == wins
         known = (m[:, :1] == 1).expand_as(y)
         assert torch.equal(r.image[known], y[known])
+
+
+def _big_hole(seed: int, n: int = 40, side: int = 22):
+    """A random image with a square hole far wider than a tiny network's reach: a coarse-to-fine start."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, n, n, generator=g) * 2 - 1
+    a = int(torch.randint(2, n - side - 1, (1,), generator=g))
+    known = torch.ones(1, 1, n, n)
+    known[..., a:a + side, a:a + side] = 0
+    return x, x * known, expand_map(known)
+
+
+@given(seed=st.integers(0, 10_000))
+@settings(max_examples=6, deadline=None)
+def test_a_pyramid_start_gives_way_to_the_restorer_only_where_it_wins_the_holdout(seed: int) -> None:
+    """A coarse-to-fine start's gate also scores R(c) on the same hidden pixels: an oracle restorer (the
+    truth, at every level's size) wins, and the image is then exactly the restoration from R(c) without
+    a pyramid (bit for bit, exactly invertible, known pixels exact), the pyramid's hold-out kept; a
+    restorer 2 away from the truth in the hole loses and the pyramid result stands; with the rule off,
+    or levels given, R(c) is not scored."""
+    import injcert.tasks.reconstruct as rec
+
+    x, y, m = _big_hole(seed)
+
+    def oracle(push: float):
+        def fill(y2, m2):
+            t = F.adaptive_avg_pool2d(x, y2.shape[-2:])
+            return t - push * torch.where(t >= 0, 1.0, -1.0) * (m2[:, :1] != 1)
+        return fill
+
+    for push, wins in ((0.0, True), (2.0, False)):
+        net = anchored_unet(seed=2)
+        assert rec.pyramid_levels(net, m) > 0
+        net.anchor = oracle(push)  # type: ignore[method-assign]
+        with torch.no_grad():
+            r = reconstruct_full(net, y, m, steps=2, seed=seed)
+        h = r.pyramid_holdout if wins else r.holdout
+        assert h is not None and not math.isnan(h.restorer)
+        chosen = (h.flow, h.flow_ssim) if rec._flow_kept(h) else (h.start, h.start_ssim)
+        assert (h.restorer < chosen[0] and h.restorer_ssim >= chosen[1]) == wins
+        known = (m[:, :1] == 1).expand_as(y)
+        assert torch.equal(r.image[known], y[known])
+        back = guided_encode(net, r.guided)
+        assert torch.equal(back[0], r.guided.start[0]) and torch.equal(back[1], r.guided.start[1])
+        args = SimpleNamespace(image="in.png", out="out.png", mask=None, corruption="box", steps=2)
+        info = _reconstruct_info(args, r, y, m, None, y.dtype)
+        json.dumps(info, allow_nan=False)  # the CLI's JSON: R(c)'s scores where it competed, never a NaN
+        assert ("pyramid_holdout_rms" in info) == wins and ("restorer" in info["holdout_rms"]) != wins
+        assert _start_name(r) == (f"{RESTORER} over pyramid" if wins else r.estimate_method)  # the tables' label
+        if wins:
+            assert h.restorer == 0.0 and r.estimate_method == RESTORER
+            with torch.no_grad():
+                direct = reconstruct_full(net, y, m, steps=2, seed=seed, levels=0, estimate=RESTORER)
+            assert torch.equal(r.image, direct.image) and r.holdout == direct.holdout
+        else:
+            assert r.estimate_method.startswith("pyramid") and r.pyramid_holdout is None
+    with torch.no_grad():
+        given_levels = reconstruct_full(net, y, m, steps=2, seed=seed, levels=1)
+        rec.PYRAMID_VS_RESTORER = False
+        try:
+            off = reconstruct_full(net, y, m, steps=2, seed=seed)
+        finally:
+            rec.PYRAMID_VS_RESTORER = True
+    for q in (given_levels, off):
+        assert q.estimate_method == "pyramid1" and math.isnan(q.holdout.restorer)
+        assert q.holdout[:4] == r.holdout[:4] and torch.equal(q.image, r.image)
 
 
 # ------------------------------------------------------------------------- training the restorer

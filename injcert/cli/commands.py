@@ -456,6 +456,11 @@ def _reconstruct_info(args: argparse.Namespace, rec: Any, y: Tensor, m: Tensor, 
         else:
             info["holdout_rms"] = {"start": h.start, "flow": h.flow, "flow_kept": rec.flow_kept}
             info["holdout_ssim"] = {"start": h.start_ssim, "flow": h.flow_ssim}
+            if not math.isnan(h.restorer):  # a pyramid start that R(c) did not beat
+                info["holdout_rms"]["restorer"], info["holdout_ssim"]["restorer"] = h.restorer, h.restorer_ssim
+    p = rec.pyramid_holdout
+    if p is not None:  # a pyramid start that R(c) beat: the image was restored from R(c)
+        info["pyramid_holdout_rms"] = {"start": p.start, "flow": p.flow, "restorer": p.restorer}
     if rec.residual is not None:
         info["forward_residual"] = [float(v) for v in rec.residual]
     if clean is not None:

@@ -105,6 +105,8 @@ class Reconstruction:
             (``estimate="auto"``): the cross-validated RMS errors ``(restorer, classical)`` on observed
             pixels hidden in the shape of the hole (:func:`start_choice`); the restorer starts unless its
             error exceeds :data:`START_MARGIN` times the classical one. ``None`` where no choice was made.
+        pyramid_holdout: where a coarse-to-fine start lost its gate's hold-out to the restorer
+            (:data:`PYRAMID_VS_RESTORER`) and the image was restored from $R(c)$ instead: that hold-out.
     """
 
     image: Tensor
@@ -119,6 +121,7 @@ class Reconstruction:
     guided: Optional[GuidedResult] = None
     holdout: Optional[Holdout] = None
     start_check: Optional[tuple[float, float]] = None
+    pyramid_holdout: Optional[Holdout] = None
 
     @property
     def flow_kept(self) -> Optional[bool]:
@@ -131,12 +134,16 @@ class Holdout(NamedTuple):
     (the classical or coarse-to-fine estimate) and of the flow there, and the SSIM of each against the
     truth with only the hidden pixels taken from it (every other pixel is the truth, or, inside the
     real hole, the start: the same in all three images). For additive noise (:func:`_noise_gate`):
-    the SURE estimates of the RMS error of the denoiser and of the flow, and no SSIM (``nan``)."""
+    the SURE estimates of the RMS error of the denoiser and of the flow, and no SSIM (``nan``). For a
+    coarse-to-fine start of a model with a restorer, ``restorer`` and ``restorer_ssim`` score $R(c)$ of
+    the same hidden observation on the same pixels (:func:`_restorer_beats_pyramid`); ``nan`` elsewhere."""
 
     start: float
     flow: float
     start_ssim: float
     flow_ssim: float
+    restorer: float = math.nan
+    restorer_ssim: float = math.nan
 
 
 def _flow_kept(holdout: Holdout) -> bool:
@@ -145,6 +152,23 @@ def _flow_kept(holdout: Holdout) -> bool:
     no_ssim = math.isnan(holdout.start_ssim) or math.isnan(holdout.flow_ssim)
     return holdout.flow < holdout.start and (not GATE_SSIM or no_ssim or holdout.flow_ssim >= holdout.start_ssim)
 
+
+def _restorer_beats_pyramid(holdout: Optional[Holdout]) -> bool:
+    """Whether $R(c)$ restored a coarse-to-fine start's hidden pixels better than the gate's choice
+    (the flow where it was kept, else the start): a lower RMS error and an SSIM no lower."""
+    if holdout is None or math.isnan(holdout.restorer):
+        return False
+    kept = _flow_kept(holdout)
+    rms, sim = (holdout.flow, holdout.flow_ssim) if kept else (holdout.start, holdout.start_ssim)
+    return holdout.restorer < rms and holdout.restorer_ssim >= sim
+
+
+#: Whether a coarse-to-fine start competes with the model's restorer (``estimate="auto"``,
+#: ``levels="auto"``): its gate also scores $R(c)$ of the hidden observation, and where $R(c)$ wins
+#: (:func:`_restorer_beats_pyramid`) the image is restored from $R(c)$ with no pyramid instead. A
+#: large hole in a textured image is filled better by $R(c)$, a smooth one by the pyramid. Chosen on the *training* images by
+#: ``python benchmarks/pyramid_restorer.py``; see ``docs/model.md``.
+PYRAMID_VS_RESTORER = True
 
 #: The name of the start estimate that is the model's own restorer $R(c)$ (``Reconstruction.estimate_method``).
 RESTORER = "restorer"
@@ -307,7 +331,8 @@ def reconstruct_full(model: Any, y: Tensor, m: Tensor, steps: int = 50, seed: in
 
     The pipeline is a few steps with one signature ``step(model, run, options)``: :func:`_start`
     (the estimate and the start level), :func:`_gate` (:func:`holdout_gate`), :func:`_flow` (the
-    guided decode, or a plain one), :func:`_finish`.
+    guided decode, or a plain one), :func:`_finish`. Where the restorer beat a coarse-to-fine start in
+    the gate's hold-out (:data:`PYRAMID_VS_RESTORER`), the image is restored from $R(c)$ instead.
 
     Raises:
         ArgumentError: shapes or dtypes that do not fit, an unknown ``start``, estimate, method or grid.
@@ -321,9 +346,13 @@ def reconstruct_full(model: Any, y: Tensor, m: Tensor, steps: int = 50, seed: in
     gen = torch.Generator().manual_seed(int(seed))
     z = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=y.device)
     run = _Run(y, m, steps, seed, z)
-    for step in (_start, _gate, _flow):
+    for step in (_start, _gate):
         run = step(model, run, opts)
-    return _finish(model, run, opts)
+    if run.n_levels > 0 and _restorer_beats_pyramid(run.holdout):  # restored from R(c), no pyramid
+        out = reconstruct_full(model, y, m, steps, seed, **{**options, "levels": 0, "estimate": RESTORER})
+        out.pyramid_holdout = run.holdout
+        return out
+    return _finish(model, _flow(model, run, opts), opts)
 
 
 def _start(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
@@ -414,7 +443,8 @@ def _start_level(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
 def _gate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     """Step 2, for a start from a classical estimate at the default level (``gate``): keep the flow
     only where it validates on hidden observed pixels (:func:`holdout_gate`), else start at
-    :data:`GATE_OFF`; a blurred region goes to :data:`GATE_OFF` without a proxy unless :data:`BLUR_FLOW`."""
+    :data:`GATE_OFF`; a blurred region goes to :data:`GATE_OFF` without a proxy unless :data:`BLUR_FLOW`.
+    A coarse-to-fine start's hold-out also scores the restorer (:data:`PYRAMID_VS_RESTORER`)."""
     kind = run.kind
     if kind is None:  # no default level to validate: sigma_start given, or not an estimate start
         return run
@@ -426,8 +456,10 @@ def _gate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     if kind == "blur" and not BLUR_FLOW:
         run.level = GATE_OFF  # the flow keeps the least-squares estimate; no proxy is run
         return run
+    contender = (model.anchor if PYRAMID_VS_RESTORER and run.n_levels > 0 and opts.levels == "auto"
+                 and _uses_restorer(model, opts.estimate, run.masks_only) else None)
     run.holdout = holdout_gate(model, run.y_obs, run.m, run.steps, run.seed, kind, run.level,
-                               levels=run.n_levels, **_rerun_options(opts))
+                               levels=run.n_levels, contender=contender, **_rerun_options(opts))
     if run.holdout is not None and not _flow_kept(run.holdout):
         run.level = GATE_OFF
     return run
@@ -535,7 +567,8 @@ GATE_OFF = 1e-6
 
 
 def holdout_gate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, kind: str, sigma_start: float, *,
-                 blur_sigma: float = 2.0, **options: Any) -> Optional[Holdout]:
+                 blur_sigma: float = 2.0, contender: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+                 **options: Any) -> Optional[Holdout]:
     r"""Validate the flow on observed pixels hidden in the shape of the hole; returns the RMS error
     on them, and the SSIM, of the start and of the flow (a :class:`Holdout`; ``None`` where no observed
     pixel can be hidden, or hiding them would leave an image with none).
@@ -547,7 +580,9 @@ def holdout_gate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, kind: 
     (:func:`~injcert.data.corruptions.local_blur`, PSF ``blur_sigma``). The same pipeline —
     estimate, pyramid, start level ``sigma_start``, ``options`` — then restores the observation with
     those pixels hidden too, without a gate of its own. The truth of the hidden pixels is known,
-    nothing else is used: a cross-validated choice between the flow and its start, made per image."""
+    nothing else is used: a cross-validated choice between the flow and its start, made per image.
+    ``contender(y, m)`` (the restorer, for a coarse-to-fine start) is scored on the same hidden
+    observation and pixels, as :attr:`Holdout.restorer`."""
     known = m[:, :1] == 1
     hide = holdout_hide(m, kind, seed, GATE_NEAR)
     if not can_hide(known, hide):
@@ -558,7 +593,10 @@ def holdout_gate(model: Any, y: Tensor, m: Tensor, steps: int, seed: int, kind: 
     assert r.estimate is not None
     (start_rms, start_ssim), (flow_rms, flow_ssim) = (hidden_scores(y, known, hide, r.estimate, a)
                                                       for a in (r.estimate, r.image))
-    return Holdout(start_rms, flow_rms, start_ssim, flow_ssim)
+    if contender is None:
+        return Holdout(start_rms, flow_rms, start_ssim, flow_ssim)
+    return Holdout(start_rms, flow_rms, start_ssim, flow_ssim,
+                   *hidden_scores(y, known, hide, r.estimate, contender(y2, m2).to(y2)))
 
 
 def pyramid_levels(model: Any, m: Tensor, min_side: int = 16) -> int:
