@@ -5,9 +5,9 @@
 Held-out images (centre crops at ``size``²), half their pixels missing at random (seed 0). For each
 checkpoint and noise level ς: the denoiser $D(x_0 + ς\\varepsilon, t(ς), c)$ — read off the network
 as $(x_t - \\sigma_t\\hat\\varepsilon)/\\alpha_t$ — with the condition $c = (y, m)$ and with none,
-as PSNR at the observed and at the missing pixels (``--corruptions box`` for the benchmark's box
-instead, ``--sizes`` for several sizes). A network that uses its condition returns the
-observed pixels (PSNR far above the noisy input's there) and interpolates the missing ones at least
+as PSNR at the observed and at the missing pixels (``--corruptions box``, ``freeform`` or ``gaps``
+for the restoration benchmark's masks instead, ``--sizes`` for several sizes). A network that uses
+its condition returns the observed pixels (PSNR far above the noisy input's there) and interpolates the missing ones at least
 as well as ``inpaint_biharmonic`` once the noise drowns them. The last row is $D$ at $t_{\\max}$
 from the condition alone (the state is pure noise): the network's own inpainting; a model with a
 restorer adds the row ``R(c)``, the restorer's own estimate. The last column is the denoiser's exact
@@ -62,8 +62,9 @@ def main() -> None:
     ap.add_argument("--size", "--sizes", dest="sizes", type=int, nargs="+", default=[64])
     ap.add_argument("--images", nargs="+", default=["astronaut", "chelsea", "hubble_deep_field", "retina"])
     ap.add_argument("--ratio", type=float, default=0.5)
-    ap.add_argument("--corruptions", nargs="+", default=["random"], choices=["random", "box"],
-                    help="random: --ratio of the pixels missing; box: the benchmark's box (a third of the side)")
+    ap.add_argument("--corruptions", nargs="+", default=["random"], choices=["random", "box", "freeform", "gaps"],
+                    help="random: --ratio of the pixels missing; box, freeform, gaps: the restoration "
+                         "benchmark's (benchlib.scaled_settings)")
     ap.add_argument("--levels", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.3, 1.0])
     args = ap.parse_args()
     models = [(path, load_checkpoint(path).eval()) for path in args.checkpoints]  # a bad one fails before any work
@@ -74,7 +75,7 @@ def main() -> None:
 
 def _report(models, args, size: int, kind: str) -> None:
     x = load_batch(args.images, size)[0]
-    params = {"ratio": args.ratio} if kind == "random" else scaled_settings("box", size)
+    params = {"ratio": args.ratio} if kind == "random" else scaled_settings(kind, size)
     obs = make_corruption(kind, **params).sample(x, 0)
     m = expand_map(obs.m)
     y = obs.y * m[:, :1]
@@ -84,7 +85,8 @@ def _report(models, args, size: int, kind: str) -> None:
         return region_psnr(a.double(), x.double(), known, outside=not observed)
 
     _, bih = classical_estimate(y, m, "inpaint_biharmonic")
-    what = f"{args.ratio:.0%} of the pixels missing at random" if kind == "random" else "a box missing"
+    what = (f"{args.ratio:.0%} of the pixels missing at random" if kind == "random"
+            else {"box": "a box missing", "freeform": "free-form strokes missing", "gaps": "thin gaps missing"}[kind])
     print(f"\n### {size}², {what}\n\nimages {', '.join(args.images)}; inpaint_biharmonic at the missing pixels: "
           f"{psnr(bih, False):.2f} dB\n")
     rows = []
