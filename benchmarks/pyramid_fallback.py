@@ -17,14 +17,9 @@ free-form strokes reach the pyramid only from 1024² on; masks that do not use i
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-
-import injcert
 import injcert.tasks.reconstruct as rec
 from injcert.cli import run_script
-from injcert.benchlib import TUNING_IMAGES, markdown_table, tuning_observations
+from injcert.benchlib import pyramid_study
 from injcert.metrics import region_psnr
 from injcert.tasks.classical import classical_estimate
 
@@ -52,35 +47,16 @@ def _one(model, x, y, m, steps, seed):
     return ours, plain, (plain if fallback else ours), fallback
 
 
+def _summary(got):
+    return [f"{sum(o - c for o, c, _, _ in got):+.2f}", f"{sum(f - c for _, c, f, _ in got):+.2f}",
+            sum(o < c - 0.005 for o, c, _, _ in got), sum(f < c - 0.005 for _, c, f, _ in got),
+            sum(fb for *_, fb in got)]
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", nargs="?", default=str(injcert.DEFAULT_CHECKPOINT))
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--masks", type=int, default=1, help="masks (seeds) per image")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--images", nargs="+", default=list(TUNING_IMAGES))
-    p.add_argument("--corruptions", nargs="+", default=["box"])
-    args = p.parse_args()
-    model = injcert.load_checkpoint(args.checkpoint)
-    rows = []
-    for size in args.sizes:
-        for corr in args.corruptions:
-            got = []
-            for i, (x, y, m) in enumerate(tuning_observations(corr, size, args.masks, args.images)):
-                with torch.no_grad():
-                    one = _one(model, x, y, m, args.steps, seed=i)
-                if one is not None:
-                    got.append(one)
-                    print(f"{size} {corr} #{i}: ours {one[0]:.2f} classical {one[1]:.2f} "
-                          f"fallback rule {one[2]:.2f} (fell back: {one[3]})", flush=True)
-            if got:
-                d_ours = sum(o - c for o, c, _, _ in got)
-                d_rule = sum(f - c for _, c, f, _ in got)
-                rows.append([f"{size}²", corr, len(got), f"{d_ours:+.2f}", f"{d_rule:+.2f}",
-                             sum(o < c - 0.005 for o, c, _, _ in got), sum(f < c - 0.005 for _, c, f, _ in got),
-                             sum(fb for *_, fb in got)])
-    print(markdown_table(["size", "corruption", "pyramid masks", "Σ shipped − classical [dB]",
-                          "Σ fallback rule − classical", "shipped loses", "rule loses", "fell back"], rows))
+    pyramid_study(__doc__, _one, lambda o: f"ours {o[0]:.2f} classical {o[1]:.2f} fallback rule {o[2]:.2f} "
+                  f"(fell back: {o[3]})", ["size", "corruption", "pyramid masks", "Σ shipped − classical [dB]",
+                  "Σ fallback rule − classical", "shipped loses", "rule loses", "fell back"], _summary)
 
 
 if __name__ == "__main__":

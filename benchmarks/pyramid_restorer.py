@@ -1,7 +1,7 @@
 """Should a coarse-to-fine start compete with the restorer R(c)? On the TRAINING images.
 
 ``python benchmarks/pyramid_restorer.py [CKPT] [--sizes 256 512] [--masks 1] [--steps 20]
-[--corruptions box] [--first 0]``
+[--corruptions box]``
 
 Holes far from observed pixels start from the coarse-to-fine pyramid. With
 :data:`~injcert.tasks.reconstruct.PYRAMID_VS_RESTORER` the pyramid's hold-out gate also scores
@@ -15,13 +15,8 @@ and size, the sums over the classical fill and how often the rule chose the bett
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-
-import injcert
 import injcert.tasks.reconstruct as rec
-from injcert.benchlib import TUNING_IMAGES, markdown_table, tuning_observations
+from injcert.benchlib import pyramid_study
 from injcert.cli import run_script
 from injcert.metrics import region_psnr
 from injcert.tasks.classical import classical_estimate
@@ -47,35 +42,15 @@ def _one(model, x, y, m, steps, seed):
     return (*score, region_psnr(classical_estimate(y, m, "auto")[1], x, hole))
 
 
+def _summary(got):
+    return [f"{sum(o[k] - o[3] for o in got):+.2f}" for k in range(3)] + [sum(o[2] >= max(o[0], o[1]) - 0.005
+                                                                          for o in got)]
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", nargs="?", default=str(injcert.DEFAULT_CHECKPOINT))
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--masks", type=int, default=1, help="masks (seeds) per image")
-    p.add_argument("--first", type=int, default=0, help="skip the masks before this index")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--images", nargs="+", default=list(TUNING_IMAGES))
-    p.add_argument("--corruptions", nargs="+", default=["box"])
-    args = p.parse_args()
-    model = injcert.load_checkpoint(args.checkpoint)
-    rows = []
-    for size in args.sizes:
-        for corr in args.corruptions:
-            got = []
-            for i, (x, y, m) in enumerate(tuning_observations(corr, size, args.masks, args.images)):
-                if i < args.first:
-                    continue
-                with torch.no_grad():
-                    one = _one(model, x, y, m, args.steps, seed=i)
-                if one is not None:
-                    got.append(one)
-                    print(f"{size} {corr} #{i}: pyramid {one[0]:.2f} restorer {one[1]:.2f} rule {one[2]:.2f} "
-                          f"classical {one[3]:.2f}", flush=True)
-            if got:
-                rows.append([f"{size}²", corr, len(got)] + [f"{sum(o[k] - o[3] for o in got):+.2f}" for k in range(3)]
-                            + [sum(o[2] >= max(o[0], o[1]) - 0.005 for o in got)])
-    print(markdown_table(["size", "corruption", "pyramid masks", "Σ pyramid − classical [dB]",
-                          "Σ restorer − classical", "Σ rule − classical", "rule chose the better"], rows))
+    pyramid_study(__doc__, _one, lambda o: f"pyramid {o[0]:.2f} restorer {o[1]:.2f} rule {o[2]:.2f} "
+                  f"classical {o[3]:.2f}", ["size", "corruption", "pyramid masks", "Σ pyramid − classical [dB]",
+                  "Σ restorer − classical", "Σ rule − classical", "rule chose the better"], _summary)
 
 
 if __name__ == "__main__":

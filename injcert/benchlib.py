@@ -10,6 +10,7 @@ writer (:func:`markdown_table`). :mod:`injcert.cli.compare` re-exports every nam
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import time
@@ -113,6 +114,37 @@ def tuning_observations(name: str, size: int, masks: int, images: Sequence[str] 
         for k in range(masks):
             obs = make_corruption(name, **scaled_settings(name, size)).sample(x, i + 10 * k)
             yield x, (obs.y if name == "blur" else obs.y * obs.m[:, :1]), obs.m
+
+
+def pyramid_study(doc: str, one: Any, describe: Any, columns: Sequence[str], summarize: Any) -> None:
+    """A study of the coarse-to-fine start on the tuning images (``benchmarks/pyramid_fallback.py``,
+    ``benchmarks/pyramid_restorer.py``). Command line: ``CKPT``, ``--sizes``, ``--masks``, ``--steps``,
+    ``--images``, ``--corruptions``. For each size and corruption, ``one(model, x, y, m, steps, seed=i)``
+    over the masks of :func:`tuning_observations` (``None`` where it does not apply), each printed as
+    ``describe(result)`` as it comes; then one table row per size and corruption: the size, the
+    corruption, the count and ``summarize(results)``, under ``columns``."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("checkpoint", nargs="?", default=str(_default_checkpoint()))
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    p.add_argument("--masks", type=int, default=1, help="masks (seeds) per image")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--images", nargs="+", default=list(TUNING_IMAGES))
+    p.add_argument("--corruptions", nargs="+", default=["box"])
+    args = p.parse_args()
+    model = load_checkpoint(args.checkpoint)
+    rows = []
+    for size in args.sizes:
+        for corr in args.corruptions:
+            got = []
+            for i, (x, y, m) in enumerate(tuning_observations(corr, size, args.masks, args.images)):
+                with torch.no_grad():
+                    r = one(model, x, y, m, args.steps, seed=i)
+                if r is not None:
+                    got.append(r)
+                    print(f"{size} {corr} #{i}: {describe(r)}", flush=True)
+            if got:
+                rows.append([f"{size}²", corr, len(got)] + list(summarize(got)))
+    print(markdown_table(list(columns), rows))
 
 
 def fallback_model(seed: int = 0) -> nn.Module:
