@@ -16,9 +16,11 @@ from injcert.errors import CheckpointError
 from tests.helpers import ROOT, subprocess_env
 
 BENCH = Path(ROOT) / "benchmarks"
-#: the scripts (not the asv suites ``bench_*.py`` nor helpers) that read a checkpoint
+#: the scripts (not the asv suites ``bench_*.py`` nor helpers) that read a checkpoint, themselves or
+#: through ``benchlib.pyramid_study``
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py")
-                 if not p.name.startswith(("bench_", "_")) and "load_checkpoint" in p.read_text(encoding="utf-8"))
+                 if not p.name.startswith(("bench_", "_"))
+                 and any(k in p.read_text(encoding="utf-8") for k in ("load_checkpoint", "pyramid_study(")))
 #: leading arguments a script needs before its checkpoint
 LEAD = {"sample_grid.py": ["out.png"], "gate_probes.py": ["blur"], "figures.py": ["figures_out"]}
 
