@@ -7,7 +7,8 @@ Holes far from observed pixels start from the coarse-to-fine pyramid, which the 
 validates against its own flow only. For every mask whose reconstruction used the pyramid
 (:data:`~injcert.benchlib.TUNING_IMAGES`, masks of :func:`~injcert.benchlib.tuning_observations`),
 this prints the hole PSNR of the shipped result (the gate's choice between the flow and the pyramid
-start), of the plain classical fill, and of the rule that also lets the classical fill win the
+start, or the restoration from $R(c)$ where $R(c)$ won the same hold-out:
+:data:`~injcert.tasks.reconstruct.PYRAMID_VS_RESTORER`), of the plain classical fill, and of the rule that also lets the classical fill win the
 hold-out: on the same hidden pixels (the hole moved by half the image), the classical fill of the
 hidden observation is scored like the start and the flow, and the lowest RMS error (with an SSIM no
 lower than the chosen one's) wins. Sums per corruption and size; how many masks each rule loses to
@@ -35,7 +36,8 @@ def _classical_holdout(y, m, seed):
 
 def _one(model, x, y, m, steps, seed):
     r = rec.reconstruct_full(model, y, m, steps, seed)
-    if not (r.estimate_method or "").startswith("pyramid") or r.holdout is None:
+    pyramid = (r.estimate_method or "").startswith("pyramid") or r.pyramid_holdout is not None
+    if not pyramid or r.holdout is None:
         return None
     hole = 1 - m[:, :1]
     cl = classical_estimate(y, m, "auto")[1]
