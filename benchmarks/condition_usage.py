@@ -7,8 +7,8 @@ checkpoint and noise level ς: the denoiser $D(x_0 + ς\\varepsilon, t(ς), c)$ 
 as $(x_t - \\sigma_t\\hat\\varepsilon)/\\alpha_t$ — with the condition $c = (y, m)$ and with none,
 as PSNR at the observed and at the missing pixels (``--corruptions box``, ``freeform`` or ``gaps``
 for the restoration benchmark's masks instead, ``--sizes`` for several sizes). A network that uses
-its condition returns the observed pixels (PSNR far above the noisy input's there) and interpolates the missing ones at least
-as well as ``inpaint_biharmonic`` once the noise drowns them. The last row is $D$ at $t_{\\max}$
+its condition returns the observed pixels (PSNR far above the noisy input's there) and interpolates
+the missing ones at least as well as ``inpaint_biharmonic`` once the noise drowns them. The last row is $D$ at $t_{\\max}$
 from the condition alone (the state is pure noise): the network's own inpainting; a model with a
 restorer adds the row ``R(c)``, the restorer's own estimate. The last column is the denoiser's exact
 linear part alone, $R + K_t(c)(x_t - \\alpha_t R)$ (what the certified deep path adds to is the rest).

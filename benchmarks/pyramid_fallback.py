@@ -8,8 +8,8 @@ validates against its own flow only. For every mask whose reconstruction used th
 (:data:`~injcert.benchlib.TUNING_IMAGES`, masks of :func:`~injcert.benchlib.tuning_observations`),
 this prints the hole PSNR of the shipped result (the gate's choice between the flow and the pyramid
 start, or the restoration from $R(c)$ where $R(c)$ won the same hold-out:
-:data:`~injcert.tasks.reconstruct.PYRAMID_VS_RESTORER`), of the plain classical fill, and of the rule that also lets the classical fill win the
-hold-out: on the same hidden pixels (the hole moved by half the image), the classical fill of the
+:data:`~injcert.tasks.reconstruct.PYRAMID_VS_RESTORER`), of the plain classical fill, and of the
+rule that also lets the classical fill win the hold-out: on the same hidden pixels (the hole moved by half the image), the classical fill of the
 hidden observation is scored like the start and the flow, and the lowest RMS error (with an SSIM no
 lower than the chosen one's) wins. Sums per corruption and size; how many masks each rule loses to
 the classical fill by more than 0.005 dB. With the shipped network (receptive field radius 87 pixels)
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import injcert.tasks.reconstruct as rec
 from injcert.cli import run_script
-from injcert.benchlib import pyramid_study
+from injcert.benchlib import pyramid_study, started_from_pyramid
 from injcert.metrics import region_psnr
 from injcert.tasks.classical import classical_estimate
 
@@ -36,8 +36,7 @@ def _classical_holdout(y, m, seed):
 
 def _one(model, x, y, m, steps, seed):
     r = rec.reconstruct_full(model, y, m, steps, seed)
-    pyramid = (r.estimate_method or "").startswith("pyramid") or r.pyramid_holdout is not None
-    if not pyramid or r.holdout is None:
+    if not started_from_pyramid(r) or r.holdout is None:
         return None
     hole = 1 - m[:, :1]
     cl = classical_estimate(y, m, "auto")[1]

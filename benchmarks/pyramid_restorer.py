@@ -16,7 +16,7 @@ and size, the sums over the classical fill and how often the rule chose the bett
 from __future__ import annotations
 
 import injcert.tasks.reconstruct as rec
-from injcert.benchlib import pyramid_study
+from injcert.benchlib import pyramid_study, started_from_pyramid
 from injcert.cli import run_script
 from injcert.metrics import region_psnr
 from injcert.tasks.classical import classical_estimate
@@ -26,18 +26,16 @@ def _one(model, x, y, m, steps, seed):
     """``(pyramid, restorer route, rule, classical)`` hole PSNRs, or ``None`` without a pyramid start."""
     hole = 1 - m[:, :1]
     rule = rec.reconstruct_full(model, y, m, steps, seed)
-    switched = rule.pyramid_holdout is not None
-    if not switched and not (rule.estimate_method or "").startswith("pyramid"):
+    if not started_from_pyramid(rule):
         return None
-    other = rec.reconstruct_full(model, y, m, steps, seed, **(
-        {"levels": 0, "estimate": rec.RESTORER} if not switched else {}))
-    if switched:  # the rule took R(c): compute the pyramid result with the rule off
+    if rule.pyramid_holdout is None:  # the rule kept the pyramid: the restorer's route on its own
+        pyr, route = rule, rec.reconstruct_full(model, y, m, steps, seed, levels=0, estimate=rec.RESTORER)
+    else:  # the rule took the restorer's route: the pyramid result with the rule off
         flag, rec.PYRAMID_VS_RESTORER = rec.PYRAMID_VS_RESTORER, False
         try:
-            other = rec.reconstruct_full(model, y, m, steps, seed)
+            pyr, route = rec.reconstruct_full(model, y, m, steps, seed), rule
         finally:
             rec.PYRAMID_VS_RESTORER = flag
-    pyr, route = (other, rule) if switched else (rule, other)
     score = [region_psnr(r.image, x, hole) for r in (pyr, route, rule)]
     return (*score, region_psnr(classical_estimate(y, m, "auto")[1], x, hole))
 

@@ -344,7 +344,13 @@ def _ours(model: nn.Module, obs: Any, steps: int, seed: int, per_image: bool,
 
 def _start_name(rec: Any) -> Optional[str]:
     """The start estimate's name; ``"restorer over pyramid"`` where $R(c)$ won a pyramid start's hold-out."""
-    return rec.estimate_method if getattr(rec, "pyramid_holdout", None) is None else f"{rec.estimate_method} over pyramid"
+    return rec.estimate_method if rec.pyramid_holdout is None else f"{rec.estimate_method} over pyramid"
+
+
+def started_from_pyramid(rec: Any) -> bool:
+    """Whether a reconstruction started from the coarse-to-fine pyramid: it kept it, or $R(c)$ won the
+    pyramid's hold-out (``Reconstruction.pyramid_holdout``) and the image was restored from $R(c)$."""
+    return (rec.estimate_method or "").startswith("pyramid") or rec.pyramid_holdout is not None
 
 
 def _flow_used(model: nn.Module, rec: Any) -> Optional[bool]:

@@ -166,8 +166,8 @@ def _restorer_beats_pyramid(holdout: Optional[Holdout]) -> bool:
 #: Whether a coarse-to-fine start competes with the model's restorer (``estimate="auto"``,
 #: ``levels="auto"``): its gate also scores $R(c)$ of the hidden observation, and where $R(c)$ wins
 #: (:func:`_restorer_beats_pyramid`) the image is restored from $R(c)$ with no pyramid instead. A
-#: large hole in a textured image is filled better by $R(c)$, a smooth one by the pyramid. Chosen on the *training* images by
-#: ``python benchmarks/pyramid_restorer.py``; see ``docs/model.md``.
+#: large hole in a textured image is filled better by $R(c)$, a smooth one by the pyramid. Chosen on
+#: the *training* images by ``python benchmarks/pyramid_restorer.py``; see ``docs/model.md``.
 PYRAMID_VS_RESTORER = True
 
 #: The name of the start estimate that is the model's own restorer $R(c)$ (``Reconstruction.estimate_method``).
