@@ -33,11 +33,11 @@ from injcert.tasks.start_levels import start_choice  # noqa: E402
 KINDS = ("box", "freeform", "random", "gaps")
 
 
-def _cases(model, size: int, masks: int):
+def _cases(model, size: int, masks: int, images):
     """``(kind, true R/classical hole RMS ratio, checked ratio)`` per image and mask."""
     out = []
     for kind in KINDS:
-        for x, y, m in tuning_observations(kind, size, masks):
+        for x, y, m in tuning_observations(kind, size, masks, images):
             m = expand_map(m) if m.shape[1] != 3 else m
             with torch.no_grad():
                 sel = (m[:, :1] != 1).expand_as(x)
@@ -53,12 +53,14 @@ def main() -> None:
     ap.add_argument("checkpoint", nargs="?", default=str(injcert.DEFAULT_CHECKPOINT))
     ap.add_argument("--sizes", nargs="+", type=int, default=[64, 256])
     ap.add_argument("--masks", type=int, default=2)
+    ap.add_argument("--images", nargs="+", default=list(TUNING_IMAGES),
+                    help="images to choose on (bundled names or files; default: the training images TUNING_IMAGES)")
     ap.add_argument("--margins", nargs="+", type=float, default=[1.0, 1.05, 1.1, 1.2, 1.5, math.inf])
     args = ap.parse_args()
     model = injcert.load_checkpoint(args.checkpoint).eval()
-    cases = {size: _cases(model, size, args.masks) for size in args.sizes}
+    cases = {size: _cases(model, size, args.masks, args.images) for size in args.sizes}
     cols = [f"{s}² {k}" for s in args.sizes for k in KINDS]
-    print(f"images {', '.join(TUNING_IMAGES)}; {args.masks} masks each; regret in dB of hole RMS (wrong choices)\n")
+    print(f"images {', '.join(Path(i).stem for i in args.images)}; {args.masks} masks each; regret in dB of hole RMS (wrong choices)\n")
     print("| margin | " + " | ".join(cols) + " | total |")
     print("|---" * (len(cols) + 2) + "|")
     for tau in args.margins:

@@ -10,6 +10,7 @@ import copy
 import json
 import math
 from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -25,7 +26,8 @@ from injcert.model.restorer import (BIHARMONIC_ITERATIONS, Restorer, biharmonic_
                                     pull_push_fill)
 from injcert.model.unet import CondUNet
 from injcert.tasks.guided import guided_encode
-from injcert.tasks.reconstruct import RESTORER, reconstruct_full
+import injcert.tasks.reconstruct as rc
+from injcert.tasks.reconstruct import BLEND, RESTORER, reconstruct_full
 from injcert.tasks.tiling import TiledModel
 from injcert.testing.assertions import exact_jacobian_norm
 
@@ -240,7 +242,7 @@ def test_auto_start_is_the_estimate_that_validates(seed: int, kind: str) -> None
     for fill, wins in ((lambda y2, m2: x, True), (nudged, True), (pushed(2.0), False)):
         net = anchored_unet(seed=1)
         net.anchor = fill  # type: ignore[method-assign]
-        with torch.no_grad():
+        with torch.no_grad(), patch.object(rc, "START_BLEND", None):  # a wide hole would start from the mean
             r = reconstruct_full(net, y, m, steps=2, seed=seed)
         assert r.start_check is not None
         r_rms, c_rms = r.start_check
@@ -260,6 +262,42 @@ def _big_hole(seed: int, n: int = 40, side: int = 22):
     known = torch.ones(1, 1, n, n)
     known[..., a:a + side, a:a + side] = 0
     return x, x * known, expand_map(known)
+
+
+@given(seed=st.integers(0, 10_000), side=st.integers(2, 20), top=st.integers(0, 12), left=st.integers(0, 12))
+@settings(max_examples=12, deadline=None)
+def test_a_wide_hole_starts_from_the_mean_of_the_restorer_and_the_classical_fill(seed, side, top, left) -> None:
+    """``estimate="auto"``: a hole whose farthest pixel lies more than ``START_BLEND`` pixels from an
+    observed one starts from the mean of R(c) and the classical fill, with no start check; a narrower
+    one from the check's choice. Known pixels stay exact, the result is deterministic and exactly
+    invertible; ``START_BLEND = None`` restores the check, and ``estimate=BLEND`` asks for the mean."""
+    from injcert.tasks.classical import classical_estimate
+    from injcert.tasks.start_levels import _distance_to_known
+
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    m = torch.ones(1, 1, 32, 32)
+    m[..., top:top + side, left:left + side] = 0
+    m = expand_map(m)
+    y = x * m[:, :1]
+    net = anchored_unet(seed=4)
+    far = _distance_to_known(m[:, :1] == 1) > rc.START_BLEND
+    assert far == (side > 2 * rc.START_BLEND)  # the box's centre is (side - 1) // 2 + 1 pixels from its edge
+    with torch.no_grad():
+        r = reconstruct_full(net, y, m, steps=2, seed=seed, levels=0)
+        again = reconstruct_full(copy.deepcopy(net), y, m, steps=2, seed=seed, levels=0)
+        mean = 0.5 * (net.anchor(y, m) + classical_estimate(y, m, "auto")[1])
+        asked = reconstruct_full(net, y, m, steps=2, seed=seed, levels=0, estimate=BLEND)
+        with patch.object(rc, "START_BLEND", None):
+            checked = reconstruct_full(net, y, m, steps=2, seed=seed, levels=0)
+    assert (r.estimate_method == BLEND) == far and (r.start_check is None) == far
+    if far:
+        assert torch.equal(r.estimate, mean) and torch.equal(r.image, asked.image)
+    assert asked.estimate_method == BLEND and torch.equal(asked.estimate, mean)
+    assert checked.estimate_method != BLEND and checked.start_check is not None
+    known = (m[:, :1] == 1).expand_as(y)
+    assert torch.equal(r.image[known], y[known]) and torch.equal(r.image, again.image)
+    back = guided_encode(net, r.guided)
+    assert torch.equal(back[0], r.guided.start[0]) and torch.equal(back[1], r.guided.start[1])
 
 
 @given(seed=st.integers(0, 10_000))
@@ -284,7 +322,7 @@ def test_a_pyramid_start_gives_way_to_the_restorer_only_where_it_wins_the_holdou
         net = anchored_unet(seed=2)
         assert rec.pyramid_levels(net, m) > 0
         net.anchor = oracle(push)  # type: ignore[method-assign]
-        with torch.no_grad():
+        with torch.no_grad(), patch.object(rec, "START_BLEND", None):  # the contender is R(c) itself
             r = reconstruct_full(net, y, m, steps=2, seed=seed)
         h = r.pyramid_holdout if wins else r.holdout
         assert h is not None and not math.isnan(h.restorer)
@@ -301,12 +339,23 @@ def test_a_pyramid_start_gives_way_to_the_restorer_only_where_it_wins_the_holdou
         assert _start_name(r) == (f"{RESTORER} over pyramid" if wins else r.estimate_method)  # the tables' label
         if wins:
             assert h.restorer == 0.0 and r.estimate_method == RESTORER
-            with torch.no_grad():
+            with torch.no_grad(), patch.object(rec, "START_BLEND", None):
                 direct = reconstruct_full(net, y, m, steps=2, seed=seed, levels=0, estimate=RESTORER)
             assert torch.equal(r.image, direct.image) and r.holdout == direct.holdout
         else:
             assert r.estimate_method.startswith("pyramid") and r.pyramid_holdout is None
-    with torch.no_grad():
+        # with START_BLEND (the default) the contender is what the hole starts from without the pyramid:
+        # the mean of R(c) and the classical fill; where it wins, the image is that route's, bit for bit
+        with torch.no_grad():
+            b = reconstruct_full(net, y, m, steps=2, seed=seed)
+            direct = reconstruct_full(net, y, m, steps=2, seed=seed, levels=0, estimate=BLEND)
+        hb = b.pyramid_holdout if b.pyramid_holdout is not None else b.holdout
+        assert hb is not None and math.isfinite(hb.restorer)
+        if b.pyramid_holdout is not None:
+            assert b.estimate_method == BLEND and torch.equal(b.image, direct.image) and b.holdout == direct.holdout
+        else:
+            assert b.estimate_method.startswith("pyramid")
+    with torch.no_grad(), patch.object(rec, "START_BLEND", None):  # as ``r`` was made
         given_levels = reconstruct_full(net, y, m, steps=2, seed=seed, levels=1)
         rec.PYRAMID_VS_RESTORER = False
         try:

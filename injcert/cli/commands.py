@@ -347,7 +347,8 @@ def add_reconstruct_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figure", default=None, help="also write a PNG: clean | observed | reconstruction")
     p.add_argument("--start", choices=["auto", "estimate", "observation", "noise"], default="auto",
                    help="where the flow starts: an estimate at an intermediate noise level (auto: for missing pixels "
-                        "the model's restorer R(c) when it has one, else the classical estimate), "
+                        "the model's restorer R(c) when it has one, its mean with the classical fill for a large hole, "
+                        "else the classical estimate), "
                         "the noisy observation itself (noise only), or pure noise at t_max (default: auto)")
     p.add_argument("--sigma-start", type=float, default=None,
                    help="noise level varsigma of the start from the estimate (default: from the hole size)")

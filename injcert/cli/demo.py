@@ -283,7 +283,9 @@ def _report(s: dict[str, Any]) -> str:
         lines += [f"- {k}: {_fmt(v)}" for k, v in s["latent"].items()] + [""]
     lines += [f"## Reconstruction (held-out chelsea, {s['size']}²)", "",
               "`start`: what the flow started from — `restorer`, the model's own estimate $R(c)$ from the "
-              "observation (missing pixels), or a classical estimate (least squares for blur, BM3D for noise). "
+              "observation (missing pixels), `restorer+classical`, the mean of $R(c)$ and the classical fill "
+              "(a large hole), `pyramidN`, the coarse-to-fine start over N levels, or a classical estimate "
+              "(biharmonic for missing pixels, least squares for blur, BM3D for noise). "
               "`flow`: `kept` where the flow restored observed pixels hidden in the shape of the hole better "
               "than its start (the holdout gate) or, for noise, where Stein's unbiased estimate of its error "
               "was below BM3D's, `gated off` where it did not: that row's result is "

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import torch
@@ -76,7 +76,7 @@ from .start_levels import (  # noqa: F401  (re-exported: the start level and the
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_full", "start_sigma", "pyramid_levels", "STARTS",
            "holdout_error", "blur_bootstrap_error", "sure_error", "holdout_gate", "hidden_observation", "hidden_scores", "Holdout",
-           "GATE_OFF", "RESTORER", "ReconstructOptions", "start_choice"]
+           "GATE_OFF", "RESTORER", "BLEND", "START_BLEND", "ReconstructOptions", "start_choice"]
 
 STARTS = ("auto", "estimate", "observation", "noise")
 
@@ -178,6 +178,16 @@ RESTORER = "restorer"
 #: the wrong choices (hole RMS in dB, summed over the mask kinds at 64² and 256²). Chosen on the *training*
 #: images by ``python benchmarks/start_check_margin.py``; see ``docs/model.md``.
 START_MARGIN = 1.1
+#: The name of the start estimate that is the mean of $R(c)$ and the classical fill (:data:`START_BLEND`).
+BLEND = "restorer+classical"
+#: A hole whose farthest missing pixel lies more than this many pixels (Chebyshev) from an observed one
+#: — a box, a wide stroke — starts from the mean of $R(c)$ and the classical fill, with no start check.
+#: Deep inside a large hole both errors are large and only weakly correlated, so their mean has a lower
+#: error than either, and a check on one image cannot tell which of the two is better. Chosen on
+#: photographs that neither network was trained on (``python benchmarks/start_blend.py``); on the
+#: training images, which $R(c)$ has learnt, $R(c)$ alone is better, so they cannot choose it. ``None``
+#: turns it off.
+START_BLEND: Optional[float] = 6.0
 
 
 def _uses_restorer(model: Any, estimate: Union[str, Tensor], masks_only: bool) -> bool:
@@ -186,9 +196,9 @@ def _uses_restorer(model: Any, estimate: Union[str, Tensor], masks_only: bool) -
     BM3D given $\sigma$) when the model has one; for ``"auto"``, :func:`start_choice` then decides
     between it and the classical path (:func:`_choose_estimate`)."""
     has = getattr(model, "restorer", None) is not None and callable(getattr(model, "anchor", None))
-    if isinstance(estimate, str) and estimate == RESTORER:
+    if isinstance(estimate, str) and estimate in (RESTORER, BLEND):
         if not has:
-            raise ArgumentError(f"estimate {RESTORER!r} needs a model with a restorer")
+            raise ArgumentError(f"estimate {estimate!r} needs a model with a restorer")
         return True
     return has and isinstance(estimate, str) and estimate == "auto" and masks_only
 
@@ -219,7 +229,9 @@ class ReconstructOptions:
             default, measured better on the training images) treats it as already noisy at level
             $\varsigma_e$: its own error plays the noise.
         estimate: a classical method name (see :mod:`~injcert.data.classical`), ``"auto"``,
-            :data:`RESTORER`, or an estimate image of ``y``'s shape.
+            :data:`RESTORER`, :data:`BLEND` (the mean of the two), or an estimate image of ``y``'s
+            shape. ``"auto"`` for missing pixels: :data:`BLEND` for a hole far from observed pixels
+            (:data:`START_BLEND`), else $R(c)$ or the classical fill by :func:`start_choice`.
         blur_sigma: the PSF of the deblurring estimate.
         levels: coarse-to-fine for missing pixels: reconstruct the image downsampled ``levels`` times
             by 2 first and start each finer level from the upsampled coarser reconstruction, faded into
@@ -349,7 +361,8 @@ def reconstruct_full(model: Any, y: Tensor, m: Tensor, steps: int = 50, seed: in
     for step in (_start, _gate):
         run = step(model, run, opts)
     if run.n_levels > 0 and _restorer_beats_pyramid(run.holdout):  # restored from R(c), no pyramid
-        out = reconstruct_full(model, y, m, steps, seed, **{**options, "levels": 0, "estimate": RESTORER})
+        single = _single_scale(model, m)[0]
+        out = reconstruct_full(model, y, m, steps, seed, **{**options, "levels": 0, "estimate": single})
         out.pyramid_holdout = run.holdout
         return out
     return _finish(model, _flow(model, run, opts), opts)
@@ -393,10 +406,12 @@ def _choose_estimate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     y, m, estimate = run.y, run.m, opts.estimate
     use_restorer = _uses_restorer(model, estimate, run.masks_only)
     n_levels = pyramid_levels(model, m) if opts.levels == "auto" else int(opts.levels)
+    blend = isinstance(estimate, str) and estimate == BLEND
     if use_restorer and isinstance(estimate, str) and estimate == "auto":
         # a hole the coarse-to-fine pyramid fills keeps it: R(c) is checked against the plain classical
         # fill only, which the pyramid improves on for large holes in large images
-        run.start_check = None if n_levels > 0 else start_choice(run.y_obs, m, model.anchor, seed=run.seed)
+        blend = n_levels == 0 and _blends(m)
+        run.start_check = None if n_levels > 0 or blend else start_choice(run.y_obs, m, model.anchor, seed=run.seed)
         use_restorer = n_levels == 0 and (run.start_check is None
                                           or run.start_check[0] <= START_MARGIN * run.start_check[1])
     n_levels = 0 if use_restorer else n_levels
@@ -410,12 +425,32 @@ def _choose_estimate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
         if given.shape != y.shape:
             raise ArgumentError(f"estimate must have the shape of y {tuple(y.shape)}, got {tuple(given.shape)}")
         run.est_name, run.est = (f"pyramid{n_levels}" if pyramid else "given"), given.to(y.dtype)
+    elif blend:
+        run.est_name, run.est = BLEND, _blend_estimate(model, run.y_obs, m).to(device=y.device, dtype=y.dtype)
     elif use_restorer:
         run.est_name, run.est = RESTORER, model.anchor(run.y_obs, m).to(device=y.device, dtype=y.dtype)
     else:
         run.est_name, est = classical_estimate(run.y_obs, m, estimate, blur_sigma=opts.blur_sigma)
         run.est = est.to(device=y.device, dtype=y.dtype)
     return run
+
+
+def _blend_estimate(model: Any, y: Tensor, m: Tensor) -> Tensor:
+    """The mean of the restorer $R(c)$ and the classical fill (:data:`START_BLEND`); observed pixels as is."""
+    _, fill = classical_estimate(y, m, "auto")
+    return 0.5 * (model.anchor(y, m).to(fill) + fill)
+
+
+def _blends(m: Tensor) -> bool:
+    """Whether a single-scale start for map ``m`` is :data:`BLEND` (:data:`START_BLEND`)."""
+    return START_BLEND is not None and _distance_to_known(m[:, :1] == 1) > START_BLEND
+
+
+def _single_scale(model: Any, m: Tensor) -> tuple[str, Callable[[Tensor, Tensor], Tensor]]:
+    """The estimate (name, function of ``(y, m)``) that a hole far from observed pixels starts from
+    without the pyramid: :data:`BLEND` where :data:`START_BLEND` applies, else $R(c)$. It is what a
+    coarse-to-fine start competes with (:data:`PYRAMID_VS_RESTORER`)."""
+    return (BLEND, partial(_blend_estimate, model)) if _blends(m) else (RESTORER, model.anchor)
 
 
 def _start_level(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
@@ -430,8 +465,9 @@ def _start_level(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     err = None
     if kind == "missing_near" and run.masks_only and est_name in METHODS:
         err = holdout_error(run.y_obs, m, est_name, seed=run.seed, blur_sigma=opts.blur_sigma)
-    elif kind == "missing_near" and est_name == RESTORER:
-        err = holdout_error(run.y_obs, m, model.anchor, seed=run.seed)
+    elif kind == "missing_near" and est_name in (RESTORER, BLEND):
+        fn = model.anchor if est_name == RESTORER else partial(_blend_estimate, model)
+        err = holdout_error(run.y_obs, m, fn, seed=run.seed)
     elif kind == "blur" and est_name in METHODS:
         err = blur_bootstrap_error(run.est, m, est_name, blur_sigma=opts.blur_sigma)
     elif kind == "noise" and est_name in METHODS:
@@ -456,7 +492,7 @@ def _gate(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     if kind == "blur" and not BLUR_FLOW:
         run.level = GATE_OFF  # the flow keeps the least-squares estimate; no proxy is run
         return run
-    contender = (model.anchor if PYRAMID_VS_RESTORER and run.n_levels > 0 and opts.levels == "auto"
+    contender = (_single_scale(model, run.m)[1] if PYRAMID_VS_RESTORER and run.n_levels > 0 and opts.levels == "auto"
                  and _uses_restorer(model, opts.estimate, run.masks_only) else None)
     run.holdout = holdout_gate(model, run.y_obs, run.m, run.steps, run.seed, kind, run.level,
                                levels=run.n_levels, contender=contender, **_rerun_options(opts))
