@@ -5,8 +5,10 @@
 
 Holes far from observed pixels start from the coarse-to-fine pyramid. With
 :data:`~injcert.tasks.reconstruct.PYRAMID_VS_RESTORER` the pyramid's hold-out gate also scores
-$R(c)$ of the same hidden observation on the same hidden pixels, and where $R(c)$ restores them
-better (a lower RMS error, an SSIM no lower) the image is restored from $R(c)$ without the pyramid.
+the single-scale start — the mean of $R(c)$ and the classical fill
+(:data:`~injcert.tasks.reconstruct.START_BLEND`), or $R(c)$ alone with ``START_BLEND = None`` — of
+the same hidden observation on the same hidden pixels, and where it restores them better (a lower
+RMS error, an SSIM no lower) the image is restored from that start without the pyramid.
 For every mask that starts from the pyramid (:data:`~injcert.benchlib.TUNING_IMAGES`, masks of
 :func:`~injcert.benchlib.tuning_observations`) this prints the hole PSNR of the pyramid result (the
 rule off), of the restorer's route, of the rule, and of the classical fill; then, per corruption
@@ -29,7 +31,8 @@ def _one(model, x, y, m, steps, seed):
     if not started_from_pyramid(rule):
         return None
     if rule.pyramid_holdout is None:  # the rule kept the pyramid: the restorer's route on its own
-        pyr, route = rule, rec.reconstruct_full(model, y, m, steps, seed, levels=0, estimate=rec.RESTORER)
+        single = rec._single_scale(model, m)[0]  # what the rule would have switched to
+        pyr, route = rule, rec.reconstruct_full(model, y, m, steps, seed, levels=0, estimate=single)
     else:  # the rule took the restorer's route: the pyramid result with the rule off
         flag, rec.PYRAMID_VS_RESTORER = rec.PYRAMID_VS_RESTORER, False
         try:

@@ -31,25 +31,16 @@ import injcert  # noqa: E402
 from injcert.benchlib import TUNING_IMAGES, markdown_table, tuning_observations  # noqa: E402
 from injcert.cli import run_script  # noqa: E402
 from injcert.data.corruptions import expand_map  # noqa: E402
+from injcert.data.images import image_files  # noqa: E402
 from injcert.metrics import region_psnr  # noqa: E402
 from injcert.tasks.classical import classical_estimate  # noqa: E402
 from injcert.tasks.reconstruct import START_MARGIN  # noqa: E402
 from injcert.tasks.start_levels import _distance_to_known, start_choice  # noqa: E402
 
 
-def _images(items):
-    """Bundled names and files as given; a folder stands for its PNG/JPEG files."""
-    out = []
-    for item in items:
-        p = Path(item)
-        out += sorted(str(f) for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg")) if p.is_dir() \
-            else [item]
-    return out
-
-
 def _gains(model, x, y, m, distances):
     """Hole PSNR over the classical fill of R(c), the check's choice, the mean, the mean beyond each d."""
-    m = expand_map(m) if m.shape[1] != 3 else m
+    m = expand_map(m)
     hole = (m[:, :1] != 1).to(x.dtype)
     with torch.no_grad():
         r, c = model.anchor(y, m), classical_estimate(y, m, "auto")[1]
@@ -71,7 +62,7 @@ def main() -> None:
     ap.add_argument("--distances", type=float, nargs="+", default=[3, 4, 6, 8, 12])
     args = ap.parse_args()
     model = injcert.load_checkpoint(args.checkpoint).eval()
-    images = _images(args.images)
+    images = image_files(args.images)
     cols = ["R(c)", f"check ({START_MARGIN:g})", "mean"] + [f"mean beyond {d:g}" for d in args.distances]
     rows, total = [], [0.0] * len(cols)
     for size in args.sizes:

@@ -38,7 +38,7 @@ def _cases(model, size: int, masks: int, images):
     out = []
     for kind in KINDS:
         for x, y, m in tuning_observations(kind, size, masks, images):
-            m = expand_map(m) if m.shape[1] != 3 else m
+            m = expand_map(m)
             with torch.no_grad():
                 sel = (m[:, :1] != 1).expand_as(x)
                 rms = [float((e.double()[sel] - x.double()[sel]).pow(2).mean().sqrt())

@@ -106,7 +106,8 @@ class Reconstruction:
             pixels hidden in the shape of the hole (:func:`start_choice`); the restorer starts unless its
             error exceeds :data:`START_MARGIN` times the classical one. ``None`` where no choice was made.
         pyramid_holdout: where a coarse-to-fine start lost its gate's hold-out to the restorer
-            (:data:`PYRAMID_VS_RESTORER`) and the image was restored from $R(c)$ instead: that hold-out.
+            (:data:`PYRAMID_VS_RESTORER`) and the image was restored from the single-scale start instead:
+            that hold-out.
     """
 
     image: Tensor
@@ -135,8 +136,8 @@ class Holdout(NamedTuple):
     truth with only the hidden pixels taken from it (every other pixel is the truth, or, inside the
     real hole, the start: the same in all three images). For additive noise (:func:`_noise_gate`):
     the SURE estimates of the RMS error of the denoiser and of the flow, and no SSIM (``nan``). For a
-    coarse-to-fine start of a model with a restorer, ``restorer`` and ``restorer_ssim`` score $R(c)$ of
-    the same hidden observation on the same pixels (:func:`_restorer_beats_pyramid`); ``nan`` elsewhere."""
+    coarse-to-fine start of a model with a restorer, ``restorer`` and ``restorer_ssim`` score the
+    single-scale start (:func:`_single_scale`) of the same hidden observation on the same pixels (:func:`_restorer_beats_pyramid`); ``nan`` elsewhere."""
 
     start: float
     flow: float
@@ -164,8 +165,9 @@ def _restorer_beats_pyramid(holdout: Optional[Holdout]) -> bool:
 
 
 #: Whether a coarse-to-fine start competes with the model's restorer (``estimate="auto"``,
-#: ``levels="auto"``): its gate also scores $R(c)$ of the hidden observation, and where $R(c)$ wins
-#: (:func:`_restorer_beats_pyramid`) the image is restored from $R(c)$ with no pyramid instead. A
+#: ``levels="auto"``): its gate also scores the single-scale start (:func:`_single_scale`: $R(c)$, or
+#: its mean with the classical fill) of the hidden observation, and where that wins
+#: (:func:`_restorer_beats_pyramid`) the image is restored from it with no pyramid instead. A
 #: large hole in a textured image is filled better by $R(c)$, a smooth one by the pyramid. Chosen on
 #: the *training* images by ``python benchmarks/pyramid_restorer.py``; see ``docs/model.md``.
 PYRAMID_VS_RESTORER = True
@@ -446,11 +448,18 @@ def _blends(m: Tensor) -> bool:
     return START_BLEND is not None and _distance_to_known(m[:, :1] == 1) > START_BLEND
 
 
+def _restorer_estimate(model: Any, name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The function of ``(y, m)`` behind a start estimate that uses the restorer: :data:`RESTORER`
+    ($R(c)$) or :data:`BLEND` (:func:`_blend_estimate`)."""
+    return model.anchor if name == RESTORER else partial(_blend_estimate, model)
+
+
 def _single_scale(model: Any, m: Tensor) -> tuple[str, Callable[[Tensor, Tensor], Tensor]]:
     """The estimate (name, function of ``(y, m)``) that a hole far from observed pixels starts from
     without the pyramid: :data:`BLEND` where :data:`START_BLEND` applies, else $R(c)$. It is what a
     coarse-to-fine start competes with (:data:`PYRAMID_VS_RESTORER`)."""
-    return (BLEND, partial(_blend_estimate, model)) if _blends(m) else (RESTORER, model.anchor)
+    name = BLEND if _blends(m) else RESTORER
+    return name, _restorer_estimate(model, name)
 
 
 def _start_level(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
@@ -466,8 +475,7 @@ def _start_level(model: Any, run: _Run, opts: ReconstructOptions) -> _Run:
     if kind == "missing_near" and run.masks_only and est_name in METHODS:
         err = holdout_error(run.y_obs, m, est_name, seed=run.seed, blur_sigma=opts.blur_sigma)
     elif kind == "missing_near" and est_name in (RESTORER, BLEND):
-        fn = model.anchor if est_name == RESTORER else partial(_blend_estimate, model)
-        err = holdout_error(run.y_obs, m, fn, seed=run.seed)
+        err = holdout_error(run.y_obs, m, _restorer_estimate(model, est_name), seed=run.seed)
     elif kind == "blur" and est_name in METHODS:
         err = blur_bootstrap_error(run.est, m, est_name, blur_sigma=opts.blur_sigma)
     elif kind == "noise" and est_name in METHODS:
