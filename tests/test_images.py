@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from injcert.data import images as images_mod
+from injcert.errors import ConfigError
 from injcert.data.images import (
     HELDOUT_IMAGES,
     IMAGES,
@@ -230,3 +231,21 @@ def test_dataloader(workers):
     batches = list(dl)
     assert len(batches) == 3 and batches[0].shape == (4, 3, 8, 8)
     assert torch.equal(torch.cat(batches), torch.stack([ds[i] for i in range(12)]))
+
+
+def test_patch_dataset_dihedral_draws_turned_patches_and_leaves_the_default_draws_alone():
+    """``dihedral`` turns some patches by quarter turns of the same crop; without it the draws are those
+    of a dataset that never had the option."""
+    plain = PatchDataset(images=("camera",), patch_size=16, length=40, seed=9)
+    again = PatchDataset(images=("camera",), patch_size=16, length=40, seed=9, dihedral=False)
+    turned = PatchDataset(images=("camera",), patch_size=16, length=40, seed=9, dihedral=True)
+    same = differ = 0
+    for i in range(40):
+        a, b, c = plain[i], again[i], turned[i]
+        assert torch.equal(a, b)
+        assert any(torch.equal(torch.rot90(a, k, (-2, -1)), c) for k in range(4))
+        same += torch.equal(a, c)
+        differ += not torch.equal(a, c)
+    assert same > 0 and differ > 0
+    with pytest.raises(ConfigError, match="dihedral"):
+        PatchDataset(images=("camera",), patch_size=16, length=4, dihedral=1)

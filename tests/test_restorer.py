@@ -122,6 +122,68 @@ def test_biharmonic_fill_solves_its_normal_equations(h: int, w: int, seed: int) 
     assert torch.allclose(biharmonic_fill(const, known, iterations=2 * h * w), torch.full_like(y, 0.3), atol=1e-9)
 
 
+_SYMMETRIES = [(flip, turns) for flip in (False, True) for turns in range(4)]
+
+
+def _sym(t: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
+    return torch.rot90(t.flip(-1) if flip else t, turns, (-2, -1))
+
+
+@given(h=st.integers(1, 24), w=st.integers(1, 24), seed=st.integers(0, 10_000), g=st.sampled_from(_SYMMETRIES))
+@settings(max_examples=20, deadline=None)
+def test_the_symmetry_average_commutes_with_every_symmetry_and_keeps_observed_pixels(h, w, seed, g) -> None:
+    """R with symmetries=8 is equivariant: R(g y, g m) = g R(y, m) for each of the eight symmetries of
+    the square (up to the order of the float sum), where the network alone is not; seen pixels stay y."""
+    torch.manual_seed(seed)
+    r = Restorer(3, 3, width=4, mults=[1, 2], symmetries=8).eval()
+    _randomize(r, seed)
+    _, y, m = _obs(seed, h, w, "box" if seed % 2 else "random", dtype=torch.float64)
+    r = r.double()
+    with torch.no_grad():
+        out = r(y, m)
+        moved = r(_sym(y, *g), _sym(m, *g))
+    assert torch.allclose(moved, _sym(out, *g), atol=1e-12)
+    known = (m[:, :1] == 1).expand_as(y)
+    assert torch.equal(out[known], y[known])
+    with torch.no_grad():
+        mean = sum(_unsym(r.network(_sym(y, f, k), _sym(m, f, k)), f, k) for f, k in _SYMMETRIES) / 8
+    assert torch.allclose(out, mean, atol=1e-12)
+
+
+def _unsym(t: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
+    t = torch.rot90(t, -turns, (-2, -1))
+    return t.flip(-1) if flip else t
+
+
+def test_the_symmetry_average_is_a_model_option_that_changes_no_bound_and_no_weight(tmp_path) -> None:
+    """``restorer.symmetries`` survives a checkpoint round trip, needs no other weights, changes the
+    estimate but not one bound, and a bad value is one ConfigError line."""
+    from injcert.errors import ConfigError
+    from injcert.io import load_checkpoint, save_checkpoint
+
+    net = anchored_unet(seed=5)
+    cfg = net.config
+    cfg["restorer"]["symmetries"] = 8
+    sym = CondUNet.from_config(cfg).eval()
+    sym.load_state_dict(net.state_dict())
+    save_checkpoint(sym, tmp_path / "sym.ckpt")
+    back = load_checkpoint(tmp_path / "sym.ckpt").eval()
+    assert back.config["restorer"]["symmetries"] == 8 and back.restorer.symmetries == 8
+    assert "symmetries" not in net.config["restorer"]
+    assert net.certified_lipschitz() == back.certified_lipschitz()
+    for t in (0.01, 0.5):
+        assert net.certified_lipschitz_at(t) == back.certified_lipschitz_at(t)
+    _, y, m = _obs(3, 12, 12, "box")
+    with torch.no_grad():
+        assert not torch.allclose(net.anchor(y, m), back.anchor(y, m))
+        turned = net.restorer(_sym(y, False, 1), _sym(m, False, 1))  # the network alone is not equivariant
+        assert not torch.allclose(turned, _sym(net.restorer(y, m), False, 1), atol=1e-4)
+    for bad in (2, True, "8"):
+        cfg["restorer"]["symmetries"] = bad
+        with pytest.raises(ConfigError, match="symmetries"):
+            CondUNet.from_config(cfg)
+
+
 def test_restorer_changes_no_bound() -> None:
     """The certified bound of the model with and without R is the same number, at every t."""
     net = anchored_unet(seed=4)

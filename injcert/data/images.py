@@ -468,7 +468,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
     Item ``i`` depends only on ``(seed, i)``: a ``torch.Generator`` seeded from both picks an
     image uniformly among ``images``, a crop position uniformly, and a horizontal flip with
-    probability 1/2. With ``max_downscale`` $s_{\max} > 1$ it also draws a scale $s$ log-uniform on
+    probability 1/2; with ``dihedral`` also a rotation by a multiple of 90° (uniform), so the flips
+    and rotations draw all eight symmetries of the square. With ``max_downscale`` $s_{\max} > 1$ it also draws a scale $s$ log-uniform on
     $[1, \min(s_{\max}, h/p, w/p)]$, crops a square of side $\lfloor s p\rceil$ and resizes it to
     $p$ (antialiased bilinear): the patches then span the scales at which an image is seen whole,
     down to the few-pixel detail of a photograph shown at 64². Decoded images are cached in memory (module-level LRU cache, per process),
@@ -484,6 +485,8 @@ class PatchDataset(torch.utils.data.Dataset):
             registry images allowed) or ``"all"`` (no check). File paths are allowed in any split.
         max_downscale: the largest downscaling factor $s_{\max} \ge 1$ (1: native-resolution crops,
             and the same draws as without the option).
+        dihedral: also rotate by a random multiple of 90° (``False``: the same draws as without the
+            option).
 
     Raises:
         ValueError: invalid sizes, an unknown split, an image from the wrong split, an image
@@ -499,7 +502,10 @@ class PatchDataset(torch.utils.data.Dataset):
         seed: int = 0,
         split: Literal["train", "heldout", "all"] = "train",
         max_downscale: float = 1.0,
+        dihedral: bool = False,
     ) -> None:
+        if not isinstance(dihedral, bool):
+            raise ConfigError(f"dihedral must be a bool, got {dihedral!r}")
         if split not in ("train", "heldout", "all"):
             raise ConfigError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
         if images is None:
@@ -533,6 +539,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.split = split
         self.max_downscale = float(max_downscale)
+        self.dihedral = dihedral
 
     def __len__(self) -> int:
         return self.length
@@ -561,6 +568,8 @@ class PatchDataset(torch.utils.data.Dataset):
                                                     antialias=True, align_corners=False)[0].clamp(-1, 1)
         if flip:
             patch = patch.flip(-1)
+        if self.dihedral:
+            patch = torch.rot90(patch, int(torch.randint(4, (1,), generator=g)), (-2, -1))
         return _convert_channels(patch, self.channels).to(torch.float32, copy=True).contiguous()
 
 

@@ -249,9 +249,10 @@ def restorer_loss(restorer: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     observed and adds nothing; an example without missing pixels counts 0). Averaging over the missing
     pixels, not the image, keeps a one-pixel gap and a large box on the same per-pixel scale; a loss in
     $\log\mathrm{MSE}$ over the image instead weighs each example by the inverse of its error, so the
-    examples with the fewest missing pixels drive every step, and it does not learn."""
+    examples with the fewest missing pixels drive every step, and it does not learn. It fits the single
+network (:meth:`~injcert.model.restorer.Restorer.network`), also for a restorer with ``symmetries=8``."""
     m = expand_map(batch["m"])
-    r = restorer(batch["y"], m)
+    r = getattr(restorer, "network", restorer)(batch["y"], m)  # the single network, not its symmetry average
     miss = (~seen_pixels(m)).to(r.dtype)
     se = ((r - batch["x0"]).pow(2) * miss).flatten(1).sum(1)
     return (se / (miss.flatten(1).sum(1) * r.shape[1]).clamp_min(1.0)).mean()

@@ -24,6 +24,12 @@ adds a global average of its features (global context); the last layer starts at
 untrained restorer *is* the classical fill. Every pixel that was seen (as is, blurred or noisy) is
 returned as observed: $R$ fills holes, and is trained on masks (``configs/restorer.json``).
 
+With ``symmetries=8`` the restorer's estimate is the average of the network over the eight
+symmetries of the square (the input flipped and turned by quarter turns, the output turned back):
+an ensemble of the network with itself that costs eight passes and no weights. It reads only the
+condition, so it changes no bound either. Training fits the single network
+(:meth:`Restorer.network`), on patches drawn with the same symmetries (the ``dihedral`` option).
+
 Fully convolutional, any size down to 1×1: the input is padded (replicate) to a multiple of
 :attr:`Restorer.downsampling_factor` and the output cropped back. It has no locality in the sense of
 tiled evaluation (the fill and the global average see the whole image): the score network computes
@@ -48,6 +54,10 @@ __all__ = ["Restorer", "seen_pixels", "pull_push_fill", "biharmonic_fill", "norm
 #: enough for holes a few pixels across to converge (random pixels, thin gaps, strokes), while larger
 #: holes get a smooth start that the network refines.
 BIHARMONIC_ITERATIONS = 64
+
+#: The values of the restorer's ``symmetries`` option: the network alone, or its average over the
+#: eight symmetries of the square.
+SYMMETRIES = (1, 8)
 
 #: Binomial orders of the normalized convolutions (Gaussian std $\sqrt{a/2}$: 1, 2 and 4 pixels).
 NC_ORDERS = (2, 8, 32)
@@ -164,21 +174,28 @@ class Restorer(nn.Module):
         map_channels: channels of the corruption map $m$.
         width: channels at the finest level.
         mults: one channel multiplier per level (``len`` = levels; each level halves the size).
+        symmetries: 1 (the network alone) or 8 (its average over the eight symmetries of the square,
+            see the module docstring).
 
     Raises:
         ConfigError: a bad option (one line).
     """
 
     def __init__(self, in_channels: int = 3, map_channels: int = 3, width: int = 32,
-                 mults: Sequence[int] = (1, 2, 3, 4)) -> None:
+                 mults: Sequence[int] = (1, 2, 3, 4), symmetries: int = 1) -> None:
         super().__init__()
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ConfigError(f"restorer width must be an int >= 1, got {width!r}")
         if not isinstance(mults, (list, tuple)) or not mults or any(
                 isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in mults):
             raise ConfigError(f"restorer mults must be a non-empty list of ints >= 1, got {mults!r}")
+        if isinstance(symmetries, bool) or symmetries not in SYMMETRIES:
+            raise ConfigError(f"restorer symmetries must be one of {list(SYMMETRIES)}, got {symmetries!r}")
         self.in_channels, self.map_channels = int(in_channels), int(map_channels)
+        self.symmetries = int(symmetries)
         self.config = {"width": int(width), "mults": [int(k) for k in mults]}
+        if self.symmetries != 1:  # a config without the key is the network alone, as before the option
+            self.config["symmetries"] = self.symmetries
         chans = [width * k for k in mults]
         c = self.in_channels
         feats = c + map_channels + c + len(NC_ORDERS) * (c + 1)  # y, m, base, (estimate, certainty) per scale
@@ -213,7 +230,22 @@ class Restorer(nn.Module):
         """$R(y, m)$ (N×C×H×W): the restored image. It fills the *missing* pixels; every pixel that was
         seen — as is, blurred or noisy — is returned as ``y`` exactly, so the denoiser's linear part
         around $R$ is, there, the Gaussian denoiser of the observation itself (deblurring and denoising
-        are the certified flow's work, from a classical start)."""
+        are the certified flow's work, from a classical start). With ``symmetries=8``, the average of
+        :meth:`network` over the eight symmetries of the square."""
+        if self.symmetries == 1:
+            return self.network(y, m)
+        total = None
+        for flip in (False, True):
+            for turns in range(4):
+                yy, mm = _transform(y, flip, turns), _transform(m, flip, turns)
+                out = _untransform(self.network(yy, mm), flip, turns)
+                total = out if total is None else total + out
+        out = total / 8
+        return torch.where(seen_pixels(m).expand_as(out), y, out)  # exactly y, not a rounded mean of y
+
+    def network(self, y: Tensor, m: Tensor) -> Tensor:
+        """The network alone, on the image as given (what training fits; :meth:`forward` with
+        ``symmetries=1``)."""
         inp, base, seen = self.features(y, m)
         h, w = y.shape[-2:]
         f = self.downsampling_factor  # padded to a multiple of it, at least 2 at the coarsest level (GroupNorm)
@@ -232,3 +264,14 @@ class Restorer(nn.Module):
             hcur = level(torch.cat([F.interpolate(hcur, scale_factor=2, mode="nearest"), skips.pop()], dim=1))
         out = base + self.out(F.gelu(self.out_norm(hcur)))[..., :h, :w]
         return torch.where(seen.bool().expand_as(out), y, out)
+
+
+def _transform(t: Tensor, flip: bool, turns: int) -> Tensor:
+    """``t`` mirrored left-right (``flip``), then turned by ``turns`` quarter turns."""
+    return torch.rot90(t.flip(-1) if flip else t, turns, (-2, -1))
+
+
+def _untransform(t: Tensor, flip: bool, turns: int) -> Tensor:
+    """The inverse of :func:`_transform`."""
+    t = torch.rot90(t, -turns, (-2, -1))
+    return t.flip(-1) if flip else t

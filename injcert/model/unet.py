@@ -246,14 +246,15 @@ def _check_heads(cond_head: Any, parameterization: str, bands: Optional[dict], d
 
 
 def _check_restorer(restorer: Any, parameterization: str, bands: Optional[dict] = None) -> None:
-    """``restorer``: null, or ``{'width': ..., 'mults': ...}`` with the denoiser parameterization; band
+    """``restorer``: null, or ``{'width': ..., 'mults': ..., 'symmetries': ...}`` (the last optional) with the denoiser parameterization; band
     ``residual_variances`` need one."""
     if restorer is None and bands is not None and "residual_variances" in bands:
         raise ConfigError("spectral_bands.residual_variances needs a restorer (they are the variances of what it "
                           "leaves)")
     if restorer is not None:
-        if not isinstance(restorer, dict) or not set(restorer) <= {"width", "mults"}:
-            raise ConfigError(f"restorer must be null or {{'width': int, 'mults': [ints]}}, got {restorer!r}")
+        if not isinstance(restorer, dict) or not set(restorer) <= {"width", "mults", "symmetries"}:
+            raise ConfigError(f"restorer must be null or {{'width': int, 'mults': [ints], 'symmetries': 1 or 8}}, "
+                              f"got {restorer!r}")
         if parameterization != "denoiser":
             raise ConfigError("restorer needs parameterization 'denoiser' (R(c) anchors the denoiser D)")
 
@@ -333,7 +334,7 @@ class CondUNet(nn.Module):
         spectral_bands: the band skip's orders and variances (``injcert.model.bands``) or ``None``.
         cond_head: add the condition-only term $h(c, t)$ to the denoiser (:meth:`condition_estimate`).
         restorer: ``None`` or the options of the conditional restorer $R(c)$
-            (:class:`~injcert.model.restorer.Restorer`, e.g. ``{"width": 32, "mults": [1, 2, 3, 4]}``): the
+            (:class:`~injcert.model.restorer.Restorer`, e.g. ``{"width": 32, "mults": [1, 2, 3, 4], "symmetries": 8}``): the
             denoiser's exact linear part becomes the Gaussian posterior mean around $R(c)$ (:meth:`anchor`).
 
     Attributes:
@@ -491,7 +492,7 @@ class CondUNet(nn.Module):
         restorer = self._config["restorer"]
         return dict(self._config, channel_mults=list(self._config["channel_mults"]),
                     schedule=dict(self._config["schedule"]),
-                    restorer=None if restorer is None else {"width": restorer["width"], "mults": list(restorer["mults"])})
+                    restorer=None if restorer is None else dict(restorer, mults=list(restorer["mults"])))
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "CondUNet":

@@ -134,6 +134,8 @@ class TrainConfig:
         max_downscale: training patches are crops of up to ``max_downscale`` × ``patch_size`` pixels
             resized to ``patch_size`` (log-uniform scale; 1: native-resolution crops; see
             :class:`~injcert.data.images.PatchDataset`).
+        dihedral: training patches are also rotated by a random multiple of 90° (with the flip, all
+            eight symmetries of the square; validation patches are not).
         channels: image channels (1 or 3); the model's ``in_channels``.
         model: :class:`~injcert.model.unet.CondUNet` options (missing ones take defaults).
         ema_decay: EMA decay $\\beta$ (the effective decay is $\\min(\\beta, (1+k)/(10+k))$).
@@ -205,6 +207,7 @@ class TrainConfig:
     corruptions: Optional[list] = None
     refine_start: str = "biharmonic"
     max_downscale: float = 1.0
+    dihedral: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -318,6 +321,8 @@ class TrainConfig:
                     c not in CORRUPTIONS for c in self.corruptions):
                 raise ConfigError(f"training option corruptions must be null or a non-empty list of "
                                   f"{list(CORRUPTIONS)}, got {self.corruptions!r}")
+        if not isinstance(self.dihedral, bool):
+            raise ConfigError(f"training option dihedral must be true or false, got {self.dihedral!r}")
         if self.refine_start not in ("biharmonic", "restorer"):
             raise ConfigError(f"training option refine_start must be 'biharmonic' or 'restorer', got {self.refine_start!r}")
         if self.refine_start == "restorer" and self.refine_fraction > 0 and not (self.model or {}).get("restorer"):
@@ -718,13 +723,22 @@ def _build_model(config: TrainConfig, dev: torch.device) -> tuple[CondUNet, Cond
     return model, ema, opt
 
 
+def _weights_config(cfg: Any) -> Any:
+    """A model config without the restorer's ``symmetries`` (equal for checkpoints whose weights fit
+    each other)."""
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("restorer"), dict):
+        return cfg
+    return dict(cfg, restorer={k: v for k, v in cfg["restorer"].items() if k != "symmetries"})
+
+
 def _load_init(path: str, model: CondUNet, ema: CondUNet) -> dict[str, Any]:
     """Start ``model`` and ``ema`` from the weights of the checkpoint at ``path`` (read safely, never
     unpickled); returns what the run records about it (path, weights fingerprint, and the step, batch
     size and validation loss its metadata names). A checkpoint with other model options or non-finite
     weights: one error line, before any weight is copied."""
     src = load_checkpoint(path)
-    theirs, ours = getattr(src, "config", None), model.config
+    # the restorer's symmetry average is how it is evaluated, not what its weights are: it may differ
+    theirs, ours = _weights_config(getattr(src, "config", None)), _weights_config(model.config)
     # a checkpoint without a restorer starts a model that adds one: its weights are all there but R's
     adds_restorer = isinstance(theirs, dict) and theirs.get("restorer") is None and ours.get("restorer") is not None \
         and dict(theirs, restorer=ours["restorer"]) == ours
@@ -764,7 +778,8 @@ def _make_loader(config: TrainConfig, model: CondUNet, dist_info: _Dist, dev: to
     """The ``DataLoader`` of steps ``start..steps-1`` (:class:`StepBatches`), the validation
     batches (rank 0) and ``sync_every`` (steps between loss read-backs)."""
     dataset = PatchDataset(config.images, patch_size=config.patch_size, channels=config.channels,
-                           length=_DATASET_LENGTH, seed=config.seed, split="train", max_downscale=config.max_downscale)
+                           length=_DATASET_LENGTH, seed=config.seed, split="train", max_downscale=config.max_downscale,
+                           dihedral=config.dihedral)
     val_batches = validation_batches(config, model.schedule, dev) if dist_info.main else []
     if workers is None:
         workers = 0 if dev.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
