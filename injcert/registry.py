@@ -62,9 +62,13 @@ def _unwrap(model: Any) -> Any:
 def weights_fingerprint(model: nn.Module) -> str:
     """SHA-256 of a model's weights (names, shapes, values; float tensors as float64, so the same
     weights cast to float32 or float64 give the same fingerprint). Wrappers (tiling, DDP) are
-    looked through."""
+    looked through. A restorer evaluated as its symmetry average (``restorer.symmetries`` = 8) adds
+    that setting: the same weights then compute another function."""
     m = _unwrap(model)
     h = hashlib.sha256()
+    symmetries = getattr(getattr(m, "restorer", None), "symmetries", 1)
+    if symmetries != 1:
+        h.update(f"restorer.symmetries\0{symmetries}\0".encode())
     for name, t in sorted(m.state_dict().items()):
         t = t.detach().to("cpu")
         if t.is_floating_point():

@@ -1,4 +1,4 @@
-"""Put another run's restorer into a model: ``python scripts/graft_restorer.py MODEL RESTORER OUT [--average OTHER]``.
+"""Put another run's restorer into a model: ``python scripts/graft_restorer.py MODEL RESTORER OUT [--average OTHER] [--symmetries 8]``.
 
 ``OUT`` is ``MODEL`` (its certified score network: the deep path, the band skip, the schedule) with the
 restorer weights ``restorer.*`` of ``RESTORER`` (a checkpoint of the same architecture, e.g. a
@@ -12,6 +12,10 @@ are recorded in the metadata (``restorer_from``).
 of two restorers' weights (default $W = 1/2$): for a run fine-tuned from the other (the same
 start, so the two lie in one basin), the average keeps much of what each learned ("model soups",
 Wortsman et al., ICML 2022). Integer buffers come from ``OTHER``.
+
+``--symmetries 8`` makes ``OUT``'s restorer the average of the grafted network over the eight
+symmetries of the square (the model option ``restorer.symmetries``; 1: the network alone); without
+it ``OUT`` keeps ``MODEL``'s setting. The weights are the same either way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from injcert.cli import run_script  # noqa: E402
 from injcert.errors import InputError  # noqa: E402
 from injcert.io import load_checkpoint, save_checkpoint  # noqa: E402
+from injcert.model.restorer import SYMMETRIES  # noqa: E402
+from injcert.model.unet import CondUNet  # noqa: E402
+
+
+def _architecture(model) -> dict:
+    """The restorer's options that fix its weights (not how it is evaluated)."""
+    return {k: v for k, v in model.config["restorer"].items() if k != "symmetries"}
+
+
+def _with_symmetries(model, symmetries: int):
+    """``model`` rebuilt with ``restorer.symmetries`` set (the same weights)."""
+    cfg = model.config
+    cfg["restorer"]["symmetries"] = symmetries
+    if symmetries == 1:
+        del cfg["restorer"]["symmetries"]
+    out = CondUNet.from_config(cfg)
+    out.load_state_dict(model.state_dict())
+    out.checkpoint_metadata = getattr(model, "checkpoint_metadata", {})
+    return out
 
 
 def main() -> int:
@@ -34,21 +57,25 @@ def main() -> int:
     ap.add_argument("out")
     ap.add_argument("--average", metavar="OTHER", help="a second restorer checkpoint to average the weights with")
     ap.add_argument("--weight", type=float, default=0.5, help="OTHER's share of the average (default 0.5)")
+    ap.add_argument("--symmetries", type=int,
+                    help="evaluate OUT's restorer as the network alone (1) or its average over the square's eight "
+                         "symmetries (8); default: MODEL's setting")
     args = ap.parse_args()
     if not 0.0 <= args.weight <= 1.0:
         raise InputError(f"--weight must lie in [0, 1], got {args.weight!r}")
+    if args.symmetries is not None and args.symmetries not in SYMMETRIES:
+        raise InputError(f"--symmetries must be one of {list(SYMMETRIES)}, got {args.symmetries!r}")
     model, donor = load_checkpoint(args.model), load_checkpoint(args.restorer)
     if getattr(model, "restorer", None) is None or getattr(donor, "restorer", None) is None:
         raise InputError("both checkpoints need a restorer (model option 'restorer')")
-    if model.config.get("restorer") != donor.config.get("restorer"):
-        raise InputError(f"the restorers differ in architecture: {model.config.get('restorer')} vs "
-                         f"{donor.config.get('restorer')}")
+    if _architecture(model) != _architecture(donor):
+        raise InputError(f"the restorers differ in architecture: {_architecture(model)} vs {_architecture(donor)}")
     state, inputs = donor.restorer.state_dict(), [args.model, args.restorer]
     md = dict(getattr(model, "checkpoint_metadata", {}) or {})
     md["restorer_from"] = {"path": str(args.restorer), "metadata": dict(getattr(donor, "checkpoint_metadata", {}) or {})}
     if args.average:
         other = load_checkpoint(args.average)
-        if getattr(other, "restorer", None) is None or other.config.get("restorer") != donor.config.get("restorer"):
+        if getattr(other, "restorer", None) is None or _architecture(other) != _architecture(donor):
             raise InputError(f"{args.average!r} has no restorer of the same architecture to average with")
         theirs, w = other.restorer.state_dict(), float(args.weight)
         state = {k: (1 - w) * v + w * theirs[k] if v.is_floating_point() else theirs[k] for k, v in state.items()}
@@ -56,9 +83,13 @@ def main() -> int:
                                                 "metadata": dict(getattr(other, "checkpoint_metadata", {}) or {})}
         inputs.append(args.average)
     model.restorer.load_state_dict(state)
+    if args.symmetries is not None:
+        model = _with_symmetries(model, args.symmetries)
     save_checkpoint(model, args.out, metadata=md, inputs=inputs)
     what = f"the average of the restorers of {args.restorer} and {args.average} (weight {args.weight:g})" \
         if args.average else f"the restorer of {args.restorer}"
+    if args.symmetries is not None:
+        what += f", evaluated with symmetries={args.symmetries}"
     print(f"wrote {args.out}: {args.model} with {what}")
     return 0
 

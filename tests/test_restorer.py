@@ -170,6 +170,8 @@ def test_the_symmetry_average_is_a_model_option_that_changes_no_bound_and_no_wei
     back = load_checkpoint(tmp_path / "sym.ckpt").eval()
     assert back.config["restorer"]["symmetries"] == 8 and back.restorer.symmetries == 8
     assert "symmetries" not in net.config["restorer"]
+    from injcert.registry import weights_fingerprint
+    assert weights_fingerprint(back) != weights_fingerprint(net)  # the same weights, another function
     assert net.certified_lipschitz() == back.certified_lipschitz()
     for t in (0.01, 0.5):
         assert net.certified_lipschitz_at(t) == back.certified_lipschitz_at(t)
@@ -540,6 +542,23 @@ def test_graft_restorer_script_swaps_only_the_restorer(tmp_path) -> None:
                                                                  "--weight", "1.5")):
         bad = run(str(tmp_path / "base.ckpt"), str(tmp_path / "donor.ckpt"), *extra)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    # --symmetries 8: the same weights, the restorer evaluated as its symmetry average; grafting from
+    # it again keeps the setting unless told otherwise
+    sym = run(str(tmp_path / "base.ckpt"), str(tmp_path / "donor.ckpt"), "--symmetries", "8")
+    assert sym.returncode == 0, sym.stderr
+    new = load_checkpoint(out)
+    assert new.restorer.symmetries == 8
+    for k, v in new.state_dict().items():
+        assert torch.equal(v, (donor if k.startswith("restorer.") else base).state_dict()[k]), k
+    assert new.certified_lipschitz() == base.certified_lipschitz()
+    save_checkpoint(new, tmp_path / "sym.ckpt")
+    again = run(str(tmp_path / "sym.ckpt"), str(tmp_path / "base.ckpt"))
+    assert again.returncode == 0, again.stderr
+    assert load_checkpoint(out).restorer.symmetries == 8
+    back = run(str(tmp_path / "sym.ckpt"), str(tmp_path / "base.ckpt"), "--symmetries", "1")
+    assert back.returncode == 0 and "symmetries" not in load_checkpoint(out).config["restorer"]
+    bad = run(str(tmp_path / "base.ckpt"), str(tmp_path / "donor.ckpt"), "--symmetries", "3")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_residual_bands_script_adds_only_the_residual_variances(tmp_path) -> None:
@@ -685,3 +704,25 @@ def test_anchor_made_inside_a_transform_is_not_kept() -> None:
     net.restorer.register_forward_hook(lambda *a: calls.append(1))
     out = net(x, t, y, m)
     assert len(calls) == 1 and torch.isfinite(out).all()
+
+
+def test_the_certificate_computes_the_condition_term_once_outside_its_jacobians() -> None:
+    """``keep_condition_term`` runs R(c) once; the dense Jacobian in x taken next (a torch.func
+    transform, inside which R's result would not be kept) then never runs the restorer, and gives the
+    Jacobian it gives without it."""
+    from injcert.certify.numerics import dense_jacobian, keep_condition_term
+
+    net = anchored_unet(seed=6).double().requires_grad_(False)  # as the certificate's float64 copy
+    net.restorer.symmetries = 8
+    _, y, m = _obs(2, 8, 8, "box", dtype=torch.float64)
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.full((1,), 0.4, dtype=torch.float64)
+    want = dense_jacobian(lambda z: net(z, t, y, m), x)
+    calls = []
+    original = net.restorer.network
+    net.restorer.network = lambda *a: calls.append(1) or original(*a)
+    keep_condition_term(net, (y, m))
+    assert len(calls) == 8
+    got = dense_jacobian(lambda z: net(z, t, y, m), x)
+    assert len(calls) == 8 and torch.equal(got, want)
+    keep_condition_term(tiny_unet(0), (y, m))  # no restorer: nothing to do

@@ -165,6 +165,18 @@ def ddim_decode(model: nn.Module, z: Tensor, cond: Cond, schedule: Any, grid: li
         return integrate("ddim", probability_flow_field(model, schedule), grid, z, cond, direction="decode").x
 
 
+def keep_condition_term(model: Any, cond: Any) -> None:
+    """Compute a model's condition-only term $R(c)$ (:meth:`~injcert.model.unet.CondUNet.anchor`) for
+    ``cond = (y, m)`` once, outside any ``torch.func`` transform, so that the Jacobians in $x$ taken
+    next reuse it: one computed inside a transform belongs to it and is not kept, and a restorer
+    averaged over the eight symmetries of the square costs eight passes each time. A model without
+    a restorer (a user's network) has nothing to keep."""
+    if cond is None or getattr(model, "restorer", None) is None or not callable(getattr(model, "anchor", None)):
+        return
+    with torch.no_grad():
+        model.anchor(*cond)
+
+
 def dense_jacobian(f: Any, x: Tensor) -> Tensor:
     """The dense Jacobian ``(d, d)`` of ``f`` at the single example ``x`` (shape ``1×C×H×W``).
 
