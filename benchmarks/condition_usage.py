@@ -66,6 +66,8 @@ def main() -> None:
                     help="random: --ratio of the pixels missing; box, freeform, gaps: the restoration "
                          "benchmark's (benchlib.scaled_settings)")
     ap.add_argument("--levels", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.3, 1.0])
+    ap.add_argument("--restorer-only", action="store_true",
+                    help="only the row R(c) (no denoiser: fast on many or large images)")
     args = ap.parse_args()
     models = [(path, load_checkpoint(path).eval()) for path in args.checkpoints]  # a bad one fails before any work
     for size in args.sizes:
@@ -90,23 +92,9 @@ def _report(models, args, size: int, kind: str) -> None:
     print(f"\n### {size}², {what}\n\nimages {', '.join(args.images)}; inpaint_biharmonic at the missing pixels: "
           f"{psnr(bih, False):.2f} dB\n")
     rows = []
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     for path, model in models:
-        sched = model.schedule
-        for lv in args.levels:
-            t = float(sched.t_of_varsigma(lv))
-            z = float(sched.alpha(t)) * (x + lv * noise)
-            with_c = _denoise(model, z, t, (y, m))
-            without = _denoise(model, z, t, (None, None))
-            lin = _linear_part(model, z, t, y, m)
-            rows.append([Path(path).name, f"{lv:g}", psnr(x + lv * noise, True),
-                         psnr(without, True), psnr(with_c, True),
-                         psnr(without, False), psnr(with_c, False), "—" if lin is None else psnr(lin, False)])
-        t = float(sched.t_max)
-        z = float(sched.alpha(t)) * x + float(sched.sigma(t)) * noise
-        d, lin = _denoise(model, z, t, (y, m)), _linear_part(model, z, t, y, m)
-        rows.append([Path(path).name, "t_max", "—", "—", psnr(d, True), "—", psnr(d, False),
-                     "—" if lin is None else psnr(lin, False)])
+        if not args.restorer_only:
+            rows += _denoiser_rows(Path(path).name, model, args.levels, x, y, m, psnr)
         if getattr(model, "restorer", None) is not None:
             with torch.no_grad():
                 r = model.anchor(y, m)
@@ -114,6 +102,28 @@ def _report(models, args, size: int, kind: str) -> None:
     print(markdown_table(["checkpoint", "ς", "noisy input, observed [dB]", "D without c, observed",
                           "D with c, observed", "D without c, missing", "D with c, missing",
                           "linear part with c, missing"], rows))
+
+
+def _denoiser_rows(name: str, model, levels, x, y, m, psnr) -> list:
+    """The denoiser with and without the condition at each noise level, and at $t_{\\max}$."""
+    rows = []
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    sched = model.schedule
+    for lv in levels:
+        t = float(sched.t_of_varsigma(lv))
+        z = float(sched.alpha(t)) * (x + lv * noise)
+        with_c = _denoise(model, z, t, (y, m))
+        without = _denoise(model, z, t, (None, None))
+        lin = _linear_part(model, z, t, y, m)
+        rows.append([name, f"{lv:g}", psnr(x + lv * noise, True),
+                     psnr(without, True), psnr(with_c, True),
+                     psnr(without, False), psnr(with_c, False), "—" if lin is None else psnr(lin, False)])
+    t = float(sched.t_max)
+    z = float(sched.alpha(t)) * x + float(sched.sigma(t)) * noise
+    d, lin = _denoise(model, z, t, (y, m)), _linear_part(model, z, t, y, m)
+    rows.append([name, "t_max", "—", "—", psnr(d, True), "—", psnr(d, False),
+                 "—" if lin is None else psnr(lin, False)])
+    return rows
 
 
 if __name__ == "__main__":
