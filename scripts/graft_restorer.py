@@ -30,12 +30,12 @@ from injcert.cli import run_script  # noqa: E402
 from injcert.errors import InputError  # noqa: E402
 from injcert.io import load_checkpoint, save_checkpoint  # noqa: E402
 from injcert.model.restorer import SYMMETRIES  # noqa: E402
-from injcert.model.unet import CondUNet  # noqa: E402
+from injcert.model.unet import CondUNet, weights_config  # noqa: E402
 
 
 def _architecture(model) -> dict:
     """The restorer's options that fix its weights (not how it is evaluated)."""
-    return {k: v for k, v in model.config["restorer"].items() if k != "symmetries"}
+    return weights_config(model.config)["restorer"]
 
 
 def _with_symmetries(model, symmetries: int):

@@ -259,6 +259,14 @@ def _check_restorer(restorer: Any, parameterization: str, bands: Optional[dict] 
             raise ConfigError("restorer needs parameterization 'denoiser' (R(c) anchors the denoiser D)")
 
 
+def weights_config(cfg: Any) -> Any:
+    """A model config without the restorer's ``symmetries``: how the restorer is evaluated, not what
+    its weights are (equal for checkpoints whose weights fit each other)."""
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("restorer"), dict):
+        return cfg
+    return dict(cfg, restorer={k: v for k, v in cfg["restorer"].items() if k != "symmetries"})
+
+
 def _model_config(*, in_channels: int, base_channels: int, channel_mults: Any, blocks_per_level: int,
                   lipschitz_budget: Optional[float], activation: str, alpha_max: float, modulation: float,
                   skip_max: float, alpha_init: float, emb_dim: int, schedule: VPSchedule,

@@ -71,7 +71,7 @@ from ..io import (atomic_write_bytes, check_finite, check_output_path, clean_orp
 from ..model.objective import (REFINE_VARSIGMA, T_MIN, draw_training_batch, loss_on_batch, low_noise_range, refine_range,
                                restorer_loss)
 from ..model.layers import batched_normalisation
-from ..model.unet import DEFAULT_MODEL_CONFIG, CondUNet
+from ..model.unet import DEFAULT_MODEL_CONFIG, CondUNet, weights_config
 from ._distributed import _Dist, _init_distributed, _replica_hash
 from ._train_state import _flatten_optimizer, _prefixed, _restore_optimizer
 
@@ -723,14 +723,6 @@ def _build_model(config: TrainConfig, dev: torch.device) -> tuple[CondUNet, Cond
     return model, ema, opt
 
 
-def _weights_config(cfg: Any) -> Any:
-    """A model config without the restorer's ``symmetries`` (equal for checkpoints whose weights fit
-    each other)."""
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("restorer"), dict):
-        return cfg
-    return dict(cfg, restorer={k: v for k, v in cfg["restorer"].items() if k != "symmetries"})
-
-
 def _load_init(path: str, model: CondUNet, ema: CondUNet) -> dict[str, Any]:
     """Start ``model`` and ``ema`` from the weights of the checkpoint at ``path`` (read safely, never
     unpickled); returns what the run records about it (path, weights fingerprint, and the step, batch
@@ -738,7 +730,7 @@ def _load_init(path: str, model: CondUNet, ema: CondUNet) -> dict[str, Any]:
     weights: one error line, before any weight is copied."""
     src = load_checkpoint(path)
     # the restorer's symmetry average is how it is evaluated, not what its weights are: it may differ
-    theirs, ours = _weights_config(getattr(src, "config", None)), _weights_config(model.config)
+    theirs, ours = weights_config(getattr(src, "config", None)), weights_config(model.config)
     # a checkpoint without a restorer starts a model that adds one: its weights are all there but R's
     adds_restorer = isinstance(theirs, dict) and theirs.get("restorer") is None and ours.get("restorer") is not None \
         and dict(theirs, restorer=ours["restorer"]) == ours
