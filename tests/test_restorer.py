@@ -252,6 +252,39 @@ def test_anchor_cache_follows_the_condition() -> None:
         assert not torch.equal(net.anchor(y, m), a1)
 
 
+def test_anchor_cache_is_kept_per_thread() -> None:
+    """Two threads, each with its own condition, evaluating one model in turn (the certificate's
+    lanes): each runs the restorer once, not at every call; an ended thread's entry is dropped."""
+    import threading
+
+    net = anchored_unet(seed=5)
+    calls = []
+    net.restorer.register_forward_hook(lambda *_: calls.append(threading.get_ident()))
+    conds = [_obs(s, 16, 16, "box")[1:] for s in (2, 3)]
+    turn = [threading.Event() for _ in conds]
+    out: dict = {}
+
+    def lane(k: int) -> None:
+        for step in range(4):
+            turn[k].wait()
+            turn[k].clear()
+            with torch.no_grad():
+                out.setdefault(k, []).append(net.anchor(*conds[k]))
+            turn[(k + 1) % 2].set()
+
+    workers = [threading.Thread(target=lane, args=(k,)) for k in range(2)]
+    for w in workers:
+        w.start()
+    turn[0].set()
+    for w in workers:
+        w.join()
+    assert len(calls) == 2 and len(set(calls)) == 2  # once per thread, interleaved calls included
+    for k, (y, m) in enumerate(conds):
+        with torch.no_grad():
+            assert torch.equal(out[k][0], net.anchor(y, m)) and all(a is out[k][0] for a in out[k])
+    assert set(net._anchor_cache) == {threading.get_ident()}  # the ended threads' entries are gone
+
+
 def test_tiled_evaluation_with_a_restorer_is_whole_image_evaluation() -> None:
     net = anchored_unet(seed=6)
     _, y, m = _obs(4, 40, 36, "box")

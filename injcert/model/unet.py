@@ -39,6 +39,7 @@ multiples of ``downsampling_factor`` (pooling grids must coincide), which is wha
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -90,6 +91,18 @@ SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "default.c
 #: equalised learning rate (Karras et al. 2018, section 4.1) for a zero-initialised head, whose Adam steps
 #: of the weights' size would otherwise move its output a few thousandths in a run of thousands of steps.
 COND_HEAD_SCALE = 8.0
+
+
+def _keep(cache: dict, tid: int, entry: Optional[tuple]) -> None:
+    """Set (or with ``None`` drop) thread ``tid``'s entry of a per-thread cache, and drop the entries of
+    threads that have ended, so that their tensors are freed."""
+    if entry is None:
+        cache.pop(tid, None)
+    else:
+        cache[tid] = entry
+    alive = {t.ident for t in threading.enumerate()}
+    for gone in [k for k in cache if k not in alive]:
+        del cache[gone]
 
 
 def _int(name: str, v: Any, minimum: int) -> int:
@@ -415,7 +428,10 @@ class CondUNet(nn.Module):
         #: two band skips mixed by where the condition leaves holes (spectral_bands.residual_variances)
         self.band_mix = self.bands is not None and "residual_variances" in self.bands
         self._config["restorer"] = None if self.restorer is None else dict(self.restorer.config)
-        self._anchor_cache, self._uncond_anchor_cache = None, None  # (:meth:`anchor`'s caches)
+        # :meth:`anchor`'s caches, one entry per thread (the certificate's lanes evaluate the same
+        # model in threads, each with its own condition, and a shared entry would be overwritten)
+        self._anchor_cache: dict = {}
+        self._uncond_anchor_cache: dict = {}
         self._init_budget(parameterization, skip_max, lipschitz_budget)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
 
@@ -687,7 +703,8 @@ class CondUNet(nn.Module):
         ``m`` that are ``None``). Without a gradient to carry the last result is kept, with the very tensors it
         was computed from (so their memory cannot be reused by others), and returned again while
         ``y``, ``m`` (by identity and version), the weights and the dtype are unchanged: a solver calls
-        the network with the same condition at every step, and $R$ runs once. The same holds with
+        the network with the same condition at every step, and $R$ runs once. Each thread keeps its own
+        last result, so solvers running side by side in threads do not evict each other's. The same holds with
         gradients enabled as long as none can flow into $R$ (no weight of the restorer and neither
         ``y`` nor ``m`` requires one): the Jacobians in $x$ of the certificate reuse it.
 
@@ -706,14 +723,15 @@ class CondUNet(nn.Module):
             m = like.new_zeros(n, MAP_CHANNELS, h, w) if m is None else m
         grad = torch.is_grad_enabled() and (p.requires_grad or y.requires_grad or m.requires_grad)
         versions = (y._version, m._version, self._weights_key(), p.dtype)
-        cached = self._anchor_cache  # (y, m, versions, R): y and m held, compared by identity
+        tid = threading.get_ident()
+        cached = self._anchor_cache.get(tid)  # (y, m, versions, R): y and m held, compared by identity
         if not grad and cached is not None and cached[0] is y and cached[1] is m and cached[2] == versions:
             return cached[3]
         with torch.set_grad_enabled(grad):  # a frozen restorer (refiner training) builds no graph
             out = self.restorer(y.to(p.dtype), expand_map(m.to(p.dtype))).to(y.dtype)
         # kept when no gradient can flow into it and it is a plain tensor (one made inside a torch.func
         # transform belongs to that transform and must not leave it)
-        self._anchor_cache = None if grad or transform_wrapped(out) else (y, m, versions, out)
+        _keep(self._anchor_cache, tid, None if grad or transform_wrapped(out) else (y, m, versions, out))
         return out
 
     def _unconditional_anchor(self, x: Tensor) -> Tensor:
@@ -724,11 +742,12 @@ class CondUNet(nn.Module):
         p = self.restorer.stem.weight
         key = (tuple(x.shape), x.dtype, x.device, self._weights_key(), p.dtype)
         grad = torch.is_grad_enabled() and p.requires_grad
-        cached = self._uncond_anchor_cache
+        tid = threading.get_ident()
+        cached = self._uncond_anchor_cache.get(tid)
         if not grad and cached is not None and cached[0] == key:
             return cached[1]
         out = self.anchor(x.new_zeros(x.shape), None)
-        self._uncond_anchor_cache = None if grad or transform_wrapped(out) else (key, out)
+        _keep(self._uncond_anchor_cache, tid, None if grad or transform_wrapped(out) else (key, out))
         return out
 
     def wiener_skip(self, t: Tensor) -> Tensor:
