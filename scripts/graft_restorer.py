@@ -1,8 +1,10 @@
 """Put another run's restorer into a model: ``python scripts/graft_restorer.py MODEL RESTORER OUT [--average OTHER] [--symmetries 8]``.
 
 ``OUT`` is ``MODEL`` (its certified score network: the deep path, the band skip, the schedule) with the
-restorer weights ``restorer.*`` of ``RESTORER`` (a checkpoint of the same architecture, e.g. a
-restorer-only run that continued after ``MODEL``'s refiner started). Nothing the certificate reads
+restorer weights ``restorer.*`` of ``RESTORER`` (e.g. a restorer-only run that continued after
+``MODEL``'s refiner started). A restorer of another architecture (width, levels) is taken with its
+options: ``OUT``'s model options are ``MODEL``'s with ``RESTORER``'s restorer (a refiner run then
+needs ``train --model-from-init``). Nothing the certificate reads
 changes: the restorer is a function of the condition alone (proofs/05, item 19), so ``OUT`` certifies
 the bounds ``MODEL`` does. Whether the refiner still fits the new restorer is for the benchmarks to
 say; a short refiner run (``train --config configs/refiner.json --init OUT``) adapts it. Both sources
@@ -50,6 +52,20 @@ def _with_symmetries(model, symmetries: int):
     return out
 
 
+def _with_architecture(model, arch: dict):
+    """``model`` rebuilt with a restorer of the options ``arch`` (its symmetry setting kept): every
+    other weight is ``model``'s, the restorer's are left for the caller to load."""
+    cfg = model.config
+    cfg["restorer"] = dict(arch, **({"symmetries": model.restorer.symmetries} if model.restorer.symmetries != 1 else {}))
+    out = CondUNet.from_config(cfg)
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("restorer.")}
+    result = out.load_state_dict(kept, strict=False)
+    if result.unexpected_keys or any(not k.startswith("restorer.") for k in result.missing_keys):
+        raise InputError(f"the model does not fit its own options with another restorer: {result.missing_keys[:3]}")
+    out.checkpoint_metadata = getattr(model, "checkpoint_metadata", {})
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -69,7 +85,7 @@ def main() -> int:
     if getattr(model, "restorer", None) is None or getattr(donor, "restorer", None) is None:
         raise InputError("both checkpoints need a restorer (model option 'restorer')")
     if _architecture(model) != _architecture(donor):
-        raise InputError(f"the restorers differ in architecture: {_architecture(model)} vs {_architecture(donor)}")
+        model = _with_architecture(model, _architecture(donor))
     state, inputs = donor.restorer.state_dict(), [args.model, args.restorer]
     md = dict(getattr(model, "checkpoint_metadata", {}) or {})
     md["restorer_from"] = {"path": str(args.restorer), "metadata": dict(getattr(donor, "checkpoint_metadata", {}) or {})}

@@ -592,6 +592,17 @@ def test_graft_restorer_script_swaps_only_the_restorer(tmp_path) -> None:
     assert back.returncode == 0 and "symmetries" not in load_checkpoint(out).config["restorer"]
     bad = run(str(tmp_path / "base.ckpt"), str(tmp_path / "donor.ckpt"), "--symmetries", "3")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    # a restorer of another architecture comes with its options; the rest of the model is the base's
+    wide = tiny_unet(4, restorer={"width": 6, "mults": [1, 2, 2]}, **ANCHORED)
+    _randomize(wide.restorer, 5)
+    save_checkpoint(wide, tmp_path / "wide.ckpt")
+    other = run(str(tmp_path / "sym.ckpt"), str(tmp_path / "wide.ckpt"))
+    assert other.returncode == 0, other.stderr
+    new = load_checkpoint(out)
+    assert new.config["restorer"] == {"width": 6, "mults": [1, 2, 2], "symmetries": 8}
+    for k, v in new.state_dict().items():
+        assert torch.equal(v, (wide if k.startswith("restorer.") else base).state_dict()[k]), k
+    assert new.certified_lipschitz() == base.certified_lipschitz()
 
 
 def test_residual_bands_script_adds_only_the_residual_variances(tmp_path) -> None:

@@ -356,6 +356,26 @@ def test_init_refuses_other_model_options_and_its_own_path(tmp_path):
     assert load_checkpoint(base).checkpoint_metadata["step"] == 1  # untouched
 
 
+def test_model_from_init_takes_the_checkpoints_model_options(tmp_path, capsys):
+    """``train --model-from-init``: a recipe whose model options differ from the init checkpoint's
+    fine-tunes that checkpoint with the checkpoint's options (without the flag: refused, one line);
+    the flag without ``--init``: one error line, exit 2."""
+    from injcert.cli import main
+
+    base = train(_cfg(tmp_path, "base", steps=1), tmp_path / "base.ckpt", progress=False)
+    other = dict(TINY["model"], base_channels=TINY["model"].get("base_channels", 8) * 2)
+    config = _config_file(tmp_path, dict(TINY, steps=1, model=other, val_every=1000))
+    common = ["train", "--config", str(config), "--init", str(base), "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "refused.ckpt")]) == 2
+    assert "other model options" in capsys.readouterr().err
+    assert main(common + ["--model-from-init", "--out", str(tmp_path / "tuned.ckpt")]) == 0
+    assert load_checkpoint(tmp_path / "tuned.ckpt").config == load_checkpoint(base).config
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--model-from-init", "--out", str(tmp_path / "x.ckpt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model-from-init needs --init" in err[0]
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json")),
                          ids=lambda p: p.name)
 def test_every_shipped_config_parses_and_builds(path):
@@ -376,3 +396,34 @@ def test_a_weighted_run_with_a_cond_head_trains_and_records_both_options(tmp_pat
     ck = load_checkpoint(out)
     assert ck.checkpoint_metadata["training_config"]["loss_sigma_data"] == 0.5 and ck.config["cond_head"] is True
     assert any(float(p.abs().max()) > 0 for p in ck.cond_head.parameters())
+
+
+@pytest.mark.slow
+def test_gpu_train_script_runs_both_stages_on_the_cpu(tmp_path):
+    """``scripts/gpu_train.sh`` is meant for minutes of a GPU that nobody can debug on: its whole path
+    (a restorer trained from scratch, grafted into the shipped refiner, the refiner fine-tuned with
+    ``--model-from-init``) runs here on the CPU with a tiny restorer and a few seconds' budget."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = json.loads((root / "configs" / "restorer_large.json").read_text())
+    cfg["model"]["restorer"] = {"width": 4, "mults": [1, 2]}
+    cfg.update(patch_size=16, checkpoint_every=1, val_batches=1)
+    small = tmp_path / "restorer_small.json"
+    small.write_text(json.dumps(cfg))
+    env = dict(subprocess_env(), DEVICE="cpu", R_BATCH="2", F_BATCH="2", VPY=sys.executable,
+               RESTORER_CONFIG=str(small))
+    out = tmp_path / "run"
+    proc = subprocess.run(["bash", str(root / "scripts" / "gpu_train.sh"), str(out), "6"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = load_checkpoint(out / "model.ckpt")
+    shipped = load_checkpoint(root / "injcert" / "assets" / "default.ckpt")
+    assert model.config["restorer"]["width"] == 4 and model.restorer.symmetries == shipped.restorer.symmetries
+    assert {k: v for k, v in model.config.items() if k != "restorer"} == \
+        {k: v for k, v in shipped.config.items() if k != "restorer"}
+    assert os.path.exists(str(out / "model.ckpt") + ".state") and (out / "model.log.jsonl").exists()

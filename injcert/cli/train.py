@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from .._progress import summary
 from ..errors import ConfigError
-from ..io import load_state, read_json_file
+from ..io import load_state, read_checkpoint_header, read_json_file
 from ..tasks.train import TrainConfig, _env_rank0, _validated_state, resolve_resume, train
 from ..threads import apply_threads
 from . import HelpFormatter, _is_environment_error, _one_line, add_threads_argument
@@ -37,6 +37,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", metavar="CKPT",
                         help="start from this model checkpoint's weights (fresh optimizer, step 0; its model "
                              "options must be the config's); default: the config's init, else random weights")
+    parser.add_argument("--model-from-init", action="store_true",
+                        help="with --init: take the model options from that checkpoint instead of the config "
+                             "(fine-tune any checkpoint with a training recipe)")
     parser.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
                         help="no progress bar; print only the one-line summary")
     parser.add_argument("--workers", type=int, metavar="N",
@@ -65,6 +68,10 @@ def run_train(args: argparse.Namespace) -> int:
                      ("seed", args.seed), ("log", args.log), ("init", args.init)):
         if val is not None:
             cfg[key] = val
+    if getattr(args, "model_from_init", False):
+        if not cfg.get("init") or args.resume:
+            raise ConfigError("--model-from-init needs --init (or a config with 'init') and no --resume")
+        cfg["model"] = read_checkpoint_header(cfg["init"])["model_config"]
     if getattr(args, "images", None):
         from ..data.images import image_files
 
