@@ -40,29 +40,29 @@ def _architecture(model) -> dict:
     return weights_config(model.config)["restorer"]
 
 
-def _with_symmetries(model, symmetries: int):
-    """``model`` rebuilt with ``restorer.symmetries`` set (the same weights)."""
+def _rebuilt(model, restorer: dict):
+    """``model`` rebuilt with the restorer options ``restorer``: every weight outside the restorer is
+    ``model``'s; the restorer's are left for the caller to load."""
     cfg = model.config
-    cfg["restorer"]["symmetries"] = symmetries
-    if symmetries == 1:
-        del cfg["restorer"]["symmetries"]
-    out = CondUNet.from_config(cfg)
-    out.load_state_dict(model.state_dict())
-    out.checkpoint_metadata = getattr(model, "checkpoint_metadata", {})
-    return out
-
-
-def _with_architecture(model, arch: dict):
-    """``model`` rebuilt with a restorer of the options ``arch`` (its symmetry setting kept): every
-    other weight is ``model``'s, the restorer's are left for the caller to load."""
-    cfg = model.config
-    cfg["restorer"] = dict(arch, **({"symmetries": model.restorer.symmetries} if model.restorer.symmetries != 1 else {}))
+    cfg["restorer"] = restorer
     out = CondUNet.from_config(cfg)
     kept = {k: v for k, v in model.state_dict().items() if not k.startswith("restorer.")}
     result = out.load_state_dict(kept, strict=False)
     if result.unexpected_keys or any(not k.startswith("restorer.") for k in result.missing_keys):
         raise InputError(f"the model does not fit its own options with another restorer: {result.missing_keys[:3]}")
     out.checkpoint_metadata = getattr(model, "checkpoint_metadata", {})
+    return out
+
+
+def _options(arch: dict, symmetries: int) -> dict:
+    """A restorer's model options: its architecture, and ``symmetries`` where it is not 1."""
+    return dict(arch, symmetries=symmetries) if symmetries != 1 else dict(arch)
+
+
+def _with_symmetries(model, symmetries: int):
+    """``model`` rebuilt with ``restorer.symmetries`` set (the same weights)."""
+    out = _rebuilt(model, _options(_architecture(model), symmetries))
+    out.restorer.load_state_dict(model.restorer.state_dict())
     return out
 
 
@@ -84,8 +84,8 @@ def main() -> int:
     model, donor = load_checkpoint(args.model), load_checkpoint(args.restorer)
     if getattr(model, "restorer", None) is None or getattr(donor, "restorer", None) is None:
         raise InputError("both checkpoints need a restorer (model option 'restorer')")
-    if _architecture(model) != _architecture(donor):
-        model = _with_architecture(model, _architecture(donor))
+    if _architecture(model) != _architecture(donor):  # the donor's restorer comes with its options
+        model = _rebuilt(model, _options(_architecture(donor), model.restorer.symmetries))
     state, inputs = donor.restorer.state_dict(), [args.model, args.restorer]
     md = dict(getattr(model, "checkpoint_metadata", {}) or {})
     md["restorer_from"] = {"path": str(args.restorer), "metadata": dict(getattr(donor, "checkpoint_metadata", {}) or {})}
