@@ -428,10 +428,7 @@ class CondUNet(nn.Module):
         #: two band skips mixed by where the condition leaves holes (spectral_bands.residual_variances)
         self.band_mix = self.bands is not None and "residual_variances" in self.bands
         self._config["restorer"] = None if self.restorer is None else dict(self.restorer.config)
-        # :meth:`anchor`'s caches, one entry per thread (the certificate's lanes evaluate the same
-        # model in threads, each with its own condition, and a shared entry would be overwritten)
-        self._anchor_cache: dict = {}
-        self._uncond_anchor_cache: dict = {}
+        self._anchor_cache, self._uncond_anchor_cache = {}, {}  # :meth:`anchor`'s, an entry per thread
         self._init_budget(parameterization, skip_max, lipschitz_budget)
         self.receptive_field_radius = self._receptive_field_radius(chans, blocks_per_level)
 
