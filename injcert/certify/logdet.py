@@ -20,7 +20,7 @@ from ..theory.flow import step_margins
 from ..theory.logdet import step_logdet_interval, trace_estimate
 from ..theory.rounding import round_down, round_up
 from .context import CertContext
-from .numerics import dense_jacobian, euler_flow, heldout_patches, keep_condition_term, random_conditions
+from .numerics import dense_jacobian, euler_flow, heldout_patches, random_conditions
 from .result import FAIL, FLOAT64_TOLERANCE, INFO, PASS, THEOREMS, Property
 
 __all__ = ["check", "HUTCHPP_SIGMAS"]
@@ -79,8 +79,8 @@ def _exact(ctx: CertContext) -> Exact:
     field = probability_flow_field(ctx.model64, schedule)
     exact_k, trace_k = [], []
     kept: list = []
-    euler_flow(ctx.model64, x, cond, schedule, g, keep=kept)  # the states of the integrator that runs
-    keep_condition_term(ctx.model64, cond)
+    # the states of the integrator that runs; it also leaves R(c) kept for the Jacobians that follow
+    euler_flow(ctx.model64, x, cond, schedule, g, keep=kept)
     for a, h, st in zip(g, hs, kept):
         jac = dense_jacobian(lambda z, a=a: field(a, z, cond), st.x)
         eye = torch.eye(d, dtype=jac.dtype, device=jac.device)
@@ -154,7 +154,6 @@ def _hutchpp_trace(ctx: CertContext) -> tuple[list[float], float, float, list[fl
     est_k, var = [], 0.0
     keptf: list = []
     euler_flow(ctx.model64, xf, condf, schedule, gc, keep=keptf)
-    keep_condition_term(ctx.model64, condf)
     for a, h, st in zip(gc, hc, keptf):
         est, se = trace_estimate(lambda z, a=a: field(a, z, condf), st.x, "hutchpp", cfg.hutchpp_queries, generator=gen)
         est_k.append(h * float(est[0]))

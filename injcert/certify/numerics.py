@@ -169,8 +169,9 @@ def keep_condition_term(model: Any, cond: Any) -> None:
     """Compute a model's condition-only term $R(c)$ (:meth:`~injcert.model.unet.CondUNet.anchor`) for
     ``cond = (y, m)`` once, outside any ``torch.func`` transform, so that the Jacobians in $x$ taken
     next reuse it: one computed inside a transform belongs to it and is not kept, and a restorer
-    averaged over the eight symmetries of the square costs eight passes each time. A model without
-    a restorer (a user's network) has nothing to keep."""
+    averaged over the eight symmetries of the square costs eight passes each time. Needed where no
+    plain evaluation with the same condition comes first (an integration such as
+    :func:`euler_flow` leaves it kept). A model without a restorer (a user's network) has nothing to keep."""
     if cond is None or getattr(model, "restorer", None) is None or not callable(getattr(model, "anchor", None)):
         return
     with torch.no_grad():
