@@ -59,13 +59,6 @@ def _options(arch: dict, symmetries: int) -> dict:
     return dict(arch, symmetries=symmetries) if symmetries != 1 else dict(arch)
 
 
-def _with_symmetries(model, symmetries: int):
-    """``model`` rebuilt with ``restorer.symmetries`` set (the same weights)."""
-    out = _rebuilt(model, _options(_architecture(model), symmetries))
-    out.restorer.load_state_dict(model.restorer.state_dict())
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -84,8 +77,10 @@ def main() -> int:
     model, donor = load_checkpoint(args.model), load_checkpoint(args.restorer)
     if getattr(model, "restorer", None) is None or getattr(donor, "restorer", None) is None:
         raise InputError("both checkpoints need a restorer (model option 'restorer')")
-    if _architecture(model) != _architecture(donor):  # the donor's restorer comes with its options
-        model = _rebuilt(model, _options(_architecture(donor), model.restorer.symmetries))
+    # the donor's restorer comes with its architecture; OUT's symmetry setting is asked for or MODEL's
+    options = _options(_architecture(donor), model.restorer.symmetries if args.symmetries is None else args.symmetries)
+    if options != model.config["restorer"]:
+        model = _rebuilt(model, options)
     state, inputs = donor.restorer.state_dict(), [args.model, args.restorer]
     md = dict(getattr(model, "checkpoint_metadata", {}) or {})
     md["restorer_from"] = {"path": str(args.restorer), "metadata": dict(getattr(donor, "checkpoint_metadata", {}) or {})}
@@ -99,8 +94,6 @@ def main() -> int:
                                                 "metadata": dict(getattr(other, "checkpoint_metadata", {}) or {})}
         inputs.append(args.average)
     model.restorer.load_state_dict(state)
-    if args.symmetries is not None:
-        model = _with_symmetries(model, args.symmetries)
     save_checkpoint(model, args.out, metadata=md, inputs=inputs)
     what = f"the average of the restorers of {args.restorer} and {args.average} (weight {args.weight:g})" \
         if args.average else f"the restorer of {args.restorer}"
