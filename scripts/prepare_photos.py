@@ -43,6 +43,8 @@ def main() -> int:
             print(f"prepare_photos: skipping {f}: {exc}", file=sys.stderr)
             continue
         im = np.atleast_3d(im)[..., :3]
+        if im.shape[-1] < 3:  # grey (with or without alpha): the same value in the three channels
+            im = np.repeat(im[..., :1], 3, axis=-1)
         h, w = im.shape[:2]
         for side in args.sides:
             s = side / min(h, w)

@@ -249,3 +249,33 @@ def test_patch_dataset_dihedral_draws_turned_patches_and_leaves_the_default_draw
     assert same > 0 and differ > 0
     with pytest.raises(ConfigError, match="dihedral"):
         PatchDataset(images=("camera",), patch_size=16, length=4, dihedral=1)
+
+
+def test_prepare_photos_writes_rgb_at_each_short_side_and_skips_bad_files(tmp_path):
+    """``scripts/prepare_photos.py``: grey, grey-with-alpha and RGBA photographs come out as RGB PNGs
+    whose short side is each asked-for size; an unreadable file is skipped with one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from skimage import io
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    io.imsave(src / "grey.png", rng.integers(0, 256, (60, 90), dtype=np.uint8), check_contrast=False)
+    io.imsave(src / "sub" / "la.png", rng.integers(0, 256, (90, 60, 2), dtype=np.uint8), check_contrast=False)
+    io.imsave(src / "rgba.png", rng.integers(0, 256, (50, 50, 4), dtype=np.uint8), check_contrast=False)
+    (src / "broken.jpg").write_bytes(b"not a jpeg")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_photos.py"
+    res = subprocess.run([sys.executable, str(script), str(src), str(out), "--sides", "20", "30"],
+                         capture_output=True, text=True, check=True)
+    assert res.stderr.count("skipping") == 1 and "broken.jpg" in res.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{s}_{k}.png" for s in ("grey", "la", "rgba") for k in (20, 30))
+    for p in out.iterdir():
+        im = io.imread(p)
+        assert im.ndim == 3 and im.shape[-1] == 3, (p.name, im.shape)
+        assert min(im.shape[:2]) == int(p.stem.rsplit("_", 1)[1]), (p.name, im.shape)
+    grey = io.imread(out / "grey_30.png")
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 0] == grey[..., 2]).all()
