@@ -8,9 +8,11 @@ neither network was trained on.
 For every mask (:func:`~injcert.benchlib.tuning_observations`, one image per call as a user restores
 one photograph), the hole PSNR over the classical fill of: $R(c)$ alone; the start check's choice
 between the two (:func:`~injcert.tasks.start_levels.start_choice` with ``START_MARGIN``, what a
-single-scale start used before); their mean; and the mean only where the hole's farthest pixel lies
+single-scale start used before); their mean; the mean only where the hole's farthest pixel lies
 more than ``d`` pixels from an observed one, the check elsewhere (one column per ``--distances``,
-:data:`~injcert.tasks.reconstruct.START_BLEND` is one of them). Printed: the mean gain per mask, in
+:data:`~injcert.tasks.reconstruct.START_BLEND` is one of them); and the same beyond
+``START_BLEND`` with a second check there, between the mean and the classical fill (the mean unless
+its cross-validated error exceeds the fill's by ``START_MARGIN``). Printed: the mean gain per mask, in
 dB, per size and mask kind, and the total over all of them. The starts only: the flow and the gate
 that follow are the same for all. ``--images`` defaults to the *training* images ``TUNING_IMAGES``,
 on which $R(c)$, which has learnt them, looks better than it is.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,12 +37,21 @@ from injcert.data.corruptions import expand_map  # noqa: E402
 from injcert.data.images import image_files  # noqa: E402
 from injcert.metrics import region_psnr  # noqa: E402
 from injcert.tasks.classical import classical_estimate  # noqa: E402
-from injcert.tasks.reconstruct import START_MARGIN  # noqa: E402
+from injcert.tasks.reconstruct import START_BLEND, START_MARGIN, _blend_estimate  # noqa: E402
 from injcert.tasks.start_levels import _distance_to_known, start_choice  # noqa: E402
 
 
+def _checked(model, y, m, p_mean, p_check, p_c):
+    """Beyond ``START_BLEND``: the mean unless the hold-out between it and the fill says the fill; else the check."""
+    if START_BLEND is None or _distance_to_known(m[:, :1] == 1) <= START_BLEND:
+        return p_check
+    check = start_choice(y, m, partial(_blend_estimate, model))
+    return p_mean if check is None or check[0] <= START_MARGIN * check[1] else p_c
+
+
 def _gains(model, x, y, m, distances):
-    """Hole PSNR over the classical fill of R(c), the check's choice, the mean, the mean beyond each d."""
+    """Hole PSNR over the classical fill of R(c), the check's choice, the mean, the mean beyond each d,
+    and the mean beyond ``START_BLEND`` checked against the fill."""
     m = expand_map(m)
     hole = (m[:, :1] != 1).to(x.dtype)
     with torch.no_grad():
@@ -48,7 +60,10 @@ def _gains(model, x, y, m, distances):
     p_r, p_c, p_mean = (region_psnr(e, x, hole) for e in (r, c, 0.5 * (r + c)))
     p_check = p_r if check is None or check[0] <= START_MARGIN * check[1] else p_c
     far = _distance_to_known(m[:, :1] == 1)
-    return [p_r - p_c, p_check - p_c, p_mean - p_c] + [(p_mean if far > d else p_check) - p_c for d in distances]
+    with torch.no_grad():
+        p_checked = _checked(model, y, m, p_mean, p_check, p_c)
+    return ([p_r - p_c, p_check - p_c, p_mean - p_c] + [(p_mean if far > d else p_check) - p_c for d in distances]
+            + [p_checked - p_c])
 
 
 def main() -> None:
@@ -63,7 +78,8 @@ def main() -> None:
     args = ap.parse_args()
     model = injcert.load_checkpoint(args.checkpoint).eval()
     images = image_files(args.images)
-    cols = ["R(c)", f"check ({START_MARGIN:g})", "mean"] + [f"mean beyond {d:g}" for d in args.distances]
+    cols = (["R(c)", f"check ({START_MARGIN:g})", "mean"] + [f"mean beyond {d:g}" for d in args.distances]
+            + [f"mean beyond {START_BLEND:g}, checked"])
     rows, total = [], [0.0] * len(cols)
     for size in args.sizes:
         for kind in args.corruptions:
