@@ -11,12 +11,8 @@
 #   python -m injcert train ... --images OUT_DIR
 set -eu
 out=${1:?usage: sh scripts/training_photos.sh OUT_DIR}
-here=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON:-$here/.venv/bin/python}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-(cd "$tmp" && apt-get download mate-backgrounds plasma-workspace-wallpapers >/dev/null)
-for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/x"; done
+. "$(dirname "$0")/debian_photos.sh"
+unpack mate-backgrounds plasma-workspace-wallpapers
 mkdir -p "$tmp/src" "$out"
 cp "$tmp"/x/usr/share/backgrounds/mate/nature/* "$tmp/x/usr/share/backgrounds/mate/desktop/GreenTraditional.jpg" "$tmp/src/"
 for n in BytheWater ColdRipple ColorfulCups DarkestHour EveningGlow FallenLeaf Grey Kite OneStandsOut \

@@ -7,12 +7,8 @@
 #   sh scripts/tuning_photos.sh OUT_DIR        (needs apt-get download and dpkg-deb; PYTHON=... to pick)
 set -eu
 out=${1:?usage: sh scripts/tuning_photos.sh OUT_DIR}
-here=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON:-$here/.venv/bin/python}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-(cd "$tmp" && apt-get download lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 >/dev/null)
-for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/x"; done
+. "$(dirname "$0")/debian_photos.sh"
+unpack lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
 mkdir -p "$tmp/src" "$out"
 for f in Bridge_by_Sander_Klootwijk Dragonfly_by_Bolly Picture_0B_by_freespace Picture_1A_by_freespace \
          Wine_by_Jakkub_Mede aitzgorri_by_Aitzol_Berasategi free_by_Peter_Nerlich friends_by_Aitzol_Berasategi \
