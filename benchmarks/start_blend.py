@@ -41,27 +41,23 @@ from injcert.tasks.reconstruct import START_BLEND, START_MARGIN, _blend_estimate
 from injcert.tasks.start_levels import _distance_to_known, start_choice  # noqa: E402
 
 
-def _checked(model, y, m, p_mean, p_check, p_c):
-    """Beyond ``START_BLEND``: the mean unless the hold-out between it and the fill says the fill; else the check."""
-    if START_BLEND is None or _distance_to_known(m[:, :1] == 1) <= START_BLEND:
-        return p_check
-    check = start_choice(y, m, partial(_blend_estimate, model))
-    return p_mean if check is None or check[0] <= START_MARGIN * check[1] else p_c
+def _keeps(check) -> bool:
+    """Whether a start check ``(contender's error, classical error)`` keeps the contender (``START_MARGIN``)."""
+    return check is None or check[0] <= START_MARGIN * check[1]
 
 
+@torch.no_grad()
 def _gains(model, x, y, m, distances):
     """Hole PSNR over the classical fill of R(c), the check's choice, the mean, the mean beyond each d,
-    and the mean beyond ``START_BLEND`` checked against the fill."""
+    and the mean beyond ``START_BLEND`` checked against the fill (else the check's choice)."""
     m = expand_map(m)
     hole = (m[:, :1] != 1).to(x.dtype)
-    with torch.no_grad():
-        r, c = model.anchor(y, m), classical_estimate(y, m, "auto")[1]
-        check = start_choice(y, m, model.anchor)
+    r, c = model.anchor(y, m), classical_estimate(y, m, "auto")[1]
     p_r, p_c, p_mean = (region_psnr(e, x, hole) for e in (r, c, 0.5 * (r + c)))
-    p_check = p_r if check is None or check[0] <= START_MARGIN * check[1] else p_c
+    p_check = p_r if _keeps(start_choice(y, m, model.anchor)) else p_c
     far = _distance_to_known(m[:, :1] == 1)
-    with torch.no_grad():
-        p_checked = _checked(model, y, m, p_mean, p_check, p_c)
+    wide = START_BLEND is not None and far > START_BLEND
+    p_checked = (p_mean if _keeps(start_choice(y, m, partial(_blend_estimate, model))) else p_c) if wide else p_check
     return ([p_r - p_c, p_check - p_c, p_mean - p_c] + [(p_mean if far > d else p_check) - p_c for d in distances]
             + [p_checked - p_c])
 

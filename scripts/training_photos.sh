@@ -24,8 +24,7 @@ for n in BytheWater ColdRipple ColorfulCups DarkestHour EveningGlow FallenLeaf G
 p = json.load(open(sys.argv[1])).get("KPlugin", {})
 print(sys.argv[2], "by", ", ".join(a.get("Name", "?") for a in p.get("Authors", [])), "-", p.get("License", "?"))' \
         "$tmp/x/usr/share/wallpapers/$n/metadata.json" "kde_$n"
-done > "$tmp/sources.kde.txt"
-cp "$tmp/sources.kde.txt" "$out/sources.kde.txt"
+done > "$out/sources.kde.txt"
 cp "$tmp/x/usr/share/doc/mate-backgrounds/copyright" "$out/copyright.mate-backgrounds"
 zcat -f "$tmp/x/usr/share/doc/plasma-workspace-wallpapers/copyright" > "$out/copyright.plasma-workspace-wallpapers"
 "$py" "$here/scripts/prepare_photos.py" "$tmp/src" "$out"
